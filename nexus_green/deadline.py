@@ -1,0 +1,90 @@
+"""Deadlines that flow down the call stack (layer L0).
+
+An overall deadline set by an outer call (``@timeout``, ``@resilient``, or
+this module's :func:`deadline` directly) is kept in a context variable, so
+nested decorated calls, retries and ``Client.request`` underneath never plan
+beyond it: each takes ``min(its own timeout, remaining())``.
+
+The context variable holds an absolute monotonic time on the clock that set
+it. This module only records and reads deadlines; enforcing them (interrupting
+a blocked call) is the job of ``nexus_green.resilience.timeout``, and of
+``Client.request`` for its own wait.
+
+Example::
+
+    >>> from nexus_green.clock import FakeClock
+    >>> clock = FakeClock()
+    >>> with deadline(5.0, clock=clock):
+    ...     clock.advance(2)
+    ...     with deadline(10.0, clock=clock):   # cannot extend the outer one
+    ...         remaining(clock=clock)
+    3.0
+    >>> remaining(clock=clock) is None
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Iterator, Optional
+
+from .clock import SYSTEM_CLOCK, Clock
+from .errors import DeadlineExceeded
+
+__all__ = ["deadline", "remaining", "current_deadline", "effective_timeout", "check_deadline"]
+
+_DEADLINE: contextvars.ContextVar[Optional[float]] = contextvars.ContextVar("nexus_green_deadline", default=None)
+
+
+def current_deadline() -> Optional[float]:
+    """The absolute monotonic deadline in force, or None."""
+    return _DEADLINE.get()
+
+
+def remaining(*, clock: Clock = SYSTEM_CLOCK) -> Optional[float]:
+    """Seconds left before the deadline in force (may be negative), or None."""
+    d = _DEADLINE.get()
+    return None if d is None else d - clock.now()
+
+
+def effective_timeout(timeout: Optional[float], *, clock: Clock = SYSTEM_CLOCK) -> Optional[float]:
+    """``min(timeout, remaining())`` with None meaning unbounded.
+
+    Example::
+
+        >>> effective_timeout(2.0), effective_timeout(None)
+        (2.0, None)
+    """
+    d = _DEADLINE.get()
+    if d is None:
+        return timeout
+    left = d - clock.now()
+    return left if timeout is None or left < timeout else timeout
+
+
+def check_deadline(what: str = "call", *, clock: Clock = SYSTEM_CLOCK) -> None:
+    """Raise :class:`DeadlineExceeded` if the deadline in force has passed."""
+    d = _DEADLINE.get()
+    if d is not None and clock.now() >= d:
+        raise DeadlineExceeded(f"{what}: overall deadline passed {clock.now() - d:.3f}s ago")
+
+
+@contextlib.contextmanager
+def deadline(seconds: Optional[float], *, clock: Clock = SYSTEM_CLOCK) -> Iterator[Optional[float]]:
+    """Set a deadline ``seconds`` from now for the block (never later than an outer one).
+
+    Yields the absolute deadline in force. ``seconds=None`` leaves the outer
+    deadline unchanged.
+    """
+    outer = _DEADLINE.get()
+    if seconds is None:
+        yield outer
+        return
+    mine = clock.now() + seconds
+    new = mine if outer is None or mine < outer else outer
+    token = _DEADLINE.set(new)
+    try:
+        yield new
+    finally:
+        _DEADLINE.reset(token)

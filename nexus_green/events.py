@@ -1,0 +1,133 @@
+"""The event bus (layer L0): how lower layers report what happened.
+
+The transport and the connection never import monitoring or tracing; they
+emit named events here, and whoever cares subscribes. An emit with no
+subscriber for that name costs one dict lookup, so the per-request path can
+afford it; emitters on the hot path may also guard with :meth:`EventBus.wants`
+to skip building the attributes at all.
+
+A subscriber that raises is logged and counted, never propagated: a broken
+metrics sink must not break a request.
+
+Event names (the catalogue later layers rely on; attributes in brackets):
+
+* ``connect.started`` [conn_id, endpoint]; ``connect.complete`` [conn_id,
+  endpoint, duration, phases]; ``connect.failed`` [conn_id, endpoint,
+  duration, error]
+* ``connect.dns.*``, ``connect.tcp.*``, ``connect.tls.*``, ``connect.socks5.*``
+  with ``started`` / ``complete`` / ``failed`` [conn_id, duration, error]
+* ``connection.state`` [conn_id, endpoint, old, new]; ``connection.closed``
+  [conn_id, endpoint, age, requests, error]
+* ``request.complete`` [conn_id, qid, fid, latency, bytes_out, bytes_in, code];
+  ``request.failed`` [conn_id, qid, fid, latency, error];
+  ``request.late`` [conn_id, qid]
+* ``io.sent`` [conn_id, nbytes, frames]; ``io.received`` [conn_id, nbytes, frames]
+* ``push.received`` [conn_id, fid, qid]; ``protocol.error`` [conn_id, error, offset]
+* ``heartbeat.sent`` [conn_id]; ``heartbeat.rtt`` [conn_id, rtt];
+  ``heartbeat.timeout`` [conn_id]
+* ``reconnect.scheduled`` [conn_id, attempt, delay]; ``reconnect.succeeded``
+  [conn_id, attempt]; ``reconnect.failed`` [conn_id, attempt, error]
+* ``pool.checkout`` [pool, wait]; ``pool.exhausted`` [pool, wait];
+  ``pool.connection.opened`` / ``pool.connection.discarded`` [pool, conn_id, reason]
+
+Example::
+
+    >>> bus = EventBus()
+    >>> seen = []
+    >>> unsubscribe = bus.subscribe(seen.append, prefix="request.")
+    >>> bus.emit("request.complete", qid=1, latency=0.002)
+    >>> bus.emit("io.sent", nbytes=24)          # not under the prefix
+    >>> [(e.name, e.attrs["qid"]) for e in seen]
+    [('request.complete', 1)]
+    >>> unsubscribe()
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Tuple
+
+__all__ = ["Event", "EventBus", "Listener", "default_bus"]
+
+log = logging.getLogger("nexus_green.events")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """One thing that happened: a dotted ``name``, monotonic ``time`` and ``attrs``."""
+
+    name: str
+    time: float
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+
+Listener = Callable[[Event], None]
+
+
+class EventBus:
+    """Synchronous publish/subscribe by dotted-name prefix.
+
+    Example::
+
+        >>> bus = EventBus()
+        >>> bus.wants("request.complete")
+        False
+        >>> off = bus.subscribe(lambda e: None, prefix="request.")
+        >>> bus.wants("request.complete"), bus.wants("io.sent")
+        (True, False)
+    """
+
+    def __init__(self) -> None:
+        self._subs: List[Tuple[str, Listener]] = []
+        self._cache: Dict[str, Tuple[Listener, ...]] = {}
+        self.listener_errors = 0
+
+    def subscribe(self, listener: Listener, *, prefix: str = "") -> Callable[[], None]:
+        """Call ``listener(event)`` for every event whose name starts with ``prefix``.
+
+        Returns a function that unsubscribes (idempotent).
+        """
+        entry = (prefix, listener)
+        self._subs.append(entry)
+        self._cache.clear()
+
+        def unsubscribe() -> None:
+            try:
+                self._subs.remove(entry)
+            except ValueError:
+                return
+            self._cache.clear()
+
+        return unsubscribe
+
+    def _listeners(self, name: str) -> Tuple[Listener, ...]:
+        found = self._cache.get(name)
+        if found is None:
+            found = tuple(fn for prefix, fn in self._subs if name.startswith(prefix))
+            self._cache[name] = found
+        return found
+
+    def wants(self, name: str) -> bool:
+        """True when at least one subscriber would receive ``name``."""
+        return bool(self._listeners(name))
+
+    def emit(self, name: str, /, **attrs: Any) -> None:
+        """Deliver an event to its subscribers, now, in the caller's greenlet."""
+        listeners = self._listeners(name)
+        if not listeners:
+            return
+        event = Event(name=name, time=time.monotonic(), attrs=attrs)
+        for fn in listeners:
+            try:
+                fn(event)
+            except Exception:
+                self.listener_errors += 1
+                log.exception("event listener %r failed on %s", fn, name)
+
+    def __repr__(self) -> str:
+        return f"<EventBus subscribers={len(self._subs)} listener_errors={self.listener_errors}>"
+
+
+default_bus = EventBus()

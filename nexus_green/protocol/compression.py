@@ -1,0 +1,177 @@
+"""Body codecs and the Tp bits that name them (sans-IO, layer L1).
+
+NexusKit marks a gzip body with Tp bit 0x20. nexus_green adds three codecs in
+Tp bits 0xC0, which NexusKit leaves unused: 0x40 lz4 (frame format), 0x80 zstd,
+0xC0 brotli. Decompression is bounded by ``max_size`` so a small malicious
+body cannot expand into gigabytes (a :class:`CompressionError`).
+
+This module only transforms bytes; deciding *where* (on the hub or in the
+threadpool) and *which* codec to use is the middleware's job.
+
+Example::
+
+    >>> c = get_codec("zstd")
+    >>> data = b"nexus " * 100
+    >>> blob = c.compress(data, LEVELS["balanced"])
+    >>> decompress_body(c.tp_bits, blob) == data
+    True
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Callable, Dict
+
+import brotli
+import lz4.frame
+import zstandard
+
+from ..errors import CompressionError, ConfigurationError
+from .frames import DEFAULT_MAX_FRAME_SIZE, TP_CODEC_MASK, TP_GZIP
+
+__all__ = ["Codec", "CODECS", "LEVELS", "get_codec", "codec_for_bits", "decompress_body"]
+
+# Named levels mapped to each codec's own scale: (gzip, lz4, zstd, brotli).
+LEVELS: Dict[str, str] = {"fastest": "fastest", "balanced": "balanced", "best": "best"}
+_LEVEL_TABLE: Dict[str, Dict[str, int]] = {
+    "gzip": {"fastest": 1, "balanced": 6, "best": 9},
+    "lz4": {"fastest": 0, "balanced": 4, "best": 12},
+    "zstd": {"fastest": 1, "balanced": 3, "best": 19},
+    "brotli": {"fastest": 1, "balanced": 5, "best": 11},
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Codec:
+    """A compression algorithm and the Tp bits that announce it on the wire."""
+
+    name: str
+    tp_bits: int
+    _compress: Callable[[bytes, int], bytes]
+    _decompress: Callable[[bytes, int], bytes]
+
+    def level(self, level: str) -> int:
+        """This codec's numeric level for a named level (fastest, balanced, best)."""
+        try:
+            return _LEVEL_TABLE[self.name][level]
+        except KeyError:
+            raise ConfigurationError(f"unknown compression level {level!r}; use fastest, balanced or best") from None
+
+    def compress(self, data: bytes, level: str = "balanced") -> bytes:
+        """Compress ``data`` at a named level."""
+        return self._compress(bytes(data), self.level(level))
+
+    def decompress(self, data: bytes, max_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+        """Decompress, refusing output above ``max_size`` bytes."""
+        try:
+            out = self._decompress(bytes(data), max_size)
+        except CompressionError:
+            raise
+        except Exception as exc:  # each library raises its own error type
+            raise CompressionError(f"corrupt {self.name} body ({len(data)} bytes): {exc}") from exc
+        return out
+
+
+def _too_big(name: str, max_size: int) -> CompressionError:
+    return CompressionError(f"{name} body expands beyond max_size {max_size} bytes")
+
+
+def _gzip_c(data: bytes, level: int) -> bytes:
+    co = zlib.compressobj(level, zlib.DEFLATED, 31)
+    return co.compress(data) + co.flush()
+
+
+def _gzip_d(data: bytes, max_size: int) -> bytes:
+    d = zlib.decompressobj(47)  # gzip or zlib header, auto-detected
+    out = d.decompress(data, max_size + 1)
+    if len(out) > max_size or d.unconsumed_tail:
+        raise _too_big("gzip", max_size)
+    if not d.eof:
+        raise CompressionError(f"truncated gzip body ({len(data)} bytes)")
+    return out
+
+
+def _lz4_c(data: bytes, level: int) -> bytes:
+    return lz4.frame.compress(data, compression_level=level)
+
+
+def _lz4_d(data: bytes, max_size: int) -> bytes:
+    d = lz4.frame.LZ4FrameDecompressor()
+    out = d.decompress(data, max_length=max_size + 1)
+    if len(out) > max_size:
+        raise _too_big("lz4", max_size)
+    if not d.eof:
+        raise CompressionError(f"truncated lz4 body ({len(data)} bytes)")
+    return out
+
+
+def _zstd_c(data: bytes, level: int) -> bytes:
+    return zstandard.ZstdCompressor(level=level).compress(data)
+
+
+def _zstd_d(data: bytes, max_size: int) -> bytes:
+    declared = zstandard.frame_content_size(data)
+    if declared > max_size:
+        raise _too_big("zstd", max_size)
+    d = zstandard.ZstdDecompressor().decompressobj()
+    parts = []
+    total = 0
+    # Feed in slices so an undeclared-size bomb is caught after one slice's output.
+    for i in range(0, len(data), 16384):
+        chunk = d.decompress(data[i : i + 16384])
+        total += len(chunk)
+        if total > max_size:
+            raise _too_big("zstd", max_size)
+        parts.append(chunk)
+    if not d.eof:
+        raise CompressionError(f"truncated zstd body ({len(data)} bytes)")
+    return b"".join(parts)
+
+
+def _brotli_c(data: bytes, level: int) -> bytes:
+    return bytes(brotli.compress(data, quality=level))
+
+
+def _brotli_d(data: bytes, max_size: int) -> bytes:
+    d = brotli.Decompressor()
+    out = bytes(d.process(data))
+    if len(out) > max_size:
+        raise _too_big("brotli", max_size)
+    if not d.is_finished():
+        raise CompressionError(f"truncated brotli body ({len(data)} bytes)")
+    return out
+
+
+CODECS: Dict[str, Codec] = {
+    "gzip": Codec(name="gzip", tp_bits=TP_GZIP, _compress=_gzip_c, _decompress=_gzip_d),
+    "lz4": Codec(name="lz4", tp_bits=0x40, _compress=_lz4_c, _decompress=_lz4_d),
+    "zstd": Codec(name="zstd", tp_bits=0x80, _compress=_zstd_c, _decompress=_zstd_d),
+    "brotli": Codec(name="brotli", tp_bits=0xC0, _compress=_brotli_c, _decompress=_brotli_d),
+}
+_BY_BITS: Dict[int, Codec] = {c.tp_bits: c for c in CODECS.values()}
+
+
+def get_codec(name: str) -> Codec:
+    """The codec called ``name`` (gzip, lz4, zstd, brotli)."""
+    try:
+        return CODECS[name]
+    except KeyError:
+        raise ConfigurationError(f"unknown compression algorithm {name!r}; known: {', '.join(CODECS)}") from None
+
+
+def codec_for_bits(tp: int) -> Codec | None:
+    """The codec a frame's Tp names, or None for a plain body."""
+    bits = tp & (TP_GZIP | TP_CODEC_MASK)
+    if not bits:
+        return None
+    codec = _BY_BITS.get(bits)
+    if codec is None:
+        raise CompressionError(f"unknown compression bits 0x{bits:02x} in tp=0x{tp:02x}")
+    return codec
+
+
+def decompress_body(tp: int, body: bytes, max_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+    """Undo whatever codec ``tp`` names (identity for a plain body)."""
+    codec = codec_for_bits(tp)
+    return body if codec is None else codec.decompress(body, max_size)

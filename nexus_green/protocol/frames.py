@@ -1,0 +1,271 @@
+"""NexusKit BinaryProtocol frames: the dataclass, the encoder and the decoder.
+
+Sans-IO (layer L1): bytes in, :class:`Frame` objects out, and back. No socket,
+gevent or time import may appear here (import-linter enforces it).
+
+Wire layout, big-endian::
+
+    [Len u32 = 20 + body length]
+    [Tag u16 = 0x7A5A][Ver u16 = 1][Tp u8][Res u8][Qid u32][Fid u32][Code u32][Dh u16]
+    [body]
+
+Extensions use only what NexusKit leaves unused (docs/protocol.md is the exact
+reference): ``Dh`` (reserved, always 0 in NexusKit) carries the length of a
+key/value header block at the start of the body, and Tp bits ``0xC0`` name a
+compression codec other than NexusKit's gzip flag ``0x20``. A decoder built
+with ``strict=True`` reads frames exactly as NexusKit does (no header block, no
+codec bits); an encoder never emits extensions for a strict connection because
+:func:`encode_frame` refuses them (``LocalProtocolError``).
+
+Example::
+
+    >>> data = encode_frame(Frame(qid=7, fid=3, body=b"hi", headers={"trace-id": "ab"}))
+    >>> dec = FrameDecoder()
+    >>> [f] = dec.feed(data[:5]) + dec.feed(data[5:])
+    >>> f.qid, f.fid, f.body, dict(f.headers)
+    (7, 3, b'hi', {'trace-id': 'ab'})
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import List, Mapping
+
+from ..errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
+from .headers import decode_header_block, encode_header_block
+
+__all__ = [
+    "TAG",
+    "VERSION",
+    "HEADER_SIZE",
+    "TP_HEARTBEAT",
+    "TP_GZIP",
+    "TP_CODEC_MASK",
+    "HEARTBEAT_FID",
+    "CODE_OK",
+    "DEFAULT_MAX_FRAME_SIZE",
+    "Frame",
+    "encode_frame",
+    "encode_request",
+    "heartbeat_frame",
+    "FrameDecoder",
+]
+
+TAG = 0x7A5A
+VERSION = 1
+HEADER_SIZE = 20  # bytes after the length prefix and before the body
+TP_HEARTBEAT = 0x01
+TP_GZIP = 0x20
+TP_CODEC_MASK = 0xC0  # extension: 0x40 lz4, 0x80 zstd, 0xC0 brotli
+TP_EXTENSION_BITS = TP_CODEC_MASK
+HEARTBEAT_FID = 0xFFFF
+CODE_OK = 200
+DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
+U32_MAX = 0xFFFFFFFF
+
+_PREFIX = struct.Struct(">IHHBBIIIH")  # Len + the 20-byte header
+_LEN = struct.Struct(">I")
+_TAG = struct.Struct(">H")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Frame:
+    """One protocol frame.
+
+    ``body`` is the payload as it travels (still compressed when ``tp`` has a
+    codec bit); ``headers`` is the extension header block, empty for plain
+    NexusKit frames.
+
+    Example::
+
+        >>> Frame(qid=1, fid=2, body=b"x").is_response
+        False
+    """
+
+    qid: int = 0
+    fid: int = 0
+    code: int = 0
+    tp: int = 0
+    res: int = 0
+    ver: int = VERSION
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def is_heartbeat(self) -> bool:
+        """True for a heartbeat (Tp bit 0x01)."""
+        return bool(self.tp & TP_HEARTBEAT)
+
+    @property
+    def is_response(self) -> bool:
+        """True when Res is 1 (an answer to a request)."""
+        return self.res == 1
+
+    @property
+    def codec_bits(self) -> int:
+        """The compression bits of Tp (``0x20`` gzip or one of ``0xC0``), 0 if plain."""
+        return self.tp & (TP_GZIP | TP_CODEC_MASK)
+
+
+def _check_u32(name: str, value: int) -> None:
+    if not 0 <= value <= U32_MAX:
+        raise LocalProtocolError(f"{name}={value} does not fit in an unsigned 32-bit field")
+
+
+def encode_frame(frame: Frame, *, strict: bool = False) -> bytes:
+    """Serialise a frame to bytes (validated).
+
+    With ``strict=True`` a frame that needs an extension (headers, codec bits
+    other than gzip) raises :class:`LocalProtocolError` instead of being sent to
+    a peer that would misread it.
+
+    Example::
+
+        >>> encode_frame(Frame(qid=1, fid=2, body=b"ok")).hex()
+        '000000167a5a0001000000000001000000020000000000006f6b'
+    """
+    for name in ("qid", "fid", "code"):
+        _check_u32(name, getattr(frame, name))
+    if not 0 <= frame.tp <= 0xFF or frame.res not in (0, 1) or not 0 <= frame.ver <= 0xFFFF:
+        raise LocalProtocolError(f"invalid header field in {frame!r}: tp, res or ver out of range")
+    if frame.tp & TP_GZIP and frame.tp & TP_CODEC_MASK:
+        raise LocalProtocolError(f"tp=0x{frame.tp:02x} sets both gzip and an extension codec")
+    block = encode_header_block(frame.headers) if frame.headers else b""
+    if strict and (block or frame.tp & TP_EXTENSION_BITS):
+        raise LocalProtocolError("strict mode: frame needs a header block or codec bits NexusKit does not understand")
+    length = HEADER_SIZE + len(block) + len(frame.body)
+    if length > U32_MAX:
+        raise LocalProtocolError(f"frame body of {len(frame.body)} bytes is too large for the u32 length")
+    return (
+        _PREFIX.pack(length, TAG, frame.ver, frame.tp, frame.res, frame.qid, frame.fid, frame.code, len(block))
+        + block
+        + frame.body
+    )
+
+
+def encode_request(qid: int, fid: int, body: bytes, *, tp: int = 0, header_block: bytes = b"") -> bytes:
+    """Fast path for the per-request hot loop: no dataclass, values pre-validated.
+
+    ``header_block`` must come from :func:`encode_header_block`.
+
+    Example::
+
+        >>> encode_request(1, 2, b"ok") == encode_frame(Frame(qid=1, fid=2, body=b"ok"))
+        True
+    """
+    try:
+        return (
+            _PREFIX.pack(HEADER_SIZE + len(header_block) + len(body), TAG, VERSION, tp, 0, qid, fid, 0, len(header_block))
+            + header_block
+            + body
+        )
+    except struct.error as exc:
+        raise LocalProtocolError(f"cannot encode request qid={qid} fid={fid}: {exc}") from exc
+
+
+def heartbeat_frame(*, response: bool = False) -> bytes:
+    """The bytes of a heartbeat (Tp 0x01, Fid 0xFFFF, header only).
+
+    Example::
+
+        >>> len(heartbeat_frame())
+        24
+    """
+    return _PREFIX.pack(HEADER_SIZE, TAG, VERSION, TP_HEARTBEAT, 1 if response else 0, 0, HEARTBEAT_FID, 0, 0)
+
+
+class FrameDecoder:
+    """Incremental decoder: feed any chunking of bytes, get whole frames.
+
+    Bounded: a frame announcing more than ``max_frame_size`` bytes is refused
+    as soon as its length prefix arrives, so garbage can never make the buffer
+    grow without limit. After an error the decoder stays failed and raises the
+    same error again (the stream cannot be resynchronised).
+
+    Example::
+
+        >>> dec = FrameDecoder(max_frame_size=64)
+        >>> dec.feed(b"\\x00\\x00\\x10\\x00")
+        Traceback (most recent call last):
+        ...
+        nexus_green.errors.FrameTooLarge: frame length 4096 exceeds max_frame_size 64 (at byte offset 0)
+    """
+
+    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, strict: bool = False) -> None:
+        if max_frame_size < HEADER_SIZE:
+            raise ValueError(f"max_frame_size must be at least {HEADER_SIZE}, got {max_frame_size}")
+        self.max_frame_size = max_frame_size
+        self.strict = strict
+        self._buf = bytearray()
+        self._offset = 0  # stream offset of self._buf[0]
+        self._error: RemoteProtocolError | None = None
+        self.frames_decoded = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a whole frame."""
+        return len(self._buf)
+
+    @property
+    def offset(self) -> int:
+        """Stream offset of the first byte not yet consumed."""
+        return self._offset
+
+    def _fail(self, exc: RemoteProtocolError) -> RemoteProtocolError:
+        self._error = exc
+        self._buf = bytearray()
+        return exc
+
+    def feed(self, data: bytes | bytearray | memoryview) -> List[Frame]:
+        """Add bytes; return every frame they complete, in order."""
+        if self._error is not None:
+            raise self._error
+        buf = self._buf
+        buf += data
+        n = len(buf)
+        pos = 0
+        frames: List[Frame] = []
+        maxsize = self.max_frame_size
+        while n - pos >= 4:
+            (length,) = _LEN.unpack_from(buf, pos)
+            at = self._offset + pos
+            if length < HEADER_SIZE:
+                raise self._fail(RemoteProtocolError(f"frame length {length} is below the {HEADER_SIZE}-byte header (at byte offset {at})", offset=at))
+            if length > maxsize:
+                raise self._fail(FrameTooLarge(f"frame length {length} exceeds max_frame_size {maxsize} (at byte offset {at})", offset=at))
+            if n - pos >= 6:
+                (tag,) = _TAG.unpack_from(buf, pos + 4)
+                if tag != TAG:
+                    raise self._fail(RemoteProtocolError(f"bad tag 0x{tag:04x}, expected 0x{TAG:04x} (at byte offset {at + 4})", offset=at + 4))
+            end = pos + 4 + length
+            if end > n:
+                break
+            _, _, ver, tp, res, qid, fid, code, dh = _PREFIX.unpack_from(buf, pos)
+            start = pos + 4 + HEADER_SIZE
+            headers: Mapping[str, str]
+            if dh and not self.strict:
+                if dh > length - HEADER_SIZE:
+                    raise self._fail(RemoteProtocolError(f"header block of {dh} bytes is longer than the {length - HEADER_SIZE}-byte body (at byte offset {at})", offset=at))
+                try:
+                    headers = decode_header_block(bytes(buf[start : start + dh]))
+                except RemoteProtocolError as exc:
+                    raise self._fail(RemoteProtocolError(f"{exc} (in frame at byte offset {at})", offset=at)) from exc
+                start += dh
+            else:
+                headers = {}
+            if not self.strict and tp & TP_GZIP and tp & TP_CODEC_MASK:
+                raise self._fail(RemoteProtocolError(f"tp=0x{tp:02x} sets both gzip and an extension codec (at byte offset {at})", offset=at))
+            if res > 1:
+                raise self._fail(RemoteProtocolError(f"res={res} is neither request (0) nor response (1) (at byte offset {at})", offset=at))
+            frames.append(Frame(qid=qid, fid=fid, code=code, tp=tp, res=res, ver=ver, body=bytes(buf[start:end]), headers=headers))
+            pos = end
+        if pos:
+            del buf[:pos]
+            self._offset += pos
+            self.frames_decoded += len(frames)
+        return frames
+
+    def __repr__(self) -> str:
+        state = "failed" if self._error is not None else "ok"
+        return f"<FrameDecoder {state} offset={self._offset} buffered={len(self._buf)} frames={self.frames_decoded}>"

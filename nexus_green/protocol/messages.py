@@ -1,0 +1,84 @@
+"""Request and Response: what a Client call carries through the middleware pipeline.
+
+Pure data (layer L1). A :class:`Request` is what the caller asked for; a
+:class:`Response` is the decoded answer, with the body already decompressed.
+
+Example::
+
+    >>> r = Response(body=b"pong", code=200, fid=1, qid=9)
+    >>> r.ok, r.text()
+    (True, 'pong')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, Mapping, Optional
+
+__all__ = ["Request", "Response"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Request:
+    """One logical request.
+
+    ``timeout`` is this call's own limit in seconds (None: the client default);
+    ``idempotent`` says whether a retry may send it again; ``context`` is a
+    free-form dict middlewares may use to pass facts down (for example the
+    compression codec chosen) and is never sent.
+
+    Example::
+
+        >>> Request(body=b"x", fid=2).with_headers({"a": "1"}).headers
+        {'a': '1'}
+    """
+
+    body: bytes = b""
+    fid: int = 0
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timeout: Optional[float] = None
+    idempotent: bool = False
+    endpoint: str = ""
+    context: Dict[str, Any] = field(default_factory=dict)
+
+    def with_headers(self, extra: Mapping[str, str]) -> "Request":
+        """A copy with ``extra`` merged over the existing headers."""
+        merged = dict(self.headers)
+        merged.update(extra)
+        return replace(self, headers=merged)
+
+    def replace(self, **changes: Any) -> "Request":
+        """A copy with some fields changed (dataclasses.replace)."""
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Response:
+    """The answer to a request (or a frame the server pushed on its own).
+
+    ``latency`` is seconds from send to receive as measured by the connection
+    (0.0 when not measured, for example for cached responses; ``cached`` says
+    which level served it, if any).
+    """
+
+    body: bytes = b""
+    code: int = 200
+    fid: int = 0
+    qid: int = 0
+    headers: Mapping[str, str] = field(default_factory=dict)
+    latency: float = 0.0
+    conn_id: str = ""
+    cached: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when ``code`` is 200."""
+        return self.code == 200
+
+    def text(self, encoding: str = "utf-8") -> str:
+        """The body decoded as text."""
+        return self.body.decode(encoding)
+
+    def replace(self, **changes: Any) -> "Response":
+        """A copy with some fields changed (dataclasses.replace)."""
+        return replace(self, **changes)
