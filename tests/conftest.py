@@ -1,0 +1,42 @@
+"""Shared fixtures: leak checks that every I/O test can opt into.
+
+``leakcheck`` records open file descriptors and live library greenlets before
+the test and fails it if either grew afterwards (after a bounded grace period
+for greenlets that are finishing).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import gevent
+import pytest
+
+from nexus_green.greenlets import live_greenlets
+
+
+def open_fds() -> int:
+    """Number of open file descriptors of this process."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def settle(check, timeout: float = 2.0) -> bool:  # type: ignore[no-untyped-def]
+    """Yield to the hub until ``check()`` is true or ``timeout`` passes."""
+    deadline = gevent.get_hub().loop.now() + timeout
+    while not check():
+        if gevent.get_hub().loop.now() > deadline:
+            return False
+        gevent.sleep(0.01)
+    return True
+
+
+@pytest.fixture
+def leakcheck() -> Iterator[None]:
+    gevent.sleep(0)
+    fds_before = open_fds()
+    greenlets_before = set(live_greenlets())
+    yield
+    ok = settle(lambda: not (set(live_greenlets()) - greenlets_before) and open_fds() <= fds_before)
+    leaked = set(live_greenlets()) - greenlets_before
+    assert ok, f"leak: greenlets {sorted(g.name for g in leaked)}, fds {fds_before} -> {open_fds()}"

@@ -1,0 +1,37 @@
+"""Every ```python block in docs/*.md runs, in a fresh interpreter, and exits 0.
+
+A page's blocks run in order in one process, so a later block may use names
+an earlier one defined. A block that starts with ``# doc: no-run`` is shown
+but not run (for shell-ish fragments).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+BLOCK = re.compile(r"```python\n(.*?)```", re.S)
+
+
+def pages() -> list[Path]:
+    return sorted(p for p in DOCS.glob("*.md") if BLOCK.search(p.read_text()))
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda p: p.name)
+def test_doc_examples_run(page: Path, tmp_path: Path) -> None:
+    blocks = [b for b in BLOCK.findall(page.read_text()) if not b.startswith("# doc: no-run")]
+    script = tmp_path / f"{page.stem}_example.py"
+    script.write_text("\n\n".join(blocks))
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, f"{page.name} example failed:\n{proc.stdout}\n{proc.stderr}"
