@@ -58,7 +58,8 @@ class Response:
 
     ``latency`` is seconds from send to receive as measured by the connection
     (0.0 when not measured, for example for cached responses; ``cached`` says
-    which level served it, if any).
+    which level served it, if any). ``tp`` is the raw Tp byte of the frame
+    (the Client decodes any compressed body before middlewares see it).
     """
 
     body: bytes = b""
@@ -69,6 +70,7 @@ class Response:
     latency: float = 0.0
     conn_id: str = ""
     cached: str = ""
+    tp: int = 0
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,304 @@
+"""Client: the front door of nexus_green (layer L5).
+
+A :class:`Client` owns a :class:`~nexus_green.connection.ConnectionPool` for
+one endpoint and runs each request through an optional middleware pipeline
+down to the pool. Calls look blocking; under the hood they park the calling
+greenlet while one socket carries everyone's requests.
+
+Example::
+
+    >>> from nexus_green.testing import EmbeddedServer
+    >>> with EmbeddedServer() as server:
+    ...     with Client(server.url) as client:
+    ...         client.request(b"hello", fid=1, timeout=5).body
+    b'hello'
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterator, List, Mapping, Optional
+
+from gevent.hub import get_hub
+from gevent.queue import Empty, Full, Queue
+
+from .clock import SYSTEM_CLOCK, Clock
+from .deadline import effective_timeout
+from .errors import ClientClosed, DeadlineExceeded, RemoteError
+from .events import EventBus, default_bus
+from .protocol.compression import decompress_body
+from .protocol.frames import TP_CODEC_MASK, TP_GZIP, Frame
+from .protocol.messages import Request, Response
+from .transport.endpoint import Endpoint
+from .connection.connection import ConnectionOptions
+from .connection.pool import ConnectionPool
+
+__all__ = ["Client"]
+
+log = logging.getLogger("nexus_green.client")
+
+_CODEC_BITS = TP_GZIP | TP_CODEC_MASK
+_OFFLOAD_BYTES = 64 * 1024  # decompress bodies above this in gevent's threadpool, off the hub
+
+Handler = Callable[[Request], Response]
+
+_POOL_KEYS = (
+    "min_size",
+    "max_size",
+    "max_in_flight",
+    "checkout_timeout",
+    "max_idle_time",
+    "max_lifetime",
+    "health_check_interval",
+)
+_CONN_KEYS = (
+    "connect_timeout",
+    "max_frame_size",
+    "strict",
+    "heartbeat_interval",
+    "heartbeat_timeout",
+    "reconnect",
+    "fail_fast",
+    "recv_buffer_size",
+    "tls",
+    "proxy",
+)
+
+
+class Client:
+    """A blocking-style client for one NexusKit endpoint (``tcp://`` or ``tls://``).
+
+    Options are keyword-only: ``timeout`` (default request timeout, 30 s),
+    ``raise_for_code`` (raise :class:`RemoteError` for codes other than 200,
+    default True), ``middlewares`` (a sequence, or a ready ``Pipeline``),
+    ``push_queue_size`` (1000; the oldest push is dropped when full), every
+    :class:`~nexus_green.connection.ConnectionOptions` field (connect_timeout,
+    strict, heartbeat_interval, reconnect, fail_fast, tls, proxy, ...) and every
+    pool option (min_size, max_size, max_in_flight, checkout_timeout,
+    max_idle_time, max_lifetime, health_check_interval).
+
+    Example::
+
+        >>> from nexus_green.testing import EmbeddedServer, FID_ERROR
+        >>> with EmbeddedServer() as server, Client(server.url, raise_for_code=False) as c:
+        ...     c.request(b"503", fid=FID_ERROR).code
+        503
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: Optional[float] = 30.0,
+        raise_for_code: bool = True,
+        middlewares: Any = (),
+        push_queue_size: int = 1000,
+        bus: EventBus = default_bus,
+        clock: Clock = SYSTEM_CLOCK,
+        **options: Any,
+    ) -> None:
+        self.endpoint = Endpoint.parse(url)
+        unknown = set(options) - set(_POOL_KEYS) - set(_CONN_KEYS)
+        if unknown:
+            from .errors import ConfigurationError
+
+            raise ConfigurationError(f"unknown Client option(s): {', '.join(sorted(unknown))}")
+        conn_opts = ConnectionOptions(
+            request_timeout=timeout, **{k: v for k, v in options.items() if k in _CONN_KEYS}
+        )
+        self.timeout = timeout
+        self.raise_for_code = raise_for_code
+        self.bus = bus
+        self.clock = clock
+        self._closed = False
+        self._push_callbacks: List[Callable[[Response], None]] = []
+        self._pushes: "Queue[Optional[Response]]" = Queue(maxsize=push_queue_size)
+        self.pushes_dropped = 0
+        self.pool = ConnectionPool(
+            self.endpoint,
+            options=conn_opts,
+            bus=bus,
+            clock=clock,
+            on_push=self._handle_push,
+            **{k: v for k, v in options.items() if k in _POOL_KEYS},
+        )
+        self.middlewares = middlewares
+        self._call: Optional[Handler] = None
+        if middlewares:
+            wrap = getattr(middlewares, "wrap", None)
+            if wrap is None:
+                from .middleware.pipeline import Pipeline
+
+                wrap = Pipeline(list(middlewares)).wrap
+            self._call = wrap(self._terminal)
+
+    # ------------------------------------------------------------------ requests
+    def request(
+        self,
+        body: bytes = b"",
+        fid: int = 0,
+        headers: Optional[Mapping[str, str]] = None,
+        timeout: Optional[float] = None,
+        *,
+        idempotent: bool = False,
+    ) -> Response:
+        """Send ``body`` to function ``fid`` and return the :class:`Response`.
+
+        ``timeout`` defaults to the client's; an overall deadline set by an
+        outer ``@timeout``/``deadline()`` shortens it. Non-200 codes raise
+        :class:`RemoteError` unless ``raise_for_code=False``. ``idempotent``
+        tells retry middleware the request may be sent again.
+        """
+        if self._call is None:
+            return self._roundtrip(body, fid, headers, timeout, 0)
+        return self._call(
+            Request(
+                body=body,
+                fid=fid,
+                headers=headers or {},
+                timeout=timeout,
+                idempotent=idempotent,
+                endpoint=str(self.endpoint),
+            )
+        )
+
+    def _terminal(self, request: Request) -> Response:
+        return self._roundtrip(
+            request.body, request.fid, request.headers or None, request.timeout, request.context.get("tp", 0)
+        )
+
+    def _roundtrip(
+        self, body: bytes, fid: int, headers: Optional[Mapping[str, str]], timeout: Optional[float], tp: int
+    ) -> Response:
+        if self._closed:
+            raise ClientClosed(f"client for {self.endpoint} is closed")
+        limit = effective_timeout(self.timeout if timeout is None else timeout, clock=self.clock)
+        if limit is not None and limit <= 0:
+            raise DeadlineExceeded(f"request fid={fid} to {self.endpoint}: overall deadline already passed")
+        pool = self.pool
+        conn = pool.acquire()
+        try:
+            resp = conn.request(body, fid, headers=headers, timeout=limit, tp=tp)
+        finally:
+            if pool._waiters:
+                pool.release(conn)
+        if resp.tp & _CODEC_BITS:
+            resp = self._decompress(resp)
+        if resp.code != 200 and self.raise_for_code:
+            raise RemoteError(
+                f"fid={fid} on {self.endpoint} answered code {resp.code}: {resp.body[:200]!r}",
+                code=resp.code,
+                response=resp,
+            )
+        return resp
+
+    def _decompress(self, resp: Response) -> Response:
+        limit = self.pool.options.max_frame_size
+        if len(resp.body) >= _OFFLOAD_BYTES:
+            body = get_hub().threadpool.apply(decompress_body, (resp.tp, resp.body, limit))
+        else:
+            body = decompress_body(resp.tp, resp.body, limit)
+        return resp.replace(body=body, tp=resp.tp & ~_CODEC_BITS)
+
+    def send(self, body: bytes = b"", fid: int = 0, headers: Optional[Mapping[str, str]] = None) -> int:
+        """Fire and forget: queue one frame, return its Qid, never wait for an answer."""
+        if self._closed:
+            raise ClientClosed(f"client for {self.endpoint} is closed")
+        conn = self.pool.acquire()
+        return conn.send(body, fid, headers=headers)
+
+    def connect(self) -> "Client":
+        """Open the pool's first connection now, so connection errors surface here."""
+        self.pool.release(self.pool.acquire())
+        return self
+
+    # ------------------------------------------------------------------ pushes
+    def _handle_push(self, frame: Frame) -> None:
+        body = frame.body
+        if frame.tp & _CODEC_BITS:
+            body = decompress_body(frame.tp, body, self.pool.options.max_frame_size)
+        resp = Response(body=body, code=frame.code, fid=frame.fid, qid=frame.qid, headers=frame.headers)
+        try:
+            self._pushes.put_nowait(resp)
+        except Full:
+            try:
+                self._pushes.get_nowait()
+            except Empty:  # pragma: no cover - only if a consumer raced us, which cannot happen between yields
+                pass
+            self.pushes_dropped += 1
+            self._pushes.put_nowait(resp)
+        for cb in list(self._push_callbacks):
+            try:
+                cb(resp)
+            except Exception:
+                log.exception("push callback %r failed", cb)
+
+    def on_push(self, callback: Callable[[Response], None]) -> Callable[[], None]:
+        """Call ``callback(response)`` for every frame the server sends on its own.
+
+        Runs in the connection's reader greenlet: it must not block (hand
+        slow work to a greenlet or a queue). Returns an unsubscribe function.
+        """
+        self._push_callbacks.append(callback)
+
+        def off() -> None:
+            if callback in self._push_callbacks:
+                self._push_callbacks.remove(callback)
+
+        return off
+
+    def pushes(self, timeout: Optional[float] = None) -> Iterator[Response]:
+        """Iterate over pushed frames; stops after ``timeout`` seconds without one, or on close.
+
+        Example::
+
+            >>> from nexus_green.testing import EmbeddedServer
+            >>> with EmbeddedServer(welcome=b"hi") as server, Client(server.url) as c:
+            ...     c.connect()
+            ...     next(c.pushes(timeout=5)).body
+            <Client ...>
+            b'hi'
+        """
+        while True:
+            try:
+                item = self._pushes.get(timeout=timeout)
+            except Empty:
+                return
+            if item is None:
+                return
+            yield item
+
+    # ------------------------------------------------------------------ lifecycle
+    def stats(self) -> dict[str, Any]:
+        """Pool utilisation plus client figures."""
+        s = self.pool.stats()
+        s["pushes_dropped"] = self.pushes_dropped
+        s["pushes_queued"] = self._pushes.qsize()
+        return s
+
+    def close(self) -> None:
+        """Close the pool; pending requests fail with ConnectionClosed (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.pool.close()
+        try:
+            self._pushes.put_nowait(None)
+        except Full:
+            self._pushes.get_nowait()
+            self._pushes.put_nowait(None)
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Client {self.endpoint} {'closed' if self._closed else 'open'} {self.pool!r}>"
+

@@ -1,0 +1,740 @@
+"""Connection: one multiplexed NexusKit link carrying many concurrent requests.
+
+How the hot path works (and why it beats one socket per greenlet):
+
+* A caller encodes its frame, appends it to the write buffer, parks on a
+  ``gevent.hub.Waiter`` keyed by its Qid, and switches away. One writer
+  greenlet wakes once per batch and sends every buffered frame with a single
+  ``sendall``: concurrent callers' frames are coalesced.
+* One reader greenlet decodes every whole frame a ``recv`` returns and hands
+  the batch to a single hub callback that switches each waiting caller in
+  turn (``Waiter.switch`` must run in the hub).
+* Per-request timeouts cost no timer: deadlines go into millisecond buckets
+  and one hub timer, armed for the earliest bucket, expires them. An expired
+  request abandons only its own Qid (a late response is discarded and counted);
+  the socket stays usable. Because callers never write to the socket, a
+  timeout (ours or a ``gevent.Timeout`` around the call) can never leave a
+  frame half-written.
+
+The lifecycle (connect, lose, reconnect with a backoff strategy, close) is
+the transition table in :mod:`nexus_green.connection.state`. Requests that
+were in flight when the link died fail with :class:`ConnectionLost`; requests
+made while reconnecting wait for the link up to their timeout, or fail at
+once with ``fail_fast=True``.
+
+Example::
+
+    >>> from nexus_green.testing import EmbeddedServer
+    >>> with EmbeddedServer() as server:
+    ...     with Connection(server.endpoint) as conn:
+    ...         conn.request(b"ping", fid=1, timeout=5).body
+    b'ping'
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
+
+import gevent
+from gevent.event import Event
+from gevent.hub import Waiter, get_hub
+
+from ..clock import SYSTEM_CLOCK, Clock
+from ..errors import (
+    ConfigurationError,
+    ConnectionClosed,
+    ConnectionLost,
+    HeartbeatTimeout,
+    LocalProtocolError,
+    NexusError,
+    RemoteProtocolError,
+    RequestTimeout,
+)
+from ..events import EventBus, default_bus
+from ..greenlets import spawn
+from ..protocol.frames import (
+    DEFAULT_MAX_FRAME_SIZE,
+    HEARTBEAT_FID,
+    TP_HEARTBEAT,
+    Frame,
+    FrameDecoder,
+    encode_request,
+    heartbeat_frame,
+)
+from ..protocol.headers import encode_header_block
+from ..protocol.heartbeat import HeartbeatMonitor
+from ..protocol.messages import Response
+from ..transport.endpoint import Endpoint
+from ..transport.stream import ConnectInfo, Stream, open_stream
+from .backoff import ExponentialBackoff, ReconnectStrategy
+from .state import CLOSED, CLOSING, CONNECTED, CONNECTING, IDLE, RECONNECTING, Lifecycle
+
+__all__ = ["Connection", "ConnectionOptions"]
+
+log = logging.getLogger("nexus_green.connection")
+
+_ids = itertools.count(1)
+_MAX_QID = 0xFFFFFFFF
+_ABANDONED_MEMORY = 4096  # how many timed-out Qids we remember to recognise late responses
+_BUCKET = 1000  # deadline buckets per second (1 ms resolution)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionOptions:
+    """Every option of a connection, with its default.
+
+    * ``connect_timeout`` -- seconds for DNS + TCP + SOCKS5 + TLS together (10).
+    * ``request_timeout`` -- default per-request timeout in seconds (30); None waits forever.
+    * ``max_frame_size`` -- largest frame accepted from the peer (16 MiB).
+    * ``strict`` -- send nothing a plain NexusKit peer would not understand
+      (no header block, no codec bits beyond gzip).
+    * ``heartbeat_interval`` -- idle seconds before a heartbeat is sent (15); None disables.
+    * ``heartbeat_timeout`` -- seconds to wait for any frame after a heartbeat
+      before declaring the link dead (default: the interval, at most 10 s).
+    * ``reconnect`` -- a strategy from :mod:`nexus_green.connection.backoff`
+      (default exponential backoff with full jitter, base 0.5 s, cap 30 s);
+      ``False`` disables reconnection: a lost link closes the connection.
+    * ``fail_fast`` -- while reconnecting, fail requests at once instead of waiting.
+    * ``recv_buffer_size`` -- bytes per ``recv`` (256 KiB).
+    * ``tls`` -- a ``nexus_green.transport.tls.TLSConfig`` (implied default for tls:// URLs).
+    * ``proxy`` -- a ``socks5://`` URL or ``ProxyConfig``.
+
+    Example::
+
+        >>> ConnectionOptions(heartbeat_interval=None).request_timeout
+        30.0
+    """
+
+    connect_timeout: Optional[float] = 10.0
+    request_timeout: Optional[float] = 30.0
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    strict: bool = False
+    heartbeat_interval: Optional[float] = 15.0
+    heartbeat_timeout: Optional[float] = None
+    reconnect: Any = None
+    fail_fast: bool = False
+    recv_buffer_size: int = 256 * 1024
+    tls: Any = None
+    proxy: Any = None
+
+    def __post_init__(self) -> None:
+        for name in ("connect_timeout", "request_timeout", "heartbeat_interval", "heartbeat_timeout"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigurationError(f"{name} must be positive or None, got {value!r}")
+        if self.max_frame_size < 20:
+            raise ConfigurationError(f"max_frame_size must be at least 20, got {self.max_frame_size}")
+        if self.recv_buffer_size < 1024:
+            raise ConfigurationError(f"recv_buffer_size must be at least 1024, got {self.recv_buffer_size}")
+
+
+class _Pending:
+    __slots__ = ("waiter", "fid", "sent_at", "bucket", "nbytes")
+
+    def __init__(self, waiter: Waiter, fid: int, sent_at: float, nbytes: int) -> None:
+        self.waiter = waiter
+        self.fid = fid
+        self.sent_at = sent_at
+        self.bucket = 0
+        self.nbytes = nbytes
+
+
+class Connection:
+    """A multiplexed, self-healing connection to one endpoint.
+
+    Use it through :class:`nexus_green.Client` (which pools connections) or
+    directly. ``on_push`` receives frames the server sent on its own (Res 0)
+    and responses whose Qid matches no request; it runs in the reader greenlet
+    and must not block.
+
+    Example::
+
+        >>> from nexus_green.testing import EmbeddedServer
+        >>> with EmbeddedServer() as server, Connection(server.endpoint) as conn:
+        ...     r = conn.request(b"", fid=1)
+        ...     conn.state, r.code, conn.in_flight
+        ('connected', 200, 0)
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint | str,
+        *,
+        options: Optional[ConnectionOptions] = None,
+        bus: EventBus = default_bus,
+        clock: Clock = SYSTEM_CLOCK,
+        on_push: Optional[Callable[[Frame], None]] = None,
+        conn_id: str = "",
+    ) -> None:
+        self.endpoint = endpoint if isinstance(endpoint, Endpoint) else Endpoint.parse(endpoint)
+        self.options = options or ConnectionOptions()
+        self.bus = bus
+        self.clock = clock
+        self.on_push = on_push
+        self.conn_id = conn_id or f"conn-{next(_ids)}"
+        self.lifecycle = Lifecycle([self._on_transition])
+        self._stream: Optional[Stream] = None
+        self._reader: Optional[gevent.Greenlet] = None
+        self._writer: Optional[gevent.Greenlet] = None
+        self._heartbeat: Optional[gevent.Greenlet] = None
+        self._reconnector: Optional[gevent.Greenlet] = None
+        self._ready = Event()
+        self._wbuf: List[bytes] = []
+        self._wevent = Event()
+        self._pending: Dict[int, _Pending] = {}
+        self._abandoned: Dict[int, None] = {}
+        self._buckets: Dict[int, Set[int]] = {}
+        self._bucket_heap: List[int] = []
+        self._timer: Any = None
+        self._timer_key = 0
+        self._qid = 0
+        self._closed_by_user = False
+        self._strategy: Optional[ReconnectStrategy] = self._make_strategy()
+        interval = self.options.heartbeat_interval
+        hb_timeout = self.options.heartbeat_timeout or (min(interval, 10.0) if interval else 10.0)
+        self.heartbeat = HeartbeatMonitor(interval=interval, timeout=hb_timeout)
+        self._hb_sent_at: Optional[float] = None
+        # figures (read by the pool, monitoring and repr)
+        self.created_at = clock.now()
+        self.connected_at: Optional[float] = None
+        self.last_connect: Optional[ConnectInfo] = None
+        self.requests = 0
+        self.late_responses = 0
+        self.pushes = 0
+        self.reconnects = 0
+        self.last_error: Optional[BaseException] = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def _make_strategy(self) -> Optional[ReconnectStrategy]:
+        rc = self.options.reconnect
+        if rc is False:
+            return None
+        if rc is None or rc is True:
+            return ExponentialBackoff()
+        return rc  # type: ignore[no-any-return]
+
+    @property
+    def state(self) -> str:
+        """The lifecycle state: idle, connecting, connected, reconnecting, closing or closed."""
+        return self.lifecycle.state
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet answered, failed or timed out."""
+        return len(self._pending)
+
+    @property
+    def usable(self) -> bool:
+        """True while the connection can take requests (now or after reconnecting)."""
+        return self.lifecycle.state in (CONNECTED, CONNECTING, RECONNECTING, IDLE)
+
+    def _on_transition(self, old: str, event: str, new: str) -> None:
+        if new == CONNECTED:
+            self._ready.set()
+        else:
+            self._ready.clear()
+        self.bus.emit("connection.state", conn_id=self.conn_id, endpoint=str(self.endpoint), old=old, new=new)
+
+    def connect(self) -> "Connection":
+        """Open the link now (idempotent). A first connect that fails raises and closes."""
+        if self.lifecycle.state != IDLE:
+            if self.lifecycle.state in (CLOSING, CLOSED):
+                raise ConnectionClosed(f"{self.conn_id} to {self.endpoint} is closed")
+            return self
+        self.lifecycle.fire("connect")
+        try:
+            self._open()
+        except BaseException as exc:
+            self.last_error = exc
+            self.lifecycle.fire("failed")
+            self.lifecycle.fire("give_up")
+            self._fail_all(exc)
+            raise
+        self.lifecycle.fire("connected")
+        return self
+
+    def _open(self) -> None:
+        info = ConnectInfo(endpoint=self.endpoint)
+        self.bus.emit("connect.started", conn_id=self.conn_id, endpoint=str(self.endpoint))
+        t0 = self.clock.now()
+        tunnel, secure, proxy_ep = self._transport_hooks()
+        try:
+            stream = open_stream(
+                self.endpoint,
+                timeout=self.options.connect_timeout,
+                conn_id=self.conn_id,
+                bus=self.bus,
+                clock=self.clock,
+                proxy=proxy_ep,
+                tunnel=tunnel,
+                secure=secure,
+                info=info,
+            )
+        except BaseException as exc:
+            self.bus.emit(
+                "connect.failed",
+                conn_id=self.conn_id,
+                endpoint=str(self.endpoint),
+                duration=self.clock.now() - t0,
+                error=exc,
+            )
+            raise
+        self.last_connect = info
+        self.bus.emit(
+            "connect.complete",
+            conn_id=self.conn_id,
+            endpoint=str(self.endpoint),
+            duration=info.total,
+            phases=dict(info.phases),
+        )
+        self._stream = stream
+        self.connected_at = self.clock.now()
+        self.heartbeat.reset(self.clock.now())
+        decoder = FrameDecoder(max_frame_size=self.options.max_frame_size, strict=self.options.strict)
+        self._wevent.clear()
+        self._reader = spawn(self._read_loop, stream, decoder, name=f"{self.conn_id}:reader")
+        self._writer = spawn(self._write_loop, stream, name=f"{self.conn_id}:writer")
+        if self.options.heartbeat_interval is not None:
+            self._heartbeat = spawn(self._heartbeat_loop, stream, name=f"{self.conn_id}:heartbeat")
+        if self._wbuf:
+            self._wevent.set()
+
+    def _transport_hooks(self) -> Tuple[Any, Any, Optional[Endpoint]]:
+        tunnel = secure = proxy_ep = None
+        opts = self.options
+        if opts.proxy is not None:
+            from ..transport import socks5
+
+            proxy = socks5.parse_proxy_url(opts.proxy) if isinstance(opts.proxy, str) else opts.proxy
+            proxy_ep = Endpoint("tcp", proxy.host, proxy.port)
+
+            def tunnel(sock: Any, ep: Endpoint) -> None:
+                socks5.open_tunnel(
+                    sock,
+                    target_host=ep.host,
+                    target_port=ep.port,
+                    username=proxy.username,
+                    password=proxy.password,
+                    remote_dns=proxy.remote_dns,
+                    proxy_label=f"{proxy.host}:{proxy.port}",
+                )
+
+        if opts.tls is not None or self.endpoint.tls:
+            from ..transport import tls
+
+            config = opts.tls if opts.tls is not None else tls.TLSConfig()
+
+            def secure(sock: Any, ep: Endpoint, timeout: Optional[float]) -> Any:
+                return tls.wrap(sock, config, ep.host, timeout, port=ep.port)
+
+        return tunnel, secure, proxy_ep
+
+    def close(self, *, drain: float = 0.0) -> None:
+        """Close the connection (idempotent).
+
+        With ``drain > 0`` waits up to that many seconds for in-flight
+        requests to finish first. Requests still pending fail with
+        :class:`ConnectionClosed`.
+        """
+        if self.lifecycle.state in (CLOSING, CLOSED):
+            return
+        if drain > 0 and self._pending:
+            with gevent.Timeout(drain, False):
+                while self._pending:
+                    gevent.sleep(0.005)
+        self._closed_by_user = True
+        self.lifecycle.fire("close")
+        current = gevent.getcurrent()
+        for g in (self._reconnector, self._heartbeat, self._writer, self._reader):
+            if g is not None and g is not current:
+                g.kill(block=False)
+        self._teardown_stream()
+        self._fail_all(ConnectionClosed(f"{self.conn_id} to {self.endpoint} was closed by its owner"))
+        self.lifecycle.fire("closed")
+        self._emit_closed(None)
+
+    def _emit_closed(self, error: Optional[BaseException]) -> None:
+        age = self.clock.now() - self.created_at
+        self.bus.emit(
+            "connection.closed",
+            conn_id=self.conn_id,
+            endpoint=str(self.endpoint),
+            age=age,
+            requests=self.requests,
+            error=error,
+        )
+
+    def _teardown_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer.close()
+            self._timer = None
+        self._buckets.clear()
+        self._bucket_heap.clear()
+        self._wbuf = []
+
+    def _lost(self, stream: Stream, error: NexusError) -> None:
+        """The link ``stream`` died: fail what was in flight, then reconnect or close."""
+        if stream is not self._stream or self.lifecycle.state != CONNECTED:
+            return  # stale notice from an old stream, or already handled
+        self.last_error = error
+        log.info("%s to %s lost: %s", self.conn_id, self.endpoint, error)
+        self.lifecycle.fire("lost")
+        current = gevent.getcurrent()
+        for g in (self._heartbeat, self._writer, self._reader):
+            if g is not None and g is not current:
+                g.kill(block=False)
+        self._teardown_stream()
+        self._fail_all(error)
+        if self._strategy is None:
+            self.lifecycle.fire("give_up")
+            self._emit_closed(error)
+            return
+        self._reconnector = spawn(self._reconnect_loop, name=f"{self.conn_id}:reconnect")
+
+    def _reconnect_loop(self) -> None:
+        strategy = self._strategy
+        assert strategy is not None
+        strategy.reset()
+        attempt = 0
+        while self.lifecycle.state == RECONNECTING:
+            attempt += 1
+            delay = strategy.next_delay(attempt)
+            if delay is None:
+                self.lifecycle.fire("give_up")
+                self.bus.emit("reconnect.gave_up", conn_id=self.conn_id, attempt=attempt)
+                self._emit_closed(self.last_error)
+                return
+            self.bus.emit("reconnect.scheduled", conn_id=self.conn_id, attempt=attempt, delay=delay)
+            self.clock.sleep(delay)
+            if self.lifecycle.state != RECONNECTING:
+                return  # closed while we slept
+            self.lifecycle.fire("retry")
+            try:
+                self._open()
+            except NexusError as exc:
+                self.last_error = exc
+                self.bus.emit("reconnect.failed", conn_id=self.conn_id, attempt=attempt, error=exc)
+                if self.lifecycle.state == CONNECTING:
+                    self.lifecycle.fire("failed")
+                continue
+            self.reconnects += 1
+            self.lifecycle.fire("connected")
+            self.bus.emit("reconnect.succeeded", conn_id=self.conn_id, attempt=attempt)
+            return
+
+    def _fail_all(self, error: BaseException) -> None:
+        pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        hub = get_hub()
+        for qid, p in pending.items():
+            self._remember_abandoned(qid)
+            hub.loop.run_callback(p.waiter.throw, error)
+
+    def wait_ready(self, timeout: Optional[float]) -> None:
+        """Block until the link is connected, up to ``timeout`` seconds."""
+        state = self.lifecycle.state
+        if state == CONNECTED:
+            return
+        if state == IDLE:
+            self.connect()
+            return
+        if state in (CLOSING, CLOSED):
+            if self._closed_by_user:
+                raise ConnectionClosed(f"{self.conn_id} to {self.endpoint} was closed by its owner")
+            raise ConnectionLost(f"{self.conn_id} to {self.endpoint} is down and gave up reconnecting") from self.last_error
+        if self.options.fail_fast:
+            raise ConnectionLost(f"{self.conn_id} to {self.endpoint} is reconnecting (fail_fast)") from self.last_error
+        if not self._ready.wait(timeout):
+            raise RequestTimeout(
+                f"{self.conn_id} to {self.endpoint} still {self.lifecycle.state} after waiting {timeout}s"
+            ) from self.last_error
+        if self.lifecycle.state != CONNECTED:  # closed while we waited
+            self.wait_ready(0.0)
+
+    # ------------------------------------------------------------------ requests
+    def _next_qid(self) -> int:
+        qid = self._qid
+        pending = self._pending
+        while True:
+            qid = qid + 1 if qid < _MAX_QID else 1
+            if qid not in pending:
+                self._qid = qid
+                return qid
+
+    def request(
+        self,
+        body: bytes = b"",
+        fid: int = 0,
+        *,
+        headers: Optional[Mapping[str, str]] = None,
+        timeout: Optional[float] = -1.0,
+        tp: int = 0,
+    ) -> Response:
+        """Send one request and block this greenlet until its response arrives.
+
+        ``timeout`` defaults to ``options.request_timeout``; ``None`` waits
+        forever. On timeout only this Qid is abandoned
+        (:class:`RequestTimeout`); a late answer is discarded and counted.
+        """
+        if timeout is not None and timeout < 0:
+            timeout = self.options.request_timeout
+        if self.lifecycle.state != CONNECTED:
+            self.wait_ready(timeout)
+        if headers and self.options.strict:
+            raise LocalProtocolError(f"{self.conn_id}: strict mode cannot send headers {sorted(headers)}")
+        qid = self._next_qid()
+        block = encode_header_block(headers) if headers else b""
+        data = encode_request(qid, fid, body, tp=tp, header_block=block)
+        waiter = Waiter()
+        now = self.clock.now()
+        p = _Pending(waiter, fid, now, len(data))
+        self._pending[qid] = p
+        if timeout is not None:
+            self._add_deadline(qid, p, now + timeout)
+        self._wbuf.append(data)
+        if not self._wevent.is_set():
+            self._wevent.set()
+        self.requests += 1
+        try:
+            frame: Frame = waiter.get()
+        except BaseException as exc:
+            # Our RequestTimeout, a ConnectionLost, or a gevent.Timeout / kill
+            # from outside: abandon this Qid only; the link stays healthy.
+            if self._pending.pop(qid, None) is not None:
+                self._remember_abandoned(qid)
+                self._drop_deadline(qid, p)
+            if self.bus.wants("request.failed"):
+                self.bus.emit(
+                    "request.failed",
+                    conn_id=self.conn_id,
+                    qid=qid,
+                    fid=fid,
+                    latency=self.clock.now() - now,
+                    error=exc,
+                )
+            raise
+        latency = self.clock.now() - now
+        if self.bus.wants("request.complete"):
+            self.bus.emit(
+                "request.complete",
+                conn_id=self.conn_id,
+                qid=qid,
+                fid=fid,
+                latency=latency,
+                bytes_out=len(data),
+                bytes_in=len(frame.body) + 24,
+                code=frame.code,
+            )
+        return Response(
+            body=frame.body,
+            code=frame.code,
+            fid=frame.fid,
+            qid=qid,
+            headers=frame.headers,
+            latency=latency,
+            conn_id=self.conn_id,
+            tp=frame.tp,
+        )
+
+    def send(self, body: bytes = b"", fid: int = 0, *, headers: Optional[Mapping[str, str]] = None, tp: int = 0) -> int:
+        """Fire and forget: queue one frame and return its Qid without waiting.
+
+        A response to it, should the server send one, is discarded and counted
+        in ``late_responses``.
+        """
+        if self.lifecycle.state != CONNECTED:
+            self.wait_ready(self.options.request_timeout)
+        qid = self._next_qid()
+        block = encode_header_block(headers) if headers else b""
+        self._wbuf.append(encode_request(qid, fid, body, tp=tp, header_block=block))
+        self._remember_abandoned(qid)
+        if not self._wevent.is_set():
+            self._wevent.set()
+        return qid
+
+    def _remember_abandoned(self, qid: int) -> None:
+        ab = self._abandoned
+        ab[qid] = None
+        if len(ab) > _ABANDONED_MEMORY:
+            del ab[next(iter(ab))]
+
+    # ------------------------------------------------------------------ deadlines
+    def _add_deadline(self, qid: int, p: _Pending, when: float) -> None:
+        key = int(when * _BUCKET) + 1
+        p.bucket = key
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            self._buckets[key] = {qid}
+            heapq.heappush(self._bucket_heap, key)
+            if self._timer is None or key < self._timer_key:
+                self._arm(key)
+        else:
+            bucket.add(qid)
+
+    def _drop_deadline(self, qid: int, p: _Pending) -> None:
+        if p.bucket:
+            bucket = self._buckets.get(p.bucket)
+            if bucket is not None:
+                bucket.discard(qid)
+
+    def _arm(self, key: int) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer.close()
+        delay = max(0.0, key / _BUCKET - self.clock.now())
+        self._timer = get_hub().loop.timer(delay, ref=False)
+        self._timer_key = key
+        self._timer.start(self._expire)
+
+    def _expire(self) -> None:
+        """Hub callback: fail every request whose deadline bucket has passed."""
+        self._timer = None
+        now_key = int(self.clock.now() * _BUCKET)
+        heap = self._bucket_heap
+        pending = self._pending
+        while heap and heap[0] <= now_key:
+            key = heapq.heappop(heap)
+            for qid in self._buckets.pop(key, ()):
+                p = pending.pop(qid, None)
+                if p is None:
+                    continue
+                self._remember_abandoned(qid)
+                waited = self.clock.now() - p.sent_at
+                p.waiter.throw(
+                    RequestTimeout(
+                        f"request qid={qid} fid={p.fid} to {self.endpoint} got no response in {waited:.3f}s "
+                        f"({self.conn_id}; only this request was abandoned)"
+                    )
+                )
+        if heap:
+            self._arm(heap[0])
+
+    # ------------------------------------------------------------------ I/O greenlets
+    def _write_loop(self, stream: Stream) -> None:
+        wevent = self._wevent
+        try:
+            while True:
+                wevent.wait()
+                wevent.clear()
+                while self._wbuf and stream is self._stream:
+                    chunks, self._wbuf = self._wbuf, []
+                    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                    stream.sendall(data)
+                    self.heartbeat.on_activity(self.clock.now())
+                    if self.bus.wants("io.sent"):
+                        self.bus.emit("io.sent", conn_id=self.conn_id, nbytes=len(data), frames=len(chunks))
+                if stream is not self._stream:
+                    return
+        except NexusError as exc:
+            self._lost(stream, exc)
+
+    def _read_loop(self, stream: Stream, decoder: FrameDecoder) -> None:
+        buf = bytearray(self.options.recv_buffer_size)
+        view = memoryview(buf)
+        hub = get_hub()
+        try:
+            while True:
+                n = stream.recv_into(buf)
+                if n == 0:
+                    raise ConnectionLost(
+                        f"{self.endpoint} closed the connection ({self.conn_id}, "
+                        f"{decoder.buffered} bytes of an incomplete frame pending)"
+                    )
+                frames = decoder.feed(view[:n])
+                self.heartbeat.on_activity(self.clock.now(), received=True)
+                if self.bus.wants("io.received"):
+                    self.bus.emit("io.received", conn_id=self.conn_id, nbytes=n, frames=len(frames))
+                ready = self._dispatch(stream, frames)
+                if ready:
+                    hub.loop.run_callback(_deliver, ready)
+        except RemoteProtocolError as exc:
+            self.bus.emit("protocol.error", conn_id=self.conn_id, error=exc, offset=exc.offset)
+            self._lost(stream, exc)
+        except NexusError as exc:
+            self._lost(stream, exc)
+
+    def _dispatch(self, stream: Stream, frames: List[Frame]) -> List[Tuple[Waiter, Frame]]:
+        ready: List[Tuple[Waiter, Frame]] = []
+        pending = self._pending
+        for f in frames:
+            if f.tp & TP_HEARTBEAT:
+                if f.res == 0:
+                    self._wbuf.append(heartbeat_frame(response=True))
+                    self._wevent.set()
+                elif self._hb_sent_at is not None:
+                    rtt = self.heartbeat.on_ack(self.clock.now())
+                    self._hb_sent_at = None
+                    self.bus.emit("heartbeat.rtt", conn_id=self.conn_id, rtt=rtt)
+                continue
+            if f.res == 1:
+                p = pending.pop(f.qid, None)
+                if p is not None:
+                    if p.bucket:
+                        bucket = self._buckets.get(p.bucket)
+                        if bucket is not None:
+                            bucket.discard(f.qid)
+                    ready.append((p.waiter, f))
+                    continue
+                if f.qid in self._abandoned:
+                    del self._abandoned[f.qid]
+                    self.late_responses += 1
+                    self.bus.emit("request.late", conn_id=self.conn_id, qid=f.qid)
+                    continue
+            self.pushes += 1
+            self.bus.emit("push.received", conn_id=self.conn_id, fid=f.fid, qid=f.qid)
+            if self.on_push is not None:
+                try:
+                    self.on_push(f)
+                except Exception:
+                    log.exception("%s: push callback failed", self.conn_id)
+        return ready
+
+    def _heartbeat_loop(self, stream: Stream) -> None:
+        hb = self.heartbeat
+        while stream is self._stream:
+            now = self.clock.now()
+            decision = hb.poll(now)
+            if decision.action == "send":
+                hb.on_sent(now)
+                self._hb_sent_at = now
+                self._wbuf.append(heartbeat_frame())
+                self._wevent.set()
+                self.bus.emit("heartbeat.sent", conn_id=self.conn_id)
+            elif decision.action == "dead":
+                self.bus.emit("heartbeat.timeout", conn_id=self.conn_id)
+                self._lost(
+                    stream,
+                    HeartbeatTimeout(
+                        f"{self.endpoint} did not answer a heartbeat within {hb.timeout}s ({self.conn_id})"
+                    ),
+                )
+                return
+            self.clock.sleep(max(0.001, decision.next_check_at - now))
+
+    # ------------------------------------------------------------------ misc
+    def __enter__(self) -> "Connection":
+        return self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Connection {self.conn_id} {self.endpoint} state={self.lifecycle.state} "
+            f"in_flight={len(self._pending)} requests={self.requests} reconnects={self.reconnects}>"
+        )
+
+
+def _deliver(batch: List[Tuple[Waiter, Frame]]) -> None:
+    """Hub callback: wake each waiting caller with its frame, in arrival order."""
+    for waiter, frame in batch:
+        waiter.switch(frame)

@@ -1,0 +1,38 @@
+"""The public testing kit: an embedded NexusKit server, a SOCKS5 test proxy,
+test certificates and a FakeClock, for testing code built on nexus_green.
+
+Example::
+
+    >>> from nexus_green.testing import EmbeddedServer, FakeClock
+    >>> with EmbeddedServer() as server:
+    ...     server.url.startswith("tcp://127.0.0.1:")
+    True
+"""
+
+from ..clock import FakeClock
+from .server import (
+    FID_CLOSE,
+    FID_DELAY,
+    FID_ECHO,
+    FID_ERROR,
+    FID_GARBAGE,
+    FID_INFO,
+    FID_PUSH,
+    FID_SILENT,
+    EmbeddedServer,
+    Reply,
+)
+
+__all__ = [
+    "EmbeddedServer",
+    "Reply",
+    "FakeClock",
+    "FID_ECHO",
+    "FID_DELAY",
+    "FID_ERROR",
+    "FID_PUSH",
+    "FID_SILENT",
+    "FID_CLOSE",
+    "FID_GARBAGE",
+    "FID_INFO",
+]

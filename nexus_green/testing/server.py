@@ -1,0 +1,380 @@
+"""EmbeddedServer: a NexusKit-protocol server for tests, demos and benchmarks.
+
+A gevent ``StreamServer`` that speaks the same framing as the client, with
+handlers registered per Fid. Each connection has one reader and one writer
+greenlet; replies produced while handling one ``recv`` go out in one
+``sendall``, so the server is not the bottleneck of a benchmark.
+
+Built-in functions (Fid constants exported from :mod:`nexus_green.testing`):
+
+=============  ==================================================================
+``FID_ECHO``   (0 and 1) reply with the request body
+``FID_DELAY``  (2) body is seconds as ASCII (``b"0.2"``): sleep, then reply ``b"ok"``
+``FID_ERROR``  (3) body is a status code as ASCII (``b"503"``): reply with that code
+``FID_PUSH``   (4) body is a count N: send N push frames (Res 0, Qid 0), then reply
+``FID_SILENT`` (5) never reply (for timeouts)
+``FID_CLOSE``  (6) close the connection without replying (for "peer closed")
+``FID_GARBAGE`` (7) reply with bytes that break the framing
+``FID_INFO``   (8) reply with JSON figures about the server
+=============  ==================================================================
+
+Heartbeats (Tp 0x01) are echoed as responses. A compressed request body is
+decoded before the handler sees it, and the reply is compressed with the same
+codec. ``welcome=b"..."`` pushes a frame to every new connection.
+``heartbeat_echo=False`` stops answering heartbeats (a server that hangs).
+
+Example::
+
+    >>> from nexus_green import Client
+    >>> server = EmbeddedServer()
+    >>> server.register(42, lambda req: b"answer:" + req.body)
+    >>> with server, Client(server.url) as c:
+    ...     c.request(b"x", fid=42).body
+    b'answer:x'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket as _stdsocket
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import gevent
+from gevent.event import Event
+from gevent.server import StreamServer
+
+from ..errors import CompressionError, RemoteProtocolError
+from ..greenlets import spawn
+from ..protocol.compression import codec_for_bits
+from ..protocol.frames import (
+    DEFAULT_MAX_FRAME_SIZE,
+    TP_CODEC_MASK,
+    TP_GZIP,
+    TP_HEARTBEAT,
+    Frame,
+    FrameDecoder,
+    encode_frame,
+    heartbeat_frame,
+)
+
+__all__ = [
+    "EmbeddedServer",
+    "Reply",
+    "FID_ECHO",
+    "FID_DELAY",
+    "FID_ERROR",
+    "FID_PUSH",
+    "FID_SILENT",
+    "FID_CLOSE",
+    "FID_GARBAGE",
+    "FID_INFO",
+]
+
+log = logging.getLogger("nexus_green.testing.server")
+
+FID_ECHO = 1
+FID_DELAY = 2
+FID_ERROR = 3
+FID_PUSH = 4
+FID_SILENT = 5
+FID_CLOSE = 6
+FID_GARBAGE = 7
+FID_INFO = 8
+
+_CODEC = TP_GZIP | TP_CODEC_MASK
+_NO_REPLY = object()
+_CLOSE = object()
+
+
+class Reply:
+    """What a handler may return instead of plain bytes: a body with a status code.
+
+    Example::
+
+        >>> Reply(b"busy", code=503).code
+        503
+    """
+
+    __slots__ = ("body", "code", "headers")
+
+    def __init__(self, body: bytes = b"", *, code: int = 200, headers: Optional[Dict[str, str]] = None) -> None:
+        self.body = body
+        self.code = code
+        self.headers = headers or {}
+
+
+HandlerResult = Union[bytes, Reply, None]
+Handler = Callable[[Frame], HandlerResult]
+
+
+class _Conn:
+    """One accepted client connection: reader (the StreamServer greenlet) plus writer."""
+
+    def __init__(self, server: "EmbeddedServer", sock: Any, addr: Any) -> None:
+        self.server = server
+        self.sock = sock
+        self.addr = addr
+        self.out: List[bytes] = []
+        self.wake = Event()
+        self.closed = False
+        self.tasks: List[gevent.Greenlet] = []
+
+    def queue(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.out.append(data)
+        self.wake.set()
+
+    def write_loop(self) -> None:
+        try:
+            while not self.closed:
+                self.wake.wait()
+                self.wake.clear()
+                while self.out and not self.closed:
+                    chunks, self.out = self.out, []
+                    self.sock.sendall(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        except OSError:
+            self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.wake.set()
+        try:
+            self.sock.shutdown(_stdsocket.SHUT_RDWR)
+        except OSError:
+            pass  # the peer is already gone
+        self.sock.close()
+        for task in self.tasks:
+            task.kill(block=False)
+
+
+class EmbeddedServer:
+    """The NexusKit test server; start()/stop() or use it as a context manager.
+
+    ``endpoint``/``url`` name where it listens (port 0 = chosen by the OS).
+    ``tls`` is an ``ssl.SSLContext`` for the server side (see
+    :func:`nexus_green.testing.tls.make_test_certificates`).
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        welcome: Optional[bytes] = None,
+        heartbeat_echo: bool = True,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        tls: Any = None,
+        handlers: Optional[Dict[int, Handler]] = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.welcome = welcome
+        self.heartbeat_echo = heartbeat_echo
+        self.max_frame_size = max_frame_size
+        self.tls = tls
+        self._handlers: Dict[int, Handler] = {}
+        self._conns: List[_Conn] = []
+        self._server: Optional[StreamServer] = None
+        self.connections_accepted = 0
+        self.frames_received = 0
+        self.heartbeats_received = 0
+        self.protocol_errors = 0
+        self.applied: Dict[int, int] = {}
+        for fid, handler in (handlers or {}).items():
+            self.register(fid, handler)
+
+    # ------------------------------------------------------------------ handlers
+    def register(self, fid: int, handler: Handler) -> None:
+        """Answer requests for ``fid`` with ``handler(frame)``.
+
+        The handler returns bytes (code 200), a :class:`Reply`, or None for no
+        reply. It runs in its own greenlet, so it may block (sleep, do I/O).
+        """
+        self._handlers[fid] = handler
+
+    def _builtin(self, conn: _Conn, frame: Frame, body: bytes) -> Any:
+        fid = frame.fid
+        if fid in (0, FID_ECHO):
+            return body
+        if fid == FID_DELAY:
+            gevent.sleep(float(body or b"0"))
+            return b"ok"
+        if fid == FID_ERROR:
+            return Reply(b"error " + body, code=int(body or b"500"))
+        if fid == FID_PUSH:
+            for i in range(int(body or b"1")):
+                conn.queue(encode_frame(Frame(qid=0, fid=FID_PUSH, body=b"push %d" % i)))
+            return b"pushed"
+        if fid == FID_SILENT:
+            return _NO_REPLY
+        if fid == FID_CLOSE:
+            return _CLOSE
+        if fid == FID_GARBAGE:
+            conn.queue(b"\x00\x00\x00\x30GARBAGE-GARBAGE-GARBAGE")
+            return _NO_REPLY
+        if fid == FID_INFO:
+            return json.dumps(self.info()).encode()
+        return Reply(b"unknown fid %d" % fid, code=404)
+
+    # ------------------------------------------------------------------ serving
+    def _handle(self, sock: Any, addr: Any) -> None:
+        sock.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_NODELAY, 1)
+        conn = _Conn(self, sock, addr)
+        self._conns.append(conn)
+        self.connections_accepted += 1
+        writer = spawn(conn.write_loop, name="server-writer")
+        if self.welcome is not None:
+            conn.queue(encode_frame(Frame(qid=0, fid=0, body=self.welcome)))
+        decoder = FrameDecoder(max_frame_size=self.max_frame_size)
+        try:
+            while not conn.closed:
+                try:
+                    data = sock.recv(262144)
+                except OSError:
+                    break
+                if not data:
+                    break
+                try:
+                    frames = decoder.feed(data)
+                except RemoteProtocolError:
+                    self.protocol_errors += 1
+                    break
+                for frame in frames:
+                    self.frames_received += 1
+                    if self._dispatch(conn, frame) is _CLOSE:
+                        conn.close()
+                        break
+        finally:
+            conn.close()
+            writer.kill(block=False)
+            if conn in self._conns:
+                self._conns.remove(conn)
+
+    def _dispatch(self, conn: _Conn, frame: Frame) -> Any:
+        if frame.tp & TP_HEARTBEAT:
+            self.heartbeats_received += 1
+            if self.heartbeat_echo and frame.res == 0:
+                conn.queue(heartbeat_frame(response=True))
+            return None
+        if frame.res == 1:
+            return None  # a response to one of our pushes: nothing to do
+        self.applied[frame.fid] = self.applied.get(frame.fid, 0) + 1
+        handler = self._handlers.get(frame.fid)
+        if handler is None and frame.fid in (0, FID_ECHO) and not frame.tp & _CODEC:
+            # Fast path for the benchmark peer: echo inline, no greenlet.
+            conn.queue(
+                encode_frame(Frame(qid=frame.qid, fid=frame.fid, code=200, res=1, body=frame.body))
+            )
+            return None
+        if handler is None and frame.fid == FID_CLOSE:
+            return _CLOSE
+        task = spawn(self._run_handler, conn, frame, handler, name="server-handler")
+        conn.tasks.append(task)
+        task.link(lambda g: conn.tasks.remove(g) if g in conn.tasks else None)
+        return None
+
+    def _run_handler(self, conn: _Conn, frame: Frame, handler: Optional[Handler]) -> None:
+        codec_bits = frame.tp & _CODEC
+        body = frame.body
+        try:
+            if codec_bits:
+                codec = codec_for_bits(frame.tp)
+                assert codec is not None
+                body = codec.decompress(body, self.max_frame_size)
+                frame = Frame(qid=frame.qid, fid=frame.fid, tp=frame.tp & ~_CODEC, body=body, headers=frame.headers)
+            result = handler(frame) if handler is not None else self._builtin(conn, frame, body)
+        except CompressionError as exc:
+            result = Reply(str(exc).encode(), code=400)
+        except Exception as exc:  # a handler bug becomes a 500, as a real server would answer
+            log.exception("handler for fid=%d failed", frame.fid)
+            result = Reply(f"{type(exc).__name__}: {exc}".encode(), code=500)
+        if result is None or result is _NO_REPLY:
+            return
+        if result is _CLOSE:
+            conn.close()
+            return
+        reply = result if isinstance(result, Reply) else Reply(result)
+        out_body, tp = reply.body, 0
+        if codec_bits:
+            codec = codec_for_bits(codec_bits)
+            assert codec is not None
+            out_body, tp = codec.compress(out_body), codec_bits
+        conn.queue(
+            encode_frame(
+                Frame(qid=frame.qid, fid=frame.fid, code=reply.code, res=1, tp=tp, body=out_body, headers=reply.headers)
+            )
+        )
+
+    # ------------------------------------------------------------------ control
+    def start(self) -> "EmbeddedServer":
+        """Listen and serve in the background (returns self)."""
+        if self._server is not None:
+            return self
+        kwargs: Dict[str, Any] = {}
+        if self.tls is not None:
+            kwargs["ssl_context"] = self.tls
+        self._server = StreamServer((self.host, self.port), self._handle, **kwargs)
+        self._server.start()
+        self.port = self._server.server_port
+        return self
+
+    def drop_connections(self) -> int:
+        """Close every client connection now (the listener stays up); returns how many."""
+        conns = list(self._conns)
+        for conn in conns:
+            conn.close()
+        return len(conns)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop listening and close every connection (idempotent)."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        self.drop_connections()
+        server.stop(timeout=timeout)
+
+    @property
+    def running(self) -> bool:
+        """True between start() and stop()."""
+        return self._server is not None
+
+    @property
+    def address(self) -> Tuple[str, int]:
+        """``(host, port)`` it listens on."""
+        return self.host, self.port
+
+    @property
+    def url(self) -> str:
+        """``tcp://host:port`` (or ``tls://`` when serving TLS)."""
+        scheme = "tls" if self.tls is not None else "tcp"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    @property
+    def endpoint(self) -> str:
+        """Same as :attr:`url`."""
+        return self.url
+
+    def info(self) -> Dict[str, Any]:
+        """Figures: connections, frames, heartbeats, protocol errors."""
+        return {
+            "connections_accepted": self.connections_accepted,
+            "connections_active": len(self._conns),
+            "frames_received": self.frames_received,
+            "heartbeats_received": self.heartbeats_received,
+            "protocol_errors": self.protocol_errors,
+        }
+
+    def __enter__(self) -> "EmbeddedServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<EmbeddedServer {self.url} running={self.running} connections={len(self._conns)}>"
