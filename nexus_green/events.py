@@ -83,6 +83,8 @@ class EventBus:
         self._subs: List[Tuple[str, Listener]] = []
         self._cache: Dict[str, Tuple[Listener, ...]] = {}
         self.listener_errors = 0
+        # Bumped on every (un)subscribe so hot-path emitters can cache wants().
+        self.version = 0
 
     def subscribe(self, listener: Listener, *, prefix: str = "") -> Callable[[], None]:
         """Call ``listener(event)`` for every event whose name starts with ``prefix``.
@@ -92,6 +94,7 @@ class EventBus:
         entry = (prefix, listener)
         self._subs.append(entry)
         self._cache.clear()
+        self.version += 1
 
         def unsubscribe() -> None:
             try:
@@ -99,6 +102,7 @@ class EventBus:
             except ValueError:
                 return
             self._cache.clear()
+            self.version += 1
 
         return unsubscribe
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+from time import monotonic as _monotonic
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
@@ -62,12 +63,14 @@ from ..protocol.frames import (
     TP_HEARTBEAT,
     Frame,
     FrameDecoder,
+    RawFrame,
     encode_request,
     heartbeat_frame,
+    make_frame,
 )
 from ..protocol.headers import encode_header_block
 from ..protocol.heartbeat import HeartbeatMonitor
-from ..protocol.messages import Response
+from ..protocol.messages import Response, make_response
 from ..transport.endpoint import Endpoint
 from ..transport.stream import ConnectInfo, Stream, open_stream
 from .backoff import ExponentialBackoff, ReconnectStrategy
@@ -132,15 +135,9 @@ class ConnectionOptions:
             raise ConfigurationError(f"recv_buffer_size must be at least 1024, got {self.recv_buffer_size}")
 
 
-class _Pending:
-    __slots__ = ("waiter", "fid", "sent_at", "bucket", "nbytes")
-
-    def __init__(self, waiter: Waiter, fid: int, sent_at: float, nbytes: int) -> None:
-        self.waiter = waiter
-        self.fid = fid
-        self.sent_at = sent_at
-        self.bucket = 0
-        self.nbytes = nbytes
+# A pending request is a tuple (waiter, fid, sent_at, deadline bucket or 0):
+# cheaper than an object on the per-request path.
+_Pending = Tuple[Waiter, int, float, int]
 
 
 class Connection:
@@ -207,6 +204,12 @@ class Connection:
         self.pushes = 0
         self.reconnects = 0
         self.last_error: Optional[BaseException] = None
+        # hot-path caches
+        self._real_clock = clock is SYSTEM_CLOCK
+        self._bus_version = -1
+        self._emit_complete = False
+        self._emit_io = False
+        self._refresh_bus_flags()
 
     # ------------------------------------------------------------------ lifecycle
     def _make_strategy(self) -> Optional[ReconnectStrategy]:
@@ -437,7 +440,7 @@ class Connection:
         hub = get_hub()
         for qid, p in pending.items():
             self._remember_abandoned(qid)
-            hub.loop.run_callback(p.waiter.throw, error)
+            hub.loop.run_callback(p[0].throw, error)
 
     def wait_ready(self, timeout: Optional[float]) -> None:
         """Block until the link is connected, up to ``timeout`` seconds."""
@@ -491,25 +494,36 @@ class Connection:
             self.wait_ready(timeout)
         if headers and self.options.strict:
             raise LocalProtocolError(f"{self.conn_id}: strict mode cannot send headers {sorted(headers)}")
-        qid = self._next_qid()
-        block = encode_header_block(headers) if headers else b""
-        data = encode_request(qid, fid, body, tp=tp, header_block=block)
+        # Inline Qid allocation: wraps at 2**32 and skips Qids still pending.
+        qid = self._qid + 1 if self._qid < _MAX_QID else 1
+        pending = self._pending
+        if qid in pending:
+            qid = self._next_qid()
+        self._qid = qid
+        data = encode_request(qid, fid, body, tp=tp, header_block=encode_header_block(headers) if headers else b"")
         waiter = Waiter()
-        now = self.clock.now()
-        p = _Pending(waiter, fid, now, len(data))
-        self._pending[qid] = p
-        if timeout is not None:
-            self._add_deadline(qid, p, now + timeout)
+        now = _monotonic() if self._real_clock else self.clock.now()
+        if timeout is None:
+            pending[qid] = (waiter, fid, now, 0)
+        else:
+            key = int((now + timeout) * _BUCKET) + 1
+            pending[qid] = (waiter, fid, now, key)
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                self._new_bucket(key, qid)
+            else:
+                bucket.add(qid)
         self._wbuf.append(data)
         if not self._wevent.is_set():
             self._wevent.set()
         self.requests += 1
         try:
-            frame: Frame = waiter.get()
+            raw = waiter.get()
         except BaseException as exc:
             # Our RequestTimeout, a ConnectionLost, or a gevent.Timeout / kill
             # from outside: abandon this Qid only; the link stays healthy.
-            if self._pending.pop(qid, None) is not None:
+            p = pending.pop(qid, None)
+            if p is not None:
                 self._remember_abandoned(qid)
                 self._drop_deadline(qid, p)
             if self.bus.wants("request.failed"):
@@ -522,28 +536,29 @@ class Connection:
                     error=exc,
                 )
             raise
-        latency = self.clock.now() - now
-        if self.bus.wants("request.complete"):
-            self.bus.emit(
+        latency = (_monotonic() if self._real_clock else self.clock.now()) - now
+        bus = self.bus
+        if bus.version != self._bus_version:
+            self._refresh_bus_flags()
+        if self._emit_complete:
+            bus.emit(
                 "request.complete",
                 conn_id=self.conn_id,
                 qid=qid,
                 fid=fid,
                 latency=latency,
                 bytes_out=len(data),
-                bytes_in=len(frame.body) + 24,
-                code=frame.code,
+                bytes_in=len(raw[6]) + 24,
+                code=raw[2],
             )
-        return Response(
-            body=frame.body,
-            code=frame.code,
-            fid=frame.fid,
-            qid=qid,
-            headers=frame.headers,
-            latency=latency,
-            conn_id=self.conn_id,
-            tp=frame.tp,
-        )
+        # raw = (qid, fid, code, tp, res, ver, body, headers)
+        return make_response(raw[6], raw[2], raw[1], qid, raw[7], latency, self.conn_id, raw[3])
+
+    def _refresh_bus_flags(self) -> None:
+        bus = self.bus
+        self._bus_version = bus.version
+        self._emit_complete = bus.wants("request.complete")
+        self._emit_io = bus.wants("io.sent") or bus.wants("io.received")
 
     def send(self, body: bytes = b"", fid: int = 0, *, headers: Optional[Mapping[str, str]] = None, tp: int = 0) -> int:
         """Fire and forget: queue one frame and return its Qid without waiting.
@@ -568,21 +583,15 @@ class Connection:
             del ab[next(iter(ab))]
 
     # ------------------------------------------------------------------ deadlines
-    def _add_deadline(self, qid: int, p: _Pending, when: float) -> None:
-        key = int(when * _BUCKET) + 1
-        p.bucket = key
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            self._buckets[key] = {qid}
-            heapq.heappush(self._bucket_heap, key)
-            if self._timer is None or key < self._timer_key:
-                self._arm(key)
-        else:
-            bucket.add(qid)
+    def _new_bucket(self, key: int, qid: int) -> None:
+        self._buckets[key] = {qid}
+        heapq.heappush(self._bucket_heap, key)
+        if self._timer is None or key < self._timer_key:
+            self._arm(key)
 
     def _drop_deadline(self, qid: int, p: _Pending) -> None:
-        if p.bucket:
-            bucket = self._buckets.get(p.bucket)
+        if p[3]:
+            bucket = self._buckets.get(p[3])
             if bucket is not None:
                 bucket.discard(qid)
 
@@ -608,10 +617,10 @@ class Connection:
                 if p is None:
                     continue
                 self._remember_abandoned(qid)
-                waited = self.clock.now() - p.sent_at
-                p.waiter.throw(
+                waited = self.clock.now() - p[2]
+                p[0].throw(
                     RequestTimeout(
-                        f"request qid={qid} fid={p.fid} to {self.endpoint} got no response in {waited:.3f}s "
+                        f"request qid={qid} fid={p[1]} to {self.endpoint} got no response in {waited:.3f}s "
                         f"({self.conn_id}; only this request was abandoned)"
                     )
                 )
@@ -630,7 +639,7 @@ class Connection:
                     data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                     stream.sendall(data)
                     self.heartbeat.on_activity(self.clock.now())
-                    if self.bus.wants("io.sent"):
+                    if self._emit_io:
                         self.bus.emit("io.sent", conn_id=self.conn_id, nbytes=len(data), frames=len(chunks))
                 if stream is not self._stream:
                     return
@@ -638,65 +647,74 @@ class Connection:
             self._lost(stream, exc)
 
     def _read_loop(self, stream: Stream, decoder: FrameDecoder) -> None:
-        buf = bytearray(self.options.recv_buffer_size)
-        view = memoryview(buf)
-        hub = get_hub()
+        bufsize = self.options.recv_buffer_size
+        run_callback = get_hub().loop.run_callback
+        hb = self.heartbeat
+        now = self.clock.now
         try:
             while True:
-                n = stream.recv_into(buf)
-                if n == 0:
+                data = stream.recv(bufsize)
+                if not data:
                     raise ConnectionLost(
                         f"{self.endpoint} closed the connection ({self.conn_id}, "
                         f"{decoder.buffered} bytes of an incomplete frame pending)"
                     )
-                frames = decoder.feed(view[:n])
-                self.heartbeat.on_activity(self.clock.now(), received=True)
-                if self.bus.wants("io.received"):
-                    self.bus.emit("io.received", conn_id=self.conn_id, nbytes=n, frames=len(frames))
-                ready = self._dispatch(stream, frames)
+                frames = decoder.feed_raw(data)
+                hb.on_activity(now(), received=True)
+                if self._emit_io:
+                    self.bus.emit("io.received", conn_id=self.conn_id, nbytes=len(data), frames=len(frames))
+                ready = self._dispatch(frames)
                 if ready:
-                    hub.loop.run_callback(_deliver, ready)
+                    run_callback(_deliver, ready)
         except RemoteProtocolError as exc:
             self.bus.emit("protocol.error", conn_id=self.conn_id, error=exc, offset=exc.offset)
             self._lost(stream, exc)
         except NexusError as exc:
             self._lost(stream, exc)
 
-    def _dispatch(self, stream: Stream, frames: List[Frame]) -> List[Tuple[Waiter, Frame]]:
-        ready: List[Tuple[Waiter, Frame]] = []
+    def _dispatch(self, frames: List[RawFrame]) -> List[Tuple[Waiter, RawFrame]]:
+        ready: List[Tuple[Waiter, RawFrame]] = []
         pending = self._pending
+        buckets = self._buckets
         for f in frames:
-            if f.tp & TP_HEARTBEAT:
-                if f.res == 0:
-                    self._wbuf.append(heartbeat_frame(response=True))
-                    self._wevent.set()
-                elif self._hb_sent_at is not None:
-                    rtt = self.heartbeat.on_ack(self.clock.now())
-                    self._hb_sent_at = None
-                    self.bus.emit("heartbeat.rtt", conn_id=self.conn_id, rtt=rtt)
-                continue
-            if f.res == 1:
-                p = pending.pop(f.qid, None)
+            # f = (qid, fid, code, tp, res, ver, body, headers)
+            if f[4] == 1 and not f[3] & TP_HEARTBEAT:
+                p = pending.pop(f[0], None)
                 if p is not None:
-                    if p.bucket:
-                        bucket = self._buckets.get(p.bucket)
+                    if p[3]:
+                        bucket = buckets.get(p[3])
                         if bucket is not None:
-                            bucket.discard(f.qid)
-                    ready.append((p.waiter, f))
+                            bucket.discard(f[0])
+                    ready.append((p[0], f))
                     continue
-                if f.qid in self._abandoned:
-                    del self._abandoned[f.qid]
+                if f[0] in self._abandoned:
+                    del self._abandoned[f[0]]
                     self.late_responses += 1
-                    self.bus.emit("request.late", conn_id=self.conn_id, qid=f.qid)
+                    self.bus.emit("request.late", conn_id=self.conn_id, qid=f[0])
                     continue
-            self.pushes += 1
-            self.bus.emit("push.received", conn_id=self.conn_id, fid=f.fid, qid=f.qid)
-            if self.on_push is not None:
-                try:
-                    self.on_push(f)
-                except Exception:
-                    log.exception("%s: push callback failed", self.conn_id)
+            elif f[3] & TP_HEARTBEAT:
+                self._on_heartbeat(f[4])
+                continue
+            self._push(make_frame(*f))
         return ready
+
+    def _on_heartbeat(self, res: int) -> None:
+        if res == 0:
+            self._wbuf.append(heartbeat_frame(response=True))
+            self._wevent.set()
+        elif self._hb_sent_at is not None:
+            rtt = self.heartbeat.on_ack(self.clock.now())
+            self._hb_sent_at = None
+            self.bus.emit("heartbeat.rtt", conn_id=self.conn_id, rtt=rtt)
+
+    def _push(self, frame: Frame) -> None:
+        self.pushes += 1
+        self.bus.emit("push.received", conn_id=self.conn_id, fid=frame.fid, qid=frame.qid)
+        if self.on_push is not None:
+            try:
+                self.on_push(frame)
+            except Exception:
+                log.exception("%s: push callback failed", self.conn_id)
 
     def _heartbeat_loop(self, stream: Stream) -> None:
         hb = self.heartbeat
@@ -734,7 +752,7 @@ class Connection:
         )
 
 
-def _deliver(batch: List[Tuple[Waiter, Frame]]) -> None:
+def _deliver(batch: List[Tuple[Waiter, RawFrame]]) -> None:
     """Hub callback: wake each waiting caller with its frame, in arrival order."""
     for waiter, frame in batch:
         waiter.switch(frame)

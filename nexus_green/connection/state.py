@@ -91,7 +91,7 @@ class Lifecycle:
         """Whether ``event`` is allowed in the current state."""
         return (self.state, event) in TRANSITIONS
 
-    def fire(self, event: str) -> str:
+    def fire(self, event: str) -> None:
         """Apply ``event``; an event the table does not allow is a LocalProtocolError."""
         old = self.state
         new = TRANSITIONS.get((old, event))
@@ -103,7 +103,6 @@ class Lifecycle:
         self.history.append((old, event, new))
         for fn in list(self._listeners):
             fn(old, event, new)
-        return new
 
     def add_listener(self, fn: Transition) -> None:
         """Call ``fn(old, event, new)`` on every later transition."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Mapping, Optional
 
-__all__ = ["Request", "Response"]
+__all__ = ["Request", "Response", "make_response"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,3 +84,33 @@ class Response:
     def replace(self, **changes: Any) -> "Response":
         """A copy with some fields changed (dataclasses.replace)."""
         return replace(self, **changes)
+
+
+_new = object.__new__
+_RESPONSE_SETTERS = tuple(
+    Response.__dict__[n].__set__ for n in ("body", "code", "fid", "qid", "headers", "latency", "conn_id", "cached", "tp")
+)
+
+
+def make_response(
+    body: bytes, code: int, fid: int, qid: int, headers: Mapping[str, str], latency: float, conn_id: str, tp: int
+) -> Response:
+    """Build a :class:`Response` without the frozen-dataclass ``__init__`` (the per-request hot path).
+
+    Example::
+
+        >>> make_response(b"x", 200, 1, 2, {}, 0.5, "c", 0) == Response(body=b"x", fid=1, qid=2, latency=0.5, conn_id="c")
+        True
+    """
+    r = _new(Response)
+    sb, sc, sf, sq, sh, sl, si, sca, st = _RESPONSE_SETTERS
+    sb(r, body)
+    sc(r, code)
+    sf(r, fid)
+    sq(r, qid)
+    sh(r, headers)
+    sl(r, latency)
+    si(r, conn_id)
+    sca(r, "")
+    st(r, tp)
+    return r

@@ -119,6 +119,18 @@ class Stream:
         self.bytes_received += n
         return n
 
+    def recv(self, bufsize: int) -> bytes:
+        """Read up to ``bufsize`` bytes; ``b""`` means the peer closed."""
+        sock = self._sock
+        if sock is None:
+            raise ConnectionLost(f"recv on closed stream to {self.label}")
+        try:
+            data: bytes = sock.recv(bufsize)
+        except OSError as exc:
+            raise map_os_error(exc, f"recv from {self.label}") from exc
+        self.bytes_received += len(data)
+        return data
+
     def sendall(self, data: bytes | bytearray | memoryview) -> None:
         """Write all of ``data`` (cooperatively)."""
         sock = self._sock
