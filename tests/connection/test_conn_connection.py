@@ -1,0 +1,408 @@
+"""Connection: multiplexing, timeouts, faults, reconnection, heartbeat, pushes."""
+
+from __future__ import annotations
+
+import socket as stdsocket
+import struct
+from typing import Any, Iterator, List
+
+import gevent
+import pytest
+from gevent.server import StreamServer
+
+from nexus_green.connection import Connection, ConnectionOptions
+from nexus_green.connection.backoff import FixedInterval
+from nexus_green.errors import (
+    ConfigurationError,
+    ConnectionClosed,
+    ConnectionLost,
+    ConnectionRefused,
+    FrameTooLarge,
+    HeartbeatTimeout,
+    LocalProtocolError,
+    RemoteProtocolError,
+    RequestTimeout,
+)
+from nexus_green.events import EventBus
+from nexus_green.protocol.frames import Frame, FrameDecoder, encode_frame, heartbeat_frame
+from nexus_green.testing import FID_CLOSE, FID_DELAY, FID_GARBAGE, FID_PUSH, FID_SILENT, EmbeddedServer, Reply
+
+pytestmark = pytest.mark.usefixtures("leakcheck")
+
+
+@pytest.fixture
+def server() -> Iterator[EmbeddedServer]:
+    with EmbeddedServer() as s:
+        yield s
+
+
+def opts(**kw: Any) -> ConnectionOptions:
+    kw.setdefault("heartbeat_interval", None)
+    kw.setdefault("reconnect", False)
+    return ConnectionOptions(**kw)
+
+
+def free_port() -> int:
+    s = stdsocket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return int(port)
+
+
+def test_concurrent_requests_share_one_socket_and_match_by_qid(server: EmbeddedServer) -> None:
+    with Connection(server.url, options=opts()) as conn:
+        delays = [0.05, 0.01, 0.03, 0.0, 0.02] * 4
+        results: List[Any] = [None] * len(delays)
+
+        def call(i: int) -> None:
+            results[i] = conn.request(b"%.3f" % delays[i], fid=FID_DELAY, timeout=5)
+
+        gevent.joinall([gevent.spawn(call, i) for i in range(len(delays))], timeout=10, raise_error=True)
+        assert all(r.body == b"ok" and r.code == 200 for r in results)
+        assert len({r.qid for r in results}) == len(delays)
+        assert server.connections_accepted == 1
+        assert conn.in_flight == 0
+
+
+def test_out_of_order_responses_reach_their_callers() -> None:
+    order: List[int] = []
+    server = EmbeddedServer()
+    server.register(50, lambda f: (gevent.sleep(float(f.body)), f.body)[1])
+    with server, Connection(server.url, options=opts()) as conn:
+
+        def call(delay: bytes) -> None:
+            r = conn.request(delay, fid=50, timeout=5)
+            assert r.body == delay
+            order.append(int(float(delay) * 100))
+
+        gevent.joinall([gevent.spawn(call, d) for d in (b"0.06", b"0.01", b"0.03")], timeout=5, raise_error=True)
+    assert order == [1, 3, 6]
+
+
+def test_concurrent_frames_are_coalesced_into_one_write(server: EmbeddedServer) -> None:
+    bus = EventBus()
+    batches: List[int] = []
+    bus.subscribe(lambda e: batches.append(e.attrs["frames"]), prefix="io.sent")
+    with Connection(server.url, options=opts(), bus=bus) as conn:
+        gevent.joinall([gevent.spawn(conn.request, b"x", 1) for _ in range(50)], timeout=5, raise_error=True)
+    assert sum(batches) == 50
+    assert max(batches) > 1, batches
+
+
+def test_timeout_abandons_only_its_qid_and_late_response_is_counted(server: EmbeddedServer) -> None:
+    bus = EventBus()
+    late: List[int] = []
+    bus.subscribe(lambda e: late.append(e.attrs["qid"]), prefix="request.late")
+    with Connection(server.url, options=opts(), bus=bus) as conn:
+        with pytest.raises(RequestTimeout, match="only this request was abandoned"):
+            conn.request(b"0.2", fid=FID_DELAY, timeout=0.05)
+        assert conn.in_flight == 0
+        assert conn.request(b"still fine", fid=1, timeout=5).body == b"still fine"
+        gevent.sleep(0.3)
+        assert conn.late_responses == 1
+        assert len(late) == 1
+        assert conn.state == "connected"
+
+
+def test_many_deadlines_in_different_buckets_expire_in_order(server: EmbeddedServer) -> None:
+    with Connection(server.url, options=opts()) as conn:
+        expired: List[float] = []
+
+        def call(t: float) -> None:
+            with pytest.raises(RequestTimeout):
+                conn.request(b"", fid=FID_SILENT, timeout=t)
+            expired.append(t)
+
+        gevent.joinall([gevent.spawn(call, t) for t in (0.09, 0.03, 0.06)], timeout=5, raise_error=True)
+        assert expired == [0.03, 0.06, 0.09]
+        assert not conn._buckets and not conn._bucket_heap and conn._timer is None
+
+
+def test_outer_gevent_timeout_does_not_poison_the_connection(server: EmbeddedServer) -> None:
+    with Connection(server.url, options=opts()) as conn:
+        with pytest.raises(gevent.Timeout):
+            with gevent.Timeout(0.05):
+                conn.request(b"0.2", fid=FID_DELAY, timeout=5)
+        assert conn.in_flight == 0
+        assert conn.request(b"next", fid=1).body == b"next"
+        gevent.sleep(0.3)
+        assert conn.late_responses == 1
+
+
+def test_peer_closing_fails_every_pending_request_with_the_cause(server: EmbeddedServer) -> None:
+    with Connection(server.url, options=opts()) as conn:
+        waiting = [gevent.spawn(conn.request, b"", FID_SILENT) for _ in range(5)]
+        gevent.sleep(0.02)
+        with pytest.raises(ConnectionLost, match="closed the connection"):
+            conn.request(b"", fid=FID_CLOSE, timeout=5)
+        gevent.joinall(waiting, timeout=5)
+        assert all(isinstance(g.exception, ConnectionLost) for g in waiting)
+        assert conn.state == "closed"
+        with pytest.raises(ConnectionLost, match="gave up"):
+            conn.request(b"x", fid=1)
+
+
+def test_peer_closing_mid_frame_is_connection_lost() -> None:
+    def handler(sock: Any, addr: Any) -> None:
+        FrameDecoder().feed(sock.recv(1024))
+        sock.sendall(encode_frame(Frame(qid=1, res=1, code=200, body=b"x" * 100))[:30])
+        sock.close()
+
+    srv = StreamServer(("127.0.0.1", 0), handler)
+    srv.start()
+    try:
+        with Connection(f"tcp://127.0.0.1:{srv.server_port}", options=opts()) as conn:
+            with pytest.raises(ConnectionLost, match="bytes of an incomplete frame"):
+                conn.request(b"x", fid=1, timeout=5)
+    finally:
+        srv.stop()
+
+
+def test_garbage_from_peer_fails_pending_with_protocol_error(server: EmbeddedServer) -> None:
+    bus = EventBus()
+    errors: List[Any] = []
+    bus.subscribe(errors.append, prefix="protocol.error")
+    with Connection(server.url, options=opts(), bus=bus) as conn:
+        with pytest.raises(RemoteProtocolError, match="bad tag"):
+            conn.request(b"", fid=FID_GARBAGE, timeout=5)
+        assert conn.state == "closed"
+    assert len(errors) == 1 and errors[0].attrs["offset"] == 4
+
+
+def test_oversized_frame_is_refused(server: EmbeddedServer) -> None:
+    with Connection(server.url, options=opts(max_frame_size=64)) as conn:
+        with pytest.raises(FrameTooLarge, match="exceeds max_frame_size 64"):
+            conn.request(b"y" * 100, fid=1, timeout=5)
+
+
+def test_connect_refused_leaves_nothing_behind() -> None:
+    conn = Connection(f"tcp://127.0.0.1:{free_port()}", options=opts())
+    with pytest.raises(ConnectionRefused):
+        conn.connect()
+    assert conn.state == "closed"
+    with pytest.raises(ConnectionClosed):
+        conn.connect()
+
+
+def test_calls_after_close_fail_with_connection_closed(server: EmbeddedServer) -> None:
+    conn = Connection(server.url, options=opts()).connect()
+    pending = gevent.spawn(conn.request, b"", FID_SILENT)
+    gevent.sleep(0.02)
+    conn.close()
+    conn.close()  # idempotent
+    pending.join(timeout=5)
+    assert isinstance(pending.exception, ConnectionClosed)
+    with pytest.raises(ConnectionClosed, match="closed by its owner"):
+        conn.request(b"x")
+    with pytest.raises(ConnectionClosed):
+        conn.send(b"x")
+
+
+def test_close_with_drain_waits_for_in_flight(server: EmbeddedServer) -> None:
+    conn = Connection(server.url, options=opts()).connect()
+    g = gevent.spawn(conn.request, b"0.05", FID_DELAY)
+    gevent.sleep(0.01)
+    conn.close(drain=2.0)
+    g.join(timeout=5)
+    assert g.value is not None and g.value.body == b"ok"
+
+
+def test_reconnects_after_the_server_drops_the_link(server: EmbeddedServer) -> None:
+    bus = EventBus()
+    events: List[str] = []
+    bus.subscribe(lambda e: events.append(e.name), prefix="reconnect.")
+    with Connection(server.url, options=opts(reconnect=FixedInterval(0.02)), bus=bus) as conn:
+        conn.request(b"a", fid=1)
+        assert server.drop_connections() == 1
+        assert _settle(lambda: conn.state != "connected")
+        r = conn.request(b"b", fid=1, timeout=5)  # waits for the link, then succeeds
+        assert r.body == b"b"
+        assert conn.reconnects == 1
+        assert "reconnect.scheduled" in events and "reconnect.succeeded" in events
+        assert [h[2] for h in conn.lifecycle.history][-3:] == ["reconnecting", "connecting", "connected"]
+
+
+def test_server_killed_and_restarted_client_comes_back() -> None:
+    port = free_port()
+    first = EmbeddedServer(port=port).start()
+    conn = Connection(f"tcp://127.0.0.1:{port}", options=opts(reconnect=FixedInterval(0.05))).connect()
+    try:
+        assert conn.request(b"1", fid=1).body == b"1"
+        first.stop()
+        gevent.sleep(0.15)
+        assert conn.state in ("reconnecting", "connecting")
+        with EmbeddedServer(port=port):
+            assert conn.request(b"2", fid=1, timeout=5).body == b"2"
+            assert conn.reconnects == 1
+    finally:
+        conn.close()
+
+
+def test_fail_fast_while_reconnecting(server: EmbeddedServer) -> None:
+    with Connection(server.url, options=opts(reconnect=FixedInterval(5.0), fail_fast=True)) as conn:
+        conn.request(b"a", fid=1)
+        server.drop_connections()
+        gevent.sleep(0.05)
+        with pytest.raises(ConnectionLost, match="fail_fast"):
+            conn.request(b"b", fid=1)
+
+
+def test_waiting_for_reconnect_is_bounded_by_the_request_timeout(server: EmbeddedServer) -> None:
+    with Connection(server.url, options=opts(reconnect=FixedInterval(5.0))) as conn:
+        conn.request(b"a", fid=1)
+        server.drop_connections()
+        gevent.sleep(0.05)
+        with pytest.raises(RequestTimeout, match="still reconnecting"):
+            conn.request(b"b", fid=1, timeout=0.05)
+
+
+def test_gives_up_after_max_attempts() -> None:
+    port = free_port()
+    server = EmbeddedServer(port=port).start()
+    conn = Connection(f"tcp://127.0.0.1:{port}", options=opts(reconnect=FixedInterval(0.01, max_attempts=2)))
+    conn.connect()
+    server.stop()
+    assert _settle(lambda: conn.state == "closed")
+    assert isinstance(conn.last_error, ConnectionRefused)
+    conn.close()
+
+
+def test_heartbeat_timeout_declares_the_link_dead() -> None:
+    bus = EventBus()
+    seen: List[str] = []
+    bus.subscribe(lambda e: seen.append(e.name), prefix="heartbeat.")
+    with EmbeddedServer(heartbeat_echo=False) as server:
+        with Connection(server.url, options=opts(heartbeat_interval=0.05, heartbeat_timeout=0.05), bus=bus) as conn:
+            assert _settle(lambda: conn.state == "closed")
+            assert isinstance(conn.last_error, HeartbeatTimeout)
+    assert "heartbeat.sent" in seen and "heartbeat.timeout" in seen
+
+
+def test_heartbeat_round_trips_are_measured(server: EmbeddedServer) -> None:
+    bus = EventBus()
+    rtts: List[float] = []
+    bus.subscribe(lambda e: rtts.append(e.attrs["rtt"]), prefix="heartbeat.rtt")
+    with Connection(server.url, options=opts(heartbeat_interval=0.03), bus=bus) as conn:
+        assert _settle(lambda: len(rtts) >= 2)
+        assert conn.state == "connected"
+    assert all(0 <= r < 1 for r in rtts)
+    assert server.heartbeats_received >= 2
+
+
+def test_server_heartbeat_is_answered_and_pushes_are_delivered() -> None:
+    got: List[bytes] = []
+
+    def handler(sock: Any, addr: Any) -> None:
+        sock.sendall(heartbeat_frame())
+        sock.sendall(encode_frame(Frame(qid=0, fid=9, body=b"hello")))
+        sock.sendall(encode_frame(Frame(qid=77, fid=9, res=1, code=200, body=b"stray")))
+        got.append(sock.recv(1024))
+        gevent.sleep(0.2)
+
+    srv = StreamServer(("127.0.0.1", 0), handler)
+    srv.start()
+    pushes: List[Frame] = []
+    try:
+        with Connection(f"tcp://127.0.0.1:{srv.server_port}", options=opts(), on_push=pushes.append) as conn:
+            assert _settle(lambda: len(pushes) == 2 and bool(got))
+            assert conn.pushes == 2
+    finally:
+        srv.stop()
+    assert [p.body for p in pushes] == [b"hello", b"stray"]
+    [answer] = FrameDecoder().feed(got[0])
+    assert answer.is_heartbeat and answer.res == 1
+
+
+def test_push_callback_errors_are_contained(server: EmbeddedServer) -> None:
+    def bad(frame: Frame) -> None:
+        raise RuntimeError("boom")
+
+    with Connection(server.url, options=opts(), on_push=bad) as conn:
+        assert conn.request(b"3", fid=FID_PUSH).body == b"pushed"
+        assert conn.request(b"x", fid=1).body == b"x"
+        assert conn.pushes == 3
+
+
+def test_send_is_fire_and_forget(server: EmbeddedServer) -> None:
+    with Connection(server.url, options=opts()) as conn:
+        qid = conn.send(b"one-way", fid=1)
+        assert qid > 0
+        assert _settle(lambda: conn.late_responses == 1)
+        assert conn.pushes == 0
+
+
+def test_headers_round_trip_and_strict_mode_refuses_them() -> None:
+    server = EmbeddedServer()
+    server.register(60, lambda f: Reply(b"h", headers={"seen": f.headers.get("trace-id", "")}))
+    with server:
+        with Connection(server.url, options=opts()) as conn:
+            r = conn.request(b"", fid=60, headers={"trace-id": "t-1"})
+            assert dict(r.headers) == {"seen": "t-1"}
+        with Connection(server.url, options=opts(strict=True)) as conn:
+            with pytest.raises(LocalProtocolError, match="strict mode"):
+                conn.request(b"", fid=60, headers={"trace-id": "t-1"})
+
+
+def test_qids_wrap_around_and_skip_pending(server: EmbeddedServer) -> None:
+    with Connection(server.url, options=opts()) as conn:
+        conn._qid = 0xFFFFFFFE
+        first = gevent.spawn(conn.request, b"0.05", FID_DELAY)
+        gevent.sleep(0.01)
+        assert 0xFFFFFFFF in conn._pending
+        conn._qid = 0xFFFFFFFE  # the next Qid would collide with the pending one
+        r = conn.request(b"x", fid=1)
+        assert r.qid == 1
+        assert first.get(timeout=5).qid == 0xFFFFFFFF
+        assert conn.request(b"y", fid=1).qid == 2
+
+
+def test_options_are_validated() -> None:
+    with pytest.raises(ConfigurationError, match="request_timeout"):
+        ConnectionOptions(request_timeout=0)
+    with pytest.raises(ConfigurationError, match="max_frame_size"):
+        ConnectionOptions(max_frame_size=10)
+    with pytest.raises(ConfigurationError, match="recv_buffer_size"):
+        ConnectionOptions(recv_buffer_size=10)
+
+
+def test_lifecycle_events_and_repr(server: EmbeddedServer) -> None:
+    bus = EventBus()
+    states: List[str] = []
+    bus.subscribe(lambda e: states.append(e.attrs["new"]), prefix="connection.state")
+    conn = Connection(server.url, options=opts(), bus=bus)
+    assert "state=idle" in repr(conn)
+    conn.request(b"x", fid=1)  # connects on first use
+    assert "state=connected" in repr(conn) and "requests=1" in repr(conn)
+    conn.close()
+    assert states == ["connecting", "connected", "closing", "closed"]
+
+
+def test_connect_events_carry_phase_timings(server: EmbeddedServer) -> None:
+    bus = EventBus()
+    done: List[Any] = []
+    bus.subscribe(done.append, prefix="connect.complete")
+    with Connection(server.url, options=opts(), bus=bus) as conn:
+        assert conn.last_connect is not None
+        assert set(conn.last_connect.phases) == {"dns", "tcp"}
+    assert set(done[0].attrs["phases"]) == {"dns", "tcp"}
+
+
+def test_default_reconnect_strategy_is_exponential(server: EmbeddedServer) -> None:
+    conn = Connection(server.url, options=ConnectionOptions(heartbeat_interval=None))
+    assert type(conn._strategy).__name__ == "ExponentialBackoff"
+    assert Connection(server.url, options=ConnectionOptions(reconnect=True))._strategy is not None
+
+
+def test_struct_of_late_frame_matches_protocol() -> None:
+    # A pure sanity check of the helper used above: a response frame's header layout.
+    data = encode_frame(Frame(qid=5, fid=1, res=1, code=200, body=b"z"))
+    assert struct.unpack_from(">IHHBBIII", data)[5] == 5
+
+
+def _settle(check: Any, timeout: float = 3.0) -> bool:
+    with gevent.Timeout(timeout, False):
+        while not check():
+            gevent.sleep(0.01)
+        return True
+    return False
