@@ -371,10 +371,26 @@ class Connection:
             error=error,
         )
 
-    def _teardown_stream(self) -> None:
+    def _abandon_after_fork(self) -> None:
+        """In a forked child: stop this copy without shutting down the parent's socket."""
+        current = gevent.getcurrent()
+        for g in (self._reconnector, self._heartbeat, self._writer, self._reader):
+            if g is not None and g is not current:
+                g.kill(block=False)
+        self._teardown_stream(detach=True)
+        self._closed_by_user = True
+        if self.lifecycle.state not in (CLOSING, CLOSED):
+            self.lifecycle.fire("close")
+            self.lifecycle.fire("closed")
+        self._fail_all(ConnectionClosed(f"{self.conn_id} belongs to the parent process; the forked child opens its own"))
+
+    def _teardown_stream(self, *, detach: bool = False) -> None:
         stream, self._stream = self._stream, None
         if stream is not None:
-            stream.close()
+            if detach:
+                stream.detach()
+            else:
+                stream.close()
         if self._timer is not None:
             self._timer.stop()
             self._timer.close()

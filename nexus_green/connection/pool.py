@@ -283,14 +283,19 @@ class ConnectionPool:
             self._capacity.set()
 
     def _forget_after_fork(self) -> None:
-        """In a forked child: drop the parent's connections without touching their sockets."""
+        """In a forked child: drop the parent's connections without touching their sockets.
+
+        The child inherited copies of the parent's greenlets and descriptors;
+        its copies are killed and closed (never shut down, which would cut the
+        parent's link), and the next acquire opens the child's own connection.
+        """
+        if self._maintainer is not None:
+            self._maintainer.kill(block=False)
+        self._maintainer = None
         for conn in self._conns:
-            stream = conn._stream
-            if stream is not None:
-                stream.detach()
+            conn._abandon_after_fork()
         self._conns = []
         self._last_used.clear()
-        self._maintainer = None
         self._opening = 0
         self._waiters = 0
 

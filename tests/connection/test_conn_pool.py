@@ -1,0 +1,183 @@
+"""ConnectionPool: least-loaded choice, growth, exhaustion, maintenance, fork, figures."""
+
+from __future__ import annotations
+
+import os
+import socket as stdsocket
+from typing import Any, Iterator, List
+
+import gevent
+import pytest
+
+from nexus_green.clock import FakeClock
+from nexus_green.connection import ConnectionOptions, ConnectionPool
+from nexus_green.errors import ClientClosed, ConfigurationError, ConnectionRefused, PoolExhausted
+from nexus_green.events import EventBus
+from nexus_green.testing import FID_DELAY, FID_SILENT, EmbeddedServer
+
+pytestmark = pytest.mark.usefixtures("leakcheck")
+
+OPTS = ConnectionOptions(heartbeat_interval=None, reconnect=False)
+
+
+@pytest.fixture
+def server() -> Iterator[EmbeddedServer]:
+    with EmbeddedServer() as s:
+        yield s
+
+
+def test_one_connection_serves_many_until_it_is_full(server: EmbeddedServer) -> None:
+    with ConnectionPool(server.url, max_size=3, max_in_flight=2, options=OPTS) as pool:
+
+        def call() -> bytes:
+            conn = pool.acquire()
+            try:
+                return conn.request(b"0.05", fid=FID_DELAY).body
+            finally:
+                pool.release(conn)
+
+        gs = [gevent.spawn(call) for _ in range(6)]
+        gevent.joinall(gs, timeout=5, raise_error=True)
+        assert all(g.value == b"ok" for g in gs)
+        assert pool.stats()["size"] == 3
+        assert server.connections_accepted == 3
+
+
+def test_least_in_flight_connection_is_chosen(server: EmbeddedServer) -> None:
+    with ConnectionPool(server.url, max_size=2, max_in_flight=1, options=OPTS) as pool:
+        a = pool.acquire()
+        g = gevent.spawn(a.request, b"0.1", FID_DELAY)
+        gevent.sleep(0.01)
+        b = pool.acquire()  # a is full: a second connection opens
+        assert b is not a
+        assert pool.acquire() is b
+        g.join(timeout=5)
+        assert {a.in_flight, b.in_flight} == {0}
+
+
+def test_exhausted_pool_raises_after_checkout_timeout(server: EmbeddedServer) -> None:
+    bus = EventBus()
+    seen: List[str] = []
+    bus.subscribe(lambda e: seen.append(e.name), prefix="pool.")
+    with ConnectionPool(server.url, max_size=1, max_in_flight=1, checkout_timeout=0.05, options=OPTS, bus=bus) as pool:
+        conn = pool.acquire()
+        g = gevent.spawn(conn.request, b"", FID_SILENT, timeout=1)
+        gevent.sleep(0.01)
+        with pytest.raises(PoolExhausted, match="max_in_flight=1"):
+            pool.acquire()
+        assert pool.stats()["exhausted"] == 1
+        g.kill()
+    assert "pool.exhausted" in seen and "pool.connection.opened" in seen
+
+
+def test_waiting_checkout_wakes_when_capacity_frees(server: EmbeddedServer) -> None:
+    with ConnectionPool(server.url, max_size=1, max_in_flight=1, checkout_timeout=2, options=OPTS) as pool:
+        conn = pool.acquire()
+
+        def first() -> None:
+            conn.request(b"0.05", fid=FID_DELAY)
+            pool.release(conn)
+
+        g = gevent.spawn(first)
+        gevent.sleep(0.01)
+        assert pool.acquire() is conn  # waited for the first request to finish
+        g.join(timeout=5)
+        assert pool.stats()["checkout_wait_max"] > 0
+
+
+def test_first_connect_error_propagates() -> None:
+    s = stdsocket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    with ConnectionPool(f"tcp://127.0.0.1:{port}", options=OPTS) as pool:
+        with pytest.raises(ConnectionRefused):
+            pool.acquire()
+        assert pool.stats()["size"] == 0 and pool.stats()["opening"] == 0
+
+
+def test_maintenance_closes_idle_extras_and_refills_min_size(server: EmbeddedServer) -> None:
+    clock = FakeClock(start=1000.0, autojump=False)
+    pool = ConnectionPool(
+        server.url, min_size=1, max_size=3, max_in_flight=1, max_idle_time=10, options=OPTS, clock=clock
+    )
+    with pool:
+        a = pool.acquire()
+        g = gevent.spawn(a.request, b"0.05", FID_DELAY)
+        gevent.sleep(0.01)
+        b = pool.acquire()
+        g.join(timeout=5)
+        assert pool.stats()["size"] == 2
+        pool.maintain()  # records last use
+        clock.advance(11)
+        pool.maintain()
+        assert pool.stats()["size"] == 1  # one idle extra closed, min_size kept
+        assert pool.discarded == 1
+        survivor = pool.connections[0]
+        survivor.close()
+        pool.maintain()  # the closed one is discarded and min_size refilled
+        assert pool.stats()["size"] == 1 and pool.connections[0] is not survivor
+        assert b.state == "closed" or a.state == "closed"
+
+
+def test_max_lifetime_retires_old_connections(server: EmbeddedServer) -> None:
+    clock = FakeClock(start=0.0, autojump=False)
+    with ConnectionPool(server.url, max_lifetime=60, options=OPTS, clock=clock) as pool:
+        old = pool.acquire()
+        clock.advance(61)
+        pool.maintain()
+        assert old.state == "closed"
+        assert pool.stats()["size"] == 1 and pool.connections[0] is not old
+
+
+def test_background_maintainer_runs_and_stops(server: EmbeddedServer) -> None:
+    with ConnectionPool(server.url, min_size=2, health_check_interval=0.02, options=OPTS) as pool:
+        pool.acquire()
+        assert _settle(lambda: pool.stats()["size"] == 2)
+        maintainer = pool._maintainer
+        assert maintainer is not None and not maintainer.dead
+    assert _settle(lambda: maintainer.dead)
+
+
+def test_after_fork_the_child_forgets_parent_connections(server: EmbeddedServer) -> None:
+    from nexus_green.connection import pool as pool_module
+
+    with ConnectionPool(server.url, options=OPTS) as pool:
+        conn = pool.acquire()
+        conn.request(b"x", fid=1)
+        pool_module._after_fork_in_child()  # what os.register_at_fork runs in a child
+        assert pool.stats()["size"] == 0
+        fresh = pool.acquire()
+        assert fresh is not conn and fresh.request(b"y", fid=1).body == b"y"
+        assert conn._stream is None and conn.state == "closed"
+
+
+def test_stats_repr_and_close(server: EmbeddedServer) -> None:
+    pool = ConnectionPool(server.url, options=OPTS, name="svc")
+    pool.release(pool.acquire())
+    stats = pool.stats()
+    assert stats["size"] == 1 and stats["connected"] == 1 and stats["checkouts"] == 1
+    assert 0 <= stats["utilisation"] <= 1
+    assert "open size=1/4 connected=1" in repr(pool)
+    pool.close()
+    pool.close()
+    assert pool.closed and "closed size=0/4" in repr(pool)
+    with pytest.raises(ClientClosed):
+        pool.acquire()
+
+
+def test_invalid_pool_options() -> None:
+    with pytest.raises(ConfigurationError):
+        ConnectionPool("tcp://127.0.0.1:9", min_size=5, max_size=2)
+    with pytest.raises(ConfigurationError):
+        ConnectionPool("tcp://127.0.0.1:9", max_in_flight=0)
+    with pytest.raises(ConfigurationError):
+        ConnectionPool("tcp://127.0.0.1:9", health_check_interval=0)
+
+
+def _settle(check: Any, timeout: float = 3.0) -> bool:
+    with gevent.Timeout(timeout, False):
+        while not check():
+            gevent.sleep(0.01)
+        return True
+    return False
