@@ -172,7 +172,9 @@ class ConnectionPool:
             if best is not None:
                 self._record_wait(started)
                 return best
-            if len(self._conns) + self._opening < self.max_size:
+            # Open one connection at a time: a cold-start burst of callers waits
+            # for the first link instead of opening max_size of them at once.
+            if not self._opening and len(self._conns) < self.max_size:
                 conn = self._open_one()
                 if conn is not None:
                     self._record_wait(started)
@@ -220,6 +222,8 @@ class ConnectionPool:
             return None
         finally:
             self._opening -= 1
+            if self._waiters:
+                self._capacity.set()
         if self._closed:
             conn.close()
             raise ClientClosed(f"pool for {self.endpoint} was closed while connecting")
