@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -39,7 +39,7 @@ def frame(qid: int) -> bytes:
     return PREFIX.pack(20 + len(BODY), 0x7A5A, 1, 0, 0, qid, 1, 0, 0) + BODY
 
 
-def percentile(values: List[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
     if not values:
         return 0.0
@@ -57,12 +57,12 @@ def recv_exact(sock: Any, n: int) -> bytes:
     return buf
 
 
-def run_client(port: int, seconds: float, with_timeout: bool) -> Dict[str, Any]:
+def run_client(port: int, seconds: float, with_timeout: bool) -> dict[str, Any]:
     import gevent
 
     from nexus_green import Client
 
-    lat: List[float] = []
+    lat: list[float] = []
     stop = time.perf_counter() + seconds
     client = Client(f"tcp://127.0.0.1:{port}", heartbeat_interval=None)
     client.connect()
@@ -88,11 +88,11 @@ def run_client(port: int, seconds: float, with_timeout: bool) -> Dict[str, Any]:
     return {"requests": len(lat), "elapsed": elapsed, "latencies": lat}
 
 
-def run_gevent(port: int, seconds: float) -> Dict[str, Any]:
+def run_gevent(port: int, seconds: float) -> dict[str, Any]:
     import gevent
     from gevent import socket
 
-    lat: List[float] = []
+    lat: list[float] = []
     stop = time.perf_counter() + seconds
 
     def worker() -> None:
@@ -119,11 +119,11 @@ def run_gevent(port: int, seconds: float) -> Dict[str, Any]:
     return {"requests": len(lat), "elapsed": time.perf_counter() - t0, "latencies": lat}
 
 
-def run_threads(port: int, seconds: float) -> Dict[str, Any]:
+def run_threads(port: int, seconds: float) -> dict[str, Any]:
     import socket
     import threading
 
-    lat: List[float] = []
+    lat: list[float] = []
     stop = time.perf_counter() + seconds
 
     def worker() -> None:
@@ -154,10 +154,10 @@ def run_threads(port: int, seconds: float) -> Dict[str, Any]:
     return {"requests": len(lat), "elapsed": time.perf_counter() - t0, "latencies": lat}
 
 
-def run_asyncio(port: int, seconds: float) -> Dict[str, Any]:
+def run_asyncio(port: int, seconds: float) -> dict[str, Any]:
     import asyncio
 
-    lat: List[float] = []
+    lat: list[float] = []
     stop = time.perf_counter() + seconds
 
     async def worker() -> None:
@@ -242,7 +242,7 @@ def main() -> int:
         assert server.stdout is not None
         line = server.stdout.readline()
         port = int(line.rsplit(":", 1)[1])
-        runs: Dict[str, List[Dict[str, Any]]] = {k: [] for k in WORKLOADS}
+        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in WORKLOADS}
         for _ in range(args.rounds):
             for name in WORKLOADS:
                 cpu0, t0 = cpu_seconds(server.pid), time.perf_counter()

@@ -18,7 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import gevent
 from gevent.pool import Pool
@@ -68,7 +69,7 @@ def _demo(args: argparse.Namespace) -> int:
         client.connect()
         welcome = next(client.pushes(timeout=2.0), None)
         print(f"  welcome push: {welcome.body.decode() if welcome else '(none)'}")
-        latencies: List[float] = []
+        latencies: list[float] = []
         payload = b"x" * args.size
 
         def one(_: int) -> None:
@@ -82,7 +83,9 @@ def _demo(args: argparse.Namespace) -> int:
             pass
         elapsed = time.perf_counter() - t0
         latencies.sort()
-        print(f"  {args.requests} echo requests of {args.size} bytes from {args.concurrency} greenlets in {elapsed:.3f}s")
+        print(
+            f"  {args.requests} echo requests of {args.size} bytes from {args.concurrency} greenlets in {elapsed:.3f}s"
+        )
         print(f"  throughput: {args.requests / elapsed:,.0f} req/s over {client.stats()['size']} connection(s)")
         print(
             "  latency ms: p50 {:.3f}  p95 {:.3f}  p99 {:.3f}  max {:.3f}".format(
@@ -103,7 +106,7 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of the ``nexus-green`` console script."""
     ap = argparse.ArgumentParser(prog="nexus-green", description="nexus_green command line")
     sub = ap.add_subparsers(dest="command", required=True)

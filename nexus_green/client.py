@@ -17,12 +17,15 @@ Example::
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterator, List, Mapping, Optional
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Optional
 
 from gevent.hub import get_hub
 from gevent.queue import Empty, Full, Queue
 
 from .clock import SYSTEM_CLOCK, Clock
+from .connection.connection import ConnectionOptions
+from .connection.pool import ConnectionPool
 from .deadline import effective_timeout
 from .errors import ClientClosed, DeadlineExceeded, RemoteError
 from .events import EventBus, default_bus
@@ -30,8 +33,6 @@ from .protocol.compression import decompress_body
 from .protocol.frames import TP_CODEC_MASK, TP_GZIP, Frame
 from .protocol.messages import Request, Response
 from .transport.endpoint import Endpoint
-from .connection.connection import ConnectionOptions
-from .connection.pool import ConnectionPool
 
 __all__ = ["Client"]
 
@@ -103,16 +104,14 @@ class Client:
             from .errors import ConfigurationError
 
             raise ConfigurationError(f"unknown Client option(s): {', '.join(sorted(unknown))}")
-        conn_opts = ConnectionOptions(
-            request_timeout=timeout, **{k: v for k, v in options.items() if k in _CONN_KEYS}
-        )
+        conn_opts = ConnectionOptions(request_timeout=timeout, **{k: v for k, v in options.items() if k in _CONN_KEYS})
         self.timeout = timeout
         self.raise_for_code = raise_for_code
         self.bus = bus
         self.clock = clock
         self._closed = False
-        self._push_callbacks: List[Callable[[Response], None]] = []
-        self._pushes: "Queue[Optional[Response]]" = Queue(maxsize=push_queue_size)
+        self._push_callbacks: list[Callable[[Response], None]] = []
+        self._pushes: Queue[Optional[Response]] = Queue(maxsize=push_queue_size)
         self.pushes_dropped = 0
         self.pool = ConnectionPool(
             self.endpoint,
@@ -207,7 +206,7 @@ class Client:
         conn = self.pool.acquire()
         return conn.send(body, fid, headers=headers)
 
-    def connect(self) -> "Client":
+    def connect(self) -> Client:
         """Open the pool's first connection now, so connection errors surface here."""
         self.pool.release(self.pool.acquire())
         return self
@@ -293,7 +292,7 @@ class Client:
         """True after :meth:`close`."""
         return self._closed
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -301,4 +300,3 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<Client {self.endpoint} {'closed' if self._closed else 'open'} {self.pool!r}>"
-

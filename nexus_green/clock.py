@@ -22,7 +22,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from typing import List, Protocol, Tuple, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import gevent
 from gevent.event import Event
@@ -95,8 +95,8 @@ class FakeClock:
         self._now = float(start)
         self._wall_offset = wall_offset
         self.autojump = autojump
-        self.sleeps: List[float] = []
-        self._sleepers: List[Tuple[float, int, Event]] = []
+        self.sleeps: list[float] = []
+        self._sleepers: list[tuple[float, int, Event]] = []
         self._seq = itertools.count()
 
     def now(self) -> float:

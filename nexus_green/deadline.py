@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Iterator, Optional
+from collections.abc import Iterator
+from typing import Optional
 
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import DeadlineExceeded

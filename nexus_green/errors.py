@@ -67,6 +67,7 @@ __all__ = [
     "UsageError",
     "InvalidURL",
     "ConfigurationError",
+    "MetricError",
     "ClientClosed",
     "ConnectionClosed",
 ]
@@ -305,6 +306,10 @@ class InvalidURL(UsageError, ValueError):
 
 class ConfigurationError(UsageError, ValueError):
     """An option has an invalid value."""
+
+
+class MetricError(UsageError, ValueError):
+    """A metric was declared wrongly: a bad name or tag, or a name reused with another type or unit."""
 
 
 class ClientClosed(UsageError):

@@ -46,8 +46,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Tuple
+from typing import Any
 
 __all__ = ["Event", "EventBus", "Listener", "default_bus"]
 
@@ -80,8 +81,8 @@ class EventBus:
     """
 
     def __init__(self) -> None:
-        self._subs: List[Tuple[str, Listener]] = []
-        self._cache: Dict[str, Tuple[Listener, ...]] = {}
+        self._subs: list[tuple[str, Listener]] = []
+        self._cache: dict[str, tuple[Listener, ...]] = {}
         self.listener_errors = 0
         # Bumped on every (un)subscribe so hot-path emitters can cache wants().
         self.version = 0
@@ -97,16 +98,20 @@ class EventBus:
         self.version += 1
 
         def unsubscribe() -> None:
-            try:
-                self._subs.remove(entry)
-            except ValueError:
+            # By identity: the same listener and prefix may be subscribed twice, and a
+            # second call of this function must not remove the other subscription.
+            for i, e in enumerate(self._subs):
+                if e is entry:
+                    del self._subs[i]
+                    break
+            else:
                 return
             self._cache.clear()
             self.version += 1
 
         return unsubscribe
 
-    def _listeners(self, name: str) -> Tuple[Listener, ...]:
+    def _listeners(self, name: str) -> tuple[Listener, ...]:
         found = self._cache.get(name)
         if found is None:
             found = tuple(fn for prefix, fn in self._subs if name.startswith(prefix))

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import contextvars
 import weakref
-from typing import Any, Callable, List
+from collections.abc import Callable
+from typing import Any
 
 import gevent
 
 __all__ = ["spawn", "live_greenlets"]
 
-_LIVE: "weakref.WeakSet[gevent.Greenlet]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[gevent.Greenlet] = weakref.WeakSet()
 
 
 def spawn(fn: Callable[..., Any], *args: Any, name: str = "", **kwargs: Any) -> gevent.Greenlet:
@@ -39,6 +40,6 @@ def spawn(fn: Callable[..., Any], *args: Any, name: str = "", **kwargs: Any) -> 
     return g
 
 
-def live_greenlets() -> List[gevent.Greenlet]:
+def live_greenlets() -> list[gevent.Greenlet]:
     """Greenlets started by :func:`spawn` that have not finished yet."""
     return [g for g in list(_LIVE) if not g.dead]

@@ -8,7 +8,7 @@ for greenlets that are finishing).
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import gevent
 import pytest

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import socket as stdsocket
 import zlib
-from typing import Any, Callable, Iterator, List
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import gevent
 import pytest
@@ -80,7 +81,7 @@ def test_overall_deadline_caps_the_request_timeout(server: EmbeddedServer) -> No
 
 
 def test_pushes_iterator_and_callbacks(server: EmbeddedServer) -> None:
-    seen: List[bytes] = []
+    seen: list[bytes] = []
     with client_for(server) as c:
         off = c.on_push(lambda r: seen.append(r.body))
         assert c.request(b"3", fid=FID_PUSH).body == b"pushed"
@@ -154,7 +155,7 @@ def test_large_compressed_body_is_decoded_off_the_hub(server: EmbeddedServer) ->
 
 
 def test_pipeline_object_is_accepted(server: EmbeddedServer) -> None:
-    calls: List[int] = []
+    calls: list[int] = []
 
     class Pipe:
         def wrap(self, handler: Callable[[Request], Response]) -> Callable[[Request], Response]:

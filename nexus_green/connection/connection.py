@@ -36,9 +36,10 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-from time import monotonic as _monotonic
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
+from time import monotonic as _monotonic
+from typing import Any, Optional
 
 import gevent
 from gevent.event import Event
@@ -59,7 +60,6 @@ from ..events import EventBus, default_bus
 from ..greenlets import spawn
 from ..protocol.frames import (
     DEFAULT_MAX_FRAME_SIZE,
-    HEARTBEAT_FID,
     TP_HEARTBEAT,
     Frame,
     FrameDecoder,
@@ -137,7 +137,7 @@ class ConnectionOptions:
 
 # A pending request is a tuple (waiter, fid, sent_at, deadline bucket or 0):
 # cheaper than an object on the per-request path.
-_Pending = Tuple[Waiter, int, float, int]
+_Pending = tuple[Waiter, int, float, int]
 
 
 class Connection:
@@ -180,17 +180,18 @@ class Connection:
         self._heartbeat: Optional[gevent.Greenlet] = None
         self._reconnector: Optional[gevent.Greenlet] = None
         self._ready = Event()
-        self._wbuf: List[bytes] = []
+        self._wbuf: list[bytes] = []
         self._wevent = Event()
-        self._pending: Dict[int, _Pending] = {}
-        self._abandoned: Dict[int, None] = {}
-        self._buckets: Dict[int, Set[int]] = {}
-        self._bucket_heap: List[int] = []
+        self._pending: dict[int, _Pending] = {}
+        self._abandoned: dict[int, None] = {}
+        self._buckets: dict[int, set[int]] = {}
+        self._bucket_heap: list[int] = []
         self._timer: Any = None
         self._timer_key = 0
         self._qid = 0
         self._closed_by_user = False
         self._strategy: Optional[ReconnectStrategy] = self._make_strategy()
+        self._tls_context: Any = None
         interval = self.options.heartbeat_interval
         hb_timeout = self.options.heartbeat_timeout or (min(interval, 10.0) if interval else 10.0)
         self.heartbeat = HeartbeatMonitor(interval=interval, timeout=hb_timeout)
@@ -218,7 +219,7 @@ class Connection:
             return None
         if rc is None or rc is True:
             return ExponentialBackoff()
-        return rc  # type: ignore[no-any-return]
+        return rc
 
     @property
     def state(self) -> str:
@@ -242,7 +243,7 @@ class Connection:
             self._ready.clear()
         self.bus.emit("connection.state", conn_id=self.conn_id, endpoint=str(self.endpoint), old=old, new=new)
 
-    def connect(self) -> "Connection":
+    def connect(self) -> Connection:
         """Open the link now (idempotent). A first connect that fails raises and closes."""
         if self.lifecycle.state != IDLE:
             if self.lifecycle.state in (CLOSING, CLOSED):
@@ -306,7 +307,7 @@ class Connection:
         if self._wbuf:
             self._wevent.set()
 
-    def _transport_hooks(self) -> Tuple[Any, Any, Optional[Endpoint]]:
+    def _transport_hooks(self) -> tuple[Any, Any, Optional[Endpoint]]:
         tunnel = secure = proxy_ep = None
         opts = self.options
         if opts.proxy is not None:
@@ -323,16 +324,21 @@ class Connection:
                     username=proxy.username,
                     password=proxy.password,
                     remote_dns=proxy.remote_dns,
-                    proxy_label=f"{proxy.host}:{proxy.port}",
+                    proxy_label=proxy.label,
                 )
 
         if opts.tls is not None or self.endpoint.tls:
             from ..transport import tls
 
             config = opts.tls if opts.tls is not None else tls.TLSConfig()
+            if self._tls_context is None:
+                # Loading CA certificates is ~25 ms of C code that never yields:
+                # build the context once per connection, not once per connect.
+                self._tls_context = tls.make_context(config)
+            context = self._tls_context
 
             def secure(sock: Any, ep: Endpoint, timeout: Optional[float]) -> Any:
-                return tls.wrap(sock, config, ep.host, timeout, port=ep.port)
+                return tls.wrap(sock, config, ep.host, timeout, port=ep.port, context=context)
 
         return tunnel, secure, proxy_ep
 
@@ -382,7 +388,9 @@ class Connection:
         if self.lifecycle.state not in (CLOSING, CLOSED):
             self.lifecycle.fire("close")
             self.lifecycle.fire("closed")
-        self._fail_all(ConnectionClosed(f"{self.conn_id} belongs to the parent process; the forked child opens its own"))
+        self._fail_all(
+            ConnectionClosed(f"{self.conn_id} belongs to the parent process; the forked child opens its own")
+        )
 
     def _teardown_stream(self, *, detach: bool = False) -> None:
         stream, self._stream = self._stream, None
@@ -469,7 +477,9 @@ class Connection:
         if state in (CLOSING, CLOSED):
             if self._closed_by_user:
                 raise ConnectionClosed(f"{self.conn_id} to {self.endpoint} was closed by its owner")
-            raise ConnectionLost(f"{self.conn_id} to {self.endpoint} is down and gave up reconnecting") from self.last_error
+            raise ConnectionLost(
+                f"{self.conn_id} to {self.endpoint} is down and gave up reconnecting"
+            ) from self.last_error
         if self.options.fail_fast:
             raise ConnectionLost(f"{self.conn_id} to {self.endpoint} is reconnecting (fail_fast)") from self.last_error
         if not self._ready.wait(timeout):
@@ -688,8 +698,8 @@ class Connection:
         except NexusError as exc:
             self._lost(stream, exc)
 
-    def _dispatch(self, frames: List[RawFrame]) -> List[Tuple[Waiter, RawFrame]]:
-        ready: List[Tuple[Waiter, RawFrame]] = []
+    def _dispatch(self, frames: list[RawFrame]) -> list[tuple[Waiter, RawFrame]]:
+        ready: list[tuple[Waiter, RawFrame]] = []
         pending = self._pending
         buckets = self._buckets
         for f in frames:
@@ -755,7 +765,7 @@ class Connection:
             self.clock.sleep(max(0.001, decision.next_check_at - now))
 
     # ------------------------------------------------------------------ misc
-    def __enter__(self) -> "Connection":
+    def __enter__(self) -> Connection:
         return self.connect()
 
     def __exit__(self, *exc: object) -> None:
@@ -768,7 +778,7 @@ class Connection:
         )
 
 
-def _deliver(batch: List[Tuple[Waiter, RawFrame]]) -> None:
+def _deliver(batch: list[tuple[Waiter, RawFrame]]) -> None:
     """Hub callback: wake each waiting caller with its frame, in arrival order."""
     for waiter, frame in batch:
         waiter.switch(frame)

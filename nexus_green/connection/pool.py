@@ -35,7 +35,8 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from typing import Any, Callable, Dict, List, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import gevent
 from gevent.event import Event
@@ -53,7 +54,7 @@ __all__ = ["ConnectionPool"]
 
 log = logging.getLogger("nexus_green.pool")
 
-_POOLS: "weakref.WeakSet[ConnectionPool]" = weakref.WeakSet()
+_POOLS: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
@@ -118,9 +119,9 @@ class ConnectionPool:
         self.bus = bus
         self.clock = clock
         self.on_push = on_push
-        self._conns: List[Connection] = []
-        self._last_used: Dict[str, float] = {}
-        self._retiring: List[Connection] = []
+        self._conns: list[Connection] = []
+        self._last_used: dict[str, float] = {}
+        self._retiring: list[Connection] = []
         self._opening = 0
         self._waiters = 0
         self._capacity = Event()
@@ -304,7 +305,7 @@ class ConnectionPool:
         self._waiters = 0
 
     # ------------------------------------------------------------------ figures
-    def stats(self) -> Dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
         """Utilisation figures (a plain dict, safe to serialise).
 
         Example::
@@ -335,7 +336,7 @@ class ConnectionPool:
         }
 
     @property
-    def connections(self) -> List[Connection]:
+    def connections(self) -> list[Connection]:
         """A snapshot of the pool's connections."""
         return list(self._conns)
 
@@ -358,7 +359,7 @@ class ConnectionPool:
         """True after :meth:`close`."""
         return self._closed
 
-    def __enter__(self) -> "ConnectionPool":
+    def __enter__(self) -> ConnectionPool:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -26,7 +26,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Tuple
+from collections.abc import Callable
 
 from ..errors import LocalProtocolError
 
@@ -52,7 +52,7 @@ STATES = (IDLE, CONNECTING, CONNECTED, RECONNECTING, CLOSING, CLOSED)
 
 # (state, event) -> new state. "failed"/"lost" go to RECONNECTING; the
 # connection fires "give_up" right after when reconnection is off.
-TRANSITIONS: Dict[Tuple[str, str], str] = {
+TRANSITIONS: dict[tuple[str, str], str] = {
     (IDLE, "connect"): CONNECTING,
     (IDLE, "close"): CLOSING,
     (CONNECTING, "connected"): CONNECTED,
@@ -82,10 +82,10 @@ class Lifecycle:
 
     __slots__ = ("state", "_listeners", "history")
 
-    def __init__(self, listeners: List[Transition] | None = None) -> None:
+    def __init__(self, listeners: list[Transition] | None = None) -> None:
         self.state = IDLE
-        self._listeners: List[Transition] = list(listeners or [])
-        self.history: List[Tuple[str, str, str]] = []
+        self._listeners: list[Transition] = list(listeners or [])
+        self.history: list[tuple[str, str, str]] = []
 
     def can(self, event: str) -> bool:
         """Whether ``event`` is allowed in the current state."""

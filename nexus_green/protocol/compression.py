@@ -20,8 +20,8 @@ Example::
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Dict
 
 import brotli
 import lz4.frame
@@ -33,8 +33,8 @@ from .frames import DEFAULT_MAX_FRAME_SIZE, TP_CODEC_MASK, TP_GZIP
 __all__ = ["Codec", "CODECS", "LEVELS", "get_codec", "codec_for_bits", "decompress_body"]
 
 # Named levels mapped to each codec's own scale: (gzip, lz4, zstd, brotli).
-LEVELS: Dict[str, str] = {"fastest": "fastest", "balanced": "balanced", "best": "best"}
-_LEVEL_TABLE: Dict[str, Dict[str, int]] = {
+LEVELS: dict[str, str] = {"fastest": "fastest", "balanced": "balanced", "best": "best"}
+_LEVEL_TABLE: dict[str, dict[str, int]] = {
     "gzip": {"fastest": 1, "balanced": 6, "best": 9},
     "lz4": {"fastest": 0, "balanced": 4, "best": 12},
     "zstd": {"fastest": 1, "balanced": 3, "best": 19},
@@ -83,13 +83,21 @@ def _gzip_c(data: bytes, level: int) -> bytes:
 
 
 def _gzip_d(data: bytes, max_size: int) -> bytes:
-    d = zlib.decompressobj(47)  # gzip or zlib header, auto-detected
-    out = d.decompress(data, max_size + 1)
-    if len(out) > max_size or d.unconsumed_tail:
-        raise _too_big("gzip", max_size)
-    if not d.eof:
-        raise CompressionError(f"truncated gzip body ({len(data)} bytes)")
-    return out
+    parts = []
+    total = 0
+    rest = data
+    while True:  # one pass per gzip member (RFC 1952 allows several, concatenated)
+        d = zlib.decompressobj(47)  # gzip or zlib header, auto-detected
+        out = d.decompress(rest, max_size + 1 - total)
+        total += len(out)
+        if total > max_size or d.unconsumed_tail:
+            raise _too_big("gzip", max_size)
+        if not d.eof:
+            raise CompressionError(f"truncated gzip body ({len(data)} bytes)")
+        parts.append(out)
+        rest = d.unused_data
+        if not rest:
+            return b"".join(parts)
 
 
 def _lz4_c(data: bytes, level: int) -> bytes:
@@ -114,19 +122,20 @@ def _zstd_d(data: bytes, max_size: int) -> bytes:
     declared = zstandard.frame_content_size(data)
     if declared > max_size:
         raise _too_big("zstd", max_size)
-    d = zstandard.ZstdDecompressor().decompressobj()
-    parts = []
-    total = 0
-    # Feed in slices so an undeclared-size bomb is caught after one slice's output.
-    for i in range(0, len(data), 16384):
-        chunk = d.decompress(data[i : i + 16384])
-        total += len(chunk)
-        if total > max_size:
-            raise _too_big("zstd", max_size)
-        parts.append(chunk)
-    if not d.eof:
-        raise CompressionError(f"truncated zstd body ({len(data)} bytes)")
-    return b"".join(parts)
+    try:
+        # Output is capped at max_size (an undeclared-size frame decodes into a buffer of that size).
+        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=max(1, max_size))
+    except zstandard.ZstdError as exc:
+        # Truncated, or an undeclared-size bomb: tell which by streaming, never holding the output.
+        total = 0
+        for chunk in zstandard.ZstdDecompressor().read_to_iter(data):
+            total += len(chunk)
+            if total > max_size:
+                raise _too_big("zstd", max_size) from None
+        raise CompressionError(f"truncated zstd body ({len(data)} bytes)") from exc
+    if len(out) > max_size:
+        raise _too_big("zstd", max_size)
+    return out
 
 
 def _brotli_c(data: bytes, level: int) -> bytes:
@@ -135,7 +144,8 @@ def _brotli_c(data: bytes, level: int) -> bytes:
 
 def _brotli_d(data: bytes, max_size: int) -> bytes:
     d = brotli.Decompressor()
-    out = bytes(d.process(data))
+    # The output buffer stops growing at the limit, so a bomb never expands in memory.
+    out = bytes(d.process(data, output_buffer_limit=max_size + 1))
     if len(out) > max_size:
         raise _too_big("brotli", max_size)
     if not d.is_finished():
@@ -143,13 +153,13 @@ def _brotli_d(data: bytes, max_size: int) -> bytes:
     return out
 
 
-CODECS: Dict[str, Codec] = {
+CODECS: dict[str, Codec] = {
     "gzip": Codec(name="gzip", tp_bits=TP_GZIP, _compress=_gzip_c, _decompress=_gzip_d),
     "lz4": Codec(name="lz4", tp_bits=0x40, _compress=_lz4_c, _decompress=_lz4_d),
     "zstd": Codec(name="zstd", tp_bits=0x80, _compress=_zstd_c, _decompress=_zstd_d),
     "brotli": Codec(name="brotli", tp_bits=0xC0, _compress=_brotli_c, _decompress=_brotli_d),
 }
-_BY_BITS: Dict[int, Codec] = {c.tp_bits: c for c in CODECS.values()}
+_BY_BITS: dict[int, Codec] = {c.tp_bits: c for c in CODECS.values()}
 
 
 def get_codec(name: str) -> Codec:

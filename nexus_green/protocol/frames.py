@@ -29,9 +29,9 @@ Example::
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import List, Mapping, Tuple
 
 from ..errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
 from .headers import decode_header_block, encode_header_block
@@ -112,7 +112,7 @@ class Frame:
 
 
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
-RawFrame = Tuple[int, int, int, int, int, int, bytes, Mapping[str, str]]
+RawFrame = tuple[int, int, int, int, int, int, bytes, Mapping[str, str]]
 
 _new = object.__new__
 _FRAME_SETTERS = tuple(Frame.__dict__[n].__set__ for n in ("qid", "fid", "code", "tp", "res", "ver", "body", "headers"))
@@ -170,11 +170,11 @@ def encode_frame(frame: Frame, *, strict: bool = False) -> bytes:
     length = HEADER_SIZE + len(block) + len(frame.body)
     if length > U32_MAX:
         raise LocalProtocolError(f"frame body of {len(frame.body)} bytes is too large for the u32 length")
-    return (
-        _PREFIX.pack(length, TAG, frame.ver, frame.tp, frame.res, frame.qid, frame.fid, frame.code, len(block))
-        + block
-        + frame.body
-    )
+    try:
+        prefix = _PREFIX.pack(length, TAG, frame.ver, frame.tp, frame.res, frame.qid, frame.fid, frame.code, len(block))
+    except struct.error as exc:  # a field that is not an int (e.g. qid=1.5)
+        raise LocalProtocolError(f"cannot encode {frame!r}: {exc}") from exc
+    return prefix + block + frame.body
 
 
 def encode_request(qid: int, fid: int, body: bytes, *, tp: int = 0, header_block: bytes = b"") -> bytes:
@@ -189,7 +189,9 @@ def encode_request(qid: int, fid: int, body: bytes, *, tp: int = 0, header_block
     """
     try:
         return (
-            _PREFIX.pack(HEADER_SIZE + len(header_block) + len(body), TAG, VERSION, tp, 0, qid, fid, 0, len(header_block))
+            _PREFIX.pack(
+                HEADER_SIZE + len(header_block) + len(body), TAG, VERSION, tp, 0, qid, fid, 0, len(header_block)
+            )
             + header_block
             + body
         )
@@ -250,11 +252,11 @@ class FrameDecoder:
         self._buf = bytearray()
         return exc
 
-    def feed(self, data: bytes | bytearray | memoryview) -> List[Frame]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Add bytes; return every frame they complete, in order."""
         return [make_frame(*t) for t in self.feed_raw(data)]
 
-    def feed_raw(self, data: bytes | bytearray | memoryview) -> List[RawFrame]:
+    def feed_raw(self, data: bytes | bytearray | memoryview) -> list[RawFrame]:
         """Like :meth:`feed` but returns plain tuples ``(qid, fid, code, tp, res, ver, body, headers)``.
 
         The connection's reader uses this on the hot path: one ``unpack_from``
@@ -269,7 +271,7 @@ class FrameDecoder:
             src = data if isinstance(data, bytes) else bytes(data)
         n = len(src)
         pos = 0
-        out: List[RawFrame] = []
+        out: list[RawFrame] = []
         unpack = _PREFIX.unpack_from
         maxsize = self.max_frame_size
         strict = self.strict
@@ -278,7 +280,11 @@ class FrameDecoder:
             if tag != TAG or length < HEADER_SIZE or length > maxsize or res > 1:
                 self._check_prefix(src, pos, n)
                 at = self._offset + pos
-                raise self._fail(RemoteProtocolError(f"res={res} is neither request (0) nor response (1) (at byte offset {at})", offset=at))
+                raise self._fail(
+                    RemoteProtocolError(
+                        f"res={res} is neither request (0) nor response (1) (at byte offset {at})", offset=at
+                    )
+                )
             end = pos + 4 + length
             if end > n:
                 break
@@ -290,7 +296,11 @@ class FrameDecoder:
                     start += dh
                 if tp & TP_GZIP and tp & TP_CODEC_MASK:
                     at = self._offset + pos
-                    raise self._fail(RemoteProtocolError(f"tp=0x{tp:02x} sets both gzip and an extension codec (at byte offset {at})", offset=at))
+                    raise self._fail(
+                        RemoteProtocolError(
+                            f"tp=0x{tp:02x} sets both gzip and an extension codec (at byte offset {at})", offset=at
+                        )
+                    )
             out.append((qid, fid, code, tp, res, ver, bytes(src[start:end]), headers))
             pos = end
         if n - pos >= 4:
@@ -309,18 +319,36 @@ class FrameDecoder:
         (length,) = _LEN.unpack_from(src, pos)
         at = self._offset + pos
         if length < HEADER_SIZE:
-            raise self._fail(RemoteProtocolError(f"frame length {length} is below the {HEADER_SIZE}-byte header (at byte offset {at})", offset=at))
+            raise self._fail(
+                RemoteProtocolError(
+                    f"frame length {length} is below the {HEADER_SIZE}-byte header (at byte offset {at})", offset=at
+                )
+            )
         if length > self.max_frame_size:
-            raise self._fail(FrameTooLarge(f"frame length {length} exceeds max_frame_size {self.max_frame_size} (at byte offset {at})", offset=at))
+            raise self._fail(
+                FrameTooLarge(
+                    f"frame length {length} exceeds max_frame_size {self.max_frame_size} (at byte offset {at})",
+                    offset=at,
+                )
+            )
         if n - pos >= 6:
             (tag,) = _TAG.unpack_from(src, pos + 4)
             if tag != TAG:
-                raise self._fail(RemoteProtocolError(f"bad tag 0x{tag:04x}, expected 0x{TAG:04x} (at byte offset {at + 4})", offset=at + 4))
+                raise self._fail(
+                    RemoteProtocolError(
+                        f"bad tag 0x{tag:04x}, expected 0x{TAG:04x} (at byte offset {at + 4})", offset=at + 4
+                    )
+                )
 
     def _headers(self, src: bytes | bytearray, pos: int, start: int, dh: int, length: int) -> Mapping[str, str]:
         at = self._offset + pos
         if dh > length - HEADER_SIZE:
-            raise self._fail(RemoteProtocolError(f"header block of {dh} bytes is longer than the {length - HEADER_SIZE}-byte body (at byte offset {at})", offset=at))
+            raise self._fail(
+                RemoteProtocolError(
+                    f"header block of {dh} bytes is longer than the {length - HEADER_SIZE}-byte body (at byte offset {at})",
+                    offset=at,
+                )
+            )
         try:
             return decode_header_block(bytes(src[start : start + dh]))
         except RemoteProtocolError as exc:

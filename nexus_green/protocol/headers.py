@@ -20,7 +20,7 @@ Example::
 from __future__ import annotations
 
 import struct
-from typing import Dict, Mapping
+from collections.abc import Mapping
 
 from ..errors import LocalProtocolError, RemoteProtocolError
 
@@ -58,7 +58,7 @@ def encode_header_block(headers: Mapping[str, str]) -> bytes:
     return block
 
 
-def decode_header_block(block: bytes) -> Dict[str, str]:
+def decode_header_block(block: bytes) -> dict[str, str]:
     """Decode a header block; malformed input raises :class:`RemoteProtocolError`.
 
     Example::
@@ -68,13 +68,15 @@ def decode_header_block(block: bytes) -> Dict[str, str]:
         ...
         nexus_green.errors.RemoteProtocolError: header block truncated at byte 0 of 4
     """
-    out: Dict[str, str] = {}
+    out: dict[str, str] = {}
     pos = 0
     n = len(block)
     while pos < n:
         klen = block[pos]
         if klen == 0 or pos + 1 + klen + 2 > n:
-            raise RemoteProtocolError(f"header block truncated at byte {pos} of {n}" if klen else f"empty header key at byte {pos}")
+            raise RemoteProtocolError(
+                f"header block truncated at byte {pos} of {n}" if klen else f"empty header key at byte {pos}"
+            )
         key_bytes = block[pos + 1 : pos + 1 + klen]
         pos += 1 + klen
         (vlen,) = _U16.unpack_from(block, pos)

@@ -12,8 +12,9 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Optional
 
 __all__ = ["Request", "Response", "make_response"]
 
@@ -39,15 +40,15 @@ class Request:
     timeout: Optional[float] = None
     idempotent: bool = False
     endpoint: str = ""
-    context: Dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
 
-    def with_headers(self, extra: Mapping[str, str]) -> "Request":
+    def with_headers(self, extra: Mapping[str, str]) -> Request:
         """A copy with ``extra`` merged over the existing headers."""
         merged = dict(self.headers)
         merged.update(extra)
         return replace(self, headers=merged)
 
-    def replace(self, **changes: Any) -> "Request":
+    def replace(self, **changes: Any) -> Request:
         """A copy with some fields changed (dataclasses.replace)."""
         return replace(self, **changes)
 
@@ -81,14 +82,15 @@ class Response:
         """The body decoded as text."""
         return self.body.decode(encoding)
 
-    def replace(self, **changes: Any) -> "Response":
+    def replace(self, **changes: Any) -> Response:
         """A copy with some fields changed (dataclasses.replace)."""
         return replace(self, **changes)
 
 
 _new = object.__new__
 _RESPONSE_SETTERS = tuple(
-    Response.__dict__[n].__set__ for n in ("body", "code", "fid", "qid", "headers", "latency", "conn_id", "cached", "tp")
+    Response.__dict__[n].__set__
+    for n in ("body", "code", "fid", "qid", "headers", "latency", "conn_id", "cached", "tp")
 )
 
 

@@ -38,7 +38,8 @@ from __future__ import annotations
 import json
 import logging
 import socket as _stdsocket
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from collections.abc import Callable
+from typing import Any, Optional, Union
 
 import gevent
 from gevent.event import Event
@@ -98,7 +99,7 @@ class Reply:
 
     __slots__ = ("body", "code", "headers")
 
-    def __init__(self, body: bytes = b"", *, code: int = 200, headers: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, body: bytes = b"", *, code: int = 200, headers: Optional[dict[str, str]] = None) -> None:
         self.body = body
         self.code = code
         self.headers = headers or {}
@@ -111,14 +112,14 @@ Handler = Callable[[Frame], HandlerResult]
 class _Conn:
     """One accepted client connection: reader (the StreamServer greenlet) plus writer."""
 
-    def __init__(self, server: "EmbeddedServer", sock: Any, addr: Any) -> None:
+    def __init__(self, server: EmbeddedServer, sock: Any, addr: Any) -> None:
         self.server = server
         self.sock = sock
         self.addr = addr
-        self.out: List[bytes] = []
+        self.out: list[bytes] = []
         self.wake = Event()
         self.closed = False
-        self.tasks: List[gevent.Greenlet] = []
+        self.tasks: list[gevent.Greenlet] = []
 
     def queue(self, data: bytes) -> None:
         if self.closed:
@@ -168,7 +169,7 @@ class EmbeddedServer:
         heartbeat_echo: bool = True,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         tls: Any = None,
-        handlers: Optional[Dict[int, Handler]] = None,
+        handlers: Optional[dict[int, Handler]] = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -176,14 +177,14 @@ class EmbeddedServer:
         self.heartbeat_echo = heartbeat_echo
         self.max_frame_size = max_frame_size
         self.tls = tls
-        self._handlers: Dict[int, Handler] = {}
-        self._conns: List[_Conn] = []
+        self._handlers: dict[int, Handler] = {}
+        self._conns: list[_Conn] = []
         self._server: Optional[StreamServer] = None
         self.connections_accepted = 0
         self.frames_received = 0
         self.heartbeats_received = 0
         self.protocol_errors = 0
-        self.applied: Dict[int, int] = {}
+        self.applied: dict[int, int] = {}
         for fid, handler in (handlers or {}).items():
             self.register(fid, handler)
 
@@ -266,9 +267,7 @@ class EmbeddedServer:
         handler = self._handlers.get(frame.fid)
         if handler is None and frame.fid in (0, FID_ECHO) and not frame.tp & _CODEC:
             # Fast path for the benchmark peer: echo inline, no greenlet.
-            conn.queue(
-                encode_frame(Frame(qid=frame.qid, fid=frame.fid, code=200, res=1, body=frame.body))
-            )
+            conn.queue(encode_frame(Frame(qid=frame.qid, fid=frame.fid, code=200, res=1, body=frame.body)))
             return None
         if handler is None and frame.fid == FID_CLOSE:
             return _CLOSE
@@ -310,11 +309,11 @@ class EmbeddedServer:
         )
 
     # ------------------------------------------------------------------ control
-    def start(self) -> "EmbeddedServer":
+    def start(self) -> EmbeddedServer:
         """Listen and serve in the background (returns self)."""
         if self._server is not None:
             return self
-        kwargs: Dict[str, Any] = {}
+        kwargs: dict[str, Any] = {}
         if self.tls is not None:
             kwargs["ssl_context"] = self.tls
         self._server = StreamServer((self.host, self.port), self._handle, **kwargs)
@@ -344,7 +343,7 @@ class EmbeddedServer:
         return self._server is not None
 
     @property
-    def address(self) -> Tuple[str, int]:
+    def address(self) -> tuple[str, int]:
         """``(host, port)`` it listens on."""
         return self.host, self.port
 
@@ -360,7 +359,7 @@ class EmbeddedServer:
         """Same as :attr:`url`."""
         return self.url
 
-    def info(self) -> Dict[str, Any]:
+    def info(self) -> dict[str, Any]:
         """Figures: connections, frames, heartbeats, protocol errors."""
         return {
             "connections_accepted": self.connections_accepted,
@@ -370,7 +369,7 @@ class EmbeddedServer:
             "protocol_errors": self.protocol_errors,
         }
 
-    def __enter__(self) -> "EmbeddedServer":
+    def __enter__(self) -> EmbeddedServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -43,7 +43,7 @@ class Endpoint:
         return f"{self.scheme}://{self.address}"
 
     @classmethod
-    def parse(cls, url: str) -> "Endpoint":
+    def parse(cls, url: str) -> Endpoint:
         """Parse a URL; anything malformed raises :class:`InvalidURL` naming the problem.
 
         Example::
@@ -55,7 +55,10 @@ class Endpoint:
         """
         if not isinstance(url, str) or "://" not in url:
             raise InvalidURL(f"{url!r} is not a URL like tcp://host:port")
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+            raise InvalidURL(f"malformed URL {url!r}: {exc}") from None
         if parts.scheme not in SCHEMES:
             raise InvalidURL(f"unsupported scheme {parts.scheme!r} in {url!r}; use tcp:// or tls://")
         if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
@@ -67,6 +70,8 @@ class Endpoint:
         host = parts.hostname
         if not host:
             raise InvalidURL(f"no host in {url!r}")
-        if port is None or port == 0:
+        if port is None:
             raise InvalidURL(f"no port in {url!r}; the NexusKit protocol has no default port")
+        if port == 0:
+            raise InvalidURL(f"port 0 in {url!r} cannot be connected to; name the server's port")
         return cls(parts.scheme, host, port)

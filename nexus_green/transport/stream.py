@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import errno
 import socket as _stdsocket
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Optional
 
 import gevent
 from gevent import socket as gsocket
@@ -54,7 +55,7 @@ class ConnectInfo:
     """How a connect went: per-phase durations in seconds and the peer address."""
 
     endpoint: Endpoint
-    phases: Dict[str, float] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)
     peer: str = ""
     total: float = 0.0
 
@@ -171,7 +172,11 @@ def _phase(bus: EventBus, clock: Clock, info: ConnectInfo, name: str, conn_id: s
     except BaseException as exc:
         info.phases[name] = clock.now() - t0
         bus.emit(
-            f"connect.{name}.failed", conn_id=conn_id, endpoint=str(info.endpoint), duration=info.phases[name], error=exc
+            f"connect.{name}.failed",
+            conn_id=conn_id,
+            endpoint=str(info.endpoint),
+            duration=info.phases[name],
+            error=exc,
         )
         raise
     info.phases[name] = clock.now() - t0
@@ -224,6 +229,9 @@ def open_stream(
             for family, type_, proto, _, addr in addrs:
                 s = gsocket.socket(family, type_, proto)
                 try:
+                    # No per-socket timeout: an app's socket.setdefaulttimeout() must not make
+                    # an idle stream fail; the connect is bounded by our own gevent.Timeout.
+                    s.settimeout(None)
                     s.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_NODELAY, 1)
                     s.connect(addr)
                 except OSError as exc:

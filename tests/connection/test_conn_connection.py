@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import socket as stdsocket
 import struct
-from typing import Any, Iterator, List
+from collections.abc import Iterator
+from typing import Any
 
 import gevent
 import pytest
@@ -53,7 +54,7 @@ def free_port() -> int:
 def test_concurrent_requests_share_one_socket_and_match_by_qid(server: EmbeddedServer) -> None:
     with Connection(server.url, options=opts()) as conn:
         delays = [0.05, 0.01, 0.03, 0.0, 0.02] * 4
-        results: List[Any] = [None] * len(delays)
+        results: list[Any] = [None] * len(delays)
 
         def call(i: int) -> None:
             results[i] = conn.request(b"%.3f" % delays[i], fid=FID_DELAY, timeout=5)
@@ -66,7 +67,7 @@ def test_concurrent_requests_share_one_socket_and_match_by_qid(server: EmbeddedS
 
 
 def test_out_of_order_responses_reach_their_callers() -> None:
-    order: List[int] = []
+    order: list[int] = []
     server = EmbeddedServer()
     server.register(50, lambda f: (gevent.sleep(float(f.body)), f.body)[1])
     with server, Connection(server.url, options=opts()) as conn:
@@ -82,7 +83,7 @@ def test_out_of_order_responses_reach_their_callers() -> None:
 
 def test_concurrent_frames_are_coalesced_into_one_write(server: EmbeddedServer) -> None:
     bus = EventBus()
-    batches: List[int] = []
+    batches: list[int] = []
     bus.subscribe(lambda e: batches.append(e.attrs["frames"]), prefix="io.sent")
     with Connection(server.url, options=opts(), bus=bus) as conn:
         gevent.joinall([gevent.spawn(conn.request, b"x", 1) for _ in range(50)], timeout=5, raise_error=True)
@@ -92,7 +93,7 @@ def test_concurrent_frames_are_coalesced_into_one_write(server: EmbeddedServer) 
 
 def test_timeout_abandons_only_its_qid_and_late_response_is_counted(server: EmbeddedServer) -> None:
     bus = EventBus()
-    late: List[int] = []
+    late: list[int] = []
     bus.subscribe(lambda e: late.append(e.attrs["qid"]), prefix="request.late")
     with Connection(server.url, options=opts(), bus=bus) as conn:
         with pytest.raises(RequestTimeout, match="only this request was abandoned"):
@@ -107,7 +108,7 @@ def test_timeout_abandons_only_its_qid_and_late_response_is_counted(server: Embe
 
 def test_many_deadlines_in_different_buckets_expire_in_order(server: EmbeddedServer) -> None:
     with Connection(server.url, options=opts()) as conn:
-        expired: List[float] = []
+        expired: list[float] = []
 
         def call(t: float) -> None:
             with pytest.raises(RequestTimeout):
@@ -161,7 +162,7 @@ def test_peer_closing_mid_frame_is_connection_lost() -> None:
 
 def test_garbage_from_peer_fails_pending_with_protocol_error(server: EmbeddedServer) -> None:
     bus = EventBus()
-    errors: List[Any] = []
+    errors: list[Any] = []
     bus.subscribe(errors.append, prefix="protocol.error")
     with Connection(server.url, options=opts(), bus=bus) as conn:
         with pytest.raises(RemoteProtocolError, match="bad tag"):
@@ -210,7 +211,7 @@ def test_close_with_drain_waits_for_in_flight(server: EmbeddedServer) -> None:
 
 def test_reconnects_after_the_server_drops_the_link(server: EmbeddedServer) -> None:
     bus = EventBus()
-    events: List[str] = []
+    events: list[str] = []
     bus.subscribe(lambda e: events.append(e.name), prefix="reconnect.")
     with Connection(server.url, options=opts(reconnect=FixedInterval(0.02)), bus=bus) as conn:
         conn.request(b"a", fid=1)
@@ -270,7 +271,7 @@ def test_gives_up_after_max_attempts() -> None:
 
 def test_heartbeat_timeout_declares_the_link_dead() -> None:
     bus = EventBus()
-    seen: List[str] = []
+    seen: list[str] = []
     bus.subscribe(lambda e: seen.append(e.name), prefix="heartbeat.")
     with EmbeddedServer(heartbeat_echo=False) as server:
         with Connection(server.url, options=opts(heartbeat_interval=0.05, heartbeat_timeout=0.05), bus=bus) as conn:
@@ -281,7 +282,7 @@ def test_heartbeat_timeout_declares_the_link_dead() -> None:
 
 def test_heartbeat_round_trips_are_measured(server: EmbeddedServer) -> None:
     bus = EventBus()
-    rtts: List[float] = []
+    rtts: list[float] = []
     bus.subscribe(lambda e: rtts.append(e.attrs["rtt"]), prefix="heartbeat.rtt")
     with Connection(server.url, options=opts(heartbeat_interval=0.03), bus=bus) as conn:
         assert _settle(lambda: len(rtts) >= 2)
@@ -291,7 +292,7 @@ def test_heartbeat_round_trips_are_measured(server: EmbeddedServer) -> None:
 
 
 def test_server_heartbeat_is_answered_and_pushes_are_delivered() -> None:
-    got: List[bytes] = []
+    got: list[bytes] = []
 
     def handler(sock: Any, addr: Any) -> None:
         sock.sendall(heartbeat_frame())
@@ -302,7 +303,7 @@ def test_server_heartbeat_is_answered_and_pushes_are_delivered() -> None:
 
     srv = StreamServer(("127.0.0.1", 0), handler)
     srv.start()
-    pushes: List[Frame] = []
+    pushes: list[Frame] = []
     try:
         with Connection(f"tcp://127.0.0.1:{srv.server_port}", options=opts(), on_push=pushes.append) as conn:
             assert _settle(lambda: len(pushes) == 2 and bool(got))
@@ -368,7 +369,7 @@ def test_options_are_validated() -> None:
 
 def test_lifecycle_events_and_repr(server: EmbeddedServer) -> None:
     bus = EventBus()
-    states: List[str] = []
+    states: list[str] = []
     bus.subscribe(lambda e: states.append(e.attrs["new"]), prefix="connection.state")
     conn = Connection(server.url, options=opts(), bus=bus)
     assert "state=idle" in repr(conn)
@@ -380,7 +381,7 @@ def test_lifecycle_events_and_repr(server: EmbeddedServer) -> None:
 
 def test_connect_events_carry_phase_timings(server: EmbeddedServer) -> None:
     bus = EventBus()
-    done: List[Any] = []
+    done: list[Any] = []
     bus.subscribe(done.append, prefix="connect.complete")
     with Connection(server.url, options=opts(), bus=bus) as conn:
         assert conn.last_connect is not None

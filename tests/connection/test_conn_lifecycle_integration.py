@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator, List
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,7 @@ def tls_server(certs: CertificateKit) -> Iterator[EmbeddedServer]:
 
 def test_tls_client_round_trip_with_phase_timings(tls_server: EmbeddedServer, certs: CertificateKit) -> None:
     bus = EventBus()
-    done: List[Any] = []
+    done: list[Any] = []
     bus.subscribe(done.append, prefix="connect.complete")
     assert tls_server.url.startswith("tls://")
     with Client(tls_server.url, tls=certs.client_config(), heartbeat_interval=None, bus=bus) as c:
@@ -66,7 +67,7 @@ def test_tls_pinning(tls_server: EmbeddedServer, certs: CertificateKit) -> None:
 
 def test_through_socks5_proxy_with_auth() -> None:
     bus = EventBus()
-    done: List[Any] = []
+    done: list[Any] = []
     bus.subscribe(done.append, prefix="connect.complete")
     with EmbeddedServer() as server, Socks5Proxy(username="u", password="p") as proxy:
         proxy_url = f"socks5://u:p@127.0.0.1:{proxy.address[1]}"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import socket as stdsocket
-from typing import Any, Iterator, List
+from collections.abc import Iterator
+from typing import Any
 
 import gevent
 import pytest
@@ -57,7 +57,7 @@ def test_least_in_flight_connection_is_chosen(server: EmbeddedServer) -> None:
 
 def test_exhausted_pool_raises_after_checkout_timeout(server: EmbeddedServer) -> None:
     bus = EventBus()
-    seen: List[str] = []
+    seen: list[str] = []
     bus.subscribe(lambda e: seen.append(e.name), prefix="pool.")
     with ConnectionPool(server.url, max_size=1, max_in_flight=1, checkout_timeout=0.05, options=OPTS, bus=bus) as pool:
         conn = pool.acquire()
