@@ -10,6 +10,7 @@ Example::
 """
 
 from ..clock import FakeClock
+from .socks5_proxy import ProxyRequest, Socks5Proxy
 from .server import (
     FID_CLOSE,
     FID_DELAY,
@@ -22,8 +23,14 @@ from .server import (
     EmbeddedServer,
     Reply,
 )
+from .tls import CertificateKit, TLSEchoServer, make_test_certificates
 
 __all__ = [
+    "Socks5Proxy",
+    "ProxyRequest",
+    "make_test_certificates",
+    "CertificateKit",
+    "TLSEchoServer",
     "EmbeddedServer",
     "Reply",
     "FakeClock",

@@ -138,7 +138,9 @@ def parse_proxy_url(url: str, *, remote_dns: Optional[bool] = None) -> ProxyConf
         if not username:
             raise InvalidURL(f"proxy URL {shown!r} has an empty username")
     if scheme == "socks5h" and remote_dns is False:
-        raise ConfigurationError(f"proxy URL {shown!r}: socks5h:// means remote DNS, which remote_dns=False contradicts")
+        raise ConfigurationError(
+            f"proxy URL {shown!r}: socks5h:// means remote DNS, which remote_dns=False contradicts"
+        )
     try:
         return ProxyConfig(
             host=parts.hostname,
@@ -260,7 +262,7 @@ def open_tunnel(
         prefix = "SOCKS5 proxy "
         msg = f"{prefix}{proxy_label} {msg[len(prefix) :]}" if msg.startswith(prefix) else f"{where}: {msg}"
         raise ProxyError(msg, reason=e.reason, retryable=e.retryable) from e
-    except (TimeoutError, _stdsocket.timeout) as e:
+    except TimeoutError as e:
         raise HandshakeTimeout(f"{where}: handshake timed out ({e})") from e
     except OSError as e:
         raise ConnectionLost(f"{where}: connection lost during the handshake: {e}") from e

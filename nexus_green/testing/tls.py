@@ -1,0 +1,272 @@
+"""TLS helpers for tests and demos: a throw-away CA with certificates, and a TLS echo server.
+
+:func:`make_test_certificates` uses ``trustme`` (a test dependency, imported
+only when called) to create a private CA, a server certificate for
+``localhost``, ``127.0.0.1`` and ``::1``, and a client certificate for mutual
+TLS, written as PEM files into a directory (a temporary one, removed by
+:meth:`CertificateKit.close`, unless you pass your own). The kit can issue
+more server certificates (expired, wrong host name) for failure tests, and
+builds the matching server ``SSLContext`` and client
+:class:`~nexus_green.transport.tls.TLSConfig`.
+
+:class:`TLSEchoServer` is a loopback gevent server that echoes every byte
+back, with TLS when given an ``SSLContext`` (plain TCP otherwise).
+
+Example::
+
+    >>> from gevent import socket
+    >>> from nexus_green.transport.tls import wrap
+    >>> with make_test_certificates() as certs, TLSEchoServer(certs.server_context()) as server:
+    ...     raw = socket.create_connection(server.address, timeout=5)
+    ...     s = wrap(raw, certs.client_config(), "127.0.0.1", 5.0)
+    ...     s.sendall(b"hello"); echoed = s.recv(5); s.close()
+    >>> echoed
+    b'hello'
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import ssl
+import tempfile
+from typing import Any, Optional
+
+import gevent
+import gevent.ssl
+from gevent.server import StreamServer
+
+from ..transport.tls import TLSConfig
+
+__all__ = ["CertificateKit", "make_test_certificates", "TLSEchoServer"]
+
+DEFAULT_HOSTNAMES = ("localhost", "127.0.0.1", "::1")
+
+
+class CertificateKit:
+    """A private CA plus server and client certificates as PEM files in ``directory``.
+
+    Attributes: ``ca`` (the ``trustme.CA``), ``ca_file``, ``server_cert_file``
+    (leaf + chain), ``server_key_file``, ``server_der`` (the leaf, DER),
+    ``client_cert_file``, ``client_key_file``, ``hostnames``.
+
+    Example::
+
+        >>> with make_test_certificates() as kit:
+        ...     os.path.exists(kit.ca_file), kit.hostnames
+        (True, ('localhost', '127.0.0.1', '::1'))
+    """
+
+    def __init__(self, directory: str, hostnames: tuple[str, ...], *, owns_directory: bool) -> None:
+        import trustme
+
+        self.directory = directory
+        self.hostnames = hostnames
+        self._owns_directory = owns_directory
+        self.ca = trustme.CA()
+        self.ca_file = self._path("ca.pem")
+        self.ca.cert_pem.write_to_path(self.ca_file)
+        self.server_cert_file, self.server_key_file, self.server_der = self.issue_server_cert(*hostnames, name="server")
+        client = self.ca.issue_cert("client.nexus.test", common_name="nexus-green test client")
+        self.client_cert_file = self._path("client.pem")
+        self.client_key_file = self._path("client.key")
+        self._write_chain(client, self.client_cert_file)
+        client.private_key_pem.write_to_path(self.client_key_file)
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+    @staticmethod
+    def _write_chain(leaf: Any, path: str) -> None:
+        for i, blob in enumerate(leaf.cert_chain_pems):
+            blob.write_to_path(path, append=i > 0)
+
+    def issue_server_cert(
+        self,
+        *hostnames: str,
+        name: str,
+        not_after: Optional[datetime.datetime] = None,
+        not_before: Optional[datetime.datetime] = None,
+    ) -> tuple[str, str, bytes]:
+        """Issue another server certificate from this CA; returns ``(cert_file, key_file, der)``.
+
+        Example (an expired certificate for failure tests)::
+
+            >>> import datetime
+            >>> with make_test_certificates() as kit:
+            ...     past = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+            ...     cert, key, der = kit.issue_server_cert("localhost", name="old", not_after=past)
+            ...     os.path.basename(cert), len(der) > 100
+            ('old.pem', True)
+        """
+        leaf = self.ca.issue_cert(*hostnames, not_after=not_after, not_before=not_before)
+        cert_file, key_file = self._path(f"{name}.pem"), self._path(f"{name}.key")
+        self._write_chain(leaf, cert_file)
+        leaf.private_key_pem.write_to_path(key_file)
+        der = ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode("ascii"))
+        return cert_file, key_file, der
+
+    def server_context(
+        self,
+        *,
+        cert_file: Optional[str] = None,
+        key_file: Optional[str] = None,
+        require_client_cert: bool = False,
+        max_version: Optional[ssl.TLSVersion] = None,
+    ) -> ssl.SSLContext:
+        """A server ``SSLContext`` with the server certificate (or ``cert_file``/``key_file``).
+
+        ``require_client_cert`` asks for a client certificate issued by this
+        CA (mutual TLS); ``max_version`` caps the protocol (e.g. to make a
+        TLS 1.2 handshake fail where TLS 1.3 would fail later).
+
+        Example::
+
+            >>> with make_test_certificates() as kit:
+            ...     kit.server_context(require_client_cert=True).verify_mode == ssl.CERT_REQUIRED
+            True
+        """
+        ctx = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert_file or self.server_cert_file, key_file or self.server_key_file)
+        if require_client_cert:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(cafile=self.ca_file)
+        if max_version is not None:
+            ctx.maximum_version = max_version
+        return ctx
+
+    def client_config(self, **overrides: Any) -> TLSConfig:
+        """A :class:`TLSConfig` trusting this CA and presenting the client certificate.
+
+        Example::
+
+            >>> with make_test_certificates() as kit:
+            ...     kit.client_config(check_hostname=False).check_hostname
+            False
+        """
+        options: dict[str, Any] = {
+            "ca_file": self.ca_file,
+            "cert_file": self.client_cert_file,
+            "key_file": self.client_key_file,
+        }
+        options.update(overrides)
+        return TLSConfig(**options)
+
+    def close(self) -> None:
+        """Remove the directory if this kit created it (idempotent)."""
+        if self._owns_directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> CertificateKit:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def make_test_certificates(
+    directory: Optional[str] = None, *, hostnames: tuple[str, ...] = DEFAULT_HOSTNAMES
+) -> CertificateKit:
+    """Create a CA, a server certificate for ``hostnames`` and a client certificate.
+
+    Files go to ``directory`` (kept), or to a new temporary directory removed
+    by ``close()`` / the ``with`` block. Needs ``trustme`` installed.
+
+    Example::
+
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     kit = make_test_certificates(d, hostnames=("nexus.test",))
+        ...     sorted(os.listdir(d))
+        ['ca.pem', 'client.key', 'client.pem', 'server.key', 'server.pem']
+    """
+    if directory is None:
+        return CertificateKit(tempfile.mkdtemp(prefix="nexus-green-certs-"), hostnames, owns_directory=True)
+    return CertificateKit(directory, hostnames, owns_directory=False)
+
+
+class TLSEchoServer:
+    """A loopback server that echoes bytes back; TLS when ``ssl_context`` is given.
+
+    ``handshake_failures`` counts TLS handshakes that failed on the server
+    side; ``client_certs`` holds the subject of every client certificate seen
+    (mutual TLS). ``stop()`` closes every connection.
+
+    Example::
+
+        >>> from gevent import socket
+        >>> with TLSEchoServer() as server:         # plain TCP echo
+        ...     s = socket.create_connection(server.address, timeout=5)
+        ...     s.sendall(b"x"); data = s.recv(1); s.close()
+        >>> data
+        b'x'
+    """
+
+    def __init__(self, ssl_context: Optional[ssl.SSLContext] = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.ssl_context = ssl_context
+        self.handshake_failures = 0
+        self.connections = 0
+        self.client_certs: list[Any] = []
+        self._socks: set[Any] = set()
+        self._handlers: set[gevent.Greenlet] = set()
+        self._server = StreamServer((host, port), self._handle)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)`` the server listens on."""
+        addr = self._server.address
+        return (str(addr[0]), int(addr[1]))
+
+    def start(self) -> TLSEchoServer:
+        """Start listening; returns self."""
+        self._server.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Close the listener and every connection, wait for the handlers."""
+        self._server.close()
+        for s in list(self._socks):
+            s.close()
+        handlers = list(self._handlers)
+        gevent.joinall(handlers, timeout=timeout)
+        gevent.killall(handlers, timeout=timeout)
+        self._server.stop(timeout=timeout)
+
+    def __enter__(self) -> TLSEchoServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _handle(self, raw: Any, addr: Any) -> None:
+        me = gevent.getcurrent()
+        self._handlers.add(me)
+        self.connections += 1
+        sock = raw
+        self._socks.add(raw)
+        try:
+            if self.ssl_context is not None:
+                try:
+                    tls = self.ssl_context.wrap_socket(sock, server_side=True)
+                except (OSError, ValueError):
+                    self.handshake_failures += 1
+                    return
+                self._socks.add(tls)
+                sock = tls
+                peer = tls.getpeercert()
+                if peer:
+                    self.client_certs.append(peer.get("subject"))
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                sock.sendall(data)
+        except OSError:
+            return
+        finally:
+            self._handlers.discard(me)
+            self._socks.discard(raw)
+            self._socks.discard(sock)
+            sock.close()
+            raw.close()
