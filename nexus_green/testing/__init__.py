@@ -10,7 +10,6 @@ Example::
 """
 
 from ..clock import FakeClock
-from .socks5_proxy import ProxyRequest, Socks5Proxy
 from .server import (
     FID_CLOSE,
     FID_DELAY,
@@ -23,6 +22,7 @@ from .server import (
     EmbeddedServer,
     Reply,
 )
+from .socks5_proxy import ProxyRequest, Socks5Proxy
 from .tls import CertificateKit, TLSEchoServer, make_test_certificates
 
 __all__ = [
