@@ -26,9 +26,13 @@ Event names (the catalogue later layers rely on; attributes in brackets):
 * ``heartbeat.sent`` [conn_id]; ``heartbeat.rtt`` [conn_id, rtt];
   ``heartbeat.timeout`` [conn_id]
 * ``reconnect.scheduled`` [conn_id, attempt, delay]; ``reconnect.succeeded``
-  [conn_id, attempt]; ``reconnect.failed`` [conn_id, attempt, error]
+  [conn_id, attempt]; ``reconnect.failed`` [conn_id, attempt, error];
+  ``reconnect.gave_up`` [conn_id, attempt]
 * ``pool.checkout`` [pool, wait]; ``pool.exhausted`` [pool, wait];
-  ``pool.connection.opened`` / ``pool.connection.discarded`` [pool, conn_id, reason]
+  ``pool.connection.opened`` / ``pool.connection.discarded`` [pool, conn_id, reason];
+  ``pool.state`` [pool, size, max_size, in_use, idle, waiters, utilisation, in_flight]
+  (emitted by the monitor from ``ConnectionPool.stats()`` on each tick)
+* ``buffers.state`` [in_use, capacity]
 
 Example::
 
