@@ -1,0 +1,119 @@
+"""The request pipeline and its middlewares (layer L4): cache, rate limit, backpressure, compression.
+
+A Client runs each call through a :class:`Pipeline` of middlewares around its
+terminal "send on the wire" handler; every middleware also works alone, and
+the caches and limiters are decorators for any callable (:func:`cached`,
+:func:`rate_limited`). docs/middleware.md explains each piece with its defaults.
+
+Example::
+
+    >>> from nexus_green.protocol.messages import Request, Response
+    >>> pipeline = Pipeline([CompressionMiddleware(), CacheMiddleware(TwoLevelCache(l2=None), when={1})])
+    >>> [m.name for m in pipeline.middlewares]
+    ['cache', 'compression']
+    >>> handler = pipeline.wrap(lambda r: Response(body=b"pong"))
+    >>> handler(Request(fid=1)).cached, handler(Request(fid=1)).cached
+    ('', 'l1')
+"""
+
+from .backpressure import BackpressureGate, BackpressureMiddleware, BackpressureStats, Watermarks
+from .cache import (
+    CacheEntry,
+    CacheMiddleware,
+    CacheStats,
+    DiskCache,
+    MemoryCache,
+    TwoLevelCache,
+    TwoLevelStats,
+    cached,
+    call_key,
+    request_key,
+)
+from .compression import (
+    LEVELS,
+    AlgorithmStats,
+    CompressionAnalyzer,
+    CompressionChoice,
+    CompressionMiddleware,
+    CompressionStats,
+    DictionaryRegistry,
+    ZstdDictionary,
+    choose_compression,
+)
+from .offload import DEFAULT_OFFLOAD_THRESHOLD, run_off_hub
+from .pipeline import (
+    DEFAULT_ORDER,
+    ORDER_BACKPRESSURE,
+    ORDER_CACHE,
+    ORDER_COMPRESSION,
+    ORDER_CUSTOM,
+    ORDER_RATE_LIMIT,
+    ORDER_RESILIENCE,
+    Composite,
+    Conditional,
+    Handler,
+    Middleware,
+    Pipeline,
+    compose,
+    when,
+)
+from .ratelimit import (
+    LeakyBucket,
+    RateDecision,
+    RateLimiter,
+    RateLimitMiddleware,
+    RatePolicy,
+    SlidingWindow,
+    TokenBucket,
+    rate_limited,
+)
+
+__all__ = [
+    "AlgorithmStats",
+    "BackpressureGate",
+    "BackpressureMiddleware",
+    "BackpressureStats",
+    "CacheEntry",
+    "CacheMiddleware",
+    "CacheStats",
+    "Composite",
+    "CompressionAnalyzer",
+    "CompressionChoice",
+    "CompressionMiddleware",
+    "CompressionStats",
+    "Conditional",
+    "DEFAULT_OFFLOAD_THRESHOLD",
+    "DEFAULT_ORDER",
+    "DictionaryRegistry",
+    "DiskCache",
+    "Handler",
+    "LEVELS",
+    "LeakyBucket",
+    "MemoryCache",
+    "Middleware",
+    "ORDER_BACKPRESSURE",
+    "ORDER_CACHE",
+    "ORDER_COMPRESSION",
+    "ORDER_CUSTOM",
+    "ORDER_RATE_LIMIT",
+    "ORDER_RESILIENCE",
+    "Pipeline",
+    "RateDecision",
+    "RateLimitMiddleware",
+    "RateLimiter",
+    "RatePolicy",
+    "SlidingWindow",
+    "TokenBucket",
+    "TwoLevelCache",
+    "TwoLevelStats",
+    "Watermarks",
+    "ZstdDictionary",
+    "cached",
+    "call_key",
+    "choose_compression",
+    "compose",
+    "rate_limited",
+    "request_key",
+    "run_off_hub",
+    "when",
+]

@@ -1,0 +1,1066 @@
+"""The two-level cache: L1 in memory (cachetools), L2 on disk (diskcache), the middleware and @cached (layer L4).
+
+* :class:`MemoryCache` (L1): policy by name -- ``lru`` (default), ``lfu``,
+  ``fifo``, ``ttl`` (entries leave exactly at expiry, least recently used
+  first when full) -- or a custom policy: a ``cachetools.Cache`` instance or a
+  factory ``maxsize -> cachetools.Cache``. Defaults: 100 items, 60 s TTL.
+* :class:`DiskCache` (L2): diskcache, default 10,000 items, 24 h TTL,
+  least-frequently-used eviction. SQLite calls never yield, so *every* disk
+  operation runs in one dedicated worker thread that owns the only SQLite
+  connection: the hub stays responsive and the descriptors stay bounded (3)
+  whatever the number of greenlets -- even after ``monkey.patch_all()``, when
+  diskcache's ``threading.local`` would otherwise open one connection per
+  greenlet. The SQLite busy timeout is short (50 ms, diskcache's is 60 s), each
+  operation is bounded (``op_timeout``), and any fault (locked by another
+  process, unreadable or corrupt file, full disk) is logged, counted, and
+  makes the level step aside for ``fault_cooldown`` seconds: a broken L2 is a
+  miss, never a failed request.
+* :class:`TwoLevelCache`: L1 then L2 (an L2 hit fills L1), then the loader.
+  One loader per key at a time (concurrent callers wait for it: stampede
+  protection), optional stale-while-revalidate, invalidation by key, tag,
+  Fid, all, and TTL expiry; statistics per level.
+* :class:`CacheMiddleware` (order 200) caches responses for the Fids or the
+  predicate it is given (caching is opt-in), keyed by :func:`request_key`;
+  :func:`cached` does the same for any function.
+
+Example::
+
+    >>> with TwoLevelCache(l2=None) as cache:
+    ...     calls = []
+    ...     load = lambda: calls.append(1) or "value"
+    ...     cache.get_or_load("k", load), cache.get_or_load("k", load), len(calls)
+    (('value', ''), ('value', 'l1'), 1)
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import shutil
+import sqlite3
+import tempfile
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any, Optional, TypeVar, Union, cast
+
+import cachetools
+import diskcache
+import gevent
+from gevent.event import Event
+from gevent.threadpool import ThreadPool
+
+from ..clock import SYSTEM_CLOCK, Clock
+from ..deadline import effective_timeout
+from ..errors import ConfigurationError
+from ..greenlets import spawn
+from ..protocol.messages import Request, Response
+from .pipeline import ORDER_CACHE, FidsOrPredicate, Handler, request_matcher
+
+__all__ = [
+    "CacheEntry",
+    "CacheStats",
+    "TwoLevelStats",
+    "MemoryCache",
+    "DiskCache",
+    "TwoLevelCache",
+    "CacheMiddleware",
+    "cached",
+    "request_key",
+    "call_key",
+]
+
+log = logging.getLogger("nexus_green.middleware.cache")
+F = TypeVar("F", bound=Callable[..., Any])
+
+_L2_FAULTS = (sqlite3.Error, diskcache.Timeout, OSError, gevent.Timeout)
+_GENS_KEY = "nexus_green:tag-generations"
+_CORRUPT = object()
+_ORDER_COLUMN = {
+    "least-frequently-used": "access_count",
+    "least-recently-used": "access_time",
+    "least-recently-stored": "store_time",
+    "none": "rowid",
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheEntry:
+    """A cached value with its life: fresh until ``expires``, servable stale until ``stale_until``.
+
+    Times are wall-clock (``clock.wall()``) because L2 entries outlive the
+    process. ``tags`` pairs each tag with its generation when stored.
+
+    Example::
+
+        >>> e = CacheEntry(value=1, expires=10.0, stale_until=15.0)
+        >>> e.fresh(9.0), e.fresh(10.0), e.servable(12.0)
+        (True, False, True)
+    """
+
+    value: Any
+    expires: float
+    stale_until: float
+    tags: tuple[tuple[str, int], ...] = ()
+
+    def fresh(self, now: float) -> bool:
+        """Not yet expired."""
+        return now < self.expires
+
+    def servable(self, now: float) -> bool:
+        """Fresh, or stale within the stale-while-revalidate window."""
+        return now < self.stale_until
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheStats:
+    """One level's figures. ``load_time`` is the mean seconds per read of this level.
+
+    ``errors`` counts faults (L2: locked, unreadable, full, timed out);
+    ``bypassed`` counts operations skipped because the level was cooling down
+    after a fault or too busy.
+
+    Example::
+
+        >>> MemoryCache().stats().hit_rate
+        0.0
+    """
+
+    level: str
+    hits: int
+    misses: int
+    hit_rate: float
+    evictions: int
+    expirations: int
+    size: int
+    errors: int
+    bypassed: int
+    load_time: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TwoLevelStats:
+    """Both levels plus the whole cache: ``hit_rate`` counts a hit in either level.
+
+    ``loads`` and ``load_time`` (mean seconds) are the loader calls (misses
+    that went to the origin); ``coalesced`` callers waited for another's load;
+    ``stale_served`` answers came from stale-while-revalidate.
+
+    Example::
+
+        >>> TwoLevelCache(l2=None).stats().l2 is None
+        True
+    """
+
+    l1: Optional[CacheStats]
+    l2: Optional[CacheStats]
+    requests: int
+    hits: int
+    hit_rate: float
+    loads: int
+    load_time: float
+    coalesced: int
+    stale_served: int
+    refresh_errors: int
+
+
+class _Counters:
+    __slots__ = ("hits", "misses", "evictions", "expirations", "errors", "bypassed", "reads", "read_time")
+
+    def __init__(self) -> None:
+        self.hits = self.misses = self.evictions = self.expirations = self.errors = self.bypassed = self.reads = 0
+        self.read_time = 0.0
+
+    def snapshot(self, level: str, size: int) -> CacheStats:
+        total = self.hits + self.misses
+        return CacheStats(
+            level=level,
+            hits=self.hits,
+            misses=self.misses,
+            hit_rate=self.hits / total if total else 0.0,
+            evictions=self.evictions,
+            expirations=self.expirations,
+            size=size,
+            errors=self.errors,
+            bypassed=self.bypassed,
+            load_time=self.read_time / self.reads if self.reads else 0.0,
+        )
+
+
+# --- L1 -----------------------------------------------------------------------------------
+
+PolicyArg = Union[str, "cachetools.Cache[str, CacheEntry]", Callable[[int], "cachetools.Cache[str, CacheEntry]"]]
+
+
+class MemoryCache:
+    """L1: entries in a cachetools cache chosen by ``policy`` (see the module docstring).
+
+    Example::
+
+        >>> from nexus_green.clock import FakeClock
+        >>> clock = FakeClock()
+        >>> l1 = MemoryCache(maxsize=2, policy="fifo", clock=clock)
+        >>> for k in "abc":
+        ...     l1.set(k, CacheEntry(value=k, expires=clock.wall() + 60, stale_until=clock.wall() + 60))
+        >>> sorted(l1.keys()), l1.stats().evictions
+        (['b', 'c'], 1)
+    """
+
+    level = "l1"
+
+    def __init__(
+        self, maxsize: int = 100, ttl: float = 60.0, policy: PolicyArg = "lru", *, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        if not isinstance(maxsize, int) or maxsize < 1:
+            raise ConfigurationError(f"L1 maxsize must be an int >= 1, got {maxsize!r}")
+        if not ttl > 0:
+            raise ConfigurationError(f"L1 ttl must be positive, got {ttl!r}")
+        self.maxsize = maxsize
+        self.ttl = float(ttl)
+        self.clock = clock
+        self.counters = _Counters()
+        self._data = self._make(policy, maxsize)
+        self.policy = policy if isinstance(policy, str) else type(self._data).__name__
+        evict = self._data.popitem
+        counters = self.counters
+
+        def popitem() -> tuple[str, CacheEntry]:
+            counters.evictions += 1
+            return evict()
+
+        self._data.popitem = popitem  # type: ignore[method-assign]
+
+    def _make(self, policy: PolicyArg, maxsize: int) -> cachetools.Cache[str, CacheEntry]:
+        if isinstance(policy, str):
+            name = policy.lower()
+            if name == "lru":
+                return cachetools.LRUCache(maxsize)
+            if name == "lfu":
+                return cachetools.LFUCache(maxsize)
+            if name == "fifo":
+                return cachetools.FIFOCache(maxsize)
+            if name == "ttl":
+                return cachetools.TLRUCache(maxsize, lambda k, e, now: e.stale_until, timer=self.clock.wall)
+            raise ConfigurationError(f"unknown L1 policy {policy!r}; use lru, lfu, fifo, ttl or a cachetools.Cache")
+        made = policy if isinstance(policy, cachetools.Cache) else policy(maxsize)
+        if not isinstance(made, cachetools.Cache):
+            raise ConfigurationError(f"custom L1 policy must be or make a cachetools.Cache, got {made!r}")
+        return made
+
+    def get(self, key: str) -> Optional[CacheEntry]:
+        """The entry if still servable (expired ones are dropped and counted)."""
+        entry = self._data.get(key)
+        if entry is not None and not entry.servable(self.clock.wall()):
+            self._data.pop(key, None)
+            self.counters.expirations += 1
+            return None
+        return entry
+
+    def set(self, key: str, entry: CacheEntry) -> None:
+        """Store an entry (evicting by policy when full)."""
+        self._data[key] = entry
+
+    def delete(self, key: str) -> bool:
+        """Drop ``key``; True if it was there."""
+        return self._data.pop(key, None) is not None
+
+    def clear(self) -> None:
+        """Drop everything."""
+        self._data.clear()
+
+    def keys(self) -> list[str]:
+        """The keys held now."""
+        return list(self._data.keys())
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def stats(self) -> CacheStats:
+        """This level's figures."""
+        return self.counters.snapshot(self.level, len(self._data))
+
+    def __repr__(self) -> str:
+        return f"<MemoryCache {self.policy} {len(self._data)}/{self.maxsize} ttl={self.ttl:g}s>"
+
+
+# --- L2 -----------------------------------------------------------------------------------
+
+
+class _Failure:
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class DiskCache:
+    """L2: a diskcache directory driven from one worker thread (see the module docstring).
+
+    ``directory`` None makes a private temporary directory, removed on
+    :meth:`close`. Values are pickled: keep the directory private to the
+    application (a writable cache directory lets others inject pickles).
+    Extra keyword ``settings`` go to ``diskcache.Cache`` (e.g. ``size_limit``,
+    ``sqlite_*`` pragmas).
+
+    Example::
+
+        >>> from nexus_green.clock import FakeClock
+        >>> clock = FakeClock()
+        >>> l2 = DiskCache(clock=clock)
+        >>> l2.set("k", CacheEntry(value=b"v", expires=clock.wall() + 5, stale_until=clock.wall() + 5))
+        True
+        >>> l2.get("k").value, l2.stats().size
+        (b'v', 1)
+        >>> l2.close()
+    """
+
+    level = "l2"
+
+    def __init__(
+        self,
+        directory: Optional[str] = None,
+        *,
+        max_items: int = 10_000,
+        ttl: float = 86_400.0,
+        eviction_policy: str = "least-frequently-used",
+        busy_timeout: float = 0.05,
+        op_timeout: float = 2.0,
+        fault_cooldown: float = 5.0,
+        max_pending: int = 1024,
+        clock: Clock = SYSTEM_CLOCK,
+        **settings: Any,
+    ) -> None:
+        if eviction_policy not in _ORDER_COLUMN:
+            raise ConfigurationError(
+                f"unknown L2 eviction policy {eviction_policy!r}; use one of {', '.join(_ORDER_COLUMN)}"
+            )
+        if not isinstance(max_items, int) or max_items < 1:
+            raise ConfigurationError(f"L2 max_items must be an int >= 1, got {max_items!r}")
+        if not ttl > 0:
+            raise ConfigurationError(f"L2 ttl must be positive, got {ttl!r}")
+        self._own_dir = directory is None
+        self.directory = directory if directory is not None else tempfile.mkdtemp(prefix="nexus_green-cache-")
+        if self._own_dir:
+            self._finalizer: Optional[weakref.finalize] = weakref.finalize(self, shutil.rmtree, self.directory, True)
+        else:
+            self._finalizer = None
+        self.max_items = max_items
+        self.ttl = float(ttl)
+        self.eviction_policy = eviction_policy
+        self.busy_timeout = busy_timeout
+        self.op_timeout = op_timeout
+        self.fault_cooldown = fault_cooldown
+        self.max_pending = max_pending
+        self.clock = clock
+        self.settings = settings
+        self.counters = _Counters()
+        self.last_error: Optional[BaseException] = None
+        self._cache: Optional[diskcache.Cache] = None
+        self._pool: Optional[ThreadPool] = None
+        self._pending = 0
+        self._broken_until = float("-inf")
+        self._closed = False
+
+    # The worker side: runs in the dedicated thread, owns the only connection.
+    def _open(self) -> diskcache.Cache:
+        cache = self._cache
+        if cache is None:
+            # Built in two steps so a failed __init__ (corrupt file, full disk) can close the
+            # connection it had already opened instead of leaking its descriptors.
+            cache = diskcache.Cache.__new__(diskcache.Cache)
+            try:
+                cache.__init__(
+                    self.directory, timeout=self.busy_timeout, eviction_policy=self.eviction_policy, **self.settings
+                )
+            except BaseException:
+                try:
+                    cache.close()
+                except Exception:  # pragma: no cover - failed before diskcache set up its thread-local
+                    pass
+                raise
+            self._cache = cache
+        return cache
+
+    def _in_worker(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        # Errors travel back as values: raised in the worker, gevent would also print them.
+        try:
+            return fn(self._open(), *args)
+        except Exception as exc:
+            return _Failure(exc)
+
+    @staticmethod
+    def _w_get(cache: diskcache.Cache, key: str) -> Any:
+        try:
+            return cache.get(key, default=None, retry=False)
+        except _L2_FAULTS:
+            raise
+        except Exception:  # a value that no longer unpickles: drop it, it is a miss
+            cache.delete(key, retry=False)
+            return _CORRUPT
+
+    def _w_set(self, cache: diskcache.Cache, key: str, value: Any, expire: Optional[float]) -> int:
+        cache.set(key, value, expire=expire, retry=False)
+        excess = len(cache) - self.max_items
+        if excess <= 0:
+            return 0
+        column = _ORDER_COLUMN[self.eviction_policy]
+        rows = cache._sql(  # diskcache culls by bytes only; count-based eviction reads its table
+            f"SELECT key FROM Cache WHERE raw = 1 AND key != ? ORDER BY {column} LIMIT ?", (_GENS_KEY, excess)
+        ).fetchall()
+        evicted = 0
+        for (k,) in rows:
+            evicted += bool(cache.delete(k, retry=False))
+        return evicted
+
+    # The hub side.
+    def _run(self, fn: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
+        """Run ``fn(cache, *args)`` in the worker; ``(False, None)`` when bypassed or failed."""
+        c = self.counters
+        if self._closed or self.clock.now() < self._broken_until or self._pending >= self.max_pending:
+            c.bypassed += 1
+            return False, None
+        self._pending += 1
+        timer = gevent.Timeout(self.op_timeout)
+        timer.start()
+        try:
+            pool = self._pool
+            if pool is None:
+                pool = self._pool = ThreadPool(1)
+            result = pool.apply(self._in_worker, (fn, args))
+            if isinstance(result, _Failure):
+                raise result.error
+            return True, result
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            self._fault(f"L2 operation did not finish within {self.op_timeout}s (disk stalled or database locked)", exc)
+        except _L2_FAULTS as exc:
+            self._fault(f"L2 cache at {self.directory} failed: {type(exc).__name__}: {exc}", exc)
+        except Exception as exc:  # e.g. a value that cannot be pickled: this call fails, the level is fine
+            c.errors += 1
+            self.last_error = exc
+            log.warning("L2 cache operation failed: %s: %s", type(exc).__name__, exc)
+        finally:
+            timer.close()
+            self._pending -= 1
+        return False, None
+
+    def _fault(self, message: str, exc: BaseException) -> None:
+        self.counters.errors += 1
+        self.last_error = exc
+        self._broken_until = self.clock.now() + self.fault_cooldown
+        log.warning("%s; bypassing L2 for %.1fs", message, self.fault_cooldown)
+
+    @property
+    def available(self) -> bool:
+        """False while the level is closed or cooling down after a fault."""
+        return not self._closed and self.clock.now() >= self._broken_until
+
+    def get(self, key: str) -> Optional[CacheEntry]:
+        """The entry if present and servable; None on a miss, a bypass or a fault."""
+        t0 = self.clock.now()
+        ok, value = self._run(self._w_get, key)
+        if not ok:
+            return None
+        c = self.counters
+        c.reads += 1
+        c.read_time += self.clock.now() - t0
+        if value is _CORRUPT:
+            c.errors += 1
+            return None
+        if not isinstance(value, CacheEntry):
+            return None
+        if not value.servable(self.clock.wall()):
+            c.expirations += 1
+            self._run(self._w_delete, key)
+            return None
+        return value
+
+    def set(self, key: str, entry: CacheEntry) -> bool:
+        """Store an entry; False if the level was bypassed or failed."""
+        expire = max(1.0, entry.stale_until - self.clock.wall())
+        ok, evicted = self._run(self._w_set, key, entry, expire)
+        if ok:
+            self.counters.evictions += evicted
+        return bool(ok)
+
+    def get_meta(self, key: str) -> tuple[bool, Any]:
+        """Read an internal record (not an entry); ``(ok, value)``."""
+        ok, value = self._run(self._w_get, key)
+        return ok, (None if value is _CORRUPT else value)
+
+    def set_meta(self, key: str, value: Any) -> bool:
+        """Write an internal record that never expires."""
+        return self._run(self._w_set, key, value, None)[0]
+
+    @staticmethod
+    def _w_delete(cache: diskcache.Cache, key: str) -> bool:
+        return bool(cache.delete(key, retry=False))
+
+    @staticmethod
+    def _w_clear(cache: diskcache.Cache) -> int:
+        return int(cache.clear(retry=False))
+
+    @staticmethod
+    def _w_len(cache: diskcache.Cache) -> int:
+        return len(cache)
+
+    def delete(self, key: str) -> bool:
+        """Drop ``key``; True if it was there."""
+        return bool(self._run(self._w_delete, key)[1])
+
+    def clear(self) -> bool:
+        """Drop everything; False if the level was bypassed or failed."""
+        return self._run(self._w_clear)[0]
+
+    def __len__(self) -> int:
+        ok, n = self._run(self._w_len)
+        return int(n) if ok else 0
+
+    def stats(self) -> CacheStats:
+        """This level's figures (``size`` is -1 when the level cannot be read)."""
+        ok, n = self._run(self._w_len)
+        return self.counters.snapshot(self.level, int(n) if ok else -1)
+
+    def _w_shutdown(self) -> None:
+        cache = self._cache
+        if cache is not None:
+            try:
+                cache.close()
+            except Exception as exc:  # pragma: no cover - sqlite3 close failing is not something to act on
+                log.warning("closing L2 cache at %s failed: %s", self.directory, exc)
+
+    def close(self) -> None:
+        """Close the connection in the worker, stop the worker, remove a private directory.
+
+        Bounded by ``op_timeout``: if the worker is stuck, its connection closes when the
+        thread ends after the stuck call.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        pool = self._pool
+        if pool is not None:
+            timer = gevent.Timeout(self.op_timeout)
+            timer.start()
+            try:
+                pool.apply(self._w_shutdown)
+            except gevent.Timeout as exc:
+                if exc is not timer:
+                    raise
+                log.warning("L2 worker busy at close; its connection closes when the stuck call ends")
+            finally:
+                timer.close()
+            pool.kill()
+            self._pool = None
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("available" if self.available else "bypassed")
+        return f"<DiskCache {self.directory} {state} max_items={self.max_items} ttl={self.ttl:g}s>"
+
+
+# --- both levels ----------------------------------------------------------------------------
+
+
+L = TypeVar("L")
+
+
+def _level(value: Any, kind: type[L]) -> Optional[L]:
+    if value is None or value is False:
+        return None
+    if not isinstance(value, kind):
+        raise ConfigurationError(f"expected a {kind.__name__}, True or None, got {value!r}")
+    return value
+
+
+class _Flight:
+    __slots__ = ("event", "done", "value", "error")
+
+    def __init__(self) -> None:
+        self.event = Event()
+        self.done = False
+        self.value: Any = None
+        self.error: Optional[Exception] = None
+
+
+class TwoLevelCache:
+    """L1 + L2 + loader, with stampede protection and invalidation.
+
+    ``l1``/``l2`` take a level, ``True`` for the default one, or ``None`` to
+    turn it off. ``stale_while_revalidate`` (seconds, default 0 = off) serves
+    an expired entry for that long while one background greenlet reloads it.
+    Callers waiting for another caller's load wait at most ``load_wait``
+    seconds (and never past the deadline in force), then load themselves.
+
+    Tag and Fid invalidation bump a generation: entries stored under an older
+    generation are ignored (and dropped when met). Generations are kept in
+    L2 too, so a restart sees them; another process sharing the directory
+    sees them when it starts.
+
+    Example::
+
+        >>> cache = TwoLevelCache(l2=None)
+        >>> cache.set("a", 1, tags=("user:1",)); cache.set("b", 2, tags=("user:2",))
+        >>> cache.invalidate_tag("user:1")
+        >>> cache.get("a"), cache.get("b")
+        (None, 2)
+    """
+
+    def __init__(
+        self,
+        l1: Union[MemoryCache, bool, None] = True,
+        l2: Union[DiskCache, bool, None] = True,
+        *,
+        stale_while_revalidate: float = 0.0,
+        load_wait: float = 30.0,
+        clock: Clock = SYSTEM_CLOCK,
+        name: str = "cache",
+    ) -> None:
+        self.clock = clock
+        # Levels define __len__, so test their type, never their truth.
+        self.l1: Optional[MemoryCache] = MemoryCache(clock=clock) if l1 is True else _level(l1, MemoryCache)
+        self.l2: Optional[DiskCache] = DiskCache(clock=clock) if l2 is True else _level(l2, DiskCache)
+        if stale_while_revalidate < 0:
+            raise ConfigurationError(f"stale_while_revalidate must be >= 0, got {stale_while_revalidate!r}")
+        self.stale_while_revalidate = float(stale_while_revalidate)
+        self.load_wait = load_wait
+        self.name = name
+        self._gens: dict[str, int] = {}
+        self._gens_loaded = False
+        self._inflight: dict[str, _Flight] = {}
+        self.requests = 0
+        self.loads = 0
+        self.load_time = 0.0
+        self.coalesced = 0
+        self.stale_served = 0
+        self.refresh_errors = 0
+
+    # -- tags
+    def _load_gens(self) -> None:
+        if self._gens_loaded or self.l2 is None:
+            return
+        ok, stored = self.l2.get_meta(_GENS_KEY)
+        if ok:
+            self._gens_loaded = True
+            if isinstance(stored, dict):
+                for tag, gen in stored.items():
+                    if gen > self._gens.get(tag, 0):
+                        self._gens[tag] = gen
+
+    def _current(self, entry: CacheEntry) -> bool:
+        gens = self._gens
+        return all(gens.get(tag, 0) == gen for tag, gen in entry.tags)
+
+    # -- lookups
+    def lookup(self, key: str) -> tuple[Optional[CacheEntry], Optional[CacheEntry], str]:
+        """``(fresh entry, stale entry, level)``: at most one is set; level names where it was found."""
+        now = self.clock.wall()
+        stale: Optional[CacheEntry] = None
+        stale_level = ""
+        self.requests += 1
+        l1, l2 = self.l1, self.l2
+        if l1 is not None:
+            c = l1.counters
+            t0 = self.clock.now()
+            entry = l1.get(key)
+            c.reads += 1
+            c.read_time += self.clock.now() - t0
+            if entry is not None and not self._current(entry):
+                l1.delete(key)
+                entry = None
+            if entry is not None and entry.fresh(now):
+                c.hits += 1
+                return entry, None, "l1"
+            c.misses += 1
+            if entry is not None:
+                stale, stale_level = entry, "l1"
+        if l2 is not None:
+            self._load_gens()
+            entry = l2.get(key)
+            if entry is not None and not self._current(entry):
+                l2.delete(key)
+                entry = None
+            if entry is not None and entry.fresh(now):
+                l2.counters.hits += 1
+                if l1 is not None:
+                    expires = min(entry.expires, now + l1.ttl)
+                    l1.set(
+                        key,
+                        replace(
+                            entry,
+                            expires=expires,
+                            stale_until=min(entry.stale_until, expires + self.stale_while_revalidate),
+                        ),
+                    )
+                return entry, None, "l2"
+            l2.counters.misses += 1
+            if stale is None and entry is not None:
+                stale, stale_level = entry, "l2"
+        return None, stale, stale_level
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The fresh cached value for ``key`` (from either level), else ``default``."""
+        fresh, _, _ = self.lookup(key)
+        return default if fresh is None else fresh.value
+
+    def set(self, key: str, value: Any, *, ttl: Optional[float] = None, tags: Iterable[str] = ()) -> None:
+        """Store in both levels; each keeps it for ``min(ttl, its own ttl)`` (its own ttl if None)."""
+        now = self.clock.wall()
+        if self.l2 is not None:
+            self._load_gens()
+        tagged = tuple((t, self._gens.get(t, 0)) for t in tags)
+        swr = self.stale_while_revalidate
+        if self.l1 is not None:
+            life = self.l1.ttl if ttl is None else min(ttl, self.l1.ttl)
+            self.l1.set(key, CacheEntry(value=value, expires=now + life, stale_until=now + life + swr, tags=tagged))
+        if self.l2 is not None:
+            life = self.l2.ttl if ttl is None else min(ttl, self.l2.ttl)
+            self.l2.set(key, CacheEntry(value=value, expires=now + life, stale_until=now + life + swr, tags=tagged))
+
+    def get_or_load(
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        *,
+        ttl: Optional[float] = None,
+        tags: Iterable[str] = (),
+        should_cache: Optional[Callable[[Any], bool]] = None,
+    ) -> tuple[Any, str]:
+        """``(value, level)``: level is ``"l1"``/``"l2"`` for a hit, ``"l1:stale"``/``"l2:stale"``
+        for a stale-while-revalidate answer, ``""`` when loaded (by us or by the caller we waited for).
+
+        Only values ``should_cache(value)`` accepts are stored (default: all).
+        """
+        fresh, stale, level = self.lookup(key)
+        if fresh is not None:
+            return fresh.value, level
+        tags = tuple(tags)
+        if stale is not None and self.stale_while_revalidate > 0:
+            self.stale_served += 1
+            if key not in self._inflight:
+                spawn(self._refresh, key, loader, ttl, tags, should_cache, name="cache-refresh")
+            return stale.value, level + ":stale"
+        return self._load(key, loader, ttl, tags, should_cache), ""
+
+    def _refresh(
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        ttl: Optional[float],
+        tags: tuple[str, ...],
+        should_cache: Optional[Callable[[Any], bool]],
+    ) -> None:
+        try:
+            self._load(key, loader, ttl, tags, should_cache)
+        except Exception as exc:
+            self.refresh_errors += 1
+            log.warning("background refresh of %s failed: %s: %s", key, type(exc).__name__, exc)
+
+    def _load(
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        ttl: Optional[float],
+        tags: tuple[str, ...],
+        should_cache: Optional[Callable[[Any], bool]],
+    ) -> Any:
+        flight = self._inflight.get(key)
+        if flight is not None:
+            self.coalesced += 1
+            flight.event.wait(max(0.0, cast(float, effective_timeout(self.load_wait, clock=self.clock))))
+            if flight.done:
+                if flight.error is not None:
+                    raise flight.error
+                return flight.value
+            # The loader was killed or is too slow: load without it.
+            return self._call(key, loader, ttl, tags, should_cache)
+        flight = self._inflight[key] = _Flight()
+        try:
+            flight.value = self._call(key, loader, ttl, tags, should_cache)
+        except Exception as exc:
+            flight.error = exc
+            flight.done = True
+            raise
+        else:
+            flight.done = True
+            return flight.value
+        finally:
+            if self._inflight.get(key) is flight:
+                del self._inflight[key]
+            flight.event.set()
+
+    def _call(
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        ttl: Optional[float],
+        tags: tuple[str, ...],
+        should_cache: Optional[Callable[[Any], bool]],
+    ) -> Any:
+        t0 = self.clock.now()
+        value = loader()
+        self.loads += 1
+        self.load_time += self.clock.now() - t0
+        if should_cache is None or should_cache(value):
+            self.set(key, value, ttl=ttl, tags=tags)
+        return value
+
+    # -- invalidation
+    def invalidate(self, key: str) -> None:
+        """Drop ``key`` from both levels."""
+        if self.l1 is not None:
+            self.l1.delete(key)
+        if self.l2 is not None:
+            self.l2.delete(key)
+
+    def invalidate_tag(self, tag: str) -> None:
+        """Make every entry stored with ``tag`` a miss (both levels)."""
+        self._load_gens()
+        self._gens[tag] = self._gens.get(tag, 0) + 1
+        if self.l2 is not None:
+            self.l2.set_meta(_GENS_KEY, dict(self._gens))
+
+    def invalidate_fid(self, fid: int) -> None:
+        """Make every cached response of ``fid`` a miss (the middleware tags entries ``fid:<n>``)."""
+        self.invalidate_tag(f"fid:{fid}")
+
+    def clear(self) -> None:
+        """Drop everything in both levels (tag generations are kept)."""
+        if self.l1 is not None:
+            self.l1.clear()
+        if self.l2 is not None:
+            self.l2.clear()
+            if self._gens:
+                self.l2.set_meta(_GENS_KEY, dict(self._gens))
+
+    # -- figures and life
+    def stats(self) -> TwoLevelStats:
+        """Figures of both levels and of the whole cache."""
+        s1 = self.l1.stats() if self.l1 is not None else None
+        s2 = self.l2.stats() if self.l2 is not None else None
+        hits = (s1.hits if s1 else 0) + (s2.hits if s2 else 0)
+        return TwoLevelStats(
+            l1=s1,
+            l2=s2,
+            requests=self.requests,
+            hits=hits,
+            hit_rate=hits / self.requests if self.requests else 0.0,
+            loads=self.loads,
+            load_time=self.load_time / self.loads if self.loads else 0.0,
+            coalesced=self.coalesced,
+            stale_served=self.stale_served,
+            refresh_errors=self.refresh_errors,
+        )
+
+    def close(self) -> None:
+        """Close L2 (its worker thread and connection)."""
+        if self.l2 is not None:
+            self.l2.close()
+
+    def __enter__(self) -> TwoLevelCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<TwoLevelCache {self.name} l1={self.l1!r} l2={self.l2!r}>"
+
+
+# --- keys ----------------------------------------------------------------------------------
+
+
+def _part(h: Any, data: bytes) -> None:
+    h.update(len(data).to_bytes(8, "big"))
+    h.update(data)
+
+
+def request_key(request: Request, headers: Iterable[str] = ()) -> str:
+    """A stable hash of endpoint, Fid, the selected headers and the body.
+
+    Stable across processes and runs (blake2b, not ``hash()``), so L2 entries
+    stay valid after a restart.
+
+    Example::
+
+        >>> a = Request(endpoint="svc", fid=1, body=b"q", headers={"lang": "en", "trace": "1"})
+        >>> b = a.with_headers({"trace": "2"})
+        >>> request_key(a) == request_key(b), request_key(a, ["lang"]) == request_key(b, ["lang"])
+        (True, True)
+        >>> request_key(a, ["trace"]) == request_key(b, ["trace"])
+        False
+    """
+    h = hashlib.blake2b(digest_size=16)
+    _part(h, request.endpoint.encode())
+    _part(h, str(request.fid).encode())
+    for name in sorted(set(headers)):
+        value = request.headers.get(name)
+        _part(h, name.encode() + (b"\x00-" if value is None else b"\x00=" + value.encode()))
+    _part(h, bytes(request.body))
+    return "req:" + h.hexdigest()
+
+
+def _canon(x: Any) -> str:
+    if x is None or isinstance(x, (bool, int, float, str, bytes)):
+        return f"{type(x).__name__}:{x!r}"
+    if isinstance(x, (list, tuple)):
+        return f"{type(x).__name__}(" + ",".join(_canon(v) for v in x) + ")"
+    if isinstance(x, dict):
+        return "dict(" + ",".join(sorted(f"{_canon(k)}={_canon(v)}" for k, v in x.items())) + ")"
+    if isinstance(x, (set, frozenset)):
+        return f"{type(x).__name__}(" + ",".join(sorted(_canon(v) for v in x)) + ")"
+    return f"{type(x).__qualname__}:{x!r}"
+
+
+def call_key(prefix: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """A stable key for a function call: built-in values by content (dicts and sets order-free).
+
+    Other objects are keyed by ``repr``: give :func:`cached` a ``key=``
+    function when that repr is not stable (e.g. it shows an id).
+
+    Example::
+
+        >>> call_key("f", (1, {"b": 2, "a": 1}), {}) == call_key("f", (1, {"a": 1, "b": 2}), {})
+        True
+        >>> call_key("f", (1,), {}) == call_key("f", ("1",), {})
+        False
+    """
+    h = hashlib.blake2b(digest_size=16)
+    _part(h, prefix.encode())
+    _part(h, _canon(args).encode())
+    _part(h, _canon(kwargs).encode())
+    return "call:" + h.hexdigest()
+
+
+# --- the middleware and the decorator ---------------------------------------------------------
+
+
+def _ok(response: Any) -> bool:
+    return isinstance(response, Response) and response.ok
+
+
+class CacheMiddleware:
+    """Caches responses of the selected requests (order 200). Caching is opt-in.
+
+    ``when`` selects the requests: a Fid, Fids, or a predicate (required).
+    ``headers`` names the headers that enter the key (:func:`request_key`),
+    or pass a ``key`` function. Only successful responses are cached unless
+    ``cache_errors=True`` or a ``should_cache`` predicate says otherwise.
+    Entries are tagged ``fid:<n>`` plus ``tags(request)``. A request with
+    ``context["cache"] = False`` skips the cache. Hits come back with
+    ``response.cached`` set to the level (``"l1"``, ``"l2"``, or
+    ``"l1:stale"``/``"l2:stale"``) and ``latency`` 0.
+
+    Example::
+
+        >>> mw = CacheMiddleware(TwoLevelCache(l2=None), when={1})
+        >>> wire = lambda r: Response(body=b"fresh", fid=r.fid)
+        >>> mw(Request(fid=1), wire).cached, mw(Request(fid=1), wire).cached, mw(Request(fid=2), wire).cached
+        ('', 'l1', '')
+    """
+
+    order = ORDER_CACHE
+
+    def __init__(
+        self,
+        cache: Optional[TwoLevelCache] = None,
+        *,
+        when: Optional[FidsOrPredicate] = None,
+        headers: Iterable[str] = (),
+        key: Optional[Callable[[Request], str]] = None,
+        ttl: Optional[float] = None,
+        tags: Optional[Callable[[Request], Iterable[str]]] = None,
+        cache_errors: bool = False,
+        should_cache: Optional[Callable[[Response], bool]] = None,
+        name: str = "cache",
+    ) -> None:
+        if when is None:
+            raise ConfigurationError("caching is opt-in: pass when= a Fid, Fids or a predicate")
+        self.cache = cache if cache is not None else TwoLevelCache()
+        self._match = request_matcher(when)
+        header_names = tuple(headers)
+        self._key: Callable[[Request], str] = key if key is not None else (lambda r: request_key(r, header_names))
+        self.ttl = ttl
+        self._tags = tags
+        self._should_cache = should_cache if should_cache is not None else (None if cache_errors else _ok)
+        self.name = name
+
+    def __call__(self, request: Request, call_next: Handler) -> Response:
+        if not self._match(request) or request.context.get("cache") is False:
+            return call_next(request)
+        tags = (f"fid:{request.fid}",) + (tuple(self._tags(request)) if self._tags is not None else ())
+        response, level = self.cache.get_or_load(
+            self._key(request), lambda: call_next(request), ttl=self.ttl, tags=tags, should_cache=self._should_cache
+        )
+        if level:
+            return cast(Response, response).replace(cached=level, latency=0.0)
+        return cast(Response, response)
+
+    def __repr__(self) -> str:
+        return f"<CacheMiddleware {self.cache!r}>"
+
+
+def cached(
+    cache: Optional[TwoLevelCache] = None,
+    *,
+    ttl: Optional[float] = None,
+    key: Optional[Callable[..., str]] = None,
+    tags: Iterable[str] = (),
+    should_cache: Optional[Callable[[Any], bool]] = None,
+    l1: Union[MemoryCache, bool, None] = True,
+    l2: Union[DiskCache, bool, None] = True,
+    directory: Optional[str] = None,
+    stale_while_revalidate: float = 0.0,
+) -> Callable[[F], F]:
+    """Cache any function's results in two levels; the arguments form the key (:func:`call_key`).
+
+    Without ``cache`` it builds a :class:`TwoLevelCache` from ``l1``, ``l2``
+    and ``directory`` (L2 in a private temporary directory if none is given).
+    The wrapper has ``cache``, ``cache_key(*args, **kwargs)`` and
+    ``invalidate(*args, **kwargs)``; exceptions are never cached.
+
+    Example::
+
+        >>> calls = []
+        >>> @cached(l2=None, ttl=30)
+        ... def square(x):
+        ...     calls.append(x)
+        ...     return x * x
+        >>> square(4), square(4), calls
+        (16, 16, [4])
+        >>> square.invalidate(4); square(4), calls
+        (16, [4, 4])
+    """
+
+    def decorate(fn: F) -> F:
+        if cache is not None:
+            store = cache
+        else:
+            level2: Union[DiskCache, bool, None] = DiskCache(directory) if l2 is True and directory else l2
+            store = TwoLevelCache(l1=l1, l2=level2, stale_while_revalidate=stale_while_revalidate)
+        prefix = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
+        fixed_tags = tuple(tags)
+
+        def make_key(*args: Any, **kwargs: Any) -> str:
+            return key(*args, **kwargs) if key is not None else call_key(prefix, args, kwargs)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            value, _ = store.get_or_load(
+                make_key(*args, **kwargs),
+                lambda: fn(*args, **kwargs),
+                ttl=ttl,
+                tags=fixed_tags,
+                should_cache=should_cache,
+            )
+            return value
+
+        wrapper.cache = store  # type: ignore[attr-defined]
+        wrapper.cache_key = make_key  # type: ignore[attr-defined]
+        wrapper.invalidate = lambda *a, **kw: store.invalidate(make_key(*a, **kw))  # type: ignore[attr-defined]
+        return cast(F, wrapper)
+
+    return decorate

@@ -1,0 +1,618 @@
+"""Adaptive request compression: the middleware, the analyzer, the chooser and zstd dictionaries (layer L4).
+
+The codecs themselves (gzip, lz4 frame, zstd, brotli) and their Tp bits live
+in :mod:`nexus_green.protocol.compression`; this module decides *whether* and
+*which*, runs big jobs off the hub (:func:`~nexus_green.middleware.offload.run_off_hub`)
+and keeps the figures.
+
+:class:`CompressionMiddleware` (order 500, innermost) compresses the request
+body, replaces it and sets ``request.context["tp"]`` to the codec's Tp bits;
+the Client sends those bits and decodes compressed responses itself.
+
+Adaptive choice (:func:`choose_compression`, after the NexusKit plan):
+
+1. body under ``min_size`` (1 KB): no compression (or a zstd dictionary, if one is set);
+2. latency-sensitive: lz4;
+3. bandwidth-constrained: brotli;
+4. otherwise the codec the :class:`CompressionAnalyzer` measured as best:
+   lowest estimated time per byte, ``1/speed + ratio/bandwidth``, on live
+   traffic, with a few samples of each codec first and a periodic re-probe so
+   it can switch when the traffic changes.
+
+Levels: ``none``, ``fastest``, ``balanced``, ``best``, or ``adaptive``
+(``balanced``, and ``fastest`` for bodies of 1 MB or more; ``fastest`` for lz4).
+
+Example::
+
+    >>> from nexus_green.protocol.messages import Request, Response
+    >>> mw = CompressionMiddleware(algorithm="zstd", level="balanced")
+    >>> def wire(req):
+    ...     return Response(body=b"%d bytes, tp=0x%02x" % (len(req.body), req.context.get("tp", 0)))
+    >>> mw(Request(body=b'{"k": "v"}' * 500), wire).body   # 5000 bytes on the wire as ~28
+    b'2... bytes, tp=0x80'
+    >>> mw(Request(body=b"tiny"), wire).body
+    b'4 bytes, tp=0x00'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Optional, cast
+
+import zstandard
+
+from ..clock import SYSTEM_CLOCK, Clock
+from ..errors import CompressionError, ConfigurationError
+from ..events import EventBus, default_bus
+from ..protocol.compression import CODECS, decompress_body, get_codec
+from ..protocol.frames import DEFAULT_MAX_FRAME_SIZE, TP_CODEC_MASK, TP_GZIP
+from ..protocol.messages import Request, Response
+from .offload import DEFAULT_OFFLOAD_THRESHOLD, run_off_hub
+from .pipeline import ORDER_COMPRESSION, Handler
+
+__all__ = [
+    "LEVELS",
+    "CompressionChoice",
+    "AlgorithmStats",
+    "CompressionAnalyzer",
+    "choose_compression",
+    "ZstdDictionary",
+    "DictionaryRegistry",
+    "CompressionStats",
+    "CompressionMiddleware",
+]
+
+LEVELS: tuple[str, ...] = ("none", "fastest", "balanced", "best", "adaptive")
+"""The compression levels a middleware accepts."""
+
+_ALGORITHMS = tuple(CODECS)
+_ZSTD_BITS = CODECS["zstd"].tp_bits
+_LARGE = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompressionChoice:
+    """What to do with one body: ``algorithm`` None means send it plain.
+
+    Example::
+
+        >>> choose_compression(100)
+        CompressionChoice(algorithm=None, level='none', reason='small')
+    """
+
+    algorithm: Optional[str]
+    level: str = "balanced"
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlgorithmStats:
+    """Live figures of one algorithm: EWMA ``ratio`` (out/in), EWMA ``speed`` (input bytes/s).
+
+    ``cost`` is the estimated seconds per input byte (compress, then send the
+    result over the analyzer's assumed bandwidth), None before any sample.
+
+    Example::
+
+        >>> a = CompressionAnalyzer(candidates=("lz4",))
+        >>> a.record("lz4", 1000, 250, 0.001)
+        >>> s = a.stats()["lz4"]
+        >>> s.samples, s.ratio, s.speed
+        (1, 0.25, 1000000.0)
+    """
+
+    algorithm: str
+    samples: int
+    bytes_in: int
+    bytes_out: int
+    ratio: float
+    speed: float
+    cost: Optional[float]
+
+
+class CompressionAnalyzer:
+    """Tracks ratio and speed per algorithm on live traffic and names the best one.
+
+    ``bandwidth`` (bytes/s, default 12.5e6, i.e. 100 Mbit/s) is the link the
+    cost model assumes. Each candidate is tried ``min_samples`` times first;
+    afterwards every ``explore_every``-th choice re-probes the candidate
+    sampled longest ago, so a change in traffic can move the choice. When even
+    the cheapest candidate costs more than sending the bytes plain
+    (``1/bandwidth`` per byte) it answers ``"none"`` (unless
+    ``allow_none=False``): on a fast link compression would only slow things
+    down. A change of the best choice counts in ``switches`` and emits
+    ``compression.switched`` [from_algorithm, to_algorithm].
+
+    Example::
+
+        >>> a = CompressionAnalyzer(candidates=("lz4", "zstd"), min_samples=1)
+        >>> a.best(), a.best()           # each is tried once first
+        ('lz4', 'zstd')
+        >>> a.record("lz4", 10_000, 5_000, 0.0001)    # fast, weak
+        >>> a.record("zstd", 10_000, 1_000, 0.0002)   # slower, much smaller
+        >>> a.best()
+        'zstd'
+    """
+
+    def __init__(
+        self,
+        *,
+        candidates: Sequence[str] = ("zstd", "lz4", "gzip", "brotli"),
+        bandwidth: float = 12.5e6,
+        alpha: float = 0.2,
+        min_samples: int = 3,
+        explore_every: int = 1000,
+        allow_none: bool = True,
+        bus: Optional[EventBus] = None,
+    ) -> None:
+        if not candidates:
+            raise ConfigurationError("CompressionAnalyzer needs at least one candidate algorithm")
+        for name in candidates:
+            get_codec(name)
+        if not bandwidth > 0:
+            raise ConfigurationError(f"bandwidth must be positive, got {bandwidth!r}")
+        if not 0 < alpha <= 1:
+            raise ConfigurationError(f"alpha must be in (0, 1], got {alpha!r}")
+        self.candidates = tuple(candidates)
+        self.bandwidth = float(bandwidth)
+        self.alpha = alpha
+        self.min_samples = max(0, min_samples)
+        self.explore_every = explore_every
+        self.allow_none = allow_none
+        self.bus = bus if bus is not None else default_bus
+        self._samples: dict[str, int] = {c: 0 for c in self.candidates}
+        self._bytes: dict[str, tuple[int, int]] = {c: (0, 0) for c in self.candidates}
+        self._ratio: dict[str, float] = {}
+        self._speed: dict[str, float] = {}
+        self._last_seen: dict[str, int] = {c: -1 for c in self.candidates}
+        self._issued: dict[str, int] = {c: 0 for c in self.candidates}
+        self._seq = 0
+        self._choices = 0
+        self.current: Optional[str] = None
+        self.switches = 0
+        self._best: Optional[str] = None  # cached until the next record()
+
+    def record(self, algorithm: str, size_in: int, size_out: int, seconds: float) -> None:
+        """Feed one measured compression (sizes in bytes, CPU time in seconds)."""
+        if algorithm not in self._samples or size_in <= 0:
+            return
+        ratio = size_out / size_in
+        speed = size_in / max(seconds, 1e-7)
+        a = self.alpha
+        self._ratio[algorithm] = ratio if algorithm not in self._ratio else (1 - a) * self._ratio[algorithm] + a * ratio
+        self._speed[algorithm] = speed if algorithm not in self._speed else (1 - a) * self._speed[algorithm] + a * speed
+        self._samples[algorithm] += 1
+        bi, bo = self._bytes[algorithm]
+        self._bytes[algorithm] = (bi + size_in, bo + size_out)
+        self._seq += 1
+        self._last_seen[algorithm] = self._seq
+        self._best = None
+
+    def cost(self, algorithm: str) -> Optional[float]:
+        """Estimated seconds per input byte: compress it, then send the output."""
+        if algorithm not in self._ratio:
+            return None
+        return 1.0 / self._speed[algorithm] + self._ratio[algorithm] / self.bandwidth
+
+    def best(self) -> str:
+        """The algorithm for the next body (may be an exploration probe), or ``"none"``.
+
+        ``"none"`` (only with ``allow_none``) when sending the bytes plain over
+        the assumed link is cheaper than compressing them with any candidate.
+        """
+        self._choices += 1
+        for c in self.candidates:
+            if self._issued[c] < self.min_samples:
+                self._issued[c] += 1
+                return c
+        if self.explore_every and self._choices % self.explore_every == 0:
+            return min(self.candidates, key=lambda c: self._last_seen[c])
+        best = self._best
+        if best is not None:
+            return best
+        measured = [c for c in self.candidates if c in self._ratio]
+        if not measured:  # probes handed out, no result back yet
+            return self.candidates[0]
+        best = min(measured, key=lambda c: cast(float, self.cost(c)))
+        if self.allow_none and cast(float, self.cost(best)) >= 1.0 / self.bandwidth:
+            best = "none"
+        self._best = best
+        if best != self.current:
+            if self.current is not None:
+                self.switches += 1
+                if self.bus.wants("compression.switched"):
+                    self.bus.emit("compression.switched", from_algorithm=self.current, to_algorithm=best)
+            self.current = best
+        return best
+
+    def stats(self) -> dict[str, AlgorithmStats]:
+        """Figures per candidate algorithm."""
+        return {
+            c: AlgorithmStats(
+                algorithm=c,
+                samples=self._samples[c],
+                bytes_in=self._bytes[c][0],
+                bytes_out=self._bytes[c][1],
+                ratio=self._ratio.get(c, 1.0),
+                speed=self._speed.get(c, 0.0),
+                cost=self.cost(c),
+            )
+            for c in self.candidates
+        }
+
+    def __repr__(self) -> str:
+        return f"<CompressionAnalyzer current={self.current} switches={self.switches}>"
+
+
+def choose_compression(
+    size: int,
+    *,
+    min_size: int = 1024,
+    latency_sensitive: bool = False,
+    bandwidth_constrained: bool = False,
+    analyzer: Optional[CompressionAnalyzer] = None,
+    level: str = "adaptive",
+) -> CompressionChoice:
+    """The adaptive rule (module docstring) for a body of ``size`` bytes.
+
+    Example::
+
+        >>> choose_compression(50_000, latency_sensitive=True)
+        CompressionChoice(algorithm='lz4', level='fastest', reason='latency_sensitive')
+        >>> choose_compression(50_000, bandwidth_constrained=True).algorithm
+        'brotli'
+        >>> choose_compression(2_000_000)
+        CompressionChoice(algorithm='zstd', level='fastest', reason='balanced')
+    """
+    if level == "none":
+        return CompressionChoice(algorithm=None, level="none", reason="level_none")
+    if size < min_size:
+        return CompressionChoice(algorithm=None, level="none", reason="small")
+    if latency_sensitive:
+        return CompressionChoice(
+            algorithm="lz4", level="fastest" if level == "adaptive" else level, reason="latency_sensitive"
+        )
+    if bandwidth_constrained:
+        return CompressionChoice(
+            algorithm="brotli", level="balanced" if level == "adaptive" else level, reason="bandwidth_constrained"
+        )
+    algorithm = analyzer.best() if analyzer is not None else "zstd"
+    if algorithm == "none":
+        return CompressionChoice(algorithm=None, level="none", reason="link_faster_than_compression")
+    if level == "adaptive":
+        level = "fastest" if size >= _LARGE or algorithm == "lz4" else "balanced"
+    return CompressionChoice(algorithm=algorithm, level=level, reason="balanced")
+
+
+# --- zstd dictionaries -------------------------------------------------------------
+
+
+class ZstdDictionary:
+    """A zstd dictionary: makes small, similar messages compress well.
+
+    zstd frames carry the dictionary id, so the receiver can pick the right
+    one -- but it must *have* it: both sides register the same dictionary
+    (ship :meth:`as_bytes` to the server out of band) in a
+    :class:`DictionaryRegistry` under its :attr:`dict_id`. Decompression is
+    bounded like the plain codecs'.
+
+    Example::
+
+        >>> samples = [b'{"user": %d, "name": "user-%d", "active": true}' % (i, i) for i in range(400)]
+        >>> d = ZstdDictionary.train(samples, size=2048, dict_id=7)
+        >>> blob = d.compress(samples[3])
+        >>> d.dict_id, len(blob) < len(samples[3]), d.decompress(blob) == samples[3]
+        (7, True, True)
+    """
+
+    __slots__ = ("_dict", "dict_id")
+
+    def __init__(self, data: bytes) -> None:
+        try:
+            self._dict = zstandard.ZstdCompressionDict(bytes(data), dict_type=zstandard.DICT_TYPE_FULLDICT)
+            self._dict.precompute_compress(level=3)  # validates the tables now, not on first use
+        except zstandard.ZstdError as exc:
+            raise ConfigurationError(f"not a zstd dictionary: {exc}") from exc
+        self.dict_id = self._dict.dict_id()
+        if self.dict_id == 0:
+            raise ConfigurationError("zstd dictionary has id 0; train it with a dict_id so receivers can find it")
+
+    @classmethod
+    def train(cls, samples: Iterable[bytes], *, size: int = 16 * 1024, dict_id: int = 0) -> ZstdDictionary:
+        """Train a dictionary of at most ``size`` bytes from sample messages.
+
+        ``dict_id`` 0 lets zstd pick a random id. Too few or too uniform
+        samples raise :class:`~nexus_green.errors.ConfigurationError`.
+        """
+        data: list[bytes | bytearray | memoryview] = [bytes(s) for s in samples]
+        try:
+            trained = zstandard.train_dictionary(size, data, dict_id=dict_id)
+        except zstandard.ZstdError as exc:
+            raise ConfigurationError(f"cannot train a zstd dictionary from {len(data)} samples: {exc}") from exc
+        return cls(trained.as_bytes())
+
+    def as_bytes(self) -> bytes:
+        """The dictionary's bytes, to register on the other side."""
+        return bytes(self._dict.as_bytes())
+
+    def compress(self, data: bytes, level: str = "balanced") -> bytes:
+        """A zstd frame of ``data`` made with this dictionary (the frame names its id)."""
+        # A ZstdCompressor is not thread-safe and offloaded calls may overlap: one per call.
+        comp = zstandard.ZstdCompressor(level=CODECS["zstd"].level(level), dict_data=self._dict)
+        return bytes(comp.compress(bytes(data)))
+
+    def decompress(self, data: bytes, max_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+        """Undo :meth:`compress`, refusing output above ``max_size`` bytes."""
+        try:
+            declared = zstandard.frame_content_size(data)
+        except zstandard.ZstdError as exc:
+            raise CompressionError(f"corrupt zstd body ({len(data)} bytes): {exc}") from exc
+        if declared > max_size:
+            raise CompressionError(f"zstd body expands beyond max_size {max_size} bytes")
+        try:
+            d = zstandard.ZstdDecompressor(dict_data=self._dict).decompressobj()
+            parts = []
+            total = 0
+            for i in range(0, len(data), 16384):
+                chunk = d.decompress(data[i : i + 16384])
+                total += len(chunk)
+                if total > max_size:
+                    raise CompressionError(f"zstd body expands beyond max_size {max_size} bytes")
+                parts.append(chunk)
+        except zstandard.ZstdError as exc:
+            raise CompressionError(
+                f"corrupt zstd body ({len(data)} bytes) for dictionary {self.dict_id}: {exc}"
+            ) from exc
+        if not d.eof:
+            raise CompressionError(f"truncated zstd body ({len(data)} bytes)")
+        return b"".join(parts)
+
+    def __repr__(self) -> str:
+        return f"<ZstdDictionary id={self.dict_id} size={len(self._dict)}>"
+
+
+class DictionaryRegistry:
+    """Dictionaries by id, and a decoder that uses them for zstd bodies that name one.
+
+    The Client decodes bodies with :func:`~nexus_green.protocol.compression.decompress_body`;
+    when dictionaries are in use it should call :meth:`decompress` instead,
+    which falls back to that function for everything else.
+
+    Example::
+
+        >>> samples = [b'{"id": %d, "kind": "event", "ok": true}' % i for i in range(300)]
+        >>> reg = DictionaryRegistry([ZstdDictionary.train(samples, size=1024, dict_id=42)])
+        >>> blob = reg.get(42).compress(samples[1])
+        >>> reg.decompress(0x80, blob) == samples[1], 42 in reg
+        (True, True)
+    """
+
+    def __init__(self, dictionaries: Iterable[ZstdDictionary] = ()) -> None:
+        self._by_id: dict[int, ZstdDictionary] = {}
+        for d in dictionaries:
+            self.register(d)
+
+    def register(self, dictionary: ZstdDictionary) -> None:
+        """Add a dictionary; a different one under the same id is refused."""
+        old = self._by_id.get(dictionary.dict_id)
+        if old is not None and old.as_bytes() != dictionary.as_bytes():
+            raise ConfigurationError(f"another zstd dictionary is already registered with id {dictionary.dict_id}")
+        self._by_id[dictionary.dict_id] = dictionary
+
+    def get(self, dict_id: int) -> ZstdDictionary:
+        """The dictionary registered under ``dict_id``."""
+        try:
+            return self._by_id[dict_id]
+        except KeyError:
+            raise CompressionError(f"zstd body uses dictionary id {dict_id}, which is not registered") from None
+
+    def __contains__(self, dict_id: object) -> bool:
+        return dict_id in self._by_id
+
+    def decompress(self, tp: int, body: bytes, max_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+        """Like ``decompress_body``, but zstd frames naming a dictionary use the registered one."""
+        if tp & (TP_GZIP | TP_CODEC_MASK) == _ZSTD_BITS:
+            try:
+                dict_id = zstandard.get_frame_parameters(body).dict_id
+            except zstandard.ZstdError as exc:
+                raise CompressionError(f"corrupt zstd body ({len(body)} bytes): {exc}") from exc
+            if dict_id:
+                return self.get(dict_id).decompress(body, max_size)
+        return decompress_body(tp, body, max_size)
+
+
+# --- the middleware ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompressionStats:
+    """What a compression middleware did.
+
+    ``bytes_in`` is request bodies as given, ``bytes_out`` as sent;
+    ``saved`` is ``1 - bytes_out / bytes_in``. ``per_algorithm`` maps each
+    codec to ``(messages, bytes_in, bytes_out, seconds)``.
+
+    Example::
+
+        >>> CompressionMiddleware().stats().saved
+        0.0
+    """
+
+    messages: int
+    compressed: int
+    skipped: int
+    incompressible: int
+    offloaded: int
+    dictionary: int
+    bytes_in: int
+    bytes_out: int
+    saved: float
+    per_algorithm: Mapping[str, tuple[int, int, int, float]] = field(default_factory=dict)
+
+
+class CompressionMiddleware:
+    """Compresses request bodies (order 500, next to the wire). See the module docstring.
+
+    ``algorithm`` is ``"adaptive"`` or a codec name (gzip, lz4, zstd,
+    brotli); ``level`` one of :data:`LEVELS`. ``strict=True`` uses gzip only,
+    the one codec a NexusKit peer knows. Bodies of ``offload_threshold`` bytes
+    or more are compressed in gevent's threadpool. ``dictionary`` (zstd)
+    compresses bodies under ``min_size`` (and zstd choices) with it -- only
+    for peers that registered it. A result no smaller than the input is sent
+    plain. Per request, ``request.context`` may set ``"compression"`` (a codec
+    name or ``"none"``), ``"latency_sensitive"`` and ``"bandwidth_constrained"``.
+
+    Example::
+
+        >>> mw = CompressionMiddleware(latency_sensitive=True)
+        >>> sent = []
+        >>> _ = mw(Request(body=b"abc" * 1000), lambda r: sent.append(r.context["tp"]) or Response())
+        >>> sent, mw.stats().per_algorithm["lz4"][0]
+        ([64], 1)
+    """
+
+    order = ORDER_COMPRESSION
+
+    def __init__(
+        self,
+        algorithm: str = "adaptive",
+        level: str = "adaptive",
+        *,
+        min_size: int = 1024,
+        latency_sensitive: bool = False,
+        bandwidth_constrained: bool = False,
+        analyzer: Optional[CompressionAnalyzer] = None,
+        strict: bool = False,
+        offload_threshold: int = DEFAULT_OFFLOAD_THRESHOLD,
+        dictionary: Optional[ZstdDictionary] = None,
+        dictionary_min_size: int = 32,
+        clock: Clock = SYSTEM_CLOCK,
+        name: str = "compression",
+    ) -> None:
+        if level not in LEVELS:
+            raise ConfigurationError(f"unknown compression level {level!r}; use one of {', '.join(LEVELS)}")
+        if algorithm != "adaptive":
+            get_codec(algorithm)
+        if strict:
+            if algorithm not in ("adaptive", "gzip") or dictionary is not None:
+                raise ConfigurationError("strict=True (NexusKit peer) allows gzip only, without dictionaries")
+            algorithm = "gzip"
+        self.algorithm = algorithm
+        self.level = level
+        self.min_size = min_size
+        self.latency_sensitive = latency_sensitive
+        self.bandwidth_constrained = bandwidth_constrained
+        self.analyzer = analyzer if analyzer is not None or algorithm != "adaptive" else CompressionAnalyzer()
+        self.strict = strict
+        self.offload_threshold = offload_threshold
+        self.dictionary = dictionary
+        self.dictionary_min_size = dictionary_min_size
+        self.clock = clock
+        self.name = name
+        self._messages = 0
+        self._compressed = 0
+        self._skipped = 0
+        self._incompressible = 0
+        self._offloaded = 0
+        self._dictionary = 0
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._per: dict[str, tuple[int, int, int, float]] = {}
+
+    def choose(self, request: Request) -> CompressionChoice:
+        """The choice for this request (settings, then per-request context overrides)."""
+        ctx = request.context
+        size = len(request.body)
+        forced = ctx.get("compression")
+        if forced is not None:
+            if forced == "none":
+                return CompressionChoice(algorithm=None, level="none", reason="context")
+            get_codec(forced)
+            if self.strict and forced != "gzip":
+                raise ConfigurationError(f"strict mode allows gzip only, request asked for {forced!r}")
+            level = "balanced" if self.level in ("adaptive", "none") else self.level
+            return CompressionChoice(algorithm=forced, level=level, reason="context")
+        if self.algorithm != "adaptive":
+            if self.level == "none":
+                return CompressionChoice(algorithm=None, level="none", reason="level_none")
+            if size < self.min_size:
+                return CompressionChoice(algorithm=None, level="none", reason="small")
+            level = self.level
+            if level == "adaptive":
+                level = "fastest" if size >= _LARGE or self.algorithm == "lz4" else "balanced"
+            return CompressionChoice(algorithm=self.algorithm, level=level, reason="configured")
+        return choose_compression(
+            size,
+            min_size=self.min_size,
+            latency_sensitive=bool(ctx.get("latency_sensitive", self.latency_sensitive)),
+            bandwidth_constrained=bool(ctx.get("bandwidth_constrained", self.bandwidth_constrained)),
+            analyzer=self.analyzer,
+            level=self.level,
+        )
+
+    def _skip(self, request: Request, call_next: Handler, size: int) -> Response:
+        self._skipped += 1
+        self._bytes_in += size
+        self._bytes_out += size
+        return call_next(request)
+
+    def __call__(self, request: Request, call_next: Handler) -> Response:
+        body = request.body
+        size = len(body)
+        self._messages += 1
+        if not size or request.context.get("tp", 0) & (TP_GZIP | TP_CODEC_MASK):
+            return self._skip(request, call_next, size)  # empty, or compressed by someone already
+        choice = self.choose(request)
+        use_dict = self.dictionary is not None and (
+            choice.algorithm == "zstd"
+            or (choice.algorithm is None and choice.reason == "small" and size >= self.dictionary_min_size)
+        )
+        if choice.algorithm is None and not use_dict:
+            return self._skip(request, call_next, size)
+        algorithm = "zstd" if use_dict else choice.algorithm
+        assert algorithm is not None
+        codec = get_codec(algorithm)
+        level = choice.level if choice.level not in ("none", "adaptive") else "balanced"
+        offload = size >= self.offload_threshold
+        t0 = self.clock.now()
+        if use_dict:
+            assert self.dictionary is not None
+            blob = run_off_hub(self.dictionary.compress, body, level, size=size, threshold=self.offload_threshold)
+        else:
+            blob = run_off_hub(codec.compress, body, level, size=size, threshold=self.offload_threshold)
+        seconds = self.clock.now() - t0
+        self._offloaded += offload
+        if self.analyzer is not None and not use_dict:
+            self.analyzer.record(algorithm, size, len(blob), seconds)
+        if len(blob) >= size:
+            self._incompressible += 1
+            return self._skip(request, call_next, size)
+        n, bi, bo, secs = self._per.get(algorithm, (0, 0, 0, 0.0))
+        self._per[algorithm] = (n + 1, bi + size, bo + len(blob), secs + seconds)
+        self._compressed += 1
+        self._dictionary += use_dict
+        self._bytes_in += size
+        self._bytes_out += len(blob)
+        context = dict(request.context)
+        context["tp"] = context.get("tp", 0) | codec.tp_bits
+        context["compressed_with"] = algorithm
+        return call_next(request.replace(body=blob, context=context))
+
+    def stats(self) -> CompressionStats:
+        """Figures so far."""
+        return CompressionStats(
+            messages=self._messages,
+            compressed=self._compressed,
+            skipped=self._skipped,
+            incompressible=self._incompressible,
+            offloaded=self._offloaded,
+            dictionary=self._dictionary,
+            bytes_in=self._bytes_in,
+            bytes_out=self._bytes_out,
+            saved=1 - self._bytes_out / self._bytes_in if self._bytes_in else 0.0,
+            per_algorithm=dict(self._per),
+        )
+
+    def __repr__(self) -> str:
+        return f"<CompressionMiddleware {self.algorithm}/{self.level} messages={self._messages}>"
