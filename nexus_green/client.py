@@ -20,7 +20,6 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Optional
 
-from gevent.hub import get_hub
 from gevent.queue import Empty, Full, Queue
 
 from .clock import SYSTEM_CLOCK, Clock
@@ -29,6 +28,7 @@ from .connection.pool import ConnectionPool
 from .deadline import effective_timeout
 from .errors import ClientClosed, DeadlineExceeded, RemoteError
 from .events import EventBus, default_bus
+from .middleware.offload import run_off_hub
 from .protocol.compression import decompress_body
 from .protocol.frames import TP_CODEC_MASK, TP_GZIP, Frame
 from .protocol.messages import Request, Response
@@ -193,10 +193,7 @@ class Client:
 
     def _decompress(self, resp: Response) -> Response:
         limit = self.pool.options.max_frame_size
-        if len(resp.body) >= _OFFLOAD_BYTES:
-            body = get_hub().threadpool.apply(decompress_body, (resp.tp, resp.body, limit))
-        else:
-            body = decompress_body(resp.tp, resp.body, limit)
+        body = run_off_hub(decompress_body, resp.tp, resp.body, limit, size=len(resp.body), threshold=_OFFLOAD_BYTES)
         return resp.replace(body=body, tp=resp.tp & ~_CODEC_BITS)
 
     def send(self, body: bytes = b"", fid: int = 0, headers: Optional[Mapping[str, str]] = None) -> int:
