@@ -1,0 +1,388 @@
+"""Retry (layer L4): idempotent-only retries with full-jitter backoff and a budget.
+
+:class:`RetryPolicy` is pure: given the attempt number, the error, whether the
+operation is idempotent and the time left, it returns a
+:class:`RetryDecision`. :class:`Retry` carries decisions out around any
+callable, and :func:`retry` is its decorator.
+
+* Only idempotent operations are retried (declared per decorator, or per call
+  with a predicate on the call's arguments, or by ``Request.idempotent`` in
+  the middleware). A non-idempotent call is retried only when the error proves
+  the request never left (ConnectError, ConnectTimeout, ConnectionRefusedError).
+* Errors: :class:`~nexus_green.errors.ProtocolError`,
+  :class:`~nexus_green.errors.PolicyRejection` and
+  :class:`~nexus_green.errors.UsageError` never; a
+  :class:`~nexus_green.errors.RemoteError` when its code is in
+  ``retryable_codes``; any other NexusError by its ``retryable`` flag (refused,
+  reset, timeouts); foreign exceptions when they are ``retry_on`` instances.
+* Backoff: full jitter, ``uniform(0, min(max_delay, base_delay * multiplier ** (n-1)))``.
+* A per-attempt timeout, and never a sleep past the overall deadline.
+* One :class:`RetryScope` per logical request (a contextvar): nested
+  decorated layers share its attempt allowance and the outermost layer's
+  :class:`~nexus_green.resilience.budget.RetryBudget`, so 3 layers of 3
+  attempts make 3 calls, not 27.
+
+Events: ``retry.attempt`` [attempt, delay, error, reason] before each retry;
+``retry.gave_up`` [attempts, reason, error] when a wanted retry was refused.
+
+Example::
+
+    >>> from nexus_green.clock import FakeClock
+    >>> calls = []
+    >>> @retry(idempotent=True, clock=FakeClock())
+    ... def flaky():
+    ...     calls.append(1)
+    ...     if len(calls) < 3:
+    ...         raise ConnectionResetError("reset")
+    ...     return "ok"
+    >>> flaky(), len(calls)
+    ('ok', 3)
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Optional, TypeVar, Union
+
+from ..clock import SYSTEM_CLOCK, Clock
+from ..deadline import remaining
+from ..errors import (
+    ConfigurationError,
+    ConnectError,
+    ConnectTimeout,
+    NexusError,
+    PolicyRejection,
+    ProtocolError,
+    RemoteError,
+    RetryBudgetExhausted,
+    UsageError,
+)
+from ..events import EventBus, default_bus
+from .budget import RetryBudget, options_into
+from .timeouts import run_with_timeout
+
+__all__ = [
+    "RetryConfig",
+    "RetryDecision",
+    "RetryPolicy",
+    "RetryScope",
+    "Retry",
+    "current_retry_scope",
+    "retry_scope",
+    "is_retryable",
+    "was_not_sent",
+    "retry",
+]
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_RETRYABLE_CODES: frozenset[int] = frozenset({502, 503, 504})
+DEFAULT_RETRY_ON: tuple[type, ...] = (ConnectionError, TimeoutError)
+DEFAULT_NEVER_RETRY: tuple[type, ...] = (ProtocolError, PolicyRejection, UsageError)
+
+_SCOPE: contextvars.ContextVar[Optional[RetryScope]] = contextvars.ContextVar("nexus_green_retry_scope", default=None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryConfig:
+    """Retry settings.
+
+    Example::
+
+        >>> c = RetryConfig()
+        >>> c.max_attempts, c.base_delay, c.max_delay, sorted(c.retryable_codes)
+        (3, 0.1, 10.0, [502, 503, 504])
+    """
+
+    max_attempts: int = 3
+    base_delay: float = 0.1
+    max_delay: float = 10.0
+    multiplier: float = 2.0
+    attempt_timeout: Optional[float] = None
+    idempotent: bool = False
+    retryable_codes: frozenset[int] = DEFAULT_RETRYABLE_CODES
+    retry_on: tuple[type, ...] = DEFAULT_RETRY_ON
+    never_retry: tuple[type, ...] = DEFAULT_NEVER_RETRY
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigurationError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.base_delay < 0 or self.max_delay < self.base_delay:
+            raise ConfigurationError(
+                f"delays must satisfy 0 <= base_delay ({self.base_delay}) <= max_delay ({self.max_delay})"
+            )
+        if self.multiplier < 1:
+            raise ConfigurationError(f"multiplier must be >= 1, got {self.multiplier}")
+        if self.attempt_timeout is not None and not self.attempt_timeout > 0:
+            raise ConfigurationError(f"attempt_timeout must be > 0 s, got {self.attempt_timeout}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryDecision:
+    """Whether to retry, after how long, and why (the reason is logged in events)."""
+
+    retry: bool
+    delay: float = 0.0
+    reason: str = ""
+
+
+def is_retryable(
+    exc: BaseException,
+    *,
+    retryable_codes: frozenset[int] = DEFAULT_RETRYABLE_CODES,
+    retry_on: tuple[type, ...] = DEFAULT_RETRY_ON,
+    never_retry: tuple[type, ...] = DEFAULT_NEVER_RETRY,
+) -> bool:
+    """Whether another attempt may succeed after ``exc``.
+
+    Example::
+
+        >>> from nexus_green.errors import ConnectionRefused, RemoteProtocolError
+        >>> is_retryable(ConnectionRefused()), is_retryable(RemoteProtocolError())
+        (True, False)
+        >>> is_retryable(RemoteError(code=503)), is_retryable(RemoteError(code=404))
+        (True, False)
+    """
+    if isinstance(exc, never_retry):
+        return False
+    if isinstance(exc, RemoteError):
+        return exc.code in retryable_codes
+    if isinstance(exc, NexusError):
+        return exc.retryable
+    return isinstance(exc, retry_on)
+
+
+def was_not_sent(exc: BaseException) -> bool:
+    """True when ``exc`` proves the request never reached the peer (safe to resend).
+
+    Example::
+
+        >>> from nexus_green.errors import ConnectionRefused, ConnectionLost
+        >>> was_not_sent(ConnectionRefused()), was_not_sent(ConnectionLost())
+        (True, False)
+    """
+    return isinstance(exc, (ConnectError, ConnectTimeout, ConnectionRefusedError))
+
+
+class RetryPolicy:
+    """Pure retry decisions (attempt, error, idempotency, time left -> decision).
+
+    Example::
+
+        >>> p = RetryPolicy(RetryConfig(base_delay=1.0), rng=random.Random(7))
+        >>> d = p.decide(attempt=1, exc=TimeoutError(), idempotent=True, remaining=None)
+        >>> d.retry, 0 <= d.delay <= 1.0
+        (True, True)
+        >>> p.decide(attempt=1, exc=TimeoutError(), idempotent=False, remaining=None).reason
+        'not_idempotent'
+        >>> p.decide(attempt=3, exc=TimeoutError(), idempotent=True, remaining=None).reason
+        'max_attempts'
+    """
+
+    def __init__(self, config: Optional[RetryConfig] = None, *, rng: Optional[random.Random] = None) -> None:
+        self.config = config or RetryConfig()
+        self._rng = rng or random.Random()
+
+    def backoff(self, attempt: int) -> float:
+        """Full-jitter delay before attempt ``attempt + 1``."""
+        c = self.config
+        cap = min(c.max_delay, c.base_delay * c.multiplier ** min(attempt - 1, 64))
+        return self._rng.random() * cap
+
+    def decide(
+        self, *, attempt: int, exc: BaseException, idempotent: bool, remaining: Optional[float]
+    ) -> RetryDecision:
+        """Decide what to do after attempt number ``attempt`` failed with ``exc``."""
+        c = self.config
+        if attempt >= c.max_attempts:
+            return RetryDecision(retry=False, reason="max_attempts")
+        if not is_retryable(exc, retryable_codes=c.retryable_codes, retry_on=c.retry_on, never_retry=c.never_retry):
+            return RetryDecision(retry=False, reason="not_retryable")
+        if not idempotent and not was_not_sent(exc):
+            return RetryDecision(retry=False, reason="not_idempotent")
+        delay = self.backoff(attempt)
+        if remaining is not None and remaining <= delay:
+            return RetryDecision(retry=False, reason="deadline")
+        return RetryDecision(retry=True, delay=delay, reason="idempotent" if idempotent else "not_sent")
+
+
+class RetryScope:
+    """The retry allowance of one logical request, shared by every nested layer.
+
+    ``retries_left`` comes from the outermost layer's ``max_attempts - 1``;
+    ``budget`` is the outermost layer's budget. :meth:`take` spends one retry.
+
+    Example::
+
+        >>> s = RetryScope(budget=None, retries_left=1)
+        >>> s.take(), s.take()
+        ('', 'attempts')
+    """
+
+    __slots__ = ("budget", "retries_left", "retries")
+
+    def __init__(self, *, budget: Optional[RetryBudget], retries_left: int) -> None:
+        self.budget = budget
+        self.retries_left = retries_left
+        self.retries = 0
+
+    def take(self) -> str:
+        """Spend one retry: '' on success, 'attempts' or 'budget' naming what refused it."""
+        if self.retries_left <= 0:
+            return "attempts"
+        if self.budget is not None and not self.budget.try_spend():
+            return "budget"
+        self.retries_left -= 1
+        self.retries += 1
+        return ""
+
+    def __repr__(self) -> str:
+        return f"<RetryScope retries={self.retries} left={self.retries_left}>"
+
+
+def current_retry_scope() -> Optional[RetryScope]:
+    """The retry scope of the logical request in progress, or None."""
+    return _SCOPE.get()
+
+
+class retry_scope:  # noqa: N801 - used like a function: ``with retry_scope(...) as scope:``
+    """Enter the request's retry scope, creating it (and counting a request) if this is the outermost layer.
+
+    Example::
+
+        >>> with retry_scope(None, 2) as outer:
+        ...     with retry_scope(None, 5) as inner:
+        ...         inner is outer, inner.retries_left
+        (True, 2)
+    """
+
+    __slots__ = ("_budget", "_retries", "_token")
+
+    def __init__(self, budget: Optional[RetryBudget], retries: int) -> None:
+        self._budget = budget
+        self._retries = retries
+        self._token: Optional[contextvars.Token[Optional[RetryScope]]] = None
+
+    def __enter__(self) -> RetryScope:
+        scope = _SCOPE.get()
+        if scope is not None:
+            return scope
+        scope = RetryScope(budget=self._budget, retries_left=self._retries)
+        if self._budget is not None:
+            self._budget.record_request()
+        self._token = _SCOPE.set(scope)
+        return scope
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            _SCOPE.reset(self._token)
+            self._token = None
+
+
+class Retry:
+    """Runs a callable under a :class:`RetryPolicy`, a shared :class:`RetryScope` and a budget.
+
+    Example::
+
+        >>> from nexus_green.clock import FakeClock
+        >>> r = Retry(max_attempts=2, clock=FakeClock())
+        >>> r.run(lambda: 42, idempotent=True)
+        42
+    """
+
+    def __init__(
+        self,
+        config: Optional[RetryConfig] = None,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: Optional[random.Random] = None,
+        budget: Optional[RetryBudget] = None,
+        use_budget: bool = True,
+        bus: EventBus = default_bus,
+        **options: Any,
+    ) -> None:
+        self.config: RetryConfig = options_into(config or RetryConfig(), options, "retry")
+        self.policy = RetryPolicy(self.config, rng=rng)
+        self.budget: Optional[RetryBudget] = (budget or RetryBudget(clock=clock)) if use_budget else None
+        self._clock = clock
+        self._bus = bus
+
+    def run(self, fn: Callable[[], T], *, idempotent: Optional[bool] = None) -> T:
+        """Call ``fn()`` until it succeeds or the policy, allowance or budget says stop."""
+        idem = self.config.idempotent if idempotent is None else idempotent
+        with retry_scope(self.budget, self.config.max_attempts - 1) as scope:
+            attempt = 1
+            while True:
+                try:
+                    if self.config.attempt_timeout is None:
+                        return fn()
+                    return run_with_timeout(fn, self.config.attempt_timeout, clock=self._clock, what="attempt")
+                except Exception as exc:
+                    decision = self.policy.decide(
+                        attempt=attempt, exc=exc, idempotent=idem, remaining=remaining(clock=self._clock)
+                    )
+                    refused = scope.take() if decision.retry else decision.reason
+                    if refused:
+                        if decision.retry:
+                            self._bus.emit("retry.gave_up", attempts=attempt, reason=refused, error=exc)
+                        if refused == "budget":
+                            raise RetryBudgetExhausted(
+                                f"retry budget exhausted after {attempt} attempt(s): {exc!r}"
+                            ) from exc
+                        raise
+                    self._bus.emit(
+                        "retry.attempt", attempt=attempt + 1, delay=decision.delay, error=exc, reason=decision.reason
+                    )
+                    self._clock.sleep(decision.delay)
+                    attempt += 1
+
+    def __repr__(self) -> str:
+        return f"<Retry max_attempts={self.config.max_attempts} budget={self.budget!r}>"
+
+
+def retry(
+    policy: Any = None,
+    /,
+    *,
+    idempotent: Union[bool, Callable[..., bool], None] = None,
+    **options: Any,
+) -> Any:
+    """Decorator: retry the function under a :class:`Retry` (given, or built from ``options``).
+
+    ``idempotent`` may be a bool, or a predicate called with the call's
+    arguments (declaring idempotency per call). The runner is ``wrapper.retry``.
+
+    Example::
+
+        >>> from nexus_green.clock import FakeClock
+        >>> n = []
+        >>> @retry(idempotent=lambda method: method == "GET", clock=FakeClock())
+        ... def send(method):
+        ...     n.append(method)
+        ...     raise ConnectionResetError()
+        >>> for m in ("GET", "POST"):
+        ...     try: send(m)
+        ...     except ConnectionResetError: pass
+        >>> n
+        ['GET', 'GET', 'GET', 'POST']
+    """
+    if callable(policy) and not isinstance(policy, Retry):
+        return retry()(policy)
+
+    def decorate(func: F) -> F:
+        runner = policy if policy is not None else Retry(**options)
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            idem = idempotent(*args, **kwargs) if callable(idempotent) else idempotent
+            return runner.run(lambda: func(*args, **kwargs), idempotent=idem)
+
+        wrapper.retry = runner  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
