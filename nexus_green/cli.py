@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 import gevent
+from gevent.event import Event
 from gevent.pool import Pool
 
 __all__ = ["main", "percentile"]
@@ -51,7 +52,8 @@ def _serve(args: argparse.Namespace) -> int:
         if args.duration:
             gevent.sleep(args.duration)
         else:
-            gevent.wait()
+            # Not gevent.wait(): that only works from the main greenlet, and main() may run in any.
+            Event().wait()
     except KeyboardInterrupt:  # pragma: no cover - interactive use
         pass
     finally:
