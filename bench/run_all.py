@@ -1,0 +1,39 @@
+"""Run every benchmark in bench/ one after another (``make bench``).
+
+Each prints its own table and writes bench/results/<name>.json. A failing
+benchmark is reported and the rest still run; the exit status is non-zero if
+any failed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHES = [
+    ["bench_foundation.py", "--seconds", "5"],
+    ["bench_resilience.py"],
+    ["bench_cache.py"],
+    ["bench_compression.py"],
+    ["bench_monitoring_memory.py"],
+]
+
+
+def main() -> int:
+    failed = []
+    for argv in BENCHES:
+        print(f"\n=== {' '.join(argv)} ===", flush=True)
+        rc = subprocess.call([sys.executable, str(HERE / argv[0]), *argv[1:]], cwd=HERE.parent)
+        if rc:
+            failed.append(argv[0])
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}")
+        return 1
+    print(f"\nall {len(BENCHES)} benchmarks ran; results in bench/results/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
