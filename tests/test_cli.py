@@ -128,7 +128,8 @@ def test_demo_defaults_parse(capsys: Any, monkeypatch: pytest.MonkeyPatch) -> No
 
 
 # --------------------------------------------------------------------- serve, as a real process
-def test_serve_console_script_subprocess() -> None:
+@pytest.mark.parametrize("sig,rc", [(signal.SIGTERM, -signal.SIGTERM), (signal.SIGINT, 0)])
+def test_serve_console_script_subprocess(sig: int, rc: int) -> None:
     exe = os.path.join(os.path.dirname(sys.executable), "nexus-green")
     cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "nexus_green.cli"]
     proc = gsubprocess.Popen(
@@ -148,8 +149,8 @@ def test_serve_console_script_subprocess() -> None:
             assert client.request(b"over a process boundary", fid=1).body == b"over a process boundary"
             assert client.request(b"2", fid=FID_PUSH).body == b"pushed"
         assert proc.poll() is None  # still serving
-        proc.terminate()
-        assert proc.wait(timeout=30) == -signal.SIGTERM
+        proc.send_signal(sig)  # SIGINT (Ctrl-C) is a clean stop with exit status 0
+        assert proc.wait(timeout=30) == rc
     finally:
         if proc.poll() is None:
             proc.kill()

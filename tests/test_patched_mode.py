@@ -1,60 +1,145 @@
-"""The library behaves the same after gevent.monkey.patch_all() as without it.
+"""The library behaves the same with and without ``gevent.monkey.patch_all()``.
 
-The same workload (concurrent requests, a timeout, a RemoteError, a push, a
-reconnect) runs in two fresh interpreters, one of which patches first; both
-must print identical results.
+One representative client workload (50 concurrent greenlets, a timeout, a
+RemoteError, server pushes, a deadline, a reconnect after the server dropped
+the connection) runs in two fresh interpreters: one
+that patches first, as a legacy gevent application does, and one that does
+not. Both must print identical results, with no warning (``-W error``) and
+nothing on stderr.
 """
 
 from __future__ import annotations
 
-import subprocess
+import json
 import sys
+from pathlib import Path
+from typing import Any
+
+import gevent
+from gevent import subprocess as gsubprocess
 
 WORKLOAD = r"""
 import sys
+
 if sys.argv[1] == "patched":
     from gevent import monkey
-    monkey.patch_all()
-import gevent
-from nexus_green import Client, RemoteError, RequestTimeout
-from nexus_green.connection.backoff import FixedInterval
-from nexus_green.testing import FID_ERROR, FID_PUSH, FID_SILENT, EmbeddedServer
 
-out = []
-with EmbeddedServer() as server, Client(server.url, heartbeat_interval=None, reconnect=FixedInterval(0.02)) as c:
-    jobs = [gevent.spawn(c.request, b"%d" % i, 1) for i in range(50)]
-    gevent.joinall(jobs, timeout=10, raise_error=True)
-    out.append(sorted(int(j.value.body) for j in jobs) == list(range(50)))
+    monkey.patch_all()
+
+import json
+import socket
+import threading
+
+import gevent
+from gevent import monkey
+
+from nexus_green import Client
+from nexus_green.connection.backoff import FixedInterval
+from nexus_green.deadline import deadline
+from nexus_green.errors import DeadlineExceeded, RemoteError, RequestTimeout
+from nexus_green.testing import FID_DELAY, FID_ECHO, FID_ERROR, FID_PUSH, FID_SILENT, EmbeddedServer
+
+results = {}
+with EmbeddedServer(welcome=b"welcome") as server, Client(
+    server.url, timeout=10, heartbeat_interval=None, reconnect=FixedInterval(0.02)
+) as client:
+    client.connect()
+    pushes = client.pushes(timeout=5)
+    results["welcome"] = next(pushes).body.decode()
+
+    jobs = [gevent.spawn(client.request, b"req-%02d" % i, FID_ECHO) for i in range(50)]
+    gevent.joinall(jobs, timeout=30, raise_error=True)
+    results["echo"] = sorted(j.value.body.decode() for j in jobs)
+    results["echo_codes"] = sorted({j.value.code for j in jobs})
+    results["echo_qids_unique"] = len({j.value.qid for j in jobs}) == 50
+
     try:
-        c.request(b"", fid=FID_SILENT, timeout=0.05)
-    except RequestTimeout:
-        out.append("timeout")
+        client.request(b"", fid=FID_SILENT, timeout=0.1)
+    except RequestTimeout as exc:
+        results["timeout"] = [type(exc).__name__, exc.retryable]
+
     try:
-        c.request(b"503", fid=FID_ERROR)
-    except RemoteError as e:
-        out.append(e.code)
-    c.request(b"1", fid=FID_PUSH)
-    out.append([p.body for p in c.pushes(timeout=0.5)])
-    server.drop_connections()
-    conn = c.pool.connections[0]
+        client.request(b"503", fid=FID_ERROR)
+    except RemoteError as exc:
+        results["remote_error"] = [type(exc).__name__, exc.code, exc.response.body.decode()]
+
+    try:
+        with deadline(0.05):
+            client.request(b"1", fid=FID_DELAY)
+    except DeadlineExceeded as exc:
+        results["deadline"] = type(exc).__name__
+    except RequestTimeout as exc:
+        results["deadline"] = type(exc).__name__
+
+    results["push_reply"] = client.request(b"3", fid=FID_PUSH).body.decode()
+    results["pushes"] = [next(pushes).body.decode() for _ in range(3)]
+    results["survived"] = client.request(b"still fine").body.decode()
+
+    # While one greenlet blocks in a request, others keep running (the hub is never blocked).
+    ticks = []
+    ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.01)) for _ in range(5)])
+    results["slow_reply"] = client.request(b"0.2", fid=FID_DELAY).body.decode()
+    ticker.join(timeout=5)
+    results["ticks_during_request"] = len(ticks)
+    results["pool"] = {k: client.stats()[k] for k in ("size",)}
+
+    # The server drops the connection; the pool reconnects and the next request goes through.
+    conn = client.pool.connections[0]
+    results["dropped"] = server.drop_connections()
     with gevent.Timeout(5):
         while conn.state == "connected":
             gevent.sleep(0.01)
-    out.append(c.request(b"back", fid=1, timeout=5).body)
-print(out)
+    results["after_reconnect"] = client.request(b"back", timeout=5).body.decode()
+    results["accepted"] = server.connections_accepted
+
+print(json.dumps({
+    "patched": monkey.is_module_patched("socket"),
+    "socket_is_gevent": socket.socket.__module__.startswith("gevent"),
+    "threading_patched": monkey.is_module_patched("threading"),
+    "results": results,
+}, sort_keys=True))
 """
 
 
-def run(mode: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-W", "error", "-c", WORKLOAD, mode], capture_output=True, text=True, timeout=60
+def _run(script: Path, mode: str) -> Any:
+    return gsubprocess.run(
+        [sys.executable, "-W", "error", str(script), mode],
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip()
 
 
-def test_patched_and_plain_processes_behave_the_same() -> None:
-    plain = run("plain")
-    patched = run("patched")
-    assert plain == "[True, 'timeout', 503, [b'push 0'], b'back']"
-    assert patched == plain
+def test_patched_and_plain_give_identical_results(tmp_path: Path) -> None:
+    script = tmp_path / "workload.py"
+    script.write_text(WORKLOAD)
+    runs = {mode: gevent.spawn(_run, script, mode) for mode in ("plain", "patched")}
+    gevent.joinall(list(runs.values()), timeout=120, raise_error=True)
+    outputs = {}
+    for mode, job in runs.items():
+        proc = job.value
+        assert proc.returncode == 0, f"{mode} run failed:\n{proc.stderr}"
+        assert proc.stderr == "", f"{mode} run wrote to stderr:\n{proc.stderr}"
+        outputs[mode] = json.loads(proc.stdout)
+
+    plain, patched = outputs["plain"], outputs["patched"]
+    # the two interpreters really differ in the way that matters
+    assert (plain["patched"], plain["socket_is_gevent"], plain["threading_patched"]) == (False, False, False)
+    assert (patched["patched"], patched["socket_is_gevent"], patched["threading_patched"]) == (True, True, True)
+    # ... and the library does exactly the same in both
+    assert plain["results"] == patched["results"]
+    results = plain["results"]
+    assert results["welcome"] == "welcome"
+    assert results["echo"] == [f"req-{i:02d}" for i in range(50)]
+    assert results["echo_codes"] == [200] and results["echo_qids_unique"]
+    assert results["timeout"] == ["RequestTimeout", True]
+    assert results["remote_error"] == ["RemoteError", 503, "error 503"]
+    assert results["deadline"] in ("DeadlineExceeded", "RequestTimeout")
+    assert results["push_reply"] == "pushed"
+    assert results["pushes"] == ["push 0", "push 1", "push 2"]
+    assert results["survived"] == "still fine"
+    assert results["slow_reply"] == "ok"
+    assert results["ticks_during_request"] == 5
+    assert results["dropped"] == 1
+    assert results["after_reconnect"] == "back"
+    assert results["accepted"] == 2

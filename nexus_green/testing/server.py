@@ -297,16 +297,21 @@ class EmbeddedServer:
             conn.close()
             return
         reply = result if isinstance(result, Reply) else Reply(result)
-        out_body, tp = reply.body, 0
-        if codec_bits:
-            codec = codec_for_bits(codec_bits)
-            assert codec is not None
-            out_body, tp = codec.compress(out_body), codec_bits
-        conn.queue(
-            encode_frame(
+        try:
+            out_body, tp = reply.body, 0
+            if codec_bits:
+                codec = codec_for_bits(codec_bits)
+                assert codec is not None
+                out_body, tp = codec.compress(out_body), codec_bits
+            data = encode_frame(
                 Frame(qid=frame.qid, fid=frame.fid, code=reply.code, res=1, tp=tp, body=out_body, headers=reply.headers)
             )
-        )
+        except Exception as exc:  # a reply the protocol cannot carry (str body, code > u32): 500, never silence
+            log.exception("reply for fid=%d cannot be encoded", frame.fid)
+            data = encode_frame(
+                Frame(qid=frame.qid, fid=frame.fid, code=500, res=1, body=f"{type(exc).__name__}: {exc}".encode())
+            )
+        conn.queue(data)
 
     # ------------------------------------------------------------------ control
     def start(self) -> EmbeddedServer:

@@ -275,6 +275,49 @@ def test_handler_exception_is_500_and_logged(server: EmbeddedServer, raw: Raw, c
     assert raw.request(b"ok?", qid=2).body == b"ok?"
 
 
+@pytest.mark.parametrize(
+    "fid,body,text",
+    [
+        (FID_DELAY, b"soon", b"ValueError: could not convert string to float"),
+        (FID_ERROR, b"abc", b"ValueError: invalid literal for int()"),
+        (FID_PUSH, b"many", b"ValueError: invalid literal for int()"),
+    ],
+)
+def test_malformed_builtin_bodies_are_500(raw: Raw, fid: int, body: bytes, text: bytes, caplog: Any) -> None:
+    with caplog.at_level(logging.CRITICAL, logger="nexus_green.testing.server"):
+        reply = raw.request(body, fid=fid)
+    assert reply.code == 500
+    assert reply.body.startswith(text)
+
+
+@pytest.mark.parametrize(
+    "result,text",
+    [
+        ("a str, not bytes", b"TypeError"),
+        (Reply(b"x", code=2**32), b"LocalProtocolError: code=4294967296 does not fit"),
+        (Reply(b"x", code=-1), b"LocalProtocolError: code=-1"),
+    ],
+)
+def test_unencodable_reply_is_500_not_silence(
+    server: EmbeddedServer, raw: Raw, result: Any, text: bytes, caplog: Any
+) -> None:
+    server.register(47, lambda f: result)
+    with caplog.at_level(logging.ERROR, logger="nexus_green.testing.server"):
+        reply = raw.request(fid=47)
+    assert (reply.code, reply.tp) == (500, 0)
+    assert reply.body.startswith(text)
+    assert "reply for fid=47 cannot be encoded" in caplog.text
+    assert raw.request(b"next", qid=2).body == b"next"
+
+
+def test_unencodable_reply_to_a_compressed_request(server: EmbeddedServer, raw: Raw, caplog: Any) -> None:
+    server.register(48, lambda f: "text")
+    gz = CODECS["gzip"]
+    with caplog.at_level(logging.CRITICAL, logger="nexus_green.testing.server"):
+        reply = raw.request(gz.compress(b"hi"), fid=48, tp=gz.tp_bits)
+    assert (reply.code, reply.tp) == (500, 0)  # the error itself goes out plain
+
+
 def test_handlers_run_concurrently(server: EmbeddedServer, raw: Raw) -> None:
     # Every handler waits until all 20 have started: only concurrent handlers can ever finish.
     started: list[int] = []
