@@ -38,16 +38,7 @@ def session(bus: EventBus, clock: FakeClock, mon: PerformanceMonitor) -> None:
     clock.advance(1.0)
     for q in range(200):
         latency = 0.0008 + (q % 20) * 0.0001 + (0.010 if q % 100 == 99 else 0.0)
-        bus.emit(
-            "request.complete",
-            conn_id="c1" if q % 2 else "c2",
-            qid=q,
-            fid=7,
-            latency=latency,
-            bytes_out=64,
-            bytes_in=96,
-            code=200,
-        )
+        bus.emit("io.stats", conn_id="c1" if q % 2 else "c2", completed=1, latencies=[latency])
     bus.emit("request.failed", conn_id="c1", qid=500, fid=7, latency=1.0, error=RequestTimeout("qid=500 timed out"))
     mon.tick()
 
@@ -57,7 +48,7 @@ def main() -> None:
     receiver.bind(("127.0.0.1", 0))
     receiver.settimeout(2.0)
     bus, clock = EventBus(), FakeClock(start=0.0, wall_offset=1_767_225_600.0)
-    cfg = MonitoringConfiguration(statsd_port=receiver.getsockname()[1], statsd_prefix="app")
+    cfg = MonitoringConfiguration(statsd_port=receiver.getsockname()[1], statsd_prefix="app", sample_rate=1.0)
     with PerformanceMonitor(bus, clock=clock, config=cfg) as mon:
         session(bus, clock, mon)
         snap = mon.snapshot()

@@ -36,6 +36,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from time import monotonic as _monotonic
@@ -76,7 +77,7 @@ from ..transport.stream import ConnectInfo, Stream, open_stream
 from .backoff import ExponentialBackoff, ReconnectStrategy
 from .state import CLOSED, CLOSING, CONNECTED, CONNECTING, IDLE, RECONNECTING, Lifecycle
 
-__all__ = ["Connection", "ConnectionOptions"]
+__all__ = ["Connection", "ConnectionOptions", "live_connections", "STATS_INTERVAL"]
 
 log = logging.getLogger("nexus_green.connection")
 
@@ -84,6 +85,17 @@ _ids = itertools.count(1)
 _MAX_QID = 0xFFFFFFFF
 _ABANDONED_MEMORY = 4096  # how many timed-out Qids we remember to recognise late responses
 _BUCKET = 1000  # deadline buckets per second (1 ms resolution)
+STATS_INTERVAL = 0.1  # seconds between io.stats events while traffic flows
+
+_LIVE: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+
+def live_connections(bus: Optional[EventBus] = None) -> list[Connection]:
+    """Connections of this process not yet garbage-collected (on ``bus``, if given).
+
+    Monitoring uses it to flush every connection's ``io.stats`` at each tick.
+    """
+    return [c for c in list(_LIVE) if bus is None or c.bus is bus]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -210,7 +222,13 @@ class Connection:
         self._bus_version = -1
         self._emit_complete = False
         self._emit_io = False
+        self._emit_stats = False
+        self._st_latencies: list[float] = []
+        self._st_since = clock.now()
+        self._st_bytes_in = self._st_frames_in = self._st_bytes_out = self._st_frames_out = self._st_non_ok = 0
+        self._st_completed = self._st_batches = 0
         self._refresh_bus_flags()
+        _LIVE.add(self)
 
     # ------------------------------------------------------------------ lifecycle
     def _make_strategy(self) -> Optional[ReconnectStrategy]:
@@ -367,6 +385,7 @@ class Connection:
         self._emit_closed(None)
 
     def _emit_closed(self, error: Optional[BaseException]) -> None:
+        self.flush_stats()
         age = self.clock.now() - self.created_at
         self.bus.emit(
             "connection.closed",
@@ -585,6 +604,7 @@ class Connection:
         self._bus_version = bus.version
         self._emit_complete = bus.wants("request.complete")
         self._emit_io = bus.wants("io.sent") or bus.wants("io.received")
+        self._emit_stats = bus.wants("io.stats")
 
     def send(self, body: bytes = b"", fid: int = 0, *, headers: Optional[Mapping[str, str]] = None, tp: int = 0) -> int:
         """Fire and forget: queue one frame and return its Qid without waiting.
@@ -667,10 +687,21 @@ class Connection:
                     self.heartbeat.on_activity(self.clock.now())
                     if self._emit_io:
                         self.bus.emit("io.sent", conn_id=self.conn_id, nbytes=len(data), frames=len(chunks))
+                    if self._emit_stats:
+                        self._st_bytes_out += len(data)
+                        self._st_frames_out += len(chunks)
                 if stream is not self._stream:
                     return
         except NexusError as exc:
             self._lost(stream, exc)
+        except Exception as exc:  # a bug must fail the requests, never leave them hanging
+            self._internal_error(stream, "writer", exc)
+
+    def _internal_error(self, stream: Stream, where: str, exc: Exception) -> None:
+        log.exception("%s: unexpected error in the %s greenlet", self.conn_id, where)
+        lost = ConnectionLost(f"{self.conn_id} to {self.endpoint}: internal error in the {where}: {exc!r}")
+        lost.__cause__ = exc
+        self._lost(stream, lost)
 
     def _read_loop(self, stream: Stream, decoder: FrameDecoder) -> None:
         bufsize = self.options.recv_buffer_size
@@ -686,22 +717,42 @@ class Connection:
                         f"{decoder.buffered} bytes of an incomplete frame pending)"
                     )
                 frames = decoder.feed_raw(data)
-                hb.on_activity(now(), received=True)
+                t = now()
+                hb.on_activity(t, received=True)
                 if self._emit_io:
                     self.bus.emit("io.received", conn_id=self.conn_id, nbytes=len(data), frames=len(frames))
-                ready = self._dispatch(frames)
+                ready = self._dispatch(frames, t)
                 if ready:
                     run_callback(_deliver, ready)
+                if self._emit_stats:
+                    self._st_completed += len(ready)
+                    self._st_bytes_in += len(data)
+                    self._st_frames_in += len(frames)
+                    if t - self._st_since >= STATS_INTERVAL:
+                        self.flush_stats(t)
         except RemoteProtocolError as exc:
             self.bus.emit("protocol.error", conn_id=self.conn_id, error=exc, offset=exc.offset)
             self._lost(stream, exc)
         except NexusError as exc:
             self._lost(stream, exc)
+        except Exception as exc:  # a bug must fail the requests, never leave them hanging
+            self._internal_error(stream, "reader", exc)
 
-    def _dispatch(self, frames: list[RawFrame]) -> list[tuple[Waiter, RawFrame]]:
+    def _dispatch(self, frames: list[RawFrame], now: float) -> list[tuple[Waiter, RawFrame]]:
         ready: list[tuple[Waiter, RawFrame]] = []
         pending = self._pending
         buckets = self._buckets
+        # Monitoring's cheap path: latencies (send to arrival) are appended here
+        # and reported in one io.stats event per stats interval, so the
+        # per-request path stays bare.
+        latencies: Optional[list[float]] = None
+        if self._emit_stats:
+            # Sample whole recv batches (every k-th), so an unsampled batch
+            # costs nothing per request; completed counts stay exact.
+            self._st_batches += 1
+            if self._st_batches >= self.bus.latency_sample_every:
+                self._st_batches = 0
+                latencies = self._st_latencies
         for f in frames:
             # f = (qid, fid, code, tp, res, ver, body, headers)
             if f[4] == 1 and not f[3] & TP_HEARTBEAT:
@@ -712,6 +763,10 @@ class Connection:
                         if bucket is not None:
                             bucket.discard(f[0])
                     ready.append((p[0], f))
+                    if latencies is not None:
+                        latencies.append(now - p[2])
+                    if f[2] != 200:
+                        self._st_non_ok += 1
                     continue
                 if f[0] in self._abandoned:
                     del self._abandoned[f[0]]
@@ -723,6 +778,35 @@ class Connection:
                 continue
             self._push(make_frame(*f))
         return ready
+
+    def flush_stats(self, now: Optional[float] = None) -> None:
+        """Emit the ``io.stats`` gathered since the last one (if anyone listens).
+
+        The reader calls this every ``STATS_INTERVAL`` seconds of traffic; the
+        monitor calls it at each tick, and the connection on close, so counts
+        are exact and at most one tick late.
+        """
+        if not self._emit_stats:
+            return
+        t = self.clock.now() if now is None else now
+        lat, self._st_latencies = self._st_latencies, []
+        if self._st_completed or self._st_bytes_in or self._st_bytes_out:
+            self.bus.emit(
+                "io.stats",
+                conn_id=self.conn_id,
+                interval=t - self._st_since,
+                bytes_sent=self._st_bytes_out,
+                frames_sent=self._st_frames_out,
+                bytes_received=self._st_bytes_in,
+                frames_received=self._st_frames_in,
+                completed=self._st_completed,
+                sampled_every=self.bus.latency_sample_every,
+                non_ok=self._st_non_ok,
+                latencies=lat,
+            )
+        self._st_since = t
+        self._st_bytes_in = self._st_frames_in = self._st_bytes_out = self._st_frames_out = self._st_non_ok = 0
+        self._st_completed = 0
 
     def _on_heartbeat(self, res: int) -> None:
         if res == 0:

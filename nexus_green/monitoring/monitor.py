@@ -7,10 +7,12 @@ lag, history), and the snapshot schema the dashboard and diagnostics read.
 
 How it stays cheap:
 
-* Per-request handlers (``request.complete``, ``io.sent``, ``io.received``)
-  hold direct references to their metric objects and do a few attribute
-  updates: no I/O, no locks, no allocation beyond what the bus already made.
-  The latency histogram honours ``sample_rate``; counters are always exact.
+* Nothing runs per request. Connections gather counts and latencies and
+  emit one ``io.stats`` event per 0.1 s of traffic (and when the tick asks);
+  its handler does a few attribute updates and appends the latencies to a
+  buffer that is bucketed in bulk once per tick. Below ``sample_rate`` 1.0
+  the monitor asks connections (through the bus's ``latency_sample_every``
+  hint) to keep the latencies of every k-th batch only. Counters are exact.
 * Everything derived (rates, recent latency percentiles, resources, hub lag)
   is computed once per ``history_interval`` in a background greenlet started
   by :meth:`PerformanceMonitor.start` (or by calling :meth:`tick` yourself).
@@ -37,7 +39,7 @@ Example::
     >>> from nexus_green.events import EventBus
     >>> bus, clock = EventBus(), FakeClock()
     >>> with PerformanceMonitor(bus, clock=clock) as mon:
-    ...     bus.emit("request.complete", conn_id="c1", qid=1, fid=1, latency=0.004, bytes_out=30, bytes_in=40, code=200)
+    ...     bus.emit("io.stats", conn_id="c1", completed=1, latencies=[0.004], bytes_sent=30, bytes_received=40)
     ...     clock.advance(1.0); mon.tick()
     ...     mon.value("requests.completed"), round(mon.value("request.latency", field="p99"), 3)
     (1, 0.004)
@@ -58,6 +60,7 @@ import gevent
 import gevent.events
 
 from ..clock import SYSTEM_CLOCK, Clock
+from ..connection.connection import live_connections
 from ..errors import NexusTimeout, UsageError
 from ..events import Event, EventBus, default_bus
 from ..greenlets import live_greenlets, spawn
@@ -83,6 +86,9 @@ _RATE_COUNTERS = (
     "bytes.received",
 )
 _Layout = tuple[tuple[str, str, str, Tags], ...]
+
+
+_MAX_PENDING_LATENCIES = 65536  # bucket early rather than hold more than 512 KB of samples
 
 
 def _is_timeout(error: object) -> bool:
@@ -146,6 +152,10 @@ class PerformanceMonitor:
         self._lag_max = 0.0
         self._pools: dict[str, dict[str, Any]] = {}
         self._sample_all = cfg.sample_rate >= 1.0
+        self._stride = max(1, round(1.0 / cfg.sample_rate))
+        self._pending_latencies: array[float] = array("d")
+        self._owns_sampling = False
+        self._skip = 0  # latencies to skip at the start of the next batch (every k-th sampled)
         self._declare()
         self._latency_prev: DDSketch = self.latency.sketch.copy()
         self._subscribe()
@@ -245,10 +255,8 @@ class PerformanceMonitor:
     def _subscribe(self) -> None:
         sub = self.bus.subscribe
         self._unsubscribe = [
-            sub(self._on_request_complete, prefix="request.complete"),
+            sub(self._on_io_stats, prefix="io.stats"),
             sub(self._on_request_failed, prefix="request.failed"),
-            sub(self._on_io_sent, prefix="io.sent"),
-            sub(self._on_io_received, prefix="io.received"),
             sub(self._on_other, prefix="request.late"),
             sub(self._on_other, prefix="connect."),
             sub(self._on_other, prefix="connection.closed"),
@@ -259,7 +267,13 @@ class PerformanceMonitor:
             sub(self._on_other, prefix="push.received"),
             sub(self._on_other, prefix="buffers.state"),
         ]
-        self.tracker.attach(self.bus)
+        self.tracker.attach(self.bus, hot=False)
+        if not self._sample_all and self.bus.latency_sample_every == 1:
+            # Ask connections to include every k-th batch's latencies only. The
+            # first monitor on a bus decides; a later one samples again itself.
+            self.bus.latency_sample_every = self._stride
+            self._owns_sampling = True
+        self._track_stats = self.tracker._on_io_stats
         if self.config.use_gevent_monitor and gevent.config.monitor_thread:
             gevent.events.subscribers.append(self._on_gevent_event)
             self._unsubscribe.append(lambda: _remove(gevent.events.subscribers, self._on_gevent_event))
@@ -289,25 +303,38 @@ class PerformanceMonitor:
             self._dispatch[f"connect.{phase}.failed"] = functools.partial(self._phase_failed, phase)
 
     # ------------------------------------------------------------------ hot path
-    def _on_request_complete(self, event: Event) -> None:
+    def _on_io_stats(self, event: Event) -> None:
+        # One event per connection per 0.1 s of traffic: exact counts, and the
+        # latencies kept for bulk bucketing (every k-th one below rate 1.0).
+        self._track_stats(event)
         a = event.attrs
-        self.requests_completed.value += 1
-        if a.get("code", 200) != 200:
-            self.requests_non_ok.value += 1
-        if self._sample_all or self.rng.random() < self.config.sample_rate:
-            latency = a.get("latency")
-            if latency is not None:
-                self.latency.sketch.add(latency)
+        self.bytes_sent.value += a.get("bytes_sent", 0)
+        self.msgs_sent.value += a.get("frames_sent", 0)
+        self.bytes_received.value += a.get("bytes_received", 0)
+        self.msgs_received.value += a.get("frames_received", 0)
+        self.requests_completed.value += a.get("completed", 0)
+        non_ok = a.get("non_ok", 0)
+        if non_ok:
+            self.requests_non_ok.value += non_ok
+        latencies = a.get("latencies")
+        if latencies:
+            # Connections already keep only every k-th batch's latencies when a
+            # monitor asked (``sampled_every``); sample the rest of the way here.
+            stride = self._stride // a.get("sampled_every", 1)
+            if stride > 1:
+                skip = self._skip
+                self._skip = (skip - len(latencies)) % stride
+                latencies = latencies[skip::stride]
+            pending = self._pending_latencies
+            pending.extend(latencies)
+            if len(pending) >= _MAX_PENDING_LATENCIES:
+                self._flush_latencies()
 
-    def _on_io_sent(self, event: Event) -> None:
-        a = event.attrs
-        self.bytes_sent.value += a.get("nbytes", 0)
-        self.msgs_sent.value += a.get("frames", 0)
-
-    def _on_io_received(self, event: Event) -> None:
-        a = event.attrs
-        self.bytes_received.value += a.get("nbytes", 0)
-        self.msgs_received.value += a.get("frames", 0)
+    def _flush_latencies(self) -> None:
+        pending = self._pending_latencies
+        if pending:
+            self._pending_latencies = array("d")
+            self.latency.sketch.add_many(pending)
 
     def _on_request_failed(self, event: Event) -> None:
         a = event.attrs
@@ -465,6 +492,9 @@ class PerformanceMonitor:
     # ------------------------------------------------------------------ tick
     def tick(self) -> None:
         """Refresh derived figures (rates, recent latency, resources, hub lag) and append a history point."""
+        for conn in live_connections(self.bus):
+            conn.flush_stats()
+        self._flush_latencies()
         for fn in list(self._collectors):
             try:
                 fn()
@@ -609,6 +639,7 @@ class PerformanceMonitor:
         Counters, histograms and function gauges are live; rates, recent
         latency, resources and hub lag are as of the last tick.
         """
+        self._flush_latencies()
         snap = self._envelope(self.clock.wall(), self.clock.now() - self.started_at, self.registry.snapshot())
         if connections:
             snap["connections"] = [c.to_dict() for c in self.tracker.connections(include_closed=True)]
@@ -616,6 +647,7 @@ class PerformanceMonitor:
 
     def value(self, name: str, tags: Optional[Mapping[str, object]] = None, *, field: str = "value") -> Any:
         """One figure, read live (``field`` is ``value`` or a histogram field like ``p99``); None if unknown."""
+        self._flush_latencies()
         m = self.registry.get(name, tags)
         if m is None:
             return None
@@ -661,6 +693,9 @@ class PerformanceMonitor:
     def close(self) -> None:
         """Unsubscribe and stop the background greenlet (idempotent). Figures stay readable."""
         self._closed = True
+        if self._owns_sampling:
+            self.bus.latency_sample_every = 1
+            self._owns_sampling = False
         for off in self._unsubscribe:
             off()
         self._unsubscribe.clear()

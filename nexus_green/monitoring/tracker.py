@@ -20,7 +20,7 @@ Example::
     >>> tracker.attach(bus)
     >>> bus.emit("connect.started", conn_id="c1", endpoint="tcp://127.0.0.1:7600")
     >>> bus.emit("connect.complete", conn_id="c1", endpoint="tcp://127.0.0.1:7600", duration=0.002, phases={"tcp": 0.002})
-    >>> bus.emit("request.complete", conn_id="c1", qid=1, fid=7, latency=0.001, bytes_out=30, bytes_in=40, code=200)
+    >>> bus.emit("io.stats", conn_id="c1", completed=1, latencies=[0.001], bytes_sent=30, bytes_received=40)
     >>> clock.advance(5)
     >>> info = tracker.get("c1")
     >>> info.state, info.requests, info.age
@@ -208,14 +208,15 @@ class ConnectionTracker:
         }
 
     # ------------------------------------------------------------------ wiring
-    def attach(self, bus: EventBus) -> None:
-        """Subscribe to ``bus``; :meth:`close` unsubscribes."""
-        self._unsubscribe += [
-            bus.subscribe(self._on_request_complete, prefix="request.complete"),
-            bus.subscribe(self._on_request_failed, prefix="request.failed"),
-            bus.subscribe(self._on_io_sent, prefix="io.sent"),
-            bus.subscribe(self._on_io_received, prefix="io.received"),
-        ]
+    def attach(self, bus: EventBus, *, hot: bool = True) -> None:
+        """Subscribe to ``bus``; :meth:`close` unsubscribes.
+
+        ``hot=False`` leaves out ``io.stats``: the PerformanceMonitor forwards
+        it from its own handler, so each event costs one listener call, not two.
+        """
+        self._unsubscribe.append(bus.subscribe(self._on_request_failed, prefix="request.failed"))
+        if hot:
+            self._unsubscribe.append(bus.subscribe(self._on_io_stats, prefix="io.stats"))
         for prefix in ("connect.started", "connect.complete", "connect.failed", "connection.", "heartbeat."):
             self._unsubscribe.append(bus.subscribe(self._on_lifecycle, prefix=prefix))
         self._unsubscribe.append(bus.subscribe(self._on_lifecycle, prefix="reconnect.succeeded"))
@@ -240,11 +241,6 @@ class ConnectionTracker:
             rec = self._live[conn_id] = _Record(conn_id, str(attrs.get("endpoint", "")), self.clock.now())
         return rec
 
-    def _on_request_complete(self, event: Event) -> None:
-        rec = self._live.get(event.attrs.get("conn_id")) or self._record(event.attrs)
-        if rec is not None:
-            rec.requests += 1
-
     def _on_request_failed(self, event: Event) -> None:
         rec = self._record(event.attrs)
         if rec is not None:
@@ -252,19 +248,15 @@ class ConnectionTracker:
             rec.failures += 1
             rec.last_error = _error_text(event.attrs.get("error"))
 
-    def _on_io_sent(self, event: Event) -> None:
+    def _on_io_stats(self, event: Event) -> None:
         a = event.attrs
         rec = self._live.get(a.get("conn_id")) or self._record(a)
         if rec is not None:
-            rec.bytes_sent += a.get("nbytes", 0)
-            rec.frames_sent += a.get("frames", 0)
-
-    def _on_io_received(self, event: Event) -> None:
-        a = event.attrs
-        rec = self._live.get(a.get("conn_id")) or self._record(a)
-        if rec is not None:
-            rec.bytes_received += a.get("nbytes", 0)
-            rec.frames_received += a.get("frames", 0)
+            rec.requests += a.get("completed", 0)
+            rec.bytes_sent += a.get("bytes_sent", 0)
+            rec.frames_sent += a.get("frames_sent", 0)
+            rec.bytes_received += a.get("bytes_received", 0)
+            rec.frames_received += a.get("frames_received", 0)
 
     # ------------------------------------------------------------------ lifecycle
     def _on_lifecycle(self, event: Event) -> None:

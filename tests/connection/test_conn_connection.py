@@ -407,3 +407,49 @@ def _settle(check: Any, timeout: float = 3.0) -> bool:
             gevent.sleep(0.01)
         return True
     return False
+
+
+def test_a_bug_in_the_reader_fails_requests_instead_of_hanging(server: EmbeddedServer, monkeypatch: Any) -> None:
+    with Connection(server.url, options=opts()) as conn:
+        conn.request(b"ok", fid=1)
+
+        def broken(frames: Any, now: float) -> Any:
+            raise RuntimeError("bug in dispatch")
+
+        monkeypatch.setattr(conn, "_dispatch", broken)
+        with pytest.raises(ConnectionLost, match="internal error in the reader") as info:
+            conn.request(b"x", fid=1, timeout=5)
+        assert isinstance(info.value.__cause__, RuntimeError)
+        assert conn.state == "closed"
+
+
+def test_a_bug_in_the_writer_fails_requests_instead_of_hanging(server: EmbeddedServer, monkeypatch: Any) -> None:
+    with Connection(server.url, options=opts()) as conn:
+        from nexus_green.transport.stream import Stream
+
+        def broken(self: Any, data: Any) -> None:
+            raise RuntimeError("bug in sendall")
+
+        monkeypatch.setattr(Stream, "sendall", broken)
+        with pytest.raises(ConnectionLost, match="internal error in the writer"):
+            conn.request(b"x", fid=1, timeout=5)
+
+
+def test_io_stats_are_exact_and_flushed_on_close(server: EmbeddedServer) -> None:
+    bus = EventBus()
+    stats: list[Any] = []
+    bus.subscribe(lambda e: stats.append(e.attrs), prefix="io.stats")
+    conn = Connection(server.url, options=opts(), bus=bus).connect()
+    conn.flush_stats()  # nothing yet: no event
+    for _ in range(5):
+        conn.request(b"abc", fid=1)
+    conn.request(b"404", fid=3)  # FID_ERROR: a non-200 answer
+    conn.close()
+    assert sum(s["completed"] for s in stats) == 6
+    assert sum(s["non_ok"] for s in stats) == 1
+    assert sum(len(s["latencies"]) for s in stats) == 6
+    assert sum(s["frames_sent"] for s in stats) == 6
+    assert sum(s["bytes_sent"] for s in stats) == 5 * 27 + 27
+    quiet = Connection(server.url, options=opts()).connect()
+    quiet.flush_stats()  # nobody listens on default_bus for io.stats: a no-op
+    quiet.close()

@@ -29,7 +29,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def monitor(bus: EventBus, clock: FakeClock) -> Iterator[PerformanceMonitor]:
-    mon = PerformanceMonitor(bus, clock=clock, config=MonitoringConfiguration(rate_window=2.0))
+    mon = PerformanceMonitor(bus, clock=clock, config=MonitoringConfiguration(rate_window=2.0, sample_rate=1.0))
     yield mon
     mon.close()
 
@@ -70,17 +70,17 @@ class Stream:
 
     def ok(self, conn_id: str, qid: int, latency: float, size: int = 100, code: int = 200) -> None:
         bus = self.bus
-        bus.emit("io.sent", conn_id=conn_id, nbytes=size + 24, frames=1)
-        bus.emit("io.received", conn_id=conn_id, nbytes=size * 2 + 24, frames=1)
         bus.emit(
-            "request.complete",
+            "io.stats",
             conn_id=conn_id,
-            qid=qid,
-            fid=7,
-            latency=latency,
-            bytes_out=size + 24,
-            bytes_in=size * 2 + 24,
-            code=code,
+            interval=0.1,
+            bytes_sent=size + 24,
+            frames_sent=1,
+            bytes_received=size * 2 + 24,
+            frames_received=1,
+            completed=1,
+            non_ok=int(code != 200),
+            latencies=[latency],
         )
 
     def timeout(self, conn_id: str, qid: int) -> None:

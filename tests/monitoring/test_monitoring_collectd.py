@@ -130,14 +130,7 @@ def test_values_reach_collectd_and_come_back(collectd: tuple[int, Path]) -> None
         bus.emit("connect.complete", conn_id="c1", endpoint="tcp://h:1", duration=0.01, phases={"tcp": 0.01})
         for q in range(250):
             bus.emit(
-                "request.complete",
-                conn_id="c1",
-                qid=q,
-                fid=1,
-                latency=0.001 * (q % 9 + 1),
-                bytes_out=10,
-                bytes_in=20,
-                code=200,
+                "io.stats", conn_id="c1", completed=1, latencies=[0.001 * (q % 9 + 1)], bytes_sent=10, bytes_received=20
             )
         with StatsDSink(mon, config=cfg) as sink:
             assert sink.flush() > 0

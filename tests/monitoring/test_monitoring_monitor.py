@@ -175,7 +175,7 @@ def test_snapshot_schema_and_connections(monitor: PerformanceMonitor, stream) ->
 
 
 def test_history_ring_buffer(bus: EventBus, clock: FakeClock, stream) -> None:
-    cfg = MonitoringConfiguration(history_seconds=5, history_interval=1)
+    cfg = MonitoringConfiguration(history_seconds=5, history_interval=1, sample_rate=1.0)
     with PerformanceMonitor(bus, clock=clock, config=cfg) as mon:
         for i in range(8):
             stream.ok("c1", i, 0.001 * (i + 1))
@@ -275,7 +275,7 @@ def test_error_counters_respect_the_cardinality_guard(bus: EventBus, clock: Fake
 
 def test_string_errors_and_missing_attributes_are_tolerated(monitor: PerformanceMonitor, bus: EventBus) -> None:
     bus.emit("request.failed", conn_id="c1", qid=1, fid=1, latency=1.0, error="RequestTimeout")
-    bus.emit("request.complete", conn_id="c1", qid=2, fid=1)  # no latency: counted, not recorded
+    bus.emit("io.stats", conn_id="c1", completed=1)  # no latencies: counted, not recorded
     bus.emit("connect.complete", conn_id="c1", endpoint="tcp://h:1")
     bus.emit("connection.closed", conn_id="c1", endpoint="tcp://h:1")
     bus.emit("heartbeat.rtt", conn_id="c1")

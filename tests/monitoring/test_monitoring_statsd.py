@@ -50,23 +50,14 @@ def parse(packets: list[bytes]) -> list[tuple[str, float, str, str]]:
 
 
 def config_for(sock: socket.socket, **extra: object) -> MonitoringConfiguration:
+    extra.setdefault("sample_rate", 1.0)
     return MonitoringConfiguration(statsd_port=sock.getsockname()[1], statsd_prefix="app", **extra)  # type: ignore[arg-type]
 
 
 def busy(mon: PerformanceMonitor, bus: EventBus, n: int = 300) -> None:
     bus.emit("connect.complete", conn_id="c1", endpoint="tcp://h:1", duration=0.01, phases={"tcp": 0.01})
     for q in range(n):
-        bus.emit("io.sent", conn_id="c1", nbytes=50, frames=1)
-        bus.emit(
-            "request.complete",
-            conn_id="c1",
-            qid=q,
-            fid=1,
-            latency=0.001 * (q % 7 + 1),
-            bytes_out=50,
-            bytes_in=60,
-            code=200,
-        )
+        bus.emit("io.stats", conn_id="c1", completed=1, latencies=[0.001 * (q % 7 + 1)], bytes_sent=50, frames_sent=1)
     bus.emit("request.failed", conn_id="c1", qid=0, fid=1, latency=1.0, error=TimeoutError("late"))
 
 
@@ -100,8 +91,8 @@ def test_flush_sends_pipelined_packets_that_match_the_snapshot(receiver: socket.
         key = statsd_name("errors", {"kind": "request", "class": "TimeoutError"})
         assert got[key] == (1.0, "c")
         # second flush: counters only by their increase
-        for q in range(5):
-            bus.emit("request.complete", conn_id="c1", qid=q, fid=1, latency=0.002, bytes_out=1, bytes_in=1, code=200)
+        for _ in range(5):
+            bus.emit("io.stats", conn_id="c1", completed=1, latencies=[0.002])
         sink.flush()
         second = {s[4:]: (v, k) for s, v, k, _ in parse(receive_all(receiver))}
         assert second["requests.completed"] == (5.0, "c") and "requests.failed" not in second

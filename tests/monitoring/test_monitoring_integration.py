@@ -1,0 +1,62 @@
+"""Monitoring end to end: a real Client and EmbeddedServer, figures read back exactly."""
+
+from __future__ import annotations
+
+import gevent
+import pytest
+
+from nexus_green import Client
+from nexus_green.errors import ConfigurationError, RemoteError, RequestTimeout
+from nexus_green.events import EventBus
+from nexus_green.monitoring import MonitoringConfiguration, PerformanceMonitor
+from nexus_green.testing import FID_ERROR, FID_SILENT, EmbeddedServer
+
+pytestmark = pytest.mark.usefixtures("leakcheck")
+
+
+def test_client_traffic_is_counted_exactly() -> None:
+    bus = EventBus()
+    with EmbeddedServer() as server, PerformanceMonitor(bus, config=MonitoringConfiguration(sample_rate=1.0)) as mon:
+        with Client(server.url, bus=bus, monitor=mon, heartbeat_interval=None) as client:
+            jobs = [gevent.spawn(client.request, b"x" * 10, 1) for _ in range(200)]
+            gevent.joinall(jobs, timeout=10, raise_error=True)
+            with pytest.raises(RemoteError):
+                client.request(b"503", fid=FID_ERROR)
+            with pytest.raises(RequestTimeout):
+                client.request(b"", fid=FID_SILENT, timeout=0.05)
+            mon.tick()  # flushes every connection's io.stats
+            v = mon.value
+            assert v("requests.completed") == 201
+            assert v("requests.non_ok") == 1
+            assert v("errors.timeouts") == 1
+            assert v("request.latency", field="count") == 201
+            assert 0 < v("request.latency", field="p50") < 1
+            assert v("messages.sent") == 202 and v("messages.received") == 201
+            assert v("bytes.sent") == 200 * 34 + 27 + 24
+            assert v("connections.active") == 1
+            assert v("pool.size", {"pool": server.url}) == 1
+            assert v("connect.duration", field="count") == 1
+            info = mon.tracker.connections()[0]
+            assert info.requests == 202 and info.state == "connected"
+        gevent.sleep(0.05)
+        mon.tick()
+        assert mon.value("connections.active") == 0
+
+
+def test_default_sample_rate_samples_batches_but_counts_exactly() -> None:
+    bus = EventBus()
+    with EmbeddedServer() as server, PerformanceMonitor(bus) as mon:
+        assert bus.latency_sample_every == 10
+        with Client(server.url, bus=bus, heartbeat_interval=None) as client:
+            for _ in range(400):  # one request per recv: 400 batches
+                client.request(b"y", fid=1)
+            mon.tick()
+            assert mon.value("requests.completed") == 400
+            assert mon.value("request.latency", field="count") == 40
+    assert bus.latency_sample_every == 1  # the monitor gave the hint back on close
+
+
+def test_monitor_must_share_the_bus() -> None:
+    with PerformanceMonitor(EventBus()) as mon:
+        with pytest.raises(ConfigurationError, match="same EventBus"):
+            Client("tcp://127.0.0.1:9", monitor=mon)
