@@ -749,10 +749,11 @@ class Connection:
         if self._emit_stats:
             # Sample whole recv batches (every k-th), so an unsampled batch
             # costs nothing per request; completed counts stay exact.
-            self._st_batches += 1
-            if self._st_batches >= self.bus.latency_sample_every:
-                self._st_batches = 0
+            n = self._st_batches
+            if n <= 0:  # the first batch is sampled, then every k-th
                 latencies = self._st_latencies
+                n = self.bus.latency_sample_every
+            self._st_batches = n - 1
         for f in frames:
             # f = (qid, fid, code, tp, res, ver, body, headers)
             if f[4] == 1 and not f[3] & TP_HEARTBEAT:
