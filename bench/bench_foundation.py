@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from socket import IPPROTO_TCP, TCP_NODELAY
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
@@ -88,34 +89,37 @@ def run_client(port: int, seconds: float, with_timeout: bool) -> dict[str, Any]:
     return {"requests": len(lat), "elapsed": elapsed, "latencies": lat}
 
 
+def pingpong(sock: Any, stop: float, lat: list[float]) -> None:
+    """One worker of the raw baselines: frame ping-pong on its own socket until ``stop``."""
+    sock.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)
+    qid = 0
+    pc = time.perf_counter
+    try:
+        while True:
+            t0 = pc()
+            if t0 >= stop:
+                return
+            qid += 1
+            sock.sendall(frame(qid))
+            head = recv_exact(sock, 24)
+            (length,) = struct.unpack_from(">I", head)
+            recv_exact(sock, length - 20)
+            lat.append(pc() - t0)
+    finally:
+        sock.close()
+
+
 def run_gevent(port: int, seconds: float) -> dict[str, Any]:
     import gevent
     from gevent import socket
 
     lat: list[float] = []
     stop = time.perf_counter() + seconds
-
-    def worker() -> None:
-        s = socket.create_connection(("127.0.0.1", port))
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        qid = 0
-        pc = time.perf_counter
-        try:
-            while True:
-                t0 = pc()
-                if t0 >= stop:
-                    return
-                qid += 1
-                s.sendall(frame(qid))
-                head = recv_exact(s, 24)
-                (length,) = struct.unpack_from(">I", head)
-                recv_exact(s, length - 20)
-                lat.append(pc() - t0)
-        finally:
-            s.close()
-
     t0 = time.perf_counter()
-    gevent.joinall([gevent.spawn(worker) for _ in range(CONCURRENCY)], raise_error=True)
+    workers = [
+        gevent.spawn(pingpong, socket.create_connection(("127.0.0.1", port)), stop, lat) for _ in range(CONCURRENCY)
+    ]
+    gevent.joinall(workers, raise_error=True)
     return {"requests": len(lat), "elapsed": time.perf_counter() - t0, "latencies": lat}
 
 
@@ -125,27 +129,10 @@ def run_threads(port: int, seconds: float) -> dict[str, Any]:
 
     lat: list[float] = []
     stop = time.perf_counter() + seconds
-
-    def worker() -> None:
-        s = socket.create_connection(("127.0.0.1", port))
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        qid = 0
-        pc = time.perf_counter
-        try:
-            while True:
-                t0 = pc()
-                if t0 >= stop:
-                    return
-                qid += 1
-                s.sendall(frame(qid))
-                head = recv_exact(s, 24)
-                (length,) = struct.unpack_from(">I", head)
-                recv_exact(s, length - 20)
-                lat.append(pc() - t0)
-        finally:
-            s.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(CONCURRENCY)]
+    threads = [
+        threading.Thread(target=pingpong, args=(socket.create_connection(("127.0.0.1", port)), stop, lat))
+        for _ in range(CONCURRENCY)
+    ]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
