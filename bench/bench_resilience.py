@@ -11,6 +11,9 @@ Variants:
     resilient-no-timeout  the same with timeout=None (no gevent.Timeout armed)
     resilient-all       defaults + bulkhead + fallback
     circuit_breaker / retry / timeout / bulkhead / fallback   one decorator each
+    gevent.Timeout      for comparison with ``timeout``: a plain gevent.Timeout
+                        armed and cancelled around each call (what @timeout did
+                        before the per-hub deadline scheduler)
 
 Two workloads: ``noop`` (the function returns at once: pure overhead) and
 ``yield`` (the function does one gevent.sleep(0), standing in for the hub
@@ -59,6 +62,21 @@ def yielding(x: int) -> int:
     return x
 
 
+def gevent_timeout(seconds: float) -> Callable[[Callable[[int], int]], Callable[[int], int]]:
+    def decorate(fn: Callable[[int], int]) -> Callable[[int], int]:
+        def wrapper(x: int) -> int:
+            t = gevent.Timeout(seconds)
+            t.start()
+            try:
+                return fn(x)
+            finally:
+                t.close()
+
+        return wrapper
+
+    return decorate
+
+
 def variants(base: Callable[[int], int], tag: str) -> dict[str, Callable[[int], int]]:
     bus = EventBus()  # no subscribers: what an app without monitoring pays
     return {
@@ -74,6 +92,7 @@ def variants(base: Callable[[int], int], tag: str) -> dict[str, Callable[[int], 
         "circuit_breaker": circuit_breaker(bus=bus)(base),
         "retry": retry(idempotent=True, bus=bus)(base),
         "timeout": timeout(30.0)(base),
+        "gevent.Timeout": gevent_timeout(30.0)(base),
         "bulkhead": bulkhead(f"bench-solo-{tag}", max_concurrent=100)(base),
         "fallback": fallback(default=0, bus=bus)(base),
     }

@@ -33,7 +33,14 @@ from typing import Optional
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import DeadlineExceeded
 
-__all__ = ["deadline", "remaining", "current_deadline", "effective_timeout", "check_deadline"]
+__all__ = [
+    "deadline",
+    "remaining",
+    "current_deadline",
+    "effective_timeout",
+    "check_deadline",
+    "deadline_var",
+]
 
 _DEADLINE: contextvars.ContextVar[Optional[float]] = contextvars.ContextVar("nexus_green_deadline", default=None)
 
@@ -41,6 +48,20 @@ _DEADLINE: contextvars.ContextVar[Optional[float]] = contextvars.ContextVar("nex
 def current_deadline() -> Optional[float]:
     """The absolute monotonic deadline in force, or None."""
     return _DEADLINE.get()
+
+
+def deadline_var() -> contextvars.ContextVar[Optional[float]]:
+    """The context variable itself, for hot paths that get/set/reset it without a Python frame.
+
+    Its value is the absolute deadline in force on the clock that set it, or
+    None; keep the rule of :func:`deadline` (never later than the outer one).
+
+    Example::
+
+        >>> deadline_var().get() is current_deadline()
+        True
+    """
+    return _DEADLINE
 
 
 def remaining(*, clock: Clock = SYSTEM_CLOCK) -> Optional[float]:

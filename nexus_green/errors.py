@@ -64,6 +64,7 @@ __all__ = [
     "RetryBudgetExhausted",
     "PoolExhausted",
     "Overloaded",
+    "IdempotencyInProgress",
     "UsageError",
     "InvalidURL",
     "ConfigurationError",
@@ -291,6 +292,12 @@ class PoolExhausted(PolicyRejection):
 
 class Overloaded(PolicyRejection):
     """Backpressure: too many requests in flight above the high watermark."""
+
+    retryable = True
+
+
+class IdempotencyInProgress(PolicyRejection):
+    """A request with this idempotency key is still being processed; try again later."""
 
     retryable = True
 

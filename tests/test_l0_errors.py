@@ -37,6 +37,7 @@ TABLE = {
     E.RetryBudgetExhausted: (E.PolicyRejection, False),
     E.PoolExhausted: (E.PolicyRejection, True),
     E.Overloaded: (E.PolicyRejection, True),
+    E.IdempotencyInProgress: (E.PolicyRejection, True),
     E.UsageError: (E.UsageError, False),
     E.InvalidURL: (E.UsageError, False),
     E.ConfigurationError: (E.UsageError, False),

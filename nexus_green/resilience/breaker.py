@@ -65,6 +65,7 @@ from typing import Any, Optional, TypeVar, Union, overload
 
 import gevent.lock
 import pybreaker
+from greenlet import getcurrent
 from pybreaker import (
     STATE_CLOSED,
     STATE_HALF_OPEN,
@@ -237,6 +238,41 @@ class WindowFigures:
         return self.slow / self.calls if self.calls else 0.0
 
 
+class _GreenRLock:
+    """A reentrant lock per greenlet on a ``gevent.lock.Semaphore``: gevent's RLock, minus its layers.
+
+    Admission and recording take it on every call, so it is kept to a
+    ``getcurrent()`` and a C-level semaphore operation. Another greenlet (or
+    thread) waits on the semaphore cooperatively.
+    """
+
+    __slots__ = ("_sem", "_owner", "_count")
+
+    def __init__(self) -> None:
+        self._sem = gevent.lock.Semaphore(1)
+        self._owner: Any = None
+        self._count = 0
+
+    def __enter__(self) -> None:
+        me = getcurrent()
+        if self._owner is me:
+            self._count += 1
+            return
+        self._sem.acquire()
+        self._owner = me
+        self._count = 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._count -= 1
+        if not self._count:
+            self._owner = None
+            self._sem.release()
+
+    def locked(self) -> bool:
+        """True while some greenlet holds it."""
+        return self._owner is not None
+
+
 def _matches(exc: BaseException, matchers: Sequence[ExceptionMatcher]) -> bool:
     for m in matchers:
         if isinstance(m, type):
@@ -294,7 +330,7 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
         # pybreaker's threading.RLock would block the whole hub when it is
         # contended in an unpatched app; admission and recording never yield
         # unless a storage does I/O, so a gevent lock is the right one.
-        self._lock = gevent.lock.RLock()
+        self._lock = _GreenRLock()  # type: ignore[assignment]
         self.config = cfg
         self._clock = clock
         self._rng = rng or random.Random()
@@ -306,6 +342,8 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
         self._openings = 0
         self._trials_admitted = 0
         self._trial_failures = 0
+        # pybreaker's in-memory storage: the fast path may reset its counter directly.
+        self._plain_storage = type(self._state_storage) is CircuitMemoryStorage
         self._ready = True
 
     # --- pure decisions -------------------------------------------------------------
@@ -416,16 +454,26 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
             log.exception("circuit breaker %s: listener %r failed", self.name, fn)
 
     # --- admission and recording ----------------------------------------------------
-    def admit(self) -> Ticket:
-        """Admit one call or raise :class:`CircuitBreakerOpen`. Pair it with :meth:`record`."""
-        with self._lock:
+    def _admit(self) -> tuple[int, str]:
+        # Admission under the lock: (generation, state) of an admitted call.
+        lock: _GreenRLock = self._lock  # type: ignore[assignment]
+        me = getcurrent()
+        if lock._owner is not me:  # the common case, inlined: one semaphore acquire
+            lock._sem.acquire()
+            lock._owner = me
+            try:
+                if self._known == STATE_CLOSED and self._state_storage.state == STATE_CLOSED:
+                    return self._generation, STATE_CLOSED
+            finally:
+                lock._owner = None
+                lock._sem.release()
+        with lock:
             state = self._sync()
-            if state == STATE_CLOSED or (
-                state == STATE_HALF_OPEN and self._trials_admitted < self.config.half_open_calls
-            ):
-                if state == STATE_HALF_OPEN:
-                    self._trials_admitted += 1
-                return Ticket(generation=self._generation, state=state, started=self._clock.now())
+            if state == STATE_CLOSED:
+                return self._generation, state
+            if state == STATE_HALF_OPEN and self._trials_admitted < self.config.half_open_calls:
+                self._trials_admitted += 1
+                return self._generation, state
             retry_after = max(0.0, self._open_deadline() - self._clock.now()) if state == STATE_OPEN else 0.0
             self._bus.emit("breaker.rejected", breaker=self.name, state=state, retry_after=retry_after)
             what = "open" if state == STATE_OPEN else "half-open and all trial calls are taken"
@@ -433,11 +481,41 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
             f"circuit breaker {self.name!r} is {what}", breaker=self.name or "", state=state, retry_after=retry_after
         )
 
+    def admit(self) -> Ticket:
+        """Admit one call or raise :class:`CircuitBreakerOpen`. Pair it with :meth:`record`."""
+        generation, state = self._admit()
+        return Ticket(generation=generation, state=state, started=self._clock.now())
+
     def record(self, ticket: Ticket, exc: Optional[BaseException] = None) -> str:
         """Record how an admitted call ended; return the outcome ('discarded' if stale)."""
+        return self._record(ticket.generation, ticket.state, ticket.started, exc)
+
+    def _record(self, generation: int, state: str, started: Optional[float], exc: Optional[BaseException]) -> str:
+        # Recording under the lock. ``started`` is None when nobody needs the
+        # duration (no slow_call_duration, no breaker.call subscriber).
         cfg = self.config
+        if exc is None and started is None and state == STATE_CLOSED and self._plain_storage and not self._listeners:
+            # The fault-free fast path: a success in the closed state, nobody to tell.
+            lock: _GreenRLock = self._lock  # type: ignore[assignment]
+            me = getcurrent()
+            if lock._owner is not me:
+                lock._sem.acquire()
+                lock._owner = me
+                lock._count = 1
+                try:
+                    if generation == self._generation:
+                        self._state_storage._fail_counter = 0  # type: ignore[attr-defined]
+                        if self._window.add(0) == cfg.minimum_calls:
+                            reason = self._trip_reason()
+                            if reason is not None:
+                                self._enter(TRANSITIONS[(STATE_CLOSED, "trip")], reason)
+                        return SUCCESS
+                finally:
+                    lock._count = 0
+                    lock._owner = None
+                    lock._sem.release()
         with self._lock:
-            duration = self._clock.now() - ticket.started
+            duration = 0.0 if started is None else self._clock.now() - started
             if exc is None:
                 outcome = SUCCESS
                 slow = cfg.slow_call_duration is not None and duration >= cfg.slow_call_duration
@@ -447,19 +525,19 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
                     isinstance(exc, cfg.slow_exceptions)
                     or (cfg.slow_call_duration is not None and duration >= cfg.slow_call_duration)
                 )
-            if ticket.generation != self._generation:
+            if generation != self._generation:
                 outcome = DISCARDED
             elif outcome == IGNORED:
-                if ticket.state == STATE_HALF_OPEN:
+                if state == STATE_HALF_OPEN:
                     self._trials_admitted -= 1
             else:
-                self._apply(ticket.state, outcome, slow, exc)
+                self._apply(state, outcome, slow, exc)
             if self._bus.wants("breaker.call"):
                 calls, failures, slow_calls = self._window.totals()
                 self._bus.emit(
                     "breaker.call",
                     breaker=self.name,
-                    state=ticket.state,
+                    state=state,
                     outcome=outcome,
                     duration=duration,
                     slow=slow,
@@ -533,22 +611,29 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
 
     def call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call ``func(*args, **kwargs)`` if the breaker admits it, and record the result."""
-        ticket = self.admit()
+        generation, state = self._admit()
+        started = (
+            self._clock.now() if self.config.slow_call_duration is not None or self._bus.wants("breaker.call") else None
+        )
         for listener in self._listeners:
             self._safe(listener.before_call, self, func, *args, **kwargs)
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
-            if self.record(ticket, exc) == FAILURE and self.config.throw_new_error_on_trip and self._opened_by(ticket):
+            if (
+                self._record(generation, state, started, exc) == FAILURE
+                and self.config.throw_new_error_on_trip
+                and self._opened_by(generation)
+            ):
                 raise CircuitBreakerOpen(
                     f"circuit breaker {self.name!r} opened by this failure", breaker=self.name or ""
                 ) from exc
             raise
-        self.record(ticket, None)
+        self._record(generation, state, started, None)
         return result
 
-    def _opened_by(self, ticket: Ticket) -> bool:
-        return self._generation == ticket.generation + 1 and self._known == STATE_OPEN
+    def _opened_by(self, generation: int) -> bool:
+        return self._generation == generation + 1 and self._known == STATE_OPEN
 
     @contextlib.contextmanager
     def calling(self) -> Iterator[None]:

@@ -34,14 +34,16 @@ Example::
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import random
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar, Union
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..deadline import deadline
+from ..deadline import deadline_var
 from ..errors import ConfigurationError
 from ..events import EventBus, default_bus
 from .breaker import BreakerConfig, CircuitBreaker
@@ -50,11 +52,14 @@ from .bulkheads import Bulkhead, BulkheadConfig
 from .failovers import Failover, FailoverConfig
 from .fallbacks import Fallback, FallbackConfig, default_key
 from .hedging import Hedge, HedgeConfig
-from .idempotency import idempotency_key
+from .idempotency import enter_logical_request, exit_logical_request
 from .retrying import Retry, RetryConfig
-from .timeouts import TimeoutConfig, TimeoutPolicy, timeout_from_config
+from .timeouts import TimeoutConfig, TimeoutPolicy, timed_call, timeout_from_config
 
 __all__ = ["ResilienceConfiguration", "Resilient", "resilient"]
+
+_monotonic = time.monotonic  # SYSTEM_CLOCK.now(), one frame less on the hot path
+_DEADLINE = deadline_var()
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -186,16 +191,72 @@ class Resilient:
                 return protected()
             return self.fallback.run(protected, key=key, backup=backup, adapt=adapt)
 
-        def outer() -> T:
-            if self._overall is None:
-                return guarded()
-            with deadline(self._overall, clock=self.clock):
-                return guarded()
+        ktoken = enter_logical_request() if self.config.idempotency_keys else None
+        dtoken = self._enter_overall()
+        try:
+            return guarded()
+        finally:
+            if dtoken is not None:
+                _DEADLINE.reset(dtoken)
+            exit_logical_request(ktoken)
 
-        if not self.config.idempotency_keys:
-            return outer()
-        with idempotency_key():
-            return outer()
+    def _enter_overall(self) -> Optional[contextvars.Token[Optional[float]]]:
+        # The overall deadline of one logical request (never later than an outer one).
+        overall = self._overall
+        if overall is None:
+            return None
+        mine = self.clock.now() + overall
+        outer = _DEADLINE.get()
+        return _DEADLINE.set(mine) if outer is None or mine < outer else None
+
+    def _fast_wrapper(
+        self, func: Callable[..., Any], idempotent: Union[bool, Callable[..., bool]]
+    ) -> Callable[..., Any]:
+        # The composition without fallback, failover, hedging, bulkhead or an
+        # adaptive timeout (the defaults), with no closure made per call: key,
+        # overall deadline, breaker, retry, request timeout, the function.
+        breaker, retry_runner, policy = self.breaker, self.retry, self.timeout
+        keys = self.config.idempotency_keys
+        overall, clock = self._overall, self.clock
+        predicate = idempotent if callable(idempotent) else None
+        fixed = bool(idempotent)
+        leaf: Callable[..., Any]
+        if policy is not None:
+            # leaf(args, kwargs) runs one attempt under the request timeout.
+            leaf = functools.partial(timed_call, func, policy.seconds, clock, policy.error, policy._what)
+        else:
+
+            def leaf(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+                return func(*args, **kwargs)
+
+        protect = breaker.call if breaker is not None else None
+        run_retry = retry_runner.run_args if retry_runner is not None else None
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            idem = predicate(*args, **kwargs) if predicate is not None else fixed
+            ktoken = enter_logical_request() if keys else None
+            dtoken = None
+            if overall is not None:
+                mine = (_monotonic() if clock is SYSTEM_CLOCK else clock.now()) + overall
+                outer = _DEADLINE.get()
+                if outer is None or mine < outer:
+                    dtoken = _DEADLINE.set(mine)
+            try:
+                if run_retry is not None:
+                    if protect is not None:
+                        return protect(run_retry, leaf, idem, args, kwargs)
+                    return run_retry(leaf, idem, args, kwargs)
+                if protect is not None:
+                    return protect(leaf, args, kwargs)
+                return leaf(args, kwargs)
+            finally:
+                if dtoken is not None:
+                    _DEADLINE.reset(dtoken)
+                if ktoken is not None:
+                    exit_logical_request(ktoken)
+
+        return wrapper
 
     def decorate(self, func: F, *, idempotent: Union[bool, Callable[..., bool]] = False) -> F:
         """Wrap ``func``; ``idempotent`` may be a predicate on the call's arguments."""
@@ -205,6 +266,16 @@ class Resilient:
         keyfn = (fb.key or default_key) if fb is not None else None
         backup = fb.backup if fb is not None else None
         endpoint_arg = "endpoint" if self.failover is not None else None
+        if (
+            fb is None
+            and self.failover is None
+            and self.hedge is None
+            and self.bulkhead is None
+            and (self.timeout is None or self.timeout.adaptive is None)
+        ):
+            fast = self._fast_wrapper(func, idempotent)
+            fast.resilient = self  # type: ignore[attr-defined]
+            return fast  # type: ignore[return-value]
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:

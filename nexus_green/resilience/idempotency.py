@@ -24,14 +24,16 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import itertools
+import os
 import random
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Optional, TypeVar
+from typing import Any, Optional, TypeVar, Union
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import ConfigurationError, PolicyRejection
+from ..errors import ConfigurationError, IdempotencyInProgress
 
 __all__ = [
     "HEADER",
@@ -42,6 +44,8 @@ __all__ = [
     "idempotency_key",
     "idempotent",
     "new_idempotency_key",
+    "enter_logical_request",
+    "exit_logical_request",
 ]
 
 HEADER = "idempotency-key"
@@ -49,7 +53,22 @@ HEADER = "idempotency-key"
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
-_KEY: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("nexus_green_idempotency_key", default=None)
+# The key in force: a str, or an int standing for a key not yet spelled out
+# (made lazily from a per-process random prefix and a sequence number, so a
+# logical request whose key nobody reads costs no random bits and no formatting).
+_KEY: contextvars.ContextVar[Union[str, int, None]] = contextvars.ContextVar(
+    "nexus_green_idempotency_key", default=None
+)
+_SEQ = itertools.count(1)
+_PREFIX = [f"{random.getrandbits(64):016x}"]
+
+
+def _new_prefix() -> None:
+    _PREFIX[0] = f"{random.getrandbits(64):016x}"
+
+
+if hasattr(os, "register_at_fork"):  # a forked child must not repeat the parent's keys
+    os.register_at_fork(after_in_child=_new_prefix)
 
 
 def new_idempotency_key(rng: Optional[random.Random] = None) -> str:
@@ -68,7 +87,37 @@ def new_idempotency_key(rng: Optional[random.Random] = None) -> str:
 
 def current_idempotency_key() -> Optional[str]:
     """The idempotency key of the logical request in progress, or None."""
-    return _KEY.get()
+    key = _KEY.get()
+    if key.__class__ is int:
+        return f"{_PREFIX[0]}{key:016x}"
+    return key  # type: ignore[return-value]
+
+
+def enter_logical_request() -> Optional[contextvars.Token[Union[str, int, None]]]:
+    """Start a logical request unless one is in progress; pass the result to :func:`exit_logical_request`.
+
+    The fast form of ``with idempotency_key():`` for hot paths: the key is
+    spelled out only when someone reads it.
+
+    Example::
+
+        >>> token = enter_logical_request()
+        >>> k = current_idempotency_key(); len(k), k == current_idempotency_key()
+        (32, True)
+        >>> enter_logical_request() is None         # nested: the outer key stays
+        True
+        >>> exit_logical_request(token); current_idempotency_key() is None
+        True
+    """
+    if _KEY.get() is not None:
+        return None
+    return _KEY.set(next(_SEQ))
+
+
+def exit_logical_request(token: Optional[contextvars.Token[Union[str, int, None]]]) -> None:
+    """End the logical request started by :func:`enter_logical_request` (None: it was nested)."""
+    if token is not None:
+        _KEY.reset(token)
 
 
 class idempotency_key:  # noqa: N801 - used like a function: ``with idempotency_key():``
@@ -90,14 +139,13 @@ class idempotency_key:  # noqa: N801 - used like a function: ``with idempotency_
     def __init__(self, key: Optional[str] = None, *, rng: Optional[random.Random] = None) -> None:
         self._key = key
         self._rng = rng
-        self._token: Optional[contextvars.Token[Optional[str]]] = None
+        self._token: Optional[contextvars.Token[Union[str, int, None]]] = None
 
     def __enter__(self) -> str:
         key = self._key
         if key is None:
-            outer = _KEY.get()
-            if outer is not None:
-                return outer
+            if _KEY.get() is not None:
+                return current_idempotency_key()  # type: ignore[return-value]
             key = new_idempotency_key(self._rng)
         self._token = _KEY.set(key)
         return key
@@ -129,12 +177,6 @@ def idempotent(func: Optional[F] = None, *, rng: Optional[random.Random] = None)
         return wrapper  # type: ignore[return-value]
 
     return decorate(func) if func is not None else decorate
-
-
-class IdempotencyInProgress(PolicyRejection):
-    """A request with this idempotency key is still being processed; try again later."""
-
-    retryable = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

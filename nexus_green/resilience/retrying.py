@@ -312,34 +312,62 @@ class Retry:
         self._clock = clock
         self._bus = bus
 
-    def run(self, fn: Callable[[], T], *, idempotent: Optional[bool] = None) -> T:
-        """Call ``fn()`` until it succeeds or the policy, allowance or budget says stop."""
-        idem = self.config.idempotent if idempotent is None else idempotent
-        with retry_scope(self.budget, self.config.max_attempts - 1) as scope:
-            attempt = 1
+    def run(self, fn: Callable[..., T], *args: Any, idempotent: Optional[bool] = None) -> T:
+        """Call ``fn(*args)`` until it succeeds or the policy, allowance or budget says stop."""
+        return self.run_args(fn, idempotent, *args)
+
+    def run_args(self, fn: Callable[..., T], idempotent: Optional[bool], *args: Any) -> T:
+        """:meth:`run` with ``idempotent`` positional (no keyword dict per call on hot paths).
+
+        Example::
+
+            >>> from nexus_green.clock import FakeClock
+            >>> Retry(clock=FakeClock()).run_args(divmod, True, 7, 2)
+            (3, 1)
+        """
+        scope = _SCOPE.get()
+        token = None
+        if scope is None:
+            # The outermost layer of this logical request: open its scope.
+            budget = self.budget
+            scope = RetryScope(budget=budget, retries_left=self.config.max_attempts - 1)
+            if budget is not None:
+                budget.record_request()
+            token = _SCOPE.set(scope)
+        try:
+            attempt_timeout = self.config.attempt_timeout
+            if attempt_timeout is None:
+                try:
+                    return fn(*args)
+                except Exception as exc:
+                    self._after_failure(1, exc, idempotent, scope)
+            attempt = 1 if attempt_timeout is not None else 2
             while True:
                 try:
-                    if self.config.attempt_timeout is None:
-                        return fn()
-                    return run_with_timeout(fn, self.config.attempt_timeout, clock=self._clock, what="attempt")
+                    if attempt_timeout is None:
+                        return fn(*args)
+                    return run_with_timeout(fn, attempt_timeout, clock=self._clock, what="attempt", args=args)
                 except Exception as exc:
-                    decision = self.policy.decide(
-                        attempt=attempt, exc=exc, idempotent=idem, remaining=remaining(clock=self._clock)
-                    )
-                    refused = scope.take() if decision.retry else decision.reason
-                    if refused:
-                        if decision.retry:
-                            self._bus.emit("retry.gave_up", attempts=attempt, reason=refused, error=exc)
-                        if refused == "budget":
-                            raise RetryBudgetExhausted(
-                                f"retry budget exhausted after {attempt} attempt(s): {exc!r}"
-                            ) from exc
-                        raise
-                    self._bus.emit(
-                        "retry.attempt", attempt=attempt + 1, delay=decision.delay, error=exc, reason=decision.reason
-                    )
-                    self._clock.sleep(decision.delay)
+                    self._after_failure(attempt, exc, idempotent, scope)
                     attempt += 1
+        finally:
+            if token is not None:
+                _SCOPE.reset(token)
+
+    def _after_failure(self, attempt: int, exc: Exception, idempotent: Optional[bool], scope: RetryScope) -> None:
+        # Decide about a failed attempt: return after the backoff sleep to try
+        # again, or raise (the error itself, or RetryBudgetExhausted from it).
+        idem = self.config.idempotent if idempotent is None else idempotent
+        decision = self.policy.decide(attempt=attempt, exc=exc, idempotent=idem, remaining=remaining(clock=self._clock))
+        refused = scope.take() if decision.retry else decision.reason
+        if refused:
+            if decision.retry:
+                self._bus.emit("retry.gave_up", attempts=attempt, reason=refused, error=exc)
+            if refused == "budget":
+                raise RetryBudgetExhausted(f"retry budget exhausted after {attempt} attempt(s): {exc!r}") from exc
+            raise exc
+        self._bus.emit("retry.attempt", attempt=attempt + 1, delay=decision.delay, error=exc, reason=decision.reason)
+        self._clock.sleep(decision.delay)
 
     def __repr__(self) -> str:
         return f"<Retry max_attempts={self.config.max_attempts} budget={self.budget!r}>"
@@ -380,7 +408,9 @@ def retry(
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             idem = idempotent(*args, **kwargs) if callable(idempotent) else idempotent
-            return runner.run(lambda: func(*args, **kwargs), idempotent=idem)
+            if kwargs:
+                return runner.run(lambda: func(*args, **kwargs), idempotent=idem)
+            return runner.run(func, *args, idempotent=idem)
 
         wrapper.retry = runner  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]

@@ -3,12 +3,16 @@
 * Levels with defaults: connect 10 s (:class:`~nexus_green.errors.ConnectTimeout`),
   request 30 s (:class:`~nexus_green.errors.RequestTimeout`), overall 60 s
   (:class:`~nexus_green.errors.DeadlineExceeded`).
-* :func:`run_with_timeout` enforces a limit with a ``gevent.Timeout`` and
-  catches only its own instance (``gevent.Timeout`` is a BaseException, and
-  an outer one must pass through untouched). The limit is
-  ``min(own timeout, remaining overall deadline)`` and the call runs inside
-  :func:`nexus_green.deadline.deadline`, so nested calls and retries never
-  outlive it. When the outer deadline is what ran out, the error is
+* :func:`run_with_timeout` enforces a limit with a deadline armed on the
+  hub's :class:`~nexus_green.resilience.timerwheel.DeadlineScheduler` (one hub
+  timer for all calls instead of a ``gevent.Timeout`` each; on expiry the hub
+  throws an :class:`~nexus_green.resilience.timerwheel.Interrupt`, a
+  ``gevent.Timeout`` subclass, into the call) and catches only its own
+  Interrupt (a BaseException: an outer one, or anyone's ``gevent.Timeout``,
+  passes through untouched). The limit is
+  ``min(own timeout, remaining overall deadline)`` and the call runs with that
+  deadline in force (:mod:`nexus_green.deadline`), so nested calls and retries
+  never outlive it. When the outer deadline is what ran out, the error is
   DeadlineExceeded.
 * :class:`AdaptiveTimeout`: ``P95(recent latencies) * 2 + buffer`` clamped to
   [5 s, 300 s], from any :class:`LatencySource`; :class:`LatencyWindow` is the
@@ -32,16 +36,18 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol, TypeVar, runtime_checkable
 
-import gevent
+from gevent import get_hub
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..deadline import deadline, remaining
+from ..deadline import deadline_var
 from ..errors import ConfigurationError, ConnectTimeout, DeadlineExceeded, NexusTimeout, RequestTimeout
+from .timerwheel import SCHEDULER_ATTR, Interrupt, scheduler
 
 __all__ = [
     "LEVELS",
@@ -51,6 +57,7 @@ __all__ = [
     "AdaptiveTimeout",
     "TimeoutPolicy",
     "run_with_timeout",
+    "timed_call",
     "timeout",
     "timeout_from_config",
 ]
@@ -66,17 +73,27 @@ LEVELS: dict[str, tuple[float, type[NexusTimeout]]] = {
 }
 
 
+_NO_KWARGS: dict[str, Any] = {}
+_monotonic = time.monotonic  # SYSTEM_CLOCK.now(), one frame less on the hot path
+_DEADLINE = deadline_var()
+
+
 def run_with_timeout(
-    fn: Callable[[], T],
+    fn: Callable[..., T],
     seconds: Optional[float],
     *,
     clock: Clock = SYSTEM_CLOCK,
     error: type[NexusTimeout] = RequestTimeout,
     what: str = "call",
+    args: tuple[Any, ...] = (),
+    kwargs: Optional[dict[str, Any]] = None,
 ) -> T:
-    """Run ``fn()`` for at most ``min(seconds, remaining deadline)``; raise ``error`` on expiry.
+    """Run ``fn(*args, **kwargs)`` for at most ``min(seconds, remaining deadline)``; raise ``error`` on expiry.
 
-    ``seconds=None`` means only the deadline in force (if any) limits it.
+    ``seconds=None`` means only the deadline in force (if any) limits it. The
+    limit is armed on the hub's :class:`~nexus_green.resilience.timerwheel.DeadlineScheduler`
+    (two dict operations when the call finishes in time), and only our own
+    :class:`~nexus_green.resilience.timerwheel.Interrupt` is caught.
 
     Example::
 
@@ -87,28 +104,59 @@ def run_with_timeout(
         ...
         nexus_green.errors.DeadlineExceeded: call: overall deadline already passed
     """
-    left = remaining(clock=clock)
-    by_deadline = left is not None and (seconds is None or left <= seconds)
-    limit = left if by_deadline else seconds
-    if limit is None:
-        return fn()
+    return timed_call(fn, seconds, clock, error, what, args, kwargs or _NO_KWARGS)
+
+
+def timed_call(
+    fn: Callable[..., T],
+    seconds: Optional[float],
+    clock: Clock,
+    error: type[NexusTimeout],
+    what: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> T:
+    """:func:`run_with_timeout` with every argument positional (for ``functools.partial`` on hot paths).
+
+    Example::
+
+        >>> timed_call(divmod, 1.0, SYSTEM_CLOCK, RequestTimeout, "call", (7, 2), {})
+        (3, 1)
+    """
+    outer = _DEADLINE.get()
+    now = _monotonic() if clock is SYSTEM_CLOCK else clock.now()
+    if outer is None:
+        if seconds is None:
+            return fn(*args, **kwargs)
+        limit: float = seconds
+        by_deadline = False
+    else:
+        limit = outer - now
+        by_deadline = seconds is None or limit <= seconds
+        if not by_deadline:
+            limit = seconds  # type: ignore[assignment]
     if limit <= 0:
         if by_deadline:
             raise DeadlineExceeded(f"{what}: overall deadline already passed")
         raise error(f"{what}: timeout {limit}s leaves no time")
-    mine = gevent.Timeout(limit)
-    mine.start()
+    hub = get_hub()
+    sched = getattr(hub, SCHEDULER_ATTR, None) or scheduler()
+    mine = sched.arm(limit)
+    # The limit flows down (nested calls see it); when the outer deadline is
+    # the limit, it is already in force.
+    token = None if by_deadline else _DEADLINE.set(now + limit)
     try:
-        with deadline(limit, clock=clock):
-            return fn()
-    except gevent.Timeout as caught:
-        if caught is not mine:
+        return fn(*args, **kwargs)
+    except Interrupt as caught:
+        if caught.deadline is not mine:
             raise
         if by_deadline:
             raise DeadlineExceeded(f"{what}: overall deadline reached after {limit:.3f}s") from None
         raise error(f"{what} timed out after {limit:.3f}s") from None
     finally:
-        mine.close()
+        mine.cancel()
+        if token is not None:
+            _DEADLINE.reset(token)
 
 
 @runtime_checkable
@@ -336,24 +384,33 @@ class TimeoutPolicy:
         self.seconds = default if seconds is None else float(seconds)
         self.adaptive = adaptive
         self._clock = clock
+        self._what = f"{level} call"
 
     def current(self) -> float:
         """The limit a call started now gets."""
         return self.adaptive.current() if self.adaptive is not None else self.seconds
 
-    def run(self, fn: Callable[[], T], *, seconds: Optional[float] = None) -> T:
-        """Run ``fn()`` within ``seconds`` (default :meth:`current`) and the deadline in force."""
-        limit = self.current() if seconds is None else seconds
-        if self.adaptive is None:
-            return run_with_timeout(fn, limit, clock=self._clock, error=self.error, what=f"{self.level} call")
+    def run(self, fn: Callable[..., T], *args: Any, seconds: Optional[float] = None) -> T:
+        """Run ``fn(*args)`` within ``seconds`` (default :meth:`current`) and the deadline in force."""
+        adaptive = self.adaptive
+        if adaptive is None:
+            return run_with_timeout(
+                fn,
+                self.seconds if seconds is None else seconds,
+                clock=self._clock,
+                error=self.error,
+                what=self._what,
+                args=args,
+            )
+        limit = adaptive.current() if seconds is None else seconds
         started = self._clock.now()
         try:
-            result = run_with_timeout(fn, limit, clock=self._clock, error=self.error, what=f"{self.level} call")
+            result = run_with_timeout(fn, limit, clock=self._clock, error=self.error, what=self._what, args=args)
         except NexusTimeout:
             # A censored sample: the call took at least this long.
-            self.adaptive.record(self._clock.now() - started)
+            adaptive.record(self._clock.now() - started)
             raise
-        self.adaptive.record(self._clock.now() - started)
+        adaptive.record(self._clock.now() - started)
         return result
 
     def __repr__(self) -> str:
@@ -386,7 +443,11 @@ def timeout(
     def decorate(func: F) -> F:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return policy.run(lambda: func(*args, **kwargs))
+            if policy.adaptive is None:  # the common case, without the policy's layers
+                return timed_call(func, policy.seconds, clock, policy.error, policy._what, args, kwargs)
+            if kwargs:
+                return policy.run(lambda: func(*args, **kwargs))
+            return policy.run(func, *args)
 
         wrapper.timeout_policy = policy  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]

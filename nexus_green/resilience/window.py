@@ -11,6 +11,8 @@ Example::
     >>> clock = FakeClock()
     >>> w = BucketedCounts(window=10.0, width=1.0, fields=2, clock=clock)
     >>> w.add(0, 3); clock.advance(9.5); w.add(1)
+    3
+    1
     >>> w.totals()
     [3, 1]
     >>> clock.advance(1.0)      # the bucket of t=0 has left the window
@@ -21,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 from ..clock import SYSTEM_CLOCK, Clock
@@ -36,11 +39,11 @@ class BucketedCounts:
 
         >>> from nexus_green.clock import FakeClock
         >>> w = BucketedCounts(window=2.0, width=1.0, fields=1, clock=FakeClock())
-        >>> w.add(0); w.add(0); w.totals()
-        [2]
+        >>> w.add(0), w.add(0), w.totals()
+        (1, 2, [2])
     """
 
-    __slots__ = ("_clock", "_width", "_n", "_fields", "_last", "_counts", "_totals")
+    __slots__ = ("_clock", "_now", "_width", "_n", "_fields", "_last", "_idx", "_counts", "_totals")
 
     def __init__(self, *, window: float, width: float = 1.0, fields: int = 1, clock: Clock = SYSTEM_CLOCK) -> None:
         if not window > 0 or not width > 0 or width > window:
@@ -48,43 +51,53 @@ class BucketedCounts:
         if fields < 1:
             raise ConfigurationError(f"fields must be >= 1, got {fields}")
         self._clock = clock
+        # The system clock's now() is time.monotonic: call it directly (one frame less per call).
+        self._now = time.monotonic if clock is SYSTEM_CLOCK else clock.now
         self._width = float(width)
         self._n = int(math.ceil(window / width))
         self._fields = fields
         self._counts: list[list[int]] = [[0] * fields for _ in range(self._n)]
         self._totals: list[int] = [0] * fields
         self._last = int(clock.now() // self._width)
+        self._idx = self._last % self._n
 
     def _slot(self) -> int:
         # Running totals, kept O(1) per call: when time reaches new buckets,
         # the ring slots they reuse are subtracted from the totals and cleared.
-        b = int(self._clock.now() // self._width)
+        b = int(self._now() // self._width)
         last = self._last
-        if b > last:
-            if b - last >= self._n:
-                self.reset()
-            else:
-                totals = self._totals
-                for k in range(last + 1, b + 1):
-                    counts = self._counts[k % self._n]
-                    for f in range(self._fields):
-                        totals[f] -= counts[f]
-                        counts[f] = 0
-            self._last = b
-        return b % self._n
+        if b <= last:
+            return self._idx
+        if b - last >= self._n:
+            self.reset()
+        else:
+            totals = self._totals
+            for k in range(last + 1, b + 1):
+                counts = self._counts[k % self._n]
+                for f in range(self._fields):
+                    totals[f] -= counts[f]
+                    counts[f] = 0
+        self._last = b
+        self._idx = b % self._n
+        return self._idx
 
-    def add(self, field: int, n: int = 1) -> None:
-        """Add ``n`` to counter ``field`` in the bucket of the current time."""
+    def add(self, field: int, n: int = 1) -> int:
+        """Add ``n`` to counter ``field`` in the bucket of the current time; return its new total."""
         self._counts[self._slot()][field] += n
         self._totals[field] += n
+        return self._totals[field]
 
-    def add_all(self, deltas: Sequence[int]) -> None:
-        """Add ``deltas[k]`` to counter ``k``, for every counter, in one step."""
+    def add_all(self, deltas: Sequence[int]) -> Sequence[int]:
+        """Add ``deltas[k]`` to counter ``k``, for every counter, in one step; return the totals.
+
+        The totals returned are a read-only view, valid until the next change.
+        """
         counts = self._counts[self._slot()]
         totals = self._totals
         for k, n in enumerate(deltas):
             counts[k] += n
             totals[k] += n
+        return totals
 
     def totals(self) -> list[int]:
         """Each counter summed over the buckets still inside the window."""

@@ -23,6 +23,15 @@ decoded before the handler sees it, and the reply is compressed with the same
 codec. ``welcome=b"..."`` pushes a frame to every new connection.
 ``heartbeat_echo=False`` stops answering heartbeats (a server that hangs).
 
+``idempotency=IdempotencyGuard(...)`` (or ``True`` for a guard with the
+defaults: keys remembered 300 s) makes requests that carry the
+``idempotency-key`` header run at most once per key: the first request runs
+the handler, its reply is remembered, and a duplicate (a client's retry after
+a lost response) gets that reply again without running the handler. A
+duplicate that arrives while the first is still running is answered 503
+(retryable); a request whose handler failed or gave no reply is forgotten, so
+its retry runs again. ``replays`` counts the replies sent from the guard.
+
 Example::
 
     >>> from nexus_green import Client
@@ -58,6 +67,8 @@ from ..protocol.frames import (
     encode_frame,
     heartbeat_frame,
 )
+from ..resilience.idempotency import HEADER as IDEMPOTENCY_HEADER
+from ..resilience.idempotency import IdempotencyGuard
 
 __all__ = [
     "EmbeddedServer",
@@ -170,6 +181,7 @@ class EmbeddedServer:
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         tls: Any = None,
         handlers: Optional[dict[int, Handler]] = None,
+        idempotency: Union[IdempotencyGuard, bool, None] = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -185,6 +197,10 @@ class EmbeddedServer:
         self.heartbeats_received = 0
         self.protocol_errors = 0
         self.applied: dict[int, int] = {}
+        if idempotency is True:
+            idempotency = IdempotencyGuard()
+        self.guard: Optional[IdempotencyGuard] = idempotency if isinstance(idempotency, IdempotencyGuard) else None
+        self.replays = 0
         for fid, handler in (handlers or {}).items():
             self.register(fid, handler)
 
@@ -265,7 +281,7 @@ class EmbeddedServer:
             return None  # a response to one of our pushes: nothing to do
         self.applied[frame.fid] = self.applied.get(frame.fid, 0) + 1
         handler = self._handlers.get(frame.fid)
-        if handler is None and frame.fid in (0, FID_ECHO) and not frame.tp & _CODEC:
+        if handler is None and frame.fid in (0, FID_ECHO) and not frame.tp & _CODEC and self._unguarded(frame):
             # Fast path for the benchmark peer: echo inline, no greenlet.
             conn.queue(encode_frame(Frame(qid=frame.qid, fid=frame.fid, code=200, res=1, body=frame.body)))
             return None
@@ -276,7 +292,38 @@ class EmbeddedServer:
         task.link(lambda g: conn.tasks.remove(g) if g in conn.tasks else None)
         return None
 
+    def _unguarded(self, frame: Frame) -> bool:
+        return self.guard is None or IDEMPOTENCY_HEADER not in frame.headers
+
     def _run_handler(self, conn: _Conn, frame: Frame, handler: Optional[Handler]) -> None:
+        key = frame.headers.get(IDEMPOTENCY_HEADER) if self.guard is not None else None
+        if key is None:
+            self._respond(conn, frame, self._result(conn, frame, handler))
+            return
+        guard = self.guard
+        assert guard is not None
+        decision = guard.begin(key)
+        if decision.action == "replay":
+            self.replays += 1
+            self._respond(conn, frame, decision.result)
+            return
+        if decision.action == "in_progress":
+            self._respond(conn, frame, Reply(b"request with this idempotency key is in progress", code=503))
+            return
+        result: Any = None
+        try:
+            result = self._result(conn, frame, handler)
+        finally:
+            if isinstance(result, bytes) or (isinstance(result, Reply) and result.code < 500):
+                guard.complete(key, result)
+            else:
+                # No reply to replay (none given, the handler was killed, or
+                # it failed with a 5xx): forget the key, so a retry runs again.
+                guard.abandon(key)
+        self._respond(conn, frame, result)
+
+    def _result(self, conn: _Conn, frame: Frame, handler: Optional[Handler]) -> Any:
+        # Run the handler (or a built-in): its result, or a Reply for an error.
         codec_bits = frame.tp & _CODEC
         body = frame.body
         try:
@@ -291,6 +338,10 @@ class EmbeddedServer:
         except Exception as exc:  # a handler bug becomes a 500, as a real server would answer
             log.exception("handler for fid=%d failed", frame.fid)
             result = Reply(f"{type(exc).__name__}: {exc}".encode(), code=500)
+        return result
+
+    def _respond(self, conn: _Conn, frame: Frame, result: Any) -> None:
+        codec_bits = frame.tp & _CODEC
         if result is None or result is _NO_REPLY:
             return
         if result is _CLOSE:
@@ -365,14 +416,17 @@ class EmbeddedServer:
         return self.url
 
     def info(self) -> dict[str, Any]:
-        """Figures: connections, frames, heartbeats, protocol errors."""
-        return {
+        """Figures: connections, frames, heartbeats, protocol errors (and replays, with a guard)."""
+        figures: dict[str, Any] = {
             "connections_accepted": self.connections_accepted,
             "connections_active": len(self._conns),
             "frames_received": self.frames_received,
             "heartbeats_received": self.heartbeats_received,
             "protocol_errors": self.protocol_errors,
         }
+        if self.guard is not None:
+            figures["idempotent_replays"] = self.replays
+        return figures
 
     def __enter__(self) -> EmbeddedServer:
         return self.start()
