@@ -17,6 +17,8 @@ BENCHES = [
     ["bench_resilience.py"],
     ["bench_cache.py"],
     ["bench_compression.py"],
+    ["bench_compression_e2e.py", "--seconds", "3"],
+    ["bench_pipeline.py", "--seconds", "3", "--rounds", "3"],
     ["bench_monitoring_memory.py"],
 ]
 

@@ -217,3 +217,23 @@ def test_delay_and_concurrency_with_pool_growth(server: EmbeddedServer) -> None:
         gs = [gevent.spawn(c.request, b"0.05", FID_DELAY) for _ in range(6)]
         gevent.joinall(gs, timeout=5, raise_error=True)
         assert c.stats()["size"] == 3
+
+
+def test_compressed_and_corrupt_pushes() -> None:
+    from nexus_green.protocol.frames import Frame, encode_frame
+
+    server = EmbeddedServer()
+
+    def push_two(frame: Any) -> bytes:
+        codec = get_codec("zstd")
+        conn = server._conns[0]
+        conn.queue(encode_frame(Frame(qid=0, fid=9, tp=codec.tp_bits, body=codec.compress(b"zipped push"))))
+        conn.queue(encode_frame(Frame(qid=0, fid=9, tp=codec.tp_bits, body=b"not zstd at all")))
+        return b"sent"
+
+    server.register(70, push_two)
+    with server, client_for(server) as c:
+        assert c.request(b"", fid=70).body == b"sent"
+        assert [p.body for p in c.pushes(timeout=0.3)] == [b"zipped push"]
+        assert c.stats()["push_errors"] == 1
+        assert c.request(b"still", fid=1).body == b"still"

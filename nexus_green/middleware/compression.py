@@ -45,7 +45,7 @@ import zstandard
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import CompressionError, ConfigurationError
 from ..events import EventBus, default_bus
-from ..protocol.compression import CODECS, decompress_body, get_codec
+from ..protocol.compression import CODECS, ContextPool, decompress_body, get_codec
 from ..protocol.frames import DEFAULT_MAX_FRAME_SIZE, TP_CODEC_MASK, TP_GZIP
 from ..protocol.messages import Request, Response
 from .offload import DEFAULT_OFFLOAD_THRESHOLD, run_off_hub
@@ -306,7 +306,7 @@ class ZstdDictionary:
         (7, True, True)
     """
 
-    __slots__ = ("_dict", "dict_id")
+    __slots__ = ("_dict", "dict_id", "_compressors", "_decompressors")
 
     def __init__(self, data: bytes) -> None:
         try:
@@ -317,6 +317,12 @@ class ZstdDictionary:
         self.dict_id = self._dict.dict_id()
         if self.dict_id == 0:
             raise ConfigurationError("zstd dictionary has id 0; train it with a dict_id so receivers can find it")
+        # Contexts are reused (building one with a dictionary costs tens of us) but never shared:
+        # offloaded calls run in real threads (see ContextPool).
+        self._compressors: dict[int, ContextPool[zstandard.ZstdCompressor]] = {}
+        self._decompressors: ContextPool[zstandard.ZstdDecompressor] = ContextPool(
+            lambda: zstandard.ZstdDecompressor(dict_data=self._dict), max_free=8
+        )
 
     @classmethod
     def train(cls, samples: Iterable[bytes], *, size: int = 16 * 1024, dict_id: int = 0) -> ZstdDictionary:
@@ -338,9 +344,16 @@ class ZstdDictionary:
 
     def compress(self, data: bytes, level: str = "balanced") -> bytes:
         """A zstd frame of ``data`` made with this dictionary (the frame names its id)."""
-        # A ZstdCompressor is not thread-safe and offloaded calls may overlap: one per call.
-        comp = zstandard.ZstdCompressor(level=CODECS["zstd"].level(level), dict_data=self._dict)
-        return bytes(comp.compress(bytes(data)))
+        n = CODECS["zstd"].level(level)
+        pool = self._compressors.get(n)
+        if pool is None:
+            pool = self._compressors.setdefault(
+                n, ContextPool(lambda: zstandard.ZstdCompressor(level=n, dict_data=self._dict))
+            )
+        comp = pool.take()
+        out = bytes(comp.compress(bytes(data)))
+        pool.give(comp, size=len(data))
+        return out
 
     def decompress(self, data: bytes, max_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
         """Undo :meth:`compress`, refusing output above ``max_size`` bytes."""
@@ -350,8 +363,9 @@ class ZstdDictionary:
             raise CompressionError(f"corrupt zstd body ({len(data)} bytes): {exc}") from exc
         if declared > max_size:
             raise CompressionError(f"zstd body expands beyond max_size {max_size} bytes")
+        dctx = self._decompressors.take()
         try:
-            d = zstandard.ZstdDecompressor(dict_data=self._dict).decompressobj()
+            d = dctx.decompressobj()
             parts = []
             total = 0
             for i in range(0, len(data), 16384):
@@ -366,6 +380,7 @@ class ZstdDictionary:
             ) from exc
         if not d.eof:
             raise CompressionError(f"truncated zstd body ({len(data)} bytes)")
+        self._decompressors.give(dctx, size=total)
         return b"".join(parts)
 
     def __repr__(self) -> str:
@@ -561,8 +576,11 @@ class CompressionMiddleware:
         body = request.body
         size = len(body)
         self._messages += 1
-        if not size or request.context.get("tp", 0) & (TP_GZIP | TP_CODEC_MASK):
+        ctx = request.context
+        if not size or ctx.get("tp", 0) & (TP_GZIP | TP_CODEC_MASK):
             return self._skip(request, call_next, size)  # empty, or compressed by someone already
+        if size < self.min_size and self.dictionary is None and ctx.get("compression") is None:
+            return self._skip(request, call_next, size)  # small: what choose() says, without building a choice
         choice = self.choose(request)
         use_dict = self.dictionary is not None and (
             choice.algorithm == "zstd"

@@ -144,3 +144,17 @@ def test_middleware_may_short_circuit_and_see_errors() -> None:
     assert Pipeline([Answer()]).wrap(boom)(Request()).body == b"local"
     with pytest.raises(RuntimeError, match="wire down"):
         Pipeline([Pipeline.identity()]).wrap(boom)(Request())
+
+
+def test_plain_functions_and_bound_call_are_both_middlewares() -> None:
+    log: list = []
+
+    def stamp(request: Request, call_next):  # type: ignore[no-untyped-def]
+        log.append("stamp")
+        return call_next(request.with_headers({"x": "1"}))
+
+    stamp.name = "stamp"  # type: ignore[attr-defined]
+    stamp.order = 120  # type: ignore[attr-defined]
+    handler = Pipeline([Rec("rec", log, order=130), stamp]).wrap(lambda r: Response(body=r.headers["x"].encode()))  # type: ignore[list-item]
+    assert handler(Request()).body == b"1"
+    assert log == ["stamp", "rec", "/rec"]
