@@ -26,6 +26,7 @@ from .errors import (
     DeadlineExceeded,
     DNSError,
     HeartbeatTimeout,
+    IdempotencyInProgress,
     InvalidURL,
     LocalProtocolError,
     NetworkError,
@@ -44,7 +45,20 @@ from .errors import (
     UsageError,
 )
 from .events import Event, EventBus, default_bus
+from .middleware import Pipeline, cached, rate_limited
+from .monitoring import MonitoringConfiguration, PerformanceMonitor, counted, timed
 from .protocol import Frame, Request, Response
+from .resilience import (
+    ResilienceConfiguration,
+    bulkhead,
+    circuit_breaker,
+    failover,
+    fallback,
+    hedge,
+    resilient,
+    retry,
+    timeout,
+)
 
 __version__ = "0.1.0"
 
@@ -76,6 +90,7 @@ __all__ = [
     "ConnectionRefused",
     "ConnectionLost",
     "HeartbeatTimeout",
+    "IdempotencyInProgress",
     "TLSError",
     "ProtocolError",
     "LocalProtocolError",
@@ -93,5 +108,21 @@ __all__ = [
     "ConfigurationError",
     "ClientClosed",
     "ConnectionClosed",
+    "Pipeline",
+    "cached",
+    "rate_limited",
+    "PerformanceMonitor",
+    "MonitoringConfiguration",
+    "timed",
+    "counted",
+    "ResilienceConfiguration",
+    "resilient",
+    "circuit_breaker",
+    "retry",
+    "timeout",
+    "bulkhead",
+    "fallback",
+    "failover",
+    "hedge",
     "__version__",
 ]
