@@ -25,7 +25,7 @@ from gevent.queue import Empty, Full, Queue
 from .clock import SYSTEM_CLOCK, Clock
 from .connection.connection import ConnectionOptions
 from .connection.pool import ConnectionPool
-from .deadline import effective_timeout
+from .deadline import deadline_var, effective_timeout
 from .errors import ClientClosed, CompressionError, ConfigurationError, DeadlineExceeded, RemoteError
 from .events import EventBus, default_bus
 from .middleware.compression import DictionaryRegistry
@@ -36,6 +36,8 @@ from .protocol.messages import Request, Response
 from .transport.endpoint import Endpoint
 
 __all__ = ["Client"]
+
+_DEADLINE = deadline_var()
 
 log = logging.getLogger("nexus_green.client")
 
@@ -201,9 +203,11 @@ class Client:
     ) -> Response:
         if self._closed:
             raise ClientClosed(f"client for {self.endpoint} is closed")
-        limit = effective_timeout(self.timeout if timeout is None else timeout, clock=self.clock)
-        if limit is not None and limit <= 0:
-            raise DeadlineExceeded(f"request fid={fid} to {self.endpoint}: overall deadline already passed")
+        limit = self.timeout if timeout is None else timeout
+        if _DEADLINE.get() is not None:  # an outer deadline() or @timeout caps this request
+            limit = effective_timeout(limit, clock=self.clock)
+            if limit is not None and limit <= 0:
+                raise DeadlineExceeded(f"request fid={fid} to {self.endpoint}: overall deadline already passed")
         pool = self.pool
         conn = pool.acquire()
         try:

@@ -146,6 +146,11 @@ class ConnectionPool:
         if self._closed:
             raise ClientClosed(f"pool for {self.endpoint} is closed")
         self.checkouts += 1
+        conns = self._conns
+        if len(conns) == 1:  # the common case, without the loop
+            conn = conns[0]
+            if conn.connected and len(conn._pending) < self.max_in_flight:
+                return conn
         best = self._pick()
         if best is not None:
             return best
@@ -155,7 +160,7 @@ class ConnectionPool:
         best: Optional[Connection] = None
         best_load = self.max_in_flight
         for conn in self._conns:
-            if conn.lifecycle.state == CONNECTED:
+            if conn.connected:
                 load = len(conn._pending)
                 if load < best_load:
                     best, best_load = conn, load

@@ -188,6 +188,8 @@ def encode_request(qid: int, fid: int, body: bytes, *, tp: int = 0, header_block
         True
     """
     try:
+        if not header_block:
+            return _PREFIX.pack(HEADER_SIZE + len(body), TAG, VERSION, tp, 0, qid, fid, 0, 0) + body
         return (
             _PREFIX.pack(
                 HEADER_SIZE + len(header_block) + len(body), TAG, VERSION, tp, 0, qid, fid, 0, len(header_block)

@@ -91,10 +91,14 @@ class Stream:
         True
     """
 
-    __slots__ = ("_sock", "label", "bytes_sent", "bytes_received")
+    __slots__ = ("_sock", "_raw", "label", "bytes_sent", "bytes_received")
 
     def __init__(self, sock: Any, label: str) -> None:
         self._sock = sock
+        # The OS socket under a plain gevent socket, for try_send(); None for
+        # TLS, where a partial non-blocking write must be retried with the
+        # same buffer and is left to sendall.
+        self._raw = getattr(sock, "_sock", None) if type(sock) is gsocket.socket else None
         self.label = label
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -132,6 +136,24 @@ class Stream:
         self.bytes_received += len(data)
         return data
 
+    def try_send(self, data: bytes) -> int:
+        """Write what the kernel takes right now, never blocking; returns the byte count.
+
+        0 when the socket buffer is full, and always 0 for TLS streams. It
+        cannot yield, so no timeout can interrupt it half-way.
+        """
+        raw = self._raw
+        if raw is None or self._sock is None:
+            return 0
+        try:
+            n: int = raw.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            raise map_os_error(exc, f"send to {self.label}") from exc
+        self.bytes_sent += n
+        return n
+
     def sendall(self, data: bytes | bytearray | memoryview) -> None:
         """Write all of ``data`` (cooperatively)."""
         sock = self._sock
@@ -146,6 +168,7 @@ class Stream:
     def close(self) -> None:
         """Close the socket (idempotent). Any greenlet blocked in recv wakes up."""
         sock, self._sock = self._sock, None
+        self._raw = None
         if sock is not None:
             try:
                 sock.shutdown(_stdsocket.SHUT_RDWR)
@@ -157,6 +180,7 @@ class Stream:
         """Forget the socket without shutting it down (a forked child must not
         disturb the parent's connection); the descriptor is closed."""
         sock, self._sock = self._sock, None
+        self._raw = None
         if sock is not None:
             sock.close()
 

@@ -453,3 +453,86 @@ def test_io_stats_are_exact_and_flushed_on_close(server: EmbeddedServer) -> None
     quiet = Connection(server.url, options=opts()).connect()
     quiet.flush_stats()  # nobody listens on default_bus for io.stats: a no-op
     quiet.close()
+
+
+def _hammer(conn: Connection, n: int, concurrency: int) -> list[bytes]:
+    out: list[bytes] = []
+
+    def worker(k: int) -> None:
+        for i in range(n // concurrency):
+            out.append(conn.request(b"%d-%d" % (k, i), fid=1, timeout=5).body)
+
+    gevent.joinall([gevent.spawn(worker, k) for k in range(concurrency)], timeout=20, raise_error=True)
+    return out
+
+
+def test_callers_flush_full_batches_eagerly_and_responses_stay_matched(
+    server: EmbeddedServer, monkeypatch: Any
+) -> None:
+    from nexus_green.transport.stream import Stream
+
+    calls: list[int] = []
+    real = Stream.try_send
+
+    def counting(self: Stream, data: bytes) -> int:
+        calls.append(len(data))
+        return real(self, data)
+
+    monkeypatch.setattr(Stream, "try_send", counting)
+    with Connection(server.url, options=opts()) as conn:
+        assert conn._flush_at > 10**6  # no eager flush before the first tuning
+        out = _hammer(conn, 4096, 64)
+        assert sorted(out) == sorted(b"%d-%d" % (k, i) for k in range(64) for i in range(64))
+        assert conn._flush_at >= 16
+        assert calls, "no caller ever flushed eagerly"
+
+
+@pytest.mark.parametrize("mode", ["partial", "full-buffer", "error"])
+def test_what_an_eager_flush_does_not_send_the_writer_sends_in_order(
+    server: EmbeddedServer, monkeypatch: Any, mode: str
+) -> None:
+    from nexus_green.errors import ConnectionLost as Lost
+    from nexus_green.transport.stream import Stream
+
+    real = Stream.try_send
+
+    def limited(self: Stream, data: bytes) -> int:
+        if mode == "partial":
+            return real(self, data[: len(data) // 2 + 3])  # cut inside a frame
+        if mode == "full-buffer":
+            return 0
+        raise Lost("pretend the kernel refused")
+
+    monkeypatch.setattr(Stream, "try_send", limited)
+    with Connection(server.url, options=opts()) as conn:
+        conn._flush_at = 16
+        out = _hammer(conn, 2048, 64)
+        assert len(out) == 2048 and len(set(out)) == 2048
+        assert conn.state == "connected"
+
+
+def test_try_send_on_plain_tls_closed_and_full_streams() -> None:
+    import socket as std
+
+    from gevent import socket as gsock
+
+    from nexus_green.transport.stream import Stream
+
+    a, b = gsock.socketpair()
+    s = Stream(a, "pair")
+    assert s.try_send(b"hello") == 5 and b.recv(5) == b"hello"
+    a.setsockopt(std.SOL_SOCKET, std.SO_SNDBUF, 4096)
+    sent = 0
+    while True:  # fill the socket buffer: the kernel takes nothing more
+        n = s.try_send(b"x" * 65536)
+        if n == 0:
+            break
+        sent += n
+    assert sent > 0
+    b.close()
+    with pytest.raises(ConnectionLost):
+        for _ in range(100):
+            s.try_send(b"y" * 65536)  # the peer is gone: EPIPE or reset, mapped
+    s.close()
+    assert s.try_send(b"z") == 0  # closed
+    assert Stream(object(), "not a gevent socket").try_send(b"z") == 0  # e.g. TLS: left to sendall
