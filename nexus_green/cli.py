@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -47,16 +48,17 @@ def _serve(args: argparse.Namespace) -> int:
 
     server = EmbeddedServer(args.host, args.port, welcome=args.welcome.encode() if args.welcome else None)
     server.start()
+    stop = Event()
+    # Ctrl-C through a libev signal watcher: a KeyboardInterrupt raised by
+    # Python's own handler waits for bytecode to run, and an idle hub sits in
+    # epoll_wait, so the process could ignore SIGINT. SIGTERM keeps its default.
+    on_sigint = gevent.signal_handler(signal.SIGINT, stop.set)
     print(f"listening on {server.host}:{server.port}", flush=True)
     try:
-        if args.duration:
-            gevent.sleep(args.duration)
-        else:
-            # Not gevent.wait(): that only works from the main greenlet, and main() may run in any.
-            Event().wait()
-    except KeyboardInterrupt:  # pragma: no cover - interactive use
-        pass
+        # Not gevent.wait(): that only works from the main greenlet, and main() may run in any.
+        stop.wait(args.duration or None)
     finally:
+        on_sigint.cancel()
         server.stop()
     return 0
 
