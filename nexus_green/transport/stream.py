@@ -112,18 +112,6 @@ class Stream:
         """The OS descriptor, -1 when closed."""
         return -1 if self._sock is None else self._sock.fileno()
 
-    def recv_into(self, buf: bytearray | memoryview) -> int:
-        """Read into ``buf``; 0 means the peer closed. Blocks only this greenlet."""
-        sock = self._sock
-        if sock is None:
-            raise ConnectionLost(f"recv on closed stream to {self.label}")
-        try:
-            n: int = sock.recv_into(buf)
-        except OSError as exc:
-            raise map_os_error(exc, f"recv from {self.label}") from exc
-        self.bytes_received += n
-        return n
-
     def recv(self, bufsize: int) -> bytes:
         """Read up to ``bufsize`` bytes; ``b""`` means the peer closed."""
         sock = self._sock
