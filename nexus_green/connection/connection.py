@@ -471,7 +471,9 @@ class Connection:
             self.lifecycle.fire("retry")
             try:
                 self._open()
-            except NexusError as exc:
+            except Exception as exc:  # NexusError from the network; anything else is a bug, logged
+                if not isinstance(exc, NexusError):
+                    log.exception("%s: unexpected error while reconnecting", self.conn_id)
                 self.last_error = exc
                 self.bus.emit("reconnect.failed", conn_id=self.conn_id, attempt=attempt, error=exc)
                 if self.lifecycle.state == CONNECTING:

@@ -536,3 +536,22 @@ def test_try_send_on_plain_tls_closed_and_full_streams() -> None:
     s.close()
     assert s.try_send(b"z") == 0  # closed
     assert Stream(object(), "not a gevent socket").try_send(b"z") == 0  # e.g. TLS: left to sendall
+
+
+def test_a_bug_while_reconnecting_is_retried_not_fatal(server: EmbeddedServer, monkeypatch: Any) -> None:
+    with Connection(server.url, options=opts(reconnect=FixedInterval(0.01))) as conn:
+        conn.request(b"a", fid=1)
+        real_open = conn._open
+        calls: list[int] = []
+
+        def flaky_open() -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("bug on the first reconnect attempt")
+            real_open()
+
+        monkeypatch.setattr(conn, "_open", flaky_open)
+        server.drop_connections()
+        assert _settle(lambda: conn.state != "connected")
+        assert conn.request(b"b", fid=1, timeout=5).body == b"b"
+        assert len(calls) >= 2 and conn.reconnects == 1
