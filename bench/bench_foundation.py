@@ -209,6 +209,37 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def run_rounds(script: str, variants: list[str], seconds: float, rounds: int) -> dict[str, list[dict[str, Any]]]:
+    """Run ``script --child VARIANT`` for every variant, ``rounds`` times interleaved, against one echo peer.
+
+    Each child prints one JSON line of results; ``server_cpu`` (the peer's CPU
+    share during that child) is added so a run can show the peer was not the
+    bottleneck. Shared by every client-side comparison in bench/.
+    """
+    peer = subprocess.Popen([sys.executable, str(HERE / "echo_peer.py")], stdout=subprocess.PIPE, text=True)
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    try:
+        assert peer.stdout is not None
+        port = int(peer.stdout.readline().rsplit(":", 1)[1])
+        for _ in range(rounds):
+            for variant in variants:
+                cpu0, t0 = cpu_seconds(peer.pid), time.perf_counter()
+                out = subprocess.run(
+                    [sys.executable, script, "--child", variant, "--port", str(port), "--seconds", str(seconds)],
+                    capture_output=True,
+                    text=True,
+                    timeout=seconds * 10 + 60,
+                    check=True,
+                )
+                res = json.loads(out.stdout.strip().splitlines()[-1])
+                res["server_cpu"] = (cpu_seconds(peer.pid) - cpu0) / (time.perf_counter() - t0)
+                runs[variant].append(res)
+    finally:
+        peer.terminate()
+        peer.wait(10)
+    return runs
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5.0)
@@ -220,33 +251,7 @@ def main() -> int:
         child(args.child, args.port, args.seconds)
         return 0
 
-    server = subprocess.Popen(
-        [sys.executable, str(HERE / "echo_peer.py")],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        line = server.stdout.readline()
-        port = int(line.rsplit(":", 1)[1])
-        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in WORKLOADS}
-        for _ in range(args.rounds):
-            for name in WORKLOADS:
-                cpu0, t0 = cpu_seconds(server.pid), time.perf_counter()
-                out = subprocess.run(
-                    [sys.executable, __file__, "--child", name, "--port", str(port), "--seconds", str(args.seconds)],
-                    capture_output=True,
-                    text=True,
-                    timeout=args.seconds * 10 + 60,
-                    check=True,
-                )
-                res = json.loads(out.stdout.strip().splitlines()[-1])
-                res["server_cpu"] = (cpu_seconds(server.pid) - cpu0) / (time.perf_counter() - t0)
-                runs[name].append(res)
-    finally:
-        server.terminate()
-        server.wait(10)
-
+    runs = run_rounds(__file__, list(WORKLOADS), args.seconds, args.rounds)
     best = {k: max(v, key=lambda r: r["rps"]) for k, v in runs.items()}
     print(f"\nFoundation benchmark: {CONCURRENCY} concurrent workers, 64-byte echo, {args.seconds:.0f}s per run\n")
     print(f"{'workload':44} {'req/s':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'peer CPU':>9}")

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -64,27 +62,7 @@ def main() -> int:
     if args.child:
         child(args.child, args.port, args.seconds)
         return 0
-    peer = subprocess.Popen([sys.executable, str(HERE / "echo_peer.py")], stdout=subprocess.PIPE, text=True)
-    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
-    try:
-        assert peer.stdout is not None
-        port = int(peer.stdout.readline().rsplit(":", 1)[1])
-        for _ in range(args.rounds):
-            for v in VARIANTS:
-                cpu0, t0 = bf.cpu_seconds(peer.pid), time.perf_counter()
-                out = subprocess.run(
-                    [sys.executable, __file__, "--child", v, "--port", str(port), "--seconds", str(args.seconds)],
-                    capture_output=True,
-                    text=True,
-                    timeout=args.seconds * 10 + 60,
-                    check=True,
-                )
-                res = json.loads(out.stdout.strip().splitlines()[-1])
-                res["peer_cpu"] = (bf.cpu_seconds(peer.pid) - cpu0) / (time.perf_counter() - t0)
-                runs[v].append(res)
-    finally:
-        peer.terminate()
-        peer.wait(10)
+    runs = bf.run_rounds(__file__, list(VARIANTS), args.seconds, args.rounds)
     best = {v: max(r, key=lambda x: x["rps"]) for v, r in runs.items()}
     print(
         f"\nMonitoring overhead: Client workload, 50 greenlets, {args.seconds:.0f}s x {args.rounds} rounds (best kept)\n"
@@ -97,7 +75,7 @@ def main() -> int:
     for v, r in best.items():
         print(
             f"{v:12} {r['rps']:>10,.0f} {r['p50']:>8.3f} {r['p95']:>8.3f} {r['rps'] / base - 1:>+8.1%}"
-            f" {cpu[v]:>11.2f} {cpu[v] / cpu['off'] - 1:>+8.1%} {r['peer_cpu']:>8.0%}"
+            f" {cpu[v]:>11.2f} {cpu[v] / cpu['off'] - 1:>+8.1%} {r['server_cpu']:>8.0%}"
         )
     for v in ("on-1.0", "on-default"):
         r = best[v]
