@@ -344,6 +344,9 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
         self._trial_failures = 0
         # pybreaker's in-memory storage: the fast path may reset its counter directly.
         self._plain_storage = type(self._state_storage) is CircuitMemoryStorage
+        # admit_closed()'s answer to "may a call skip the duration and the events?", per bus version.
+        self._fast_version = -1
+        self._fast_ok = False
         self._ready = True
 
     # --- pure decisions -------------------------------------------------------------
@@ -407,7 +410,6 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
         if new not in (STATE_CLOSED, STATE_OPEN, STATE_HALF_OPEN):
             raise ValueError(f"unknown circuit breaker state {new!r}")
         old, old_obj = self._known, self._state
-        self._generation += 1
         self._trials_admitted = 0
         self._trial_failures = 0
         open_for: Optional[float] = None
@@ -433,6 +435,11 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
         if write:
             storage.state = new
         self._known = new
+        # The generation changes only after the new state is in place: a
+        # lock-free admission (:meth:`admit_closed`) that reads the generation
+        # and then sees 'closed' was admitted either in that generation or
+        # in a stale one whose result is discarded, never in a mixed state.
+        self._generation += 1
         new_obj = self._create_new_state(new, prev_state=old_obj, notify=False)
         self._state = new_obj
         for listener in self._listeners:
@@ -454,19 +461,52 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
             log.exception("circuit breaker %s: listener %r failed", self.name, fn)
 
     # --- admission and recording ----------------------------------------------------
+    def admit_closed(self) -> int:
+        """The lock-free admission of the fault-free case: the generation, or -1 to take :meth:`admit`.
+
+        It admits only when the breaker is closed in pybreaker's in-memory
+        storage and nobody needs the call's duration or outcome (no listener,
+        no ``slow_call_duration``, no ``breaker.call`` subscriber): then a
+        closed success is recorded with :meth:`record_closed_success`.
+
+        No lock is needed because admission only *reads*: within one thread a
+        gevent section without a yield is atomic, and against another thread
+        the two reads are ordered so that a racing state change (see
+        ``_enter``: the generation changes last) can only make this call's
+        result stale, that is, discarded when it is recorded under the lock.
+
+        Example::
+
+            >>> cb = CircuitBreaker(name="x", bus=EventBus())
+            >>> g = cb.admit_closed(); g == cb.generation
+            True
+            >>> cb.record_closed_success(g), cb.figures().calls
+            (True, 1)
+            >>> cb.open(); cb.admit_closed()
+            False
+            -1
+        """
+        if self._fast_version != self._bus.version:
+            self._fast_version = self._bus.version
+            self._fast_ok = (
+                self._plain_storage and self.config.slow_call_duration is None and not self._bus.wants("breaker.call")
+            )
+        generation = self._generation
+        if (
+            self._fast_ok
+            and not self._listeners
+            and self._known == STATE_CLOSED
+            and self._state_storage._state == STATE_CLOSED  # type: ignore[attr-defined]
+        ):
+            return generation
+        return -1
+
     def _admit(self) -> tuple[int, str]:
         # Admission under the lock: (generation, state) of an admitted call.
+        generation = self._generation  # lock-free when closed: see admit_closed
+        if self._known == STATE_CLOSED and self._plain_storage and self._state_storage._state == STATE_CLOSED:  # type: ignore[attr-defined]
+            return generation, STATE_CLOSED
         lock: _GreenRLock = self._lock  # type: ignore[assignment]
-        me = getcurrent()
-        if lock._owner is not me:  # the common case, inlined: one semaphore acquire
-            lock._sem.acquire()
-            lock._owner = me
-            try:
-                if self._known == STATE_CLOSED and self._state_storage.state == STATE_CLOSED:
-                    return self._generation, STATE_CLOSED
-            finally:
-                lock._owner = None
-                lock._sem.release()
         with lock:
             state = self._sync()
             if state == STATE_CLOSED:
@@ -494,26 +534,15 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
         # Recording under the lock. ``started`` is None when nobody needs the
         # duration (no slow_call_duration, no breaker.call subscriber).
         cfg = self.config
-        if exc is None and started is None and state == STATE_CLOSED and self._plain_storage and not self._listeners:
-            # The fault-free fast path: a success in the closed state, nobody to tell.
-            lock: _GreenRLock = self._lock  # type: ignore[assignment]
-            me = getcurrent()
-            if lock._owner is not me:
-                lock._sem.acquire()
-                lock._owner = me
-                lock._count = 1
-                try:
-                    if generation == self._generation:
-                        self._state_storage._fail_counter = 0  # type: ignore[attr-defined]
-                        if self._window.add(0) == cfg.minimum_calls:
-                            reason = self._trip_reason()
-                            if reason is not None:
-                                self._enter(TRANSITIONS[(STATE_CLOSED, "trip")], reason)
-                        return SUCCESS
-                finally:
-                    lock._count = 0
-                    lock._owner = None
-                    lock._sem.release()
+        if (
+            exc is None
+            and started is None
+            and state == STATE_CLOSED
+            and self._plain_storage
+            and not self._listeners
+            and self.record_closed_success(generation)
+        ):
+            return SUCCESS
         with self._lock:
             duration = 0.0 if started is None else self._clock.now() - started
             if exc is None:
@@ -548,6 +577,34 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
                     slow_rate=slow_calls / calls if calls else 0.0,
                 )
             return outcome
+
+    def record_closed_success(self, generation: int) -> bool:
+        """Record a success admitted closed in ``generation`` (see :meth:`admit_closed`); False: use :meth:`_record`.
+
+        This is :meth:`_record`'s path for a closed success with no duration
+        needed, in one step. It keeps the lock, unlike admission: it changes
+        the window, and another thread could interleave with that.
+        """
+        lock: _GreenRLock = self._lock  # type: ignore[assignment]
+        me = getcurrent()
+        if lock._owner is me:
+            return False  # reentrant (a listener calling back in): the general path
+        lock._sem.acquire()
+        lock._owner = me
+        lock._count = 1
+        try:
+            if generation != self._generation:
+                return False  # stale: the general path discards it and emits what it must
+            self._state_storage._fail_counter = 0  # type: ignore[attr-defined]
+            if self._window.add(0) == self.config.minimum_calls:
+                reason = self._trip_reason()
+                if reason is not None:
+                    self._enter(TRANSITIONS[(STATE_CLOSED, "trip")], reason)
+            return True
+        finally:
+            lock._count = 0
+            lock._owner = None
+            lock._sem.release()
 
     def _apply(self, state: str, outcome: str, slow: bool, exc: Optional[BaseException]) -> None:
         storage = self._state_storage
@@ -620,17 +677,28 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
-            if (
-                self._record(generation, state, started, exc) == FAILURE
-                and self.config.throw_new_error_on_trip
-                and self._opened_by(generation)
-            ):
-                raise CircuitBreakerOpen(
-                    f"circuit breaker {self.name!r} opened by this failure", breaker=self.name or ""
-                ) from exc
+            self._record_raised(generation, state, started, exc)
             raise
         self._record(generation, state, started, None)
         return result
+
+    def record_failure(self, generation: int, exc: BaseException) -> None:
+        """Record that a call admitted by :meth:`admit_closed` raised ``exc``; the caller re-raises it.
+
+        Raises :class:`CircuitBreakerOpen` instead when this failure tripped
+        the breaker and ``throw_new_error_on_trip`` is set, as :meth:`call` does.
+        """
+        self._record_raised(generation, STATE_CLOSED, None, exc)
+
+    def _record_raised(self, generation: int, state: str, started: Optional[float], exc: BaseException) -> None:
+        if (
+            self._record(generation, state, started, exc) == FAILURE
+            and self.config.throw_new_error_on_trip
+            and self._opened_by(generation)
+        ):
+            raise CircuitBreakerOpen(
+                f"circuit breaker {self.name!r} opened by this failure", breaker=self.name or ""
+            ) from exc
 
     def _opened_by(self, generation: int) -> bool:
         return self._generation == generation + 1 and self._known == STATE_OPEN

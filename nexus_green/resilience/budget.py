@@ -106,9 +106,9 @@ class RetryBudget:
         self._counts = BucketedCounts(window=self.config.window, width=self.config.bucket_width, fields=2, clock=clock)
         self._reserve = self.config.min_per_second * self.config.window
 
-    def record_request(self) -> None:
-        """Count one first attempt of a logical request."""
-        self._counts.add(_REQUESTS)
+    def record_request(self, now: Optional[float] = None) -> None:
+        """Count one first attempt of a logical request (``now``: the budget clock's time, if just read)."""
+        self._counts.add(_REQUESTS, 1, now)
 
     def figures(self) -> BudgetFigures:
         """Requests and retries in the window, and how many retries it allows."""

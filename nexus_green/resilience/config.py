@@ -46,14 +46,14 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..deadline import deadline_var
 from ..errors import ConfigurationError
 from ..events import EventBus, default_bus
-from .breaker import BreakerConfig, CircuitBreaker
+from .breaker import STATE_CLOSED, BreakerConfig, CircuitBreaker
 from .budget import BudgetConfig, RetryBudget, options_into
 from .bulkheads import Bulkhead, BulkheadConfig
 from .failovers import Failover, FailoverConfig
 from .fallbacks import Fallback, FallbackConfig, default_key
 from .hedging import Hedge, HedgeConfig
-from .idempotency import enter_logical_request, exit_logical_request
-from .retrying import Retry, RetryConfig
+from .idempotency import _KEY, _SEQ, enter_logical_request, exit_logical_request
+from .retrying import _SCOPE, Retry, RetryConfig, RetryScope
 from .timeouts import TimeoutConfig, TimeoutPolicy, timed_call, timeout_from_config
 
 __all__ = ["ResilienceConfiguration", "Resilient", "resilient"]
@@ -222,15 +222,17 @@ class Resilient:
         fixed = bool(idempotent)
         leaf: Callable[..., Any]
         if policy is not None:
-            # leaf(args, kwargs) runs one attempt under the request timeout.
+            # leaf(args, kwargs[, now]) runs one attempt under the request timeout.
             leaf = functools.partial(timed_call, func, policy.seconds, clock, policy.error, policy._what)
         else:
 
-            def leaf(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            def leaf(args: tuple[Any, ...], kwargs: dict[str, Any], now: Optional[float] = None) -> Any:
                 return func(*args, **kwargs)
 
         protect = breaker.call if breaker is not None else None
         run_retry = retry_runner.run_args if retry_runner is not None else None
+        if breaker is not None and retry_runner is not None and retry_runner.config.attempt_timeout is None:
+            return self._composed_wrapper(func, predicate, fixed, leaf, breaker, retry_runner)
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -255,6 +257,77 @@ class Resilient:
                     _DEADLINE.reset(dtoken)
                 if ktoken is not None:
                     exit_logical_request(ktoken)
+
+        return wrapper
+
+    def _composed_wrapper(
+        self,
+        func: Callable[..., Any],
+        predicate: Optional[Callable[..., bool]],
+        fixed: bool,
+        leaf: Callable[..., Any],
+        breaker: CircuitBreaker,
+        retry_runner: Retry,
+    ) -> Callable[..., Any]:
+        # The defaults (key, overall deadline, breaker, retry + budget, request
+        # timeout) as one function, step for step what the general wrapper
+        # above does through breaker.call -> retry.run_args -> leaf, minus its
+        # frames and with one clock reading for the start of the call:
+        #   key          = enter_logical_request()
+        #   admission    = breaker.admit_closed(), else breaker.call (the general path)
+        #   retry scope  = Retry.run_args' outermost-layer branch
+        #   attempt 1    = leaf(args, kwargs); attempts 2.. = Retry.after_first_failure
+        #   recording    = breaker.record_closed_success, else breaker._record
+        # tests/resilience/test_resilience_config.py runs scenarios through both paths.
+        keys = self.config.idempotency_keys
+        overall, clock = self._overall, self.clock
+        now_fn = _monotonic if clock is SYSTEM_CLOCK else clock.now
+        budget = retry_runner.budget
+        retries = retry_runner.config.max_attempts - 1
+        admit_closed, record_success = breaker.admit_closed, breaker.record_closed_success
+        protect, run_retry, continue_retry = breaker.call, retry_runner.run_args, retry_runner.after_first_failure
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            idem = predicate(*args, **kwargs) if predicate is not None else fixed
+            now = now_fn()
+            ktoken = _KEY.set(next(_SEQ)) if keys and _KEY.get() is None else None
+            dtoken = None
+            if overall is not None:
+                mine = now + overall
+                outer = _DEADLINE.get()
+                if outer is None or mine < outer:
+                    dtoken = _DEADLINE.set(mine)
+            try:
+                generation = admit_closed()
+                if generation < 0:
+                    return protect(run_retry, leaf, idem, args, kwargs)
+                scope = _SCOPE.get()
+                stoken = None
+                try:
+                    if scope is None:
+                        scope = RetryScope(budget, retries)
+                        if budget is not None:
+                            budget.record_request(now)
+                        stoken = _SCOPE.set(scope)
+                    try:
+                        result = leaf(args, kwargs, now)  # the clock reading of this call's start
+                    except Exception as exc:
+                        result = continue_retry(exc, leaf, idem, scope, args, kwargs)
+                except BaseException as exc:
+                    breaker.record_failure(generation, exc)
+                    raise
+                finally:
+                    if stoken is not None:
+                        _SCOPE.reset(stoken)
+                if not record_success(generation):
+                    breaker._record(generation, STATE_CLOSED, None, None)
+                return result
+            finally:
+                if dtoken is not None:
+                    _DEADLINE.reset(dtoken)
+                if ktoken is not None:
+                    _KEY.reset(ktoken)
 
         return wrapper
 

@@ -226,7 +226,7 @@ class RetryScope:
 
     __slots__ = ("budget", "retries_left", "retries")
 
-    def __init__(self, *, budget: Optional[RetryBudget], retries_left: int) -> None:
+    def __init__(self, budget: Optional[RetryBudget], retries_left: int) -> None:
         self.budget = budget
         self.retries_left = retries_left
         self.retries = 0
@@ -335,24 +335,48 @@ class Retry:
                 budget.record_request()
             token = _SCOPE.set(scope)
         try:
-            attempt_timeout = self.config.attempt_timeout
-            if attempt_timeout is None:
+            if self.config.attempt_timeout is None:
                 try:
                     return fn(*args)
                 except Exception as exc:
-                    self._after_failure(1, exc, idempotent, scope)
-            attempt = 1 if attempt_timeout is not None else 2
-            while True:
-                try:
-                    if attempt_timeout is None:
-                        return fn(*args)
-                    return run_with_timeout(fn, attempt_timeout, clock=self._clock, what="attempt", args=args)
-                except Exception as exc:
-                    self._after_failure(attempt, exc, idempotent, scope)
-                    attempt += 1
+                    return self.after_first_failure(exc, fn, idempotent, scope, *args)
+            return self._attempts(1, fn, idempotent, scope, args)
         finally:
             if token is not None:
                 _SCOPE.reset(token)
+
+    def after_first_failure(
+        self, exc: Exception, fn: Callable[..., T], idempotent: Optional[bool], scope: RetryScope, *args: Any
+    ) -> T:
+        """Continue :meth:`run_args` after its first attempt, ``fn(*args)`` without an attempt timeout, raised ``exc``.
+
+        For a caller that made the first attempt itself, inside ``scope`` (the
+        request's retry scope, already entered): what follows is exactly what
+        :meth:`run_args` does next: decide, sleep, attempt again...
+
+        Example::
+
+            >>> from nexus_green.clock import FakeClock
+            >>> r = Retry(clock=FakeClock())
+            >>> r.after_first_failure(TimeoutError(), divmod, True, RetryScope(budget=None, retries_left=2), 7, 2)
+            (3, 1)
+        """
+        self._after_failure(1, exc, idempotent, scope)
+        return self._attempts(2, fn, idempotent, scope, args)
+
+    def _attempts(
+        self, attempt: int, fn: Callable[..., T], idempotent: Optional[bool], scope: RetryScope, args: tuple[Any, ...]
+    ) -> T:
+        # Attempt number ``attempt`` and the following ones, each under the attempt timeout if any.
+        attempt_timeout = self.config.attempt_timeout
+        while True:
+            try:
+                if attempt_timeout is None:
+                    return fn(*args)
+                return run_with_timeout(fn, attempt_timeout, clock=self._clock, what="attempt", args=args)
+            except Exception as exc:
+                self._after_failure(attempt, exc, idempotent, scope)
+                attempt += 1
 
     def _after_failure(self, attempt: int, exc: Exception, idempotent: Optional[bool], scope: RetryScope) -> None:
         # Decide about a failed attempt: return after the backoff sleep to try

@@ -115,8 +115,11 @@ def timed_call(
     what: str,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    now: Optional[float] = None,
 ) -> T:
     """:func:`run_with_timeout` with every argument positional (for ``functools.partial`` on hot paths).
+
+    ``now`` is ``clock.now()`` when the caller has just read it.
 
     Example::
 
@@ -124,7 +127,8 @@ def timed_call(
         (3, 1)
     """
     outer = _DEADLINE.get()
-    now = _monotonic() if clock is SYSTEM_CLOCK else clock.now()
+    if now is None:
+        now = _monotonic() if clock is SYSTEM_CLOCK else clock.now()
     if outer is None:
         if seconds is None:
             return fn(*args, **kwargs)
@@ -139,9 +143,9 @@ def timed_call(
         if by_deadline:
             raise DeadlineExceeded(f"{what}: overall deadline already passed")
         raise error(f"{what}: timeout {limit}s leaves no time")
-    hub = get_hub()
-    sched = getattr(hub, SCHEDULER_ATTR, None) or scheduler()
-    mine = sched.arm(limit)
+    sched = getattr(get_hub(), SCHEDULER_ATTR, None) or scheduler()
+    # The scheduler runs on the monotonic clock: reuse ``now`` when it is that clock's reading.
+    mine = sched.arm(limit, now + limit if clock is SYSTEM_CLOCK else None)
     # The limit flows down (nested calls see it); when the outer deadline is
     # the limit, it is already in force.
     token = None if by_deadline else _DEADLINE.set(now + limit)

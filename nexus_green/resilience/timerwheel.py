@@ -169,9 +169,12 @@ class DeadlineScheduler:
         self.fired = 0
         self.timer_starts = 0
 
-    def arm(self, seconds: float) -> Deadline:
-        """Arm a deadline ``seconds`` from now for the current greenlet."""
-        tick = int((_monotonic() + seconds) * 1000.0) + 1
+    def arm(self, seconds: float, until: Optional[float] = None) -> Deadline:
+        """Arm a deadline ``seconds`` from now for the current greenlet.
+
+        ``until`` is ``time.monotonic() + seconds`` when the caller has just read the clock.
+        """
+        tick = int(((_monotonic() + seconds) if until is None else until) * 1000.0) + 1
         d = Deadline(self, tick, seconds, getcurrent())
         if tick == self._last_tick:
             self._last_bucket[d] = None

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from typing import Optional
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigurationError
@@ -61,10 +62,11 @@ class BucketedCounts:
         self._last = int(clock.now() // self._width)
         self._idx = self._last % self._n
 
-    def _slot(self) -> int:
+    def _slot(self, now: Optional[float] = None) -> int:
         # Running totals, kept O(1) per call: when time reaches new buckets,
         # the ring slots they reuse are subtracted from the totals and cleared.
-        b = int(self._now() // self._width)
+        # ``now`` lets a caller that already read the clock reuse its reading.
+        b = int((self._now() if now is None else now) // self._width)
         last = self._last
         if b <= last:
             return self._idx
@@ -81,9 +83,14 @@ class BucketedCounts:
         self._idx = b % self._n
         return self._idx
 
-    def add(self, field: int, n: int = 1) -> int:
-        """Add ``n`` to counter ``field`` in the bucket of the current time; return its new total."""
-        self._counts[self._slot()][field] += n
+    def add(self, field: int, n: int = 1, now: Optional[float] = None) -> int:
+        """Add ``n`` to counter ``field`` in the bucket of the current time; return its new total.
+
+        ``now`` is the current time of the window's clock when the caller has just read it.
+        """
+        t = self._now() if now is None else now
+        # The common case inline: still in the bucket of the last call.
+        self._counts[self._idx if int(t // self._width) == self._last else self._slot(t)][field] += n
         self._totals[field] += n
         return self._totals[field]
 
