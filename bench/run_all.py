@@ -21,6 +21,7 @@ BENCHES = [
     ["bench_pipeline.py", "--seconds", "3", "--rounds", "3"],
     ["bench_monitoring_memory.py"],
     ["bench_monitoring_overhead.py", "--seconds", "3", "--rounds", "4"],
+    ["bench_ratelimit.py"],
 ]
 
 

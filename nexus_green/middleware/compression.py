@@ -14,10 +14,15 @@ Adaptive choice (:func:`choose_compression`, after the NexusKit plan):
 1. body under ``min_size`` (1 KB): no compression (or a zstd dictionary, if one is set);
 2. latency-sensitive: lz4;
 3. bandwidth-constrained: brotli;
-4. otherwise the codec the :class:`CompressionAnalyzer` measured as best:
-   lowest estimated time per byte, ``1/speed + ratio/bandwidth``, on live
-   traffic, with a few samples of each codec first and a periodic re-probe so
-   it can switch when the traffic changes.
+4. otherwise the codec the :class:`CompressionAnalyzer` measured as best on
+   live traffic: the highest throughput, i.e. the lowest estimated time per
+   message, ``max(CPU time, wire time)`` (compression is offloaded and
+   overlaps the transmission of other requests), with a few samples of each
+   codec first and a periodic re-probe so it can switch when the traffic
+   changes -- or none, when sending the bytes plain is faster.
+
+Rules 2 and 3 are overrides: they apply when the caller states them
+(settings or ``request.context``); the analyzer never guesses them.
 
 Levels: ``none``, ``fastest``, ``balanced``, ``best``, or ``adaptive``
 (``balanced``, and ``fastest`` for bodies of 1 MB or more; ``fastest`` for lz4).
@@ -36,13 +41,13 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Optional, cast
+from typing import Any, Optional, TypeVar
 
 import zstandard
 
-from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import CompressionError, ConfigurationError
 from ..events import EventBus, default_bus
 from ..protocol.compression import CODECS, ContextPool, decompress_body, get_codec
@@ -69,6 +74,15 @@ LEVELS: tuple[str, ...] = ("none", "fastest", "balanced", "best", "adaptive")
 _ALGORITHMS = tuple(CODECS)
 _ZSTD_BITS = CODECS["zstd"].tp_bits
 _LARGE = 1024 * 1024
+_TINY = 1e-12  # seconds per byte: a CPU sample below the timer's resolution
+T = TypeVar("T")
+
+
+def _timed(timer: Callable[[], float], fn: Callable[..., T], *args: Any) -> tuple[T, float]:
+    """``(fn(*args), timer delta)``, run where ``fn`` runs (inline or in a threadpool worker)."""
+    t0 = timer()
+    out = fn(*args)
+    return out, timer() - t0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,18 +102,23 @@ class CompressionChoice:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AlgorithmStats:
-    """Live figures of one algorithm: EWMA ``ratio`` (out/in), EWMA ``speed`` (input bytes/s).
+    """Live figures of one algorithm (EWMAs over the samples).
 
-    ``cost`` is the estimated seconds per input byte (compress, then send the
-    result over the analyzer's assumed bandwidth), None before any sample.
+    ``ratio`` is bytes out / bytes in; ``speed`` and ``decompress_speed`` are
+    input bytes per CPU second (0.0 before a sample); ``cost`` is the
+    estimated seconds per input byte of a message, ``max(cpu, wire)``, and
+    ``bound`` says which of the two it is (``"cpu"`` or ``"wire"``); both None
+    before any sample.
 
     Example::
 
-        >>> a = CompressionAnalyzer(candidates=("lz4",))
-        >>> a.record("lz4", 1000, 250, 0.001)
+        >>> a = CompressionAnalyzer(candidates=("lz4",), bandwidth=1e6, directions=2)
+        >>> a.record("lz4", 1000, 250, 0.001, decompress_seconds=0.0005)
         >>> s = a.stats()["lz4"]
-        >>> s.samples, s.ratio, s.speed
-        (1, 0.25, 1000000.0)
+        >>> s.samples, s.ratio, round(s.speed), round(s.decompress_speed), s.bound
+        (1, 0.25, 1000000, 2000000, 'cpu')
+        >>> round(s.cost * 1e9)        # 1.5 us/byte of CPU vs 0.5 us/byte on the wire
+        1500
     """
 
     algorithm: str
@@ -108,29 +127,53 @@ class AlgorithmStats:
     bytes_out: int
     ratio: float
     speed: float
+    decompress_speed: float
     cost: Optional[float]
+    bound: Optional[str]
 
 
 class CompressionAnalyzer:
-    """Tracks ratio and speed per algorithm on live traffic and names the best one.
+    """Tracks ratio and CPU cost per algorithm on live traffic and names the fastest choice.
+
+    The model is one of throughput. For a message of ``n`` bytes and a codec
+    with ratio ``r``:
+
+    * CPU time: ``n`` x (compress + decompress CPU seconds per byte), both
+      measured as CPU time (the sender compresses and the receiver
+      decompresses; with the echo-like traffic of a client that also decodes
+      the replies, each side does both);
+    * wire time: ``directions`` x ``r`` x ``n`` / ``bandwidth`` (``directions``
+      2: the reply is about as large and compressed the same way; 1 when
+      replies are small).
+
+    Compression of large bodies runs off the hub and the link carries other
+    requests meanwhile, so the two overlap: a message costs the **larger** of
+    the two, and sending it plain costs ``directions x n / bandwidth``. The
+    best choice is the one with the lowest cost, plain included (unless
+    ``allow_none=False``); choices within ``tolerance`` (10%) of the lowest
+    count as equal and the one that uses the least CPU wins (plain uses none):
+    the estimates are noisy, and CPU left over is the application's.
+
+    CPU samples are positive noise (a cold context, a busy core), so during
+    its first ``min_samples`` samples a codec's CPU estimate is the lowest
+    sample seen; after that, EWMAs with weight ``alpha``.
 
     ``bandwidth`` (bytes/s, default 12.5e6, i.e. 100 Mbit/s) is the link the
-    cost model assumes. Each candidate is tried ``min_samples`` times first;
-    afterwards every ``explore_every``-th choice re-probes the candidate
-    sampled longest ago, so a change in traffic can move the choice. When even
-    the cheapest candidate costs more than sending the bytes plain
-    (``1/bandwidth`` per byte) it answers ``"none"`` (unless
-    ``allow_none=False``): on a fast link compression would only slow things
-    down. A change of the best choice counts in ``switches`` and emits
-    ``compression.switched`` [from_algorithm, to_algorithm].
+    model assumes: tell it the real one. Each candidate is tried
+    ``min_samples`` times first; afterwards every ``explore_every``-th choice
+    re-probes the candidate sampled longest ago, so a change in traffic can
+    move the choice. Decompression is measured on the first ``min_samples``
+    records of each codec and then on one in ``decompress_every``
+    (:meth:`wants_decompress_sample`). A change of the best choice counts in
+    ``switches`` and emits ``compression.switched`` [from_algorithm, to_algorithm].
 
     Example::
 
-        >>> a = CompressionAnalyzer(candidates=("lz4", "zstd"), min_samples=1)
+        >>> a = CompressionAnalyzer(candidates=("lz4", "zstd"), min_samples=1, bandwidth=125e6)   # 1 Gbit/s
         >>> a.best(), a.best()           # each is tried once first
         ('lz4', 'zstd')
-        >>> a.record("lz4", 10_000, 5_000, 0.0001)    # fast, weak
-        >>> a.record("zstd", 10_000, 1_000, 0.0002)   # slower, much smaller
+        >>> a.record("lz4", 1_000_000, 500_000, 0.002, decompress_seconds=0.001)    # fast, weak: wire 8 ms
+        >>> a.record("zstd", 1_000_000, 200_000, 0.004, decompress_seconds=0.002)   # CPU 6 ms, wire 3.2 ms
         >>> a.best()
         'zstd'
     """
@@ -140,9 +183,12 @@ class CompressionAnalyzer:
         *,
         candidates: Sequence[str] = ("zstd", "lz4", "gzip", "brotli"),
         bandwidth: float = 12.5e6,
+        directions: float = 2.0,
+        tolerance: float = 0.1,
         alpha: float = 0.2,
         min_samples: int = 3,
         explore_every: int = 1000,
+        decompress_every: int = 32,
         allow_none: bool = True,
         bus: Optional[EventBus] = None,
     ) -> None:
@@ -152,19 +198,31 @@ class CompressionAnalyzer:
             get_codec(name)
         if not bandwidth > 0:
             raise ConfigurationError(f"bandwidth must be positive, got {bandwidth!r}")
+        if not directions > 0:
+            raise ConfigurationError(f"directions must be positive, got {directions!r}")
+        if not 0 <= tolerance < 1:
+            raise ConfigurationError(f"tolerance must be in [0, 1), got {tolerance!r}")
         if not 0 < alpha <= 1:
             raise ConfigurationError(f"alpha must be in (0, 1], got {alpha!r}")
+        if decompress_every < 1:
+            raise ConfigurationError(f"decompress_every must be >= 1, got {decompress_every!r}")
         self.candidates = tuple(candidates)
         self.bandwidth = float(bandwidth)
+        self.directions = float(directions)
+        self.tolerance = tolerance
         self.alpha = alpha
         self.min_samples = max(0, min_samples)
         self.explore_every = explore_every
+        self.decompress_every = decompress_every
         self.allow_none = allow_none
         self.bus = bus if bus is not None else default_bus
         self._samples: dict[str, int] = {c: 0 for c in self.candidates}
         self._bytes: dict[str, tuple[int, int]] = {c: (0, 0) for c in self.candidates}
         self._ratio: dict[str, float] = {}
-        self._speed: dict[str, float] = {}
+        self._cpu: dict[str, float] = {}  # compress CPU seconds per input byte
+        self._dcpu: dict[str, float] = {}  # decompress CPU seconds per input (plain) byte
+        self._dsamples: dict[str, int] = {c: 0 for c in self.candidates}
+        self._since_d: dict[str, int] = {c: 0 for c in self.candidates}
         self._last_seen: dict[str, int] = {c: -1 for c in self.candidates}
         self._issued: dict[str, int] = {c: 0 for c in self.candidates}
         self._seq = 0
@@ -173,15 +231,41 @@ class CompressionAnalyzer:
         self.switches = 0
         self._best: Optional[str] = None  # cached until the next record()
 
-    def record(self, algorithm: str, size_in: int, size_out: int, seconds: float) -> None:
-        """Feed one measured compression (sizes in bytes, CPU time in seconds)."""
+    def _ewma(self, table: dict[str, float], algorithm: str, value: float, warm: bool = False) -> None:
+        old = table.get(algorithm)
+        if old is None:
+            table[algorithm] = value
+        elif warm:  # still probing: keep the lowest sample
+            table[algorithm] = min(old, value)
+        else:
+            table[algorithm] = (1 - self.alpha) * old + self.alpha * value
+
+    def record(
+        self,
+        algorithm: str,
+        size_in: int,
+        size_out: int,
+        seconds: float,
+        *,
+        decompress_seconds: Optional[float] = None,
+    ) -> None:
+        """Feed one measured compression: sizes in bytes, ``seconds`` of CPU to compress.
+
+        ``decompress_seconds`` is the CPU time to decompress the result, when
+        it was measured (see :meth:`wants_decompress_sample`); until a codec
+        has one, its decompression counts as free.
+        """
         if algorithm not in self._samples or size_in <= 0:
             return
-        ratio = size_out / size_in
-        speed = size_in / max(seconds, 1e-7)
-        a = self.alpha
-        self._ratio[algorithm] = ratio if algorithm not in self._ratio else (1 - a) * self._ratio[algorithm] + a * ratio
-        self._speed[algorithm] = speed if algorithm not in self._speed else (1 - a) * self._speed[algorithm] + a * speed
+        self._ewma(self._ratio, algorithm, size_out / size_in)
+        self._ewma(self._cpu, algorithm, max(seconds / size_in, _TINY), self._samples[algorithm] < self.min_samples)
+        if decompress_seconds is not None:
+            warm = self._dsamples[algorithm] < self.min_samples
+            self._ewma(self._dcpu, algorithm, max(decompress_seconds / size_in, _TINY), warm)
+            self._dsamples[algorithm] += 1
+            self._since_d[algorithm] = 0
+        else:
+            self._since_d[algorithm] += 1
         self._samples[algorithm] += 1
         bi, bo = self._bytes[algorithm]
         self._bytes[algorithm] = (bi + size_in, bo + size_out)
@@ -189,17 +273,56 @@ class CompressionAnalyzer:
         self._last_seen[algorithm] = self._seq
         self._best = None
 
-    def cost(self, algorithm: str) -> Optional[float]:
-        """Estimated seconds per input byte: compress it, then send the output."""
-        if algorithm not in self._ratio:
+    def wants_decompress_sample(self, algorithm: str) -> bool:
+        """Whether the next :meth:`record` of ``algorithm`` should come with ``decompress_seconds``.
+
+        Example::
+
+            >>> a = CompressionAnalyzer(candidates=("lz4",), min_samples=1, decompress_every=2)
+            >>> a.wants_decompress_sample("lz4"), a.wants_decompress_sample("gzip")
+            (True, False)
+            >>> a.record("lz4", 100, 50, 1e-6, decompress_seconds=1e-7)
+            >>> a.wants_decompress_sample("lz4")
+            False
+        """
+        n = self._dsamples.get(algorithm)
+        if n is None:
+            return False
+        return n < max(1, self.min_samples) or self._since_d[algorithm] + 1 >= self.decompress_every
+
+    def cpu_cost(self, algorithm: str) -> Optional[float]:
+        """CPU seconds per input byte: compress plus decompress (None before a sample)."""
+        cpu = self._cpu.get(algorithm)
+        if cpu is None:
             return None
-        return 1.0 / self._speed[algorithm] + self._ratio[algorithm] / self.bandwidth
+        return cpu + self._dcpu.get(algorithm, 0.0)
+
+    def wire_cost(self, algorithm: str) -> Optional[float]:
+        """Link seconds per input byte: the compressed bytes, ``directions`` times, over ``bandwidth``."""
+        ratio = self._ratio.get(algorithm)
+        if ratio is None:
+            return None
+        return self.directions * ratio / self.bandwidth
+
+    @property
+    def plain_cost(self) -> float:
+        """Seconds per byte of sending it plain: ``directions / bandwidth``."""
+        return self.directions / self.bandwidth
+
+    def cost(self, algorithm: str) -> Optional[float]:
+        """Estimated seconds per input byte of a message: ``max(cpu_cost, wire_cost)``."""
+        cpu = self.cpu_cost(algorithm)
+        if cpu is None:
+            return None
+        wire = self.directions * self._ratio[algorithm] / self.bandwidth
+        return cpu if cpu > wire else wire
 
     def best(self) -> str:
         """The algorithm for the next body (may be an exploration probe), or ``"none"``.
 
         ``"none"`` (only with ``allow_none``) when sending the bytes plain over
-        the assumed link is cheaper than compressing them with any candidate.
+        the assumed link is about as fast as (within ``tolerance``) or faster
+        than with any candidate.
         """
         self._choices += 1
         for c in self.candidates:
@@ -211,12 +334,14 @@ class CompressionAnalyzer:
         best = self._best
         if best is not None:
             return best
-        measured = [c for c in self.candidates if c in self._ratio]
+        measured = [c for c in self.candidates if c in self._cpu]
         if not measured:  # probes handed out, no result back yet
             return self.candidates[0]
-        best = min(measured, key=lambda c: cast(float, self.cost(c)))
-        if self.allow_none and cast(float, self.cost(best)) >= 1.0 / self.bandwidth:
-            best = "none"
+        costs = {c: (self.cost(c) or 0.0, self.cpu_cost(c) or 0.0) for c in measured}
+        if self.allow_none:
+            costs["none"] = (self.plain_cost, 0.0)
+        limit = min(cost for cost, _ in costs.values()) * (1 + self.tolerance)
+        best = min((c for c, (cost, _) in costs.items() if cost <= limit), key=lambda c: costs[c][1])
         self._best = best
         if best != self.current:
             if self.current is not None:
@@ -228,18 +353,23 @@ class CompressionAnalyzer:
 
     def stats(self) -> dict[str, AlgorithmStats]:
         """Figures per candidate algorithm."""
-        return {
-            c: AlgorithmStats(
+        out = {}
+        for c in self.candidates:
+            cost = self.cost(c)
+            cpu = self._cpu.get(c)
+            dcpu = self._dcpu.get(c)
+            out[c] = AlgorithmStats(
                 algorithm=c,
                 samples=self._samples[c],
                 bytes_in=self._bytes[c][0],
                 bytes_out=self._bytes[c][1],
                 ratio=self._ratio.get(c, 1.0),
-                speed=self._speed.get(c, 0.0),
-                cost=self.cost(c),
+                speed=1.0 / cpu if cpu else 0.0,
+                decompress_speed=1.0 / dcpu if dcpu else 0.0,
+                cost=cost,
+                bound=None if cost is None else ("cpu" if cost == self.cpu_cost(c) else "wire"),
             )
-            for c in self.candidates
-        }
+        return out
 
     def __repr__(self) -> str:
         return f"<CompressionAnalyzer current={self.current} switches={self.switches}>"
@@ -446,7 +576,7 @@ class CompressionStats:
 
     ``bytes_in`` is request bodies as given, ``bytes_out`` as sent;
     ``saved`` is ``1 - bytes_out / bytes_in``. ``per_algorithm`` maps each
-    codec to ``(messages, bytes_in, bytes_out, seconds)``.
+    codec to ``(messages, bytes_in, bytes_out, CPU seconds compressing)``.
 
     Example::
 
@@ -472,7 +602,10 @@ class CompressionMiddleware:
     ``algorithm`` is ``"adaptive"`` or a codec name (gzip, lz4, zstd,
     brotli); ``level`` one of :data:`LEVELS`. ``strict=True`` uses gzip only,
     the one codec a NexusKit peer knows. Bodies of ``offload_threshold`` bytes
-    or more are compressed in gevent's threadpool. ``dictionary`` (zstd)
+    or more are compressed in gevent's threadpool. The analyzer is fed CPU
+    time, read with ``cpu_timer`` (default :func:`time.thread_time`, in the
+    thread that does the work, so waiting for the hub or the threadpool is not
+    counted); inject a fake timer in tests. ``dictionary`` (zstd)
     compresses bodies under ``min_size`` (and zstd choices) with it -- only
     for peers that registered it. A result no smaller than the input is sent
     plain. Per request, ``request.context`` may set ``"compression"`` (a codec
@@ -502,7 +635,7 @@ class CompressionMiddleware:
         offload_threshold: int = DEFAULT_OFFLOAD_THRESHOLD,
         dictionary: Optional[ZstdDictionary] = None,
         dictionary_min_size: int = 32,
-        clock: Clock = SYSTEM_CLOCK,
+        cpu_timer: Callable[[], float] = time.thread_time,
         name: str = "compression",
     ) -> None:
         if level not in LEVELS:
@@ -523,7 +656,7 @@ class CompressionMiddleware:
         self.offload_threshold = offload_threshold
         self.dictionary = dictionary
         self.dictionary_min_size = dictionary_min_size
-        self.clock = clock
+        self.cpu_timer = cpu_timer
         self.name = name
         self._messages = 0
         self._compressed = 0
@@ -592,17 +725,22 @@ class CompressionMiddleware:
         assert algorithm is not None
         codec = get_codec(algorithm)
         level = choice.level if choice.level not in ("none", "adaptive") else "balanced"
-        offload = size >= self.offload_threshold
-        t0 = self.clock.now()
+        threshold = self.offload_threshold
+        timer = self.cpu_timer
         if use_dict:
             assert self.dictionary is not None
-            blob = run_off_hub(self.dictionary.compress, body, level, size=size, threshold=self.offload_threshold)
+            blob, seconds = run_off_hub(
+                _timed, timer, self.dictionary.compress, body, level, size=size, threshold=threshold
+            )
         else:
-            blob = run_off_hub(codec.compress, body, level, size=size, threshold=self.offload_threshold)
-        seconds = self.clock.now() - t0
-        self._offloaded += offload
-        if self.analyzer is not None and not use_dict:
-            self.analyzer.record(algorithm, size, len(blob), seconds)
+            blob, seconds = run_off_hub(_timed, timer, codec.compress, body, level, size=size, threshold=threshold)
+        self._offloaded += size >= threshold
+        analyzer = self.analyzer
+        if analyzer is not None and not use_dict:
+            dsec: Optional[float] = None
+            if analyzer.wants_decompress_sample(algorithm):  # what the receiver will spend, now and then
+                _, dsec = run_off_hub(_timed, timer, codec.decompress, blob, size=size, threshold=threshold)
+            analyzer.record(algorithm, size, len(blob), seconds, decompress_seconds=dsec)
         if len(blob) >= size:
             self._incompressible += 1
             return self._skip(request, call_next, size)

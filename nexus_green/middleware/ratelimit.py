@@ -19,6 +19,13 @@ or raises :class:`~nexus_green.errors.RateLimited` whose ``retry_after`` is
 the time until the next slot. Time comes from the injected clock only, so
 tests with a :class:`~nexus_green.clock.FakeClock` are exact.
 
+Each policy also has a fast path, ``try_acquire(cost) -> bool``: the same
+admission, arithmetic only, with no decision object built; it admits only
+what needs no waiting. The runner calls it first and builds a
+:class:`RateDecision` only for a refusal (or a leaky-bucket delay), and keeps
+the last key's policy at hand, so an admitted call costs well under a
+microsecond (docs/benchmarks.md, ``bench/bench_ratelimit.py``).
+
 Events on the configured bus: ``ratelimit.rejected`` [limiter, key,
 retry_after] and ``ratelimit.delayed`` [limiter, key, waited].
 
@@ -37,6 +44,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -64,6 +72,12 @@ __all__ = [
 
 _EPS = 1e-9
 F = TypeVar("F", bound=Callable[..., Any])
+_UNSET: Any = object()
+
+
+def _never(cost: float = 1.0) -> bool:
+    """The fast path of a policy that has none: always "ask :meth:`acquire`"."""
+    return False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,7 +105,10 @@ class RatePolicy(Protocol):
     """What a rate policy offers: a decision per call and a fresh copy per key.
 
     ``max_delay`` is how long the caller accepts to be delayed when admitted
-    (only the leaky bucket delays admissions).
+    (only the leaky bucket delays admissions). A policy may also offer
+    ``try_acquire(cost) -> bool``, the same admission without delay and
+    without a decision object (a refusal must leave it unchanged);
+    :class:`RateLimiter` uses it first when present.
 
     Example::
 
@@ -156,12 +173,34 @@ class TokenBucket:
             self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.refill_rate)
         self._last = now
 
+    def try_acquire(self, cost: float = 1.0) -> bool:
+        """Take ``cost`` tokens if there are enough: :meth:`acquire` without the decision object.
+
+        Example::
+
+            >>> from nexus_green.clock import FakeClock
+            >>> b = TokenBucket(capacity=2, refill_rate=1.0, clock=FakeClock())
+            >>> b.try_acquire(), b.try_acquire(), b.try_acquire()
+            (True, True, False)
+        """
+        if not 0 < cost <= self.capacity:
+            _check_cost(cost, self.capacity, "bucket capacity")
+        now = self.clock.now()
+        tokens = self._tokens
+        if now > self._last:
+            tokens += (now - self._last) * self.refill_rate
+            if tokens > self.capacity:
+                tokens = self.capacity
+        self._last = now
+        if tokens + _EPS >= cost:
+            self._tokens = tokens - cost if tokens > cost else 0.0
+            return True
+        self._tokens = tokens
+        return False
+
     def acquire(self, cost: float = 1.0, max_delay: float = 0.0) -> RateDecision:
         """Take ``cost`` tokens if there are enough; never reserves future tokens."""
-        _check_cost(cost, self.capacity, "bucket capacity")
-        self._refill()
-        if self._tokens + _EPS >= cost:
-            self._tokens = max(0.0, self._tokens - cost)
+        if self.try_acquire(cost):
             return RateDecision(allowed=True, remaining=self._tokens)
         return RateDecision(allowed=False, retry_after=(cost - self._tokens) / self.refill_rate, remaining=self._tokens)
 
@@ -211,6 +250,33 @@ class LeakyBucket:
         if now > self._last:
             self._level = max(0.0, self._level - (now - self._last) * self.leak_rate)
         self._last = now
+
+    def try_acquire(self, cost: float = 1.0) -> bool:
+        """Admit the request only if it can go at once (nothing queued ahead, room for it).
+
+        What :meth:`acquire` with ``max_delay=0`` admits, without the decision object.
+
+        Example::
+
+            >>> from nexus_green.clock import FakeClock
+            >>> b = LeakyBucket(capacity=10, leak_rate=10.0, clock=FakeClock())
+            >>> b.try_acquire(), b.try_acquire()    # the second would have to wait 0.1 s
+            (True, False)
+        """
+        if not 0 < cost <= self.capacity:
+            _check_cost(cost, self.capacity, "bucket capacity")
+        now = self.clock.now()
+        level = self._level
+        if now > self._last:
+            level -= (now - self._last) * self.leak_rate
+            if level < 0.0:
+                level = 0.0
+            self._level = level
+        self._last = now
+        if level + cost > self.capacity + _EPS or level > _EPS * self.leak_rate:
+            return False
+        self._level = level + cost
+        return True
 
     def acquire(self, cost: float = 1.0, max_delay: float = 0.0) -> RateDecision:
         """Queue the request if there is room and its turn comes within ``max_delay``."""
@@ -271,19 +337,37 @@ class SlidingWindow:
         while buckets and buckets[0][0] + self.window <= now + _EPS:
             self._count -= buckets.popleft()[1]
 
+    def try_acquire(self, cost: float = 1.0) -> bool:
+        """Count the request if the window has room: :meth:`acquire` without the decision object.
+
+        Example::
+
+            >>> from nexus_green.clock import FakeClock
+            >>> w = SlidingWindow(limit=1, window=5.0, clock=FakeClock())
+            >>> w.try_acquire(), w.try_acquire()
+            (True, False)
+        """
+        if not 0 < cost <= self.limit:
+            _check_cost(cost, self.limit, "window limit")
+        now = self.clock.now()
+        buckets = self._buckets
+        if buckets and buckets[0][0] + self.window <= now + _EPS:
+            self._expire(now)
+        if self._count + cost > self.limit + _EPS:
+            return False
+        start = now // self.granularity * self.granularity
+        if buckets and buckets[-1][0] == start:
+            buckets[-1][1] += cost
+        else:
+            buckets.append([start, cost])
+        self._count += cost
+        return True
+
     def acquire(self, cost: float = 1.0, max_delay: float = 0.0) -> RateDecision:
         """Count the request if the window has room; otherwise say when it will."""
-        _check_cost(cost, self.limit, "window limit")
-        now = self.clock.now()
-        self._expire(now)
-        if self._count + cost <= self.limit + _EPS:
-            start = math.floor(now / self.granularity) * self.granularity
-            if self._buckets and self._buckets[-1][0] == start:
-                self._buckets[-1][1] += cost
-            else:
-                self._buckets.append([start, cost])
-            self._count += cost
+        if self.try_acquire(cost):
             return RateDecision(allowed=True, remaining=self.limit - self._count)
+        now = self.clock.now()
         need = self._count + cost - self.limit
         freed = 0.0
         retry_after = self.window
@@ -338,6 +422,10 @@ class RateLimiter:
         self.name = name
         self.bus = bus if bus is not None else default_bus
         self._keyed: cachetools.LRUCache[Hashable, RatePolicy] = cachetools.LRUCache(maxsize=max_keys)
+        # The last key and its policy's fast path, swapped as one tuple (consistent even across threads):
+        # a run of calls for one key skips the LRU lookup. The last key is the most recently used one,
+        # so the LRU never evicts it while it is cached here.
+        self._last: tuple[Hashable, Callable[[float], bool]] = (_UNSET, _never)
         self.admitted = 0
         self.rejected = 0
         self.delayed = 0
@@ -361,6 +449,9 @@ class RateLimiter:
     def acquire(self, key: Hashable = None, cost: float = 1.0) -> float:
         """Admit one call for ``key`` (or raise RateLimited); returns the seconds waited.
 
+        The policy's ``try_acquire`` is asked first (no object built); only a
+        refusal goes the full way: a decision, then waiting or raising.
+
         Example::
 
             >>> from nexus_green.clock import FakeClock
@@ -373,6 +464,18 @@ class RateLimiter:
             ...     print(e.retry_after)
             5.0
         """
+        last = self._last
+        if key == last[0]:
+            try_acquire = last[1]
+        else:
+            try_acquire = getattr(self.policy_for(key), "try_acquire", _never)
+            self._last = (key, try_acquire)
+        if try_acquire(cost):
+            self.admitted += 1
+            return 0.0
+        return self._acquire_slow(key, cost)
+
+    def _acquire_slow(self, key: Hashable, cost: float) -> float:
         policy = self.policy_for(key)
         waiting = self.on_limit == "wait"
         budget = 0.0
@@ -414,9 +517,9 @@ class RateLimiter:
 
 KeyFn = Callable[[Request], Hashable]
 _PER: dict[str, KeyFn] = {
-    "fid": lambda r: r.fid,
-    "endpoint": lambda r: r.endpoint,
-    "fid+endpoint": lambda r: (r.endpoint, r.fid),
+    "fid": operator.attrgetter("fid"),
+    "endpoint": operator.attrgetter("endpoint"),
+    "fid+endpoint": operator.attrgetter("endpoint", "fid"),
     "global": lambda r: None,
 }
 
@@ -458,12 +561,13 @@ class RateLimitMiddleware:
             self._key = _PER[per]
         else:
             raise ConfigurationError(f"per must be one of {', '.join(_PER)} or a function, got {per!r}")
-        self._cost = cost
+        self._cost_fn: Optional[Callable[[Request], float]] = cost if callable(cost) else None
+        self._fixed_cost = 1.0 if callable(cost) else cost
         self.name = name
 
     def __call__(self, request: Request, call_next: Handler) -> Response:
-        cost = self._cost(request) if callable(self._cost) else self._cost
-        self.limiter.acquire(self._key(request), cost)
+        cost_fn = self._cost_fn
+        self.limiter.acquire(self._key(request), self._fixed_cost if cost_fn is None else cost_fn(request))
         return call_next(request)
 
     def __repr__(self) -> str:

@@ -109,6 +109,12 @@ def test_configuration_errors() -> None:
         CompressionAnalyzer(bandwidth=0)
     with pytest.raises(ConfigurationError):
         CompressionAnalyzer(alpha=0)
+    with pytest.raises(ConfigurationError, match="directions"):
+        CompressionAnalyzer(directions=0)
+    with pytest.raises(ConfigurationError, match="tolerance"):
+        CompressionAnalyzer(tolerance=1.0)
+    with pytest.raises(ConfigurationError, match="decompress_every"):
+        CompressionAnalyzer(decompress_every=0)
 
 
 def test_choose_compression_rules() -> None:
@@ -139,15 +145,16 @@ def test_analyzer_explores_then_picks_cheapest_and_switches() -> None:
     )
     assert [a.best(), a.best()] == ["lz4", "zstd"]
     assert a.best() == "lz4"  # probes out, no results yet: the first candidate
-    a.record("lz4", 10_000, 5_000, 0.001)  # cost 1e-7 + 0.5e-6
-    a.record("zstd", 10_000, 1_000, 0.002)  # cost 2e-7 + 0.1e-6
+    a.record("lz4", 10_000, 5_000, 0.001)  # max(cpu 1e-7, wire 2 x 0.5 / 1e6) = 1e-6 s/byte
+    a.record("zstd", 10_000, 1_000, 0.002)  # max(cpu 2e-7, wire 2 x 0.1 / 1e6) = 2e-7 s/byte
     assert a.best() == "zstd"  # choice 4
     assert a.best() == "lz4"  # choice 5: re-probe the one sampled longest ago
     a.record("zstd", 10_000, 9_000, 0.002)  # traffic changed: zstd no longer shrinks it
     assert a.best() == "lz4" and a.switches == 1
     assert [e.attrs["to_algorithm"] for e in seen] == ["lz4"]
     st = a.stats()
-    assert st["zstd"].samples == 2 and st["zstd"].bytes_in == 20_000 and st["lz4"].cost == pytest.approx(6e-7)
+    assert st["zstd"].samples == 2 and st["zstd"].bytes_in == 20_000 and st["lz4"].cost == pytest.approx(1e-6)
+    assert st["lz4"].bound == "wire" and st["zstd"].bound == "wire" and st["zstd"].cost == pytest.approx(1.8e-6)
     a.record("brotli", 1, 1, 1)  # not a candidate: ignored
     a.record("lz4", 0, 0, 1)  # empty: ignored
     assert a.stats()["lz4"].samples == 1
@@ -281,3 +288,125 @@ def test_choose_reports_link_faster_reason() -> None:
     a.best()
     a.record("gzip", 10_000, 2_000, 0.001)
     assert choose_compression(50_000, analyzer=a).reason == "link_faster_than_compression"
+
+
+# --- the throughput model -------------------------------------------------------------
+MB = 1_000_000
+
+
+def _measured(bandwidth: float, **kw) -> CompressionAnalyzer:  # type: ignore[no-untyped-def]
+    """An analyzer fed the figures of a 1 MB JSON body (CPU seconds, as measured on this machine's scale)."""
+    a = CompressionAnalyzer(
+        candidates=("zstd", "lz4", "brotli"), min_samples=0, explore_every=0, bandwidth=bandwidth, alpha=1.0, **kw
+    )
+    a.record("zstd", MB, 190_000, 0.003, decompress_seconds=0.001)  # cpu 4 ns/B
+    a.record("lz4", MB, 340_000, 0.001, decompress_seconds=0.0005)  # cpu 1.5 ns/B
+    a.record("brotli", MB, 170_000, 0.040, decompress_seconds=0.004)  # cpu 44 ns/B
+    return a
+
+
+def test_throughput_model_on_a_1_gbit_link_picks_zstd() -> None:
+    a = _measured(125e6)
+    # per byte: zstd max(4.0, 2 x 0.19 / 0.125 = 3.04) = 4.0 ns; lz4 max(1.5, 5.44) = 5.44 ns;
+    # brotli 44 ns; plain 2 / 0.125 = 16 ns
+    assert a.cost("zstd") == pytest.approx(4.0e-9)
+    assert a.cost("lz4") == pytest.approx(5.44e-9)
+    assert a.cost("brotli") == pytest.approx(44e-9)
+    assert a.plain_cost == pytest.approx(16e-9)
+    assert a.best() == "zstd" and a.current == "zstd"
+    st = a.stats()
+    assert (st["zstd"].bound, st["lz4"].bound, st["brotli"].bound) == ("cpu", "wire", "cpu")
+    assert st["zstd"].speed == pytest.approx(MB / 0.003) and st["zstd"].decompress_speed == pytest.approx(MB / 0.001)
+
+
+def test_throughput_model_on_slow_and_fast_links() -> None:
+    slow = _measured(1.25e6)  # 10 Mbit/s: every codec is wire-bound, the best ratio wins
+    assert slow.best() == "brotli" and slow.cost("brotli") == pytest.approx(2 * 0.17 / 1.25e6)
+    ten = _measured(1.25e9)  # 10 Gbit/s: plain costs 1.6 ns/B, within 10% of lz4's CPU (1.5 ns/B): plain wins
+    assert ten.best() == "none"
+    exact = _measured(1.25e9, tolerance=0.0)  # no tolerance: lz4 just beats plain
+    assert exact.best() == "lz4"
+    fast = _measured(2.5e9)  # 20 Gbit/s: plain costs 0.8 ns/B, less than any codec's CPU
+    assert fast.best() == "none"
+    one_way = _measured(125e6, directions=1)  # small replies: wire time halves
+    assert one_way.wire_cost("lz4") == pytest.approx(2.72e-9) and one_way.best() == "lz4"  # lz4 now 2.72 < zstd 4.0
+    keep = _measured(2.5e9, allow_none=False)
+    assert keep.best() == "lz4"  # the least CPU when all are CPU-bound
+
+
+def test_equal_cost_prefers_less_cpu_and_unmeasured_is_none() -> None:
+    a = CompressionAnalyzer(candidates=("gzip", "zstd"), min_samples=0, explore_every=0, bandwidth=1e6)
+    assert a.cost("zstd") is None and a.cpu_cost("zstd") is None and a.wire_cost("zstd") is None
+    assert a.stats()["zstd"].bound is None and a.stats()["zstd"].speed == 0.0
+    a.record("gzip", 10_000, 1_000, 0.0010)  # wire-bound: 2e-7 s/B, cpu 1e-7
+    a.record("zstd", 10_000, 1_000, 0.0005)  # same wire cost, half the CPU
+    assert a.best() == "zstd"
+
+
+def test_decompress_sampling_schedule() -> None:
+    a = CompressionAnalyzer(candidates=("zstd",), min_samples=2, decompress_every=3)
+    wants = []
+    for _ in range(9):
+        w = a.wants_decompress_sample("zstd")
+        wants.append(w)
+        a.record("zstd", 1000, 100, 1e-5, decompress_seconds=2e-6 if w else None)
+    # the first min_samples records, then one in every 3
+    assert wants == [True, True, False, False, True, False, False, True, False]
+    assert a.cpu_cost("zstd") == pytest.approx(1e-8 + 2e-9)
+    a.record("zstd", 1000, 100, 0.0)  # below the timer's resolution: still a (tiny) positive cost
+    assert a.stats()["zstd"].speed > 0
+
+
+class StepTimer:
+    """A fake CPU timer: each reading is ``step`` seconds after the previous one."""
+
+    def __init__(self, step: float) -> None:
+        self.now = 0.0
+        self.step = step
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        self.now += self.step
+        return self.now
+
+
+@pytest.mark.parametrize("offload_threshold", [1 << 30, 1024], ids=["inline", "threadpool"])
+def test_middleware_feeds_cpu_time_from_the_injected_timer(offload_threshold: int) -> None:
+    timer = StepTimer(0.002)  # every timed job "takes" 2 ms of CPU
+    a = CompressionAnalyzer(candidates=("zstd",), min_samples=1, decompress_every=2, alpha=1.0, allow_none=False)
+    mw = CompressionMiddleware(analyzer=a, cpu_timer=timer, offload_threshold=offload_threshold)
+    wire = Wire()
+    for _ in range(5):
+        mw(Request(body=BODY), wire)
+    # compressions 5 x 2 reads; decompress samples on records 1, 3, 5 (first, then one in 2): 3 x 2 reads
+    assert timer.reads == 16
+    st = a.stats()["zstd"]
+    assert st.samples == 5 and st.speed == pytest.approx(len(BODY) / 0.002)
+    assert st.decompress_speed == pytest.approx(len(BODY) / 0.002)
+    assert mw.stats().per_algorithm["zstd"][3] == pytest.approx(5 * 0.002)
+    assert mw.stats().offloaded == (5 if offload_threshold == 1024 else 0)
+    assert all(plain == BODY for _, _, plain in wire.sent)
+
+
+def test_close_costs_go_to_the_codec_with_less_cpu() -> None:
+    a = CompressionAnalyzer(candidates=("brotli", "zstd"), min_samples=0, explore_every=0, bandwidth=12.5e6)
+    # a 30 KB body on 100 Mbit/s: brotli max(17.2, 31.4) ns/B, zstd max(2.8, 34.2) ns/B: 9% apart
+    a.record("brotli", 30_000, 5_880, 30_000 * 15.6e-9, decompress_seconds=30_000 * 1.6e-9)
+    a.record("zstd", 30_000, 6_420, 30_000 * 2.1e-9, decompress_seconds=30_000 * 0.7e-9)
+    assert a.cost("brotli") < a.cost("zstd")  # type: ignore[operator]
+    assert a.best() == "zstd"  # within 10%: the one that leaves the CPU to the application
+    strict = CompressionAnalyzer(candidates=("brotli", "zstd"), min_samples=0, bandwidth=12.5e6, tolerance=0.0)
+    strict.record("brotli", 30_000, 5_880, 30_000 * 15.6e-9, decompress_seconds=30_000 * 1.6e-9)
+    strict.record("zstd", 30_000, 6_420, 30_000 * 2.1e-9, decompress_seconds=30_000 * 0.7e-9)
+    assert strict.best() == "brotli"
+
+
+def test_probing_keeps_the_lowest_cpu_sample_then_averages() -> None:
+    a = CompressionAnalyzer(candidates=("zstd",), min_samples=3, alpha=0.5, decompress_every=100)
+    a.record("zstd", 1000, 200, 10e-6, decompress_seconds=4e-6)  # cold: a context built, a busy core
+    a.record("zstd", 1000, 200, 2e-6, decompress_seconds=1e-6)
+    a.record("zstd", 1000, 200, 3e-6, decompress_seconds=2e-6)
+    assert a.cpu_cost("zstd") == pytest.approx(2e-9 + 1e-9)  # the lowest of the probes
+    a.record("zstd", 1000, 200, 4e-6)  # then EWMA (alpha 0.5); no decompress sample
+    assert a.cpu_cost("zstd") == pytest.approx(3e-9 + 1e-9)

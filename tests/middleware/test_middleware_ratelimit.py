@@ -250,3 +250,95 @@ def test_decorator_with_limiter_and_wait() -> None:
     assert g() == "g"
     with pytest.raises(RateLimited, match="'g'"):
         g()
+
+
+# --- the fast path ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda clock: TokenBucket(capacity=5, refill_rate=3, clock=clock),
+        lambda clock: LeakyBucket(capacity=5, leak_rate=3, clock=clock),
+        lambda clock: SlidingWindow(limit=5, window=2, granularity=0.5, clock=clock),
+    ],
+    ids=["token", "leaky", "window"],
+)
+def test_try_acquire_admits_exactly_what_acquire_admits_without_delay(make) -> None:  # type: ignore[no-untyped-def]
+    import random
+
+    rng = random.Random(7)
+    clock = FakeClock()
+    fast, slow = make(clock), make(clock)
+    answers = []
+    for _ in range(2000):
+        cost = rng.choice([1.0, 1.0, 1.0, 2.0, 0.5])
+        got = fast.try_acquire(cost)
+        assert got == slow.acquire(cost).allowed
+        answers.append(got)
+        clock.advance(rng.choice([0.0, 0.0, 0.01, 0.1, 0.37, 1.0]))
+    assert 200 < sum(answers) < 1900  # both admissions and refusals were exercised
+    with pytest.raises(ConfigurationError, match="cost must be positive"):
+        fast.try_acquire(0)
+    with pytest.raises(ConfigurationError, match="exceeds"):
+        fast.try_acquire(6)
+
+
+def test_refused_try_acquire_leaves_the_policy_unchanged() -> None:
+    clock = FakeClock()
+    b = LeakyBucket(capacity=10, leak_rate=10, clock=clock)
+    assert b.try_acquire()
+    assert not b.try_acquire() and not b.try_acquire()  # one queued ahead: would have to wait
+    assert b.level == pytest.approx(1)
+    clock.advance(0.1)
+    assert b.try_acquire()
+    t = TokenBucket(capacity=1, refill_rate=1, clock=clock)
+    assert t.try_acquire() and not t.try_acquire() and t.tokens == 0
+    clock.advance(0.5)
+    assert not t.try_acquire() and t.tokens == pytest.approx(0.5)
+
+
+def test_limiter_last_key_cache_follows_lru_eviction() -> None:
+    clock = FakeClock()
+    r = RateLimiter(TokenBucket(capacity=2, refill_rate=1, clock=clock), max_keys=2)
+    r.acquire("a")
+    r.acquire("a")  # the cached fast path of key "a"
+    with pytest.raises(RateLimited):
+        r.acquire("a")
+    r.acquire("b")
+    r.acquire("c")  # evicts "a", the least recently used
+    assert "a" not in r._keyed and r.policy_for("b").tokens == 1  # type: ignore[attr-defined]
+    r.acquire("a")  # a fresh, full bucket
+    r.acquire("a")
+    with pytest.raises(RateLimited):
+        r.acquire("a")
+    assert r.admitted == 6 and r.rejected == 2
+    g = RateLimiter(TokenBucket(capacity=1, refill_rate=1, clock=clock))
+    g.acquire(None)
+    with pytest.raises(RateLimited):
+        g.acquire(None)  # key None uses the template itself, cached too
+    assert g.policy.tokens == 0  # type: ignore[attr-defined]
+
+
+def test_limiter_with_a_policy_without_fast_path() -> None:
+    clock = FakeClock()
+
+    class OnlyAcquire:
+        """A custom policy: every other call admitted (no try_acquire)."""
+
+        def __init__(self) -> None:
+            self.clock = clock
+            self.calls = 0
+
+        def acquire(self, cost: float = 1.0, max_delay: float = 0.0):  # type: ignore[no-untyped-def]
+            from nexus_green.middleware import RateDecision
+
+            self.calls += 1
+            return RateDecision(allowed=self.calls % 2 == 1, retry_after=0.5)
+
+        def fresh(self) -> OnlyAcquire:
+            return OnlyAcquire()
+
+    r = RateLimiter(OnlyAcquire())  # type: ignore[arg-type]
+    assert r.acquire("k") == 0.0
+    with pytest.raises(RateLimited) as ei:
+        r.acquire("k")
+    assert ei.value.retry_after == 0.5 and r.policy_for("k").calls == 2  # type: ignore[attr-defined]
