@@ -381,14 +381,18 @@ class Connection:
                     gevent.sleep(0.005)
         self._closed_by_user = True
         self.lifecycle.fire("close")
-        current = gevent.getcurrent()
-        for g in (self._reconnector, self._heartbeat, self._writer, self._reader):
-            if g is not None and g is not current:
-                g.kill(block=False)
+        self._stop_greenlets()
         self._teardown_stream()
         self._fail_all(ConnectionClosed(f"{self.conn_id} to {self.endpoint} was closed by its owner"))
         self.lifecycle.fire("closed")
         self._emit_closed(None)
+
+    def _stop_greenlets(self) -> None:
+        """Kill this connection's background greenlets, except the one calling (it is finishing)."""
+        current = gevent.getcurrent()
+        for g in (self._reconnector, self._heartbeat, self._writer, self._reader):
+            if g is not None and g is not current:
+                g.kill(block=False)
 
     def _emit_closed(self, error: Optional[BaseException]) -> None:
         self.flush_stats()
@@ -404,10 +408,7 @@ class Connection:
 
     def _abandon_after_fork(self) -> None:
         """In a forked child: stop this copy without shutting down the parent's socket."""
-        current = gevent.getcurrent()
-        for g in (self._reconnector, self._heartbeat, self._writer, self._reader):
-            if g is not None and g is not current:
-                g.kill(block=False)
+        self._stop_greenlets()
         self._teardown_stream(detach=True)
         self._closed_by_user = True
         if self.lifecycle.state not in (CLOSING, CLOSED):
@@ -439,10 +440,7 @@ class Connection:
         self.last_error = error
         log.info("%s to %s lost: %s", self.conn_id, self.endpoint, error)
         self.lifecycle.fire("lost")
-        current = gevent.getcurrent()
-        for g in (self._heartbeat, self._writer, self._reader):
-            if g is not None and g is not current:
-                g.kill(block=False)
+        self._stop_greenlets()
         self._teardown_stream()
         self._fail_all(error)
         if self._strategy is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket as stdsocket
 import struct
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from typing import Any
 
 import gevent
@@ -128,13 +128,8 @@ def echo() -> Iterator[TLSEchoServer]:
         yield server
 
 
-@contextmanager
-def proxy_socket(address: tuple[str, int]) -> Iterator[Any]:
-    s = socket.create_connection(address, timeout=5)
-    try:
-        yield s
-    finally:
-        s.close()
+def proxy_socket(address: tuple[str, int]) -> closing[Any]:
+    return closing(socket.create_connection(address, timeout=5))
 
 
 def tunnel(sock: Any, host: str, port: int, *, user: str | None = None, pw: str | None = None, **kw: Any) -> tuple:

@@ -7,7 +7,7 @@ import datetime
 import hashlib
 import ssl
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from typing import Any
 
 import gevent
@@ -42,13 +42,8 @@ def kit() -> Iterator[CertificateKit]:
         yield k
 
 
-@contextmanager
-def connected(address: tuple[str, int]) -> Iterator[Any]:
-    s = socket.create_connection(address, timeout=5)
-    try:
-        yield s
-    finally:
-        s.close()
+def connected(address: tuple[str, int]) -> closing[Any]:
+    return closing(socket.create_connection(address, timeout=5))
 
 
 def echo_once(s: Any, payload: bytes = b"ping") -> bytes:
