@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 from socket import IPPROTO_TCP, TCP_NODELAY
-from typing import Any
+from typing import Any, Optional
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -209,12 +209,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_rounds(script: str, variants: list[str], seconds: float, rounds: int) -> dict[str, list[dict[str, Any]]]:
+def run_rounds(
+    script: str, variants: list[str], seconds: float, rounds: int, extra: Optional[list[str]] = None
+) -> dict[str, list[dict[str, Any]]]:
     """Run ``script --child VARIANT`` for every variant, ``rounds`` times interleaved, against one echo peer.
 
     Each child prints one JSON line of results; ``server_cpu`` (the peer's CPU
     share during that child) is added so a run can show the peer was not the
-    bottleneck. Shared by every client-side comparison in bench/.
+    bottleneck. ``extra`` arguments are passed to every child. Shared by
+    every client-side comparison in bench/.
     """
     peer = subprocess.Popen([sys.executable, str(HERE / "echo_peer.py")], stdout=subprocess.PIPE, text=True)
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
@@ -225,7 +228,17 @@ def run_rounds(script: str, variants: list[str], seconds: float, rounds: int) ->
             for variant in variants:
                 cpu0, t0 = cpu_seconds(peer.pid), time.perf_counter()
                 out = subprocess.run(
-                    [sys.executable, script, "--child", variant, "--port", str(port), "--seconds", str(seconds)],
+                    [
+                        sys.executable,
+                        script,
+                        "--child",
+                        variant,
+                        "--port",
+                        str(port),
+                        "--seconds",
+                        str(seconds),
+                        *(extra or []),
+                    ],
                     capture_output=True,
                     text=True,
                     timeout=seconds * 10 + 60,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import struct
 
 import pytest
 from ddsketch import DDSketch as ReferenceSketch
@@ -105,7 +106,8 @@ def test_since_returns_only_new_values() -> None:
     d = s.since(before)
     assert d.count == 4 and d.sum == pytest.approx(10.0)
     assert abs(d.quantile(0.5) - 2.0) <= 0.02  # type: ignore[operator]
-    assert 0.99 <= d.min <= 1.0 and 3.96 <= d.max <= 4.0
+    # Within the relative accuracy of the true extremes of the new values.
+    assert abs(d.min - 1.0) <= 0.01 and abs(d.max - 4.0) <= 0.04
     assert s.since(s.copy()).count == 0
     with pytest.raises(ConfigurationError, match="not a past copy"):
         before.since(s)
@@ -157,3 +159,132 @@ def test_empty_sketch_and_bad_input() -> None:
     s.clear()
     assert s.count == 0 and s.buckets == 0 and s.quantile(0.5) is None
     assert "count=0" in repr(s)
+
+
+@pytest.mark.parametrize("accuracy", [0.01, 0.005, 0.001])
+@pytest.mark.parametrize("kind", ["lognormal", "pareto", "uniform", "bimodal"])
+def test_add_many_fills_the_same_buckets_as_add(accuracy: float, kind: str) -> None:
+    rng = random.Random(11)
+    one, bulk = (DDSketch(accuracy, max_buckets=100_000), DDSketch(accuracy, max_buckets=100_000))
+    # Up to 7 bits per bucket the bulk path buckets the float32 rounding of
+    # each value; the reference does the same so the buckets must be equal.
+    rounded = DDSketch(accuracy, max_buckets=100_000)
+    for _ in range(5):  # several batches, so the min/max shortcut is exercised
+        values = samples(kind, 4000, rng)
+        for v in values:
+            one.add(v)
+            rounded.add(struct.unpack("f", struct.pack("f", v))[0] if bulk.mantissa_bits <= 7 else v)
+        bulk.add_many(values)
+    assert bulk._pos == rounded._pos and bulk._neg == one._neg and bulk.zero_count == one.zero_count
+    moved = sum(abs(bulk._pos.get(k, 0) - one._pos.get(k, 0)) for k in set(one._pos) | set(bulk._pos))
+    assert moved <= 0.001 * one.count  # only values within 2**-24 of a boundary move
+    assert (bulk.count, bulk.min, bulk.max) == (one.count, one.min, one.max)
+    assert bulk.sum == pytest.approx(one.sum, rel=1e-12)
+
+
+def test_add_many_float32_rounding_stays_within_the_bound() -> None:
+    # Values just under a bucket boundary round up into the next bucket as
+    # float32; the quantile bound still holds for them.
+    s = DDSketch(0.01)
+    edge = 1.0 + 1 / 64  # a bucket boundary for m = 6
+    values = [edge * (1 - 2.0**-30), edge * (1 - 2.0**-26)]
+    s.add_many(values)
+    assert s.count == 2 and s.min == min(values) and s.max == max(values)
+    for q in (0.0, 0.5, 1.0):
+        got = s.quantile(q)
+        assert got is not None and abs(got - edge) <= 0.01 * edge
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [0.001, 0.0, 0.002],  # a zero
+        [0.001, -0.5, 0.002],  # a negative
+        [0.001, 1e39, 0.002],  # beyond float32
+        [0.001, 1e-12, 0.002],  # under min_value: counts as zero
+        [3, 1, 2],  # ints
+    ],
+)
+def test_add_many_takes_the_general_path_for_what_the_fast_one_cannot_hold(values: list[float]) -> None:
+    bulk, one = DDSketch(), DDSketch()
+    bulk.add_many(values)
+    for v in values:
+        one.add(v)
+    assert (bulk._pos, bulk._neg, bulk.zero_count) == (one._pos, one._neg, one.zero_count)
+    assert (bulk.count, bulk.min, bulk.max) == (one.count, one.min, one.max)
+
+
+def test_add_many_below_the_float32_range_with_a_tiny_min_value() -> None:
+    # float32 cannot hold 1e-40 as a normal number: the float64 keys are used instead.
+    bulk, one = DDSketch(min_value=1e-300), DDSketch(min_value=1e-300)
+    values = [1e-40, 1e-39, 5e-38, 0.5]
+    bulk.add_many(values)
+    for v in values:
+        one.add(v)
+    assert bulk._pos == one._pos and bulk.min == 1e-40 and bulk.count == 4
+
+
+def test_nan_and_infinity_are_refused_and_leave_the_sketch_unchanged() -> None:
+    s = DDSketch()
+    s.add_many([0.001, 0.002])
+    for bad in (math.nan, math.inf, -math.inf):
+        with pytest.raises(ValueError, match="finite numbers"):
+            s.add(bad)
+        with pytest.raises(ValueError, match="finite numbers"):
+            s.add_many([0.003, bad])
+    assert s.count == 2 and s.max == 0.002  # a refused batch records nothing
+    s.add_many([])
+    assert s.count == 2
+
+
+@pytest.fixture(params=["numpy", "stdlib"])
+def counting(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the numpy counting path and again with the stdlib one."""
+    import nexus_green.monitoring.sketch as sk
+
+    if request.param == "stdlib":
+        monkeypatch.setattr(sk, "_np_module", False)
+    else:
+        monkeypatch.setattr(sk, "_np_module", None)  # imported again on first use
+    return str(request.param)
+
+
+@pytest.mark.parametrize("typecode", ["f", "d"])
+def test_connection_arrays_are_bucketed_in_place_by_both_paths(counting: str, typecode: str) -> None:
+    from array import array
+
+    from nexus_green.monitoring.sketch import NUMPY_MIN_BATCH
+
+    rng = random.Random(21)
+    values = array(typecode, samples("lognormal", NUMPY_MIN_BATCH * 3, rng))
+    bulk, one = DDSketch(), DDSketch()
+    bulk.add_many(values[:10])  # a small batch: never numpy
+    bulk.add_many(values[10:])
+    for v in values:  # array items are the (float32-rounded) values themselves
+        one.add(v)
+    assert bulk._pos == one._pos
+    assert (bulk.count, bulk.min, bulk.max) == (one.count, one.min, one.max)
+    assert bulk.sum == pytest.approx(one.sum, rel=1e-12)
+
+
+def test_zeros_in_a_big_float32_array_take_the_general_path(counting: str) -> None:
+    from array import array
+
+    values = array("f", [0.001] * 3000 + [0.0] + [0.002] * 3000)
+    s = DDSketch()
+    s.add_many(values)
+    assert s.zero_count == 1 and s.count == 6001 and s.min == 0.0
+
+
+def test_without_numpy_the_stdlib_path_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    from array import array
+
+    import nexus_green.monitoring.sketch as sk
+
+    monkeypatch.setattr(sk, "_np_module", None)
+    monkeypatch.setitem(sys.modules, "numpy", None)  # import numpy -> ImportError
+    assert sk._numpy() is None and sk._np_module is False
+    s = DDSketch()
+    s.add_many(array("f", [0.004] * (sk.NUMPY_MIN_BATCH + 1)))
+    assert s.count == sk.NUMPY_MIN_BATCH + 1 and abs(s.quantile(0.5) - 0.004) <= 0.004 * 0.01  # type: ignore[operator]
