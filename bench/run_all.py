@@ -20,7 +20,7 @@ BENCHES = [
     ["bench_compression_e2e.py", "--seconds", "3"],
     ["bench_pipeline.py", "--seconds", "3", "--rounds", "3"],
     ["bench_monitoring_memory.py"],
-    ["bench_monitoring_overhead.py", "--seconds", "12", "--rounds", "3"],
+    ["bench_monitoring_overhead.py", "--seconds", "30", "--rounds", "3"],
     ["bench_ratelimit.py"],
 ]
 

@@ -231,6 +231,7 @@ class Connection:
         self._emit_complete = False
         self._emit_io = False
         self._emit_stats = False
+        self._decoder: Optional[FrameDecoder] = None  # the current link's, for buffered()
         # array('f'): a latency is stored in 4 bytes (float32: 7 significant
         # digits, far finer than the sketch's 1 %), not kept alive as a float
         # object: thousands of those scattered through the allocator's pools
@@ -330,7 +331,7 @@ class Connection:
         self._stream = stream
         self.connected_at = self.clock.now()
         self.heartbeat.reset(self.clock.now())
-        decoder = FrameDecoder(max_frame_size=self.options.max_frame_size, strict=self.options.strict)
+        decoder = self._decoder = FrameDecoder(max_frame_size=self.options.max_frame_size, strict=self.options.strict)
         self._wevent.clear()
         self._reader = spawn(self._read_loop, stream, decoder, name=f"{self.conn_id}:reader")
         self._writer = spawn(self._write_loop, stream, name=f"{self.conn_id}:writer")
@@ -428,6 +429,7 @@ class Connection:
 
     def _teardown_stream(self, *, detach: bool = False) -> None:
         stream, self._stream = self._stream, None
+        self._decoder = None  # a dead link's partial frame is gone with it
         if stream is not None:
             if detach:
                 stream.detach()
@@ -918,6 +920,22 @@ class Connection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def buffered(self) -> tuple[int, int]:
+        """Bytes held in this connection's buffers now: ``(read, write)``.
+
+        ``read`` is an incomplete frame waiting for the rest of its bytes;
+        ``write`` is frames queued and not yet handed to the kernel. Monitoring
+        sums them over connections (``buffers.read.bytes``,
+        ``buffers.write.bytes``) once per tick.
+
+        Example::
+
+            >>> Connection("tcp://127.0.0.1:9").buffered()
+            (0, 0)
+        """
+        decoder = self._decoder
+        return (decoder.buffered if decoder is not None else 0, sum(map(len, self._wbuf)))
 
     def __repr__(self) -> str:
         return (

@@ -229,6 +229,8 @@ class PerformanceMonitor:
         self.cpu = g("process.cpu", unit="percent", help="CPU time of the process, % of one core")
         self.fds = g("process.open_fds", unit="fds", help="open file descriptors")
         g("greenlets.library", unit="greenlets", help="live greenlets started by nexus_green", fn=_library_greenlets)
+        self.buffers_read = g("buffers.read.bytes", unit="bytes", help="bytes of incomplete frames in read buffers")
+        self.buffers_write = g("buffers.write.bytes", unit="bytes", help="bytes queued for writing, not yet sent")
         self.buffers_in_use = g("buffers.in_use", unit="buffers", help="buffer-pool buffers in use")
         self.buffers_capacity = g("buffers.capacity", unit="buffers", help="buffer-pool capacity")
         self.buffers_utilisation = g("buffers.utilisation", unit="ratio", help="buffers in use / capacity")
@@ -525,6 +527,13 @@ class PerformanceMonitor:
     def tick(self) -> None:
         """Refresh derived figures (rates, recent latency, resources, hub lag) and append a history point."""
         self.flush()
+        read = write = 0
+        for conn in live_connections(self.bus):
+            r, w = conn.buffered()
+            read += r
+            write += w
+        self.buffers_read.set(read)
+        self.buffers_write.set(write)
         for fn in list(self._collectors):
             try:
                 fn()
