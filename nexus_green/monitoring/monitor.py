@@ -156,6 +156,7 @@ class PerformanceMonitor:
         self._lag_max = 0.0
         self._pools: dict[str, dict[str, Any]] = {}
         self._sample_all = cfg.sample_rate >= 1.0
+        self._numpy = cfg.numpy if cfg.numpy is not None else (True if self._sample_all else None)
         self._stride = max(1, round(1.0 / cfg.sample_rate))
         # Latencies wait here to be bucketed in bulk: float32 as connections
         # send them (array('f')), float64 for anything else (lists from other
@@ -347,11 +348,11 @@ class PerformanceMonitor:
         pending = self._pending_latencies
         if pending:
             self._pending_latencies = array("f")
-            self.latency.sketch.add_many(pending)
+            self.latency.sketch.add_many(pending, numpy=self._numpy)
         exact = self._pending_exact
         if exact:
             self._pending_exact = array("d")
-            self.latency.sketch.add_many(exact)
+            self.latency.sketch.add_many(exact, numpy=self._numpy)
 
     def _on_request_failed(self, event: Event) -> None:
         a = event.attrs

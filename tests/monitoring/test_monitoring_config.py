@@ -29,6 +29,7 @@ def test_defaults_match_the_issue() -> None:
         ({"sample_rate": 0}, "sample_rate must be in"),
         ({"statsd_sample_rate": 1.5}, "statsd_sample_rate must be in"),
         ({"relative_accuracy": 0.05}, "relative_accuracy must be in"),
+        ({"numpy": "yes"}, "numpy must be None, True or False"),
         ({"quantiles": ()}, "quantiles must be"),
         ({"quantiles": (0.5, 2)}, "quantiles must be"),
         ({"max_series": 0}, "max_series must be an integer >= 1"),

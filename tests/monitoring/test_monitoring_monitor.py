@@ -318,3 +318,30 @@ def test_connection_buffers_are_summed_at_each_tick() -> None:
             listener.close()
         mon.tick()
         assert mon.value("buffers.read.bytes") == 0 and mon.value("buffers.write.bytes") == 0
+
+
+@pytest.mark.parametrize(
+    ("rate", "numpy", "expected"), [(1.0, None, True), (0.1, None, None), (0.1, True, True), (1.0, False, False)]
+)
+def test_numpy_policy_follows_the_sample_rate_unless_configured(rate: float, numpy: object, expected: object) -> None:
+    from array import array
+
+    import nexus_green.monitoring.sketch as sk
+
+    bus = EventBus()
+    with PerformanceMonitor(bus, config=MonitoringConfiguration(sample_rate=rate, numpy=numpy)) as mon:  # type: ignore[arg-type]
+        assert mon._numpy is expected
+        seen: list[object] = []
+        real = sk.DDSketch.add_many
+
+        def spy(self: sk.DDSketch, values: object, *, numpy: object = None) -> None:
+            seen.append(numpy)
+            real(self, values, numpy=numpy)  # type: ignore[arg-type]
+
+        sk.DDSketch.add_many = spy  # type: ignore[method-assign]
+        try:
+            bus.emit("io.stats", conn_id="c1", completed=3, latencies=array("f", [0.001, 0.002, 0.003]))
+            mon.flush()
+        finally:
+            sk.DDSketch.add_many = real  # type: ignore[method-assign]
+        assert seen == [expected]

@@ -245,7 +245,9 @@ def counting(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     if request.param == "stdlib":
         monkeypatch.setattr(sk, "_np_module", False)
     else:
-        monkeypatch.setattr(sk, "_np_module", None)  # imported again on first use
+        import numpy  # noqa: F401  -- "already imported by the application": add_many's default uses it
+
+        monkeypatch.setattr(sk, "_np_module", None)  # looked up again on first use
     return str(request.param)
 
 
@@ -284,7 +286,22 @@ def test_without_numpy_the_stdlib_path_is_used(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(sk, "_np_module", None)
     monkeypatch.setitem(sys.modules, "numpy", None)  # import numpy -> ImportError
-    assert sk._numpy() is None and sk._np_module is False
+    assert sk._numpy(True) is None and sk._np_module is False
     s = DDSketch()
-    s.add_many(array("f", [0.004] * (sk.NUMPY_MIN_BATCH + 1)))
+    s.add_many(array("f", [0.004] * (sk.NUMPY_MIN_BATCH + 1)), numpy=True)
     assert s.count == sk.NUMPY_MIN_BATCH + 1 and abs(s.quantile(0.5) - 0.004) <= 0.004 * 0.01  # type: ignore[operator]
+
+
+def test_numpy_is_imported_only_when_asked_or_already_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    import nexus_green.monitoring.sketch as sk
+
+    monkeypatch.setattr(sk, "_np_module", None)
+    monkeypatch.delitem(sys.modules, "numpy", raising=False)  # as if the application never imported it
+    assert sk._numpy(False) is None and sk._numpy(None) is None  # left alone, not imported
+    assert "numpy" not in sys.modules and sk._np_module is None
+    monkeypatch.undo()  # numpy back in sys.modules (a second real import would reload it)
+    monkeypatch.setattr(sk, "_np_module", None)
+    np = sk._numpy(True)
+    assert np is sys.modules["numpy"] and sk._numpy(None) is np and sk._numpy(False) is None
