@@ -70,6 +70,13 @@ class Endpoint:
         host = parts.hostname
         if not host:
             raise InvalidURL(f"no host in {url!r}")
+        netloc = parts.netloc
+        if netloc.startswith("["):
+            # urlsplit takes "[::1]x:80" for host ::1, port 80; only ":port" may follow the bracket.
+            # (urlsplit itself refuses stray brackets, and brackets around anything but IPv6.)
+            tail = netloc[netloc.index("]") + 1 :]
+            if tail and not tail.startswith(":"):
+                raise InvalidURL(f"{tail!r} after the IPv6 address in {url!r}; write tcp://[addr]:port")
         if port is None:
             raise InvalidURL(f"no port in {url!r}; the NexusKit protocol has no default port")
         if port == 0:

@@ -43,6 +43,10 @@ def test_parse_valid(url: str, scheme: str, host: str, port: int) -> None:
         ("tcp://h:1#frag", "must be only scheme://host:port"),
         ("tcp://user@h:1", "must be only scheme://host:port"),
         ("tcp://user:pw@h:1", "must be only scheme://host:port"),
+        ("tcp://[::1]x:80", "'x:80' after the IPv6 address"),
+        ("tcp://[example.com]:80", "malformed URL"),  # urlsplit's own check
+        ("tcp://[10.0.0.1]:80", "malformed URL"),
+        ("tcp://h]:80", "malformed URL"),
         ("tcp://:pw@h:1", "must be only scheme://host:port"),
         ("tcp://h:abc", "bad port"),
         ("tcp://h:-1", "bad port"),
