@@ -796,6 +796,12 @@ class Connection:
                     if t - self._st_since >= STATS_INTERVAL or len(self._st_latencies) >= STATS_MAX_LATENCIES:
                         self.flush_stats(t)
         except RemoteProtocolError as exc:
+            # Answers that came before the malformed bytes in the same read are
+            # still answers: deliver them, then fail the rest with the error.
+            if decoder.salvaged:
+                answered = self._dispatch(decoder.salvaged, now())
+                if answered:
+                    run_callback(_deliver, answered)
             self.bus.emit("protocol.error", conn_id=self.conn_id, error=exc, offset=exc.offset)
             self._lost(stream, exc)
         except NexusError as exc:
@@ -810,13 +816,13 @@ class Connection:
         # Monitoring's cheap path: latencies (send to arrival) are appended here
         # and reported in one io.stats event per stats interval, so the
         # per-request path stays bare.
-        latencies: Optional[array[float]] = None
+        record: Optional[Callable[[float], None]] = None  # the latency array's append, bound once per batch
         if self._emit_stats:
             # Sample whole recv batches (every k-th), so an unsampled batch
             # costs nothing per request; completed counts stay exact.
             n = self._st_batches
             if n <= 0:  # the first batch is sampled, then every k-th
-                latencies = self._st_latencies
+                record = self._st_latencies.append
                 n = self.bus.latency_sample_every
             self._st_batches = n - 1
         for f in frames:
@@ -829,8 +835,8 @@ class Connection:
                         if bucket is not None:
                             bucket.discard(f[0])
                     ready.append((p[0], f))
-                    if latencies is not None:
-                        latencies.append(now - p[2])
+                    if record is not None:
+                        record(now - p[2])
                     if f[2] != 200:
                         self._st_non_ok += 1
                     continue

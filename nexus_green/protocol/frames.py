@@ -236,7 +236,10 @@ class FrameDecoder:
         self.strict = strict
         self._buf = bytearray()
         self._offset = 0  # stream offset of self._buf[0]
-        self._error: RemoteProtocolError | None = None
+        # The error that failed this decoder, None while it is healthy (see feed_raw).
+        self.error: RemoteProtocolError | None = None
+        # Frames completed by the failing feed before its malformed bytes.
+        self.salvaged: list[RawFrame] = []
         self.frames_decoded = 0
 
     @property
@@ -250,7 +253,7 @@ class FrameDecoder:
         return self._offset
 
     def _fail(self, exc: RemoteProtocolError) -> RemoteProtocolError:
-        self._error = exc
+        self.error = exc
         self._buf = bytearray()
         return exc
 
@@ -263,9 +266,21 @@ class FrameDecoder:
 
         The connection's reader uses this on the hot path: one ``unpack_from``
         and one slice per frame, no object built until a caller needs it.
+
+        When the bytes hold complete frames and then something malformed, the
+        feed raises, ``error`` keeps the error (every later feed raises it
+        too) and ``salvaged`` holds the frames that came before it. Example::
+
+            >>> dec = FrameDecoder()
+            >>> data = encode_request(1, 1, b"ok") + b"\\x00\\x00\\x00\\x20GARBAGE-GARBAGE-GARBAGE-GARB"
+            >>> try:
+            ...     dec.feed_raw(data)
+            ... except RemoteProtocolError as exc:
+            ...     print(exc.offset, [f[6] for f in dec.salvaged], dec.error is exc)
+            30 [b'ok'] True
         """
-        if self._error is not None:
-            raise self._error
+        if self.error is not None:
+            raise self.error
         if self._buf:
             self._buf += data
             src: bytes | bytearray = self._buf
@@ -277,36 +292,43 @@ class FrameDecoder:
         unpack = _PREFIX.unpack_from
         maxsize = self.max_frame_size
         strict = self.strict
-        while n - pos >= 24:
-            length, tag, ver, tp, res, qid, fid, code, dh = unpack(src, pos)
-            if tag != TAG or length < HEADER_SIZE or length > maxsize or res > 1:
-                self._check_prefix(src, pos, n)
-                at = self._offset + pos
-                raise self._fail(
-                    RemoteProtocolError(
-                        f"res={res} is neither request (0) nor response (1) (at byte offset {at})", offset=at
-                    )
-                )
-            end = pos + 4 + length
-            if end > n:
-                break
-            start = pos + 24
-            headers: Mapping[str, str] = NO_HEADERS
-            if not strict:
-                if dh:
-                    headers = self._headers(src, pos, start, dh, length)
-                    start += dh
-                if tp & TP_GZIP and tp & TP_CODEC_MASK:
+        try:
+            while n - pos >= 24:
+                length, tag, ver, tp, res, qid, fid, code, dh = unpack(src, pos)
+                if tag != TAG or length < HEADER_SIZE or length > maxsize or res > 1:
+                    self._check_prefix(src, pos, n)
                     at = self._offset + pos
                     raise self._fail(
                         RemoteProtocolError(
-                            f"tp=0x{tp:02x} sets both gzip and an extension codec (at byte offset {at})", offset=at
+                            f"res={res} is neither request (0) nor response (1) (at byte offset {at})", offset=at
                         )
                     )
-            out.append((qid, fid, code, tp, res, ver, bytes(src[start:end]), headers))
-            pos = end
-        if n - pos >= 4:
-            self._check_prefix(src, pos, n)
+                end = pos + 4 + length
+                if end > n:
+                    break
+                start = pos + 24
+                headers: Mapping[str, str] = NO_HEADERS
+                if not strict:
+                    if dh:
+                        headers = self._headers(src, pos, start, dh, length)
+                        start += dh
+                    if tp & TP_GZIP and tp & TP_CODEC_MASK:
+                        at = self._offset + pos
+                        raise self._fail(
+                            RemoteProtocolError(
+                                f"tp=0x{tp:02x} sets both gzip and an extension codec (at byte offset {at})", offset=at
+                            )
+                        )
+                out.append((qid, fid, code, tp, res, ver, bytes(src[start:end]), headers))
+                pos = end
+            if n - pos >= 4:
+                self._check_prefix(src, pos, n)
+        except RemoteProtocolError:
+            # The frames complete before the malformed bytes are not lost: a
+            # caller that still wants them (the connection delivers them
+            # before it closes the link) takes them from ``salvaged``.
+            self.salvaged = out
+            raise
         if src is self._buf:
             if pos:
                 del self._buf[:pos]
@@ -357,5 +379,5 @@ class FrameDecoder:
             raise self._fail(RemoteProtocolError(f"{exc} (in frame at byte offset {at})", offset=at)) from exc
 
     def __repr__(self) -> str:
-        state = "failed" if self._error is not None else "ok"
+        state = "failed" if self.error is not None else "ok"
         return f"<FrameDecoder {state} offset={self._offset} buffered={len(self._buf)} frames={self.frames_decoded}>"
