@@ -30,7 +30,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 __all__ = [
     "NexusError",
@@ -95,6 +95,20 @@ class NexusError(Exception):
         super().__init__(message)
         if retryable is not None:
             self.retryable = retryable
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickle (multiprocessing, process pools) without calling __init__ again:
+        # subclasses take keyword-only arguments (RemoteError's ``code`` is
+        # required) that Exception's default reduction would not pass.
+        return _rebuild_error, (type(self), self.args, self.__dict__)
+
+
+def _rebuild_error(cls: type[NexusError], args: tuple[Any, ...], state: dict[str, Any]) -> NexusError:
+    """Unpickle a NexusError: its message arguments and attributes, as they were."""
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
 
 
 # --- timeouts -----------------------------------------------------------------

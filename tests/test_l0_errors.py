@@ -135,3 +135,30 @@ def test_chaining_keeps_the_cause() -> None:
             raise E.ConnectionRefused("connection refused by 127.0.0.1:1") from exc
     assert isinstance(ei.value.__cause__, ConnectionRefusedError)
     assert ei.value.__suppress_context__ is True
+
+
+def test_every_error_survives_pickling_with_its_attributes() -> None:
+    # Process pools and multiprocessing pickle exceptions; keyword-only
+    # arguments (RemoteError's required code) must not break that.
+    import pickle
+
+    import nexus_green.errors as errors_module
+    from nexus_green.protocol.messages import Response
+
+    classes = [
+        c
+        for c in vars(errors_module).values()
+        if isinstance(c, type) and issubclass(c, errors_module.NexusError)
+    ]
+    assert len(classes) > 20
+    for cls in classes:
+        err = cls.__new__(cls)
+        errors_module.NexusError.__init__(err, f"{cls.__name__} happened", retryable=True)
+        err.extra = 7  # type: ignore[attr-defined]
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is cls and str(back) == str(err) and back.__dict__ == err.__dict__
+    response = Response(body=b"busy", code=503, fid=3, qid=9)
+    remote = errors_module.RemoteError("fid=3 answered code 503", code=503, response=response)
+    back = pickle.loads(pickle.dumps(remote))
+    assert back.code == 503 and back.response.body == b"busy" and not back.retryable
+    assert str(back) == "fid=3 answered code 503"
