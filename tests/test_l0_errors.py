@@ -146,9 +146,7 @@ def test_every_error_survives_pickling_with_its_attributes() -> None:
     from nexus_green.protocol.messages import Response
 
     classes = [
-        c
-        for c in vars(errors_module).values()
-        if isinstance(c, type) and issubclass(c, errors_module.NexusError)
+        c for c in vars(errors_module).values() if isinstance(c, type) and issubclass(c, errors_module.NexusError)
     ]
     assert len(classes) > 20
     for cls in classes:
