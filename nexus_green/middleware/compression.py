@@ -33,8 +33,8 @@ Example::
     >>> mw = CompressionMiddleware(algorithm="zstd", level="balanced")
     >>> def wire(req):
     ...     return Response(body=b"%d bytes, tp=0x%02x" % (len(req.body), req.context.get("tp", 0)))
-    >>> mw(Request(body=b'{"k": "v"}' * 500), wire).body   # 5000 bytes on the wire as ~28
-    b'2... bytes, tp=0x80'
+    >>> mw(Request(body=b'{"k": "v"}' * 500), wire).body   # 5000 bytes on the wire as ~32
+    b'3... bytes, tp=0x80'
     >>> mw(Request(body=b"tiny"), wire).body
     b'4 bytes, tp=0x00'
 """
@@ -478,7 +478,7 @@ class ZstdDictionary:
         pool = self._compressors.get(n)
         if pool is None:
             pool = self._compressors.setdefault(
-                n, ContextPool(lambda: zstandard.ZstdCompressor(level=n, dict_data=self._dict))
+                n, ContextPool(lambda: zstandard.ZstdCompressor(level=n, dict_data=self._dict, write_checksum=True))
             )
         comp = pool.take()
         out = bytes(comp.compress(bytes(data)))

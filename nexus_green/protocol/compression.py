@@ -104,7 +104,10 @@ def _gzip_d(data: bytes, max_size: int) -> bytes:
 
 
 def _lz4_c(data: bytes, level: int) -> bytes:
-    return lz4.frame.compress(data, compression_level=level)
+    # The content checksum (4 bytes, xxHash32) lets the receiver tell a
+    # corrupted body from a valid one; without it lz4 can decode damage into
+    # wrong bytes. Any lz4 frame decoder accepts it.
+    return lz4.frame.compress(data, compression_level=level, content_checksum=True)
 
 
 def _lz4_d(data: bytes, max_size: int) -> bytes:
@@ -178,7 +181,9 @@ _ZSTD_DECOMPRESSORS: ContextPool[zstandard.ZstdDecompressor] = ContextPool(zstan
 def _zstd_c(data: bytes, level: int) -> bytes:
     pool = _ZSTD_COMPRESSORS.get(level)
     if pool is None:
-        pool = _ZSTD_COMPRESSORS.setdefault(level, ContextPool(lambda: zstandard.ZstdCompressor(level=level)))
+        pool = _ZSTD_COMPRESSORS.setdefault(
+            level, ContextPool(lambda: zstandard.ZstdCompressor(level=level, write_checksum=True))
+        )
     comp = pool.take()
     out = comp.compress(data)  # one-shot: the context is reset at the start of each call
     pool.give(comp, size=len(data))

@@ -79,7 +79,9 @@ def test_zstd_codec_reuses_one_compressor_per_level_and_matches_a_fresh_one() ->
     pooled = comp._ZSTD_COMPRESSORS[codec.level("best")]
     ctx = pooled.take()
     pooled.give(ctx, size=0)
-    assert codec.compress(data, "best") == first == zstandard.ZstdCompressor(level=19).compress(data)
+    assert (
+        codec.compress(data, "best") == first == zstandard.ZstdCompressor(level=19, write_checksum=True).compress(data)
+    )
     assert pooled.take() is ctx  # the same compressor served the second call
     pooled.give(ctx, size=0)
     assert len(pooled) == 1
