@@ -8,8 +8,12 @@ states in short slices:
     off        no monitor subscribed
     on-1.0     a started PerformanceMonitor with sample_rate=1.0 (every latency recorded)
     on-default a started PerformanceMonitor with the default configuration
+    off-control  no monitor, like off (the A/A control)
 
-Each cycle runs the three states once, in a random order (``--seed``), so
+``off-control`` is a second off state, measured like the others: its "cost"
+is the noise floor of the method (an A/A test), printed with the results.
+
+Each cycle runs the four states once, in a random order (``--seed``), so
 machine drift on a shared host hits every state alike and no state always
 follows the same one. A state's cost in a cycle is its throughput (and CPU
 per request) against the off slice of the same cycle; the figure reported is
@@ -52,7 +56,8 @@ sys.path.insert(0, str(HERE))
 
 import bench_foundation as bf  # noqa: E402
 
-VARIANTS = ("off", "on-1.0", "on-default")
+VARIANTS = ("off", "off-control", "on-1.0", "on-default")
+MEASURED = ("off-control", "on-1.0", "on-default")
 
 
 def child(port: int, seconds: float, slice_s: float, seed: int) -> None:
@@ -86,7 +91,7 @@ def child(port: int, seconds: float, slice_s: float, seed: int) -> None:
         rng.shuffle(order)  # no state always follows the same one
         cycle: dict[str, tuple[float, float]] = {}
         for variant in order:
-            monitor = PerformanceMonitor(config=configs[variant]).start() if variant != "off" else None
+            monitor = PerformanceMonitor(config=configs[variant]).start() if variant in configs else None
             n0, t0, c0 = done[0], time.perf_counter(), time.process_time()
             gevent.sleep(slice_s)
             if monitor is not None:
@@ -122,6 +127,7 @@ def child(port: int, seconds: float, slice_s: float, seed: int) -> None:
     for v, n in counted.items():
         out[v]["monitor_counted"] = n
         out[v]["tick_ms"] = statistics.median(ticks[v]) * 1000
+    for v in MEASURED:
         # Per cycle: this state's throughput and CPU per request against the off slice of the same cycle.
         out[v]["cycle_costs"] = [1 - c[v][0] / c["off"][0] for c in cycles]
         out[v]["cycle_cpu_costs"] = [c[v][1] / c["off"][1] - 1 for c in cycles]
@@ -152,8 +158,8 @@ def main() -> int:
         f"{'round':6} {'variant':12} {'req/s':>10} {'vs off':>8} {'CPU us/req':>11} {'vs off':>8}"
         f" {'tick ms':>8} {'peer CPU':>9}"
     )
-    cost: dict[str, list[float]] = {"on-1.0": [], "on-default": []}
-    cpu_cost: dict[str, list[float]] = {"on-1.0": [], "on-default": []}
+    cost: dict[str, list[float]] = {v: [] for v in MEASURED}
+    cpu_cost: dict[str, list[float]] = {v: [] for v in MEASURED}
     for k, r in enumerate(rounds, 1):
         base, base_cpu = r["off"]["rps"], r["off"]["cpu_us_per_req"]
         for v in VARIANTS:
@@ -165,11 +171,11 @@ def main() -> int:
             if v in cost:
                 cost[v].append(1 - x["rps"] / base)
                 cpu_cost[v].append(x["cpu_us_per_req"] / base_cpu - 1)
-                if abs(x["monitor_counted"] - x["requests"]) > bf.CONCURRENCY * x["slices"]:
+                if "monitor_counted" in x and abs(x["monitor_counted"] - x["requests"]) > bf.CONCURRENCY * x["slices"]:
                     print(f"       {v}: monitor counted {x['monitor_counted']:,} of {x['requests']:,} requests")
     print()
     summary = {}
-    for v, target in (("on-1.0", 0.03), ("on-default", 0.01)):
+    for v, target in (("off-control", 0.0), ("on-1.0", 0.03), ("on-default", 0.01)):
         pooled = [c for r in rounds for c in r[v]["cycle_costs"]]
         pooled_cpu = [c for r in rounds for c in r[v]["cycle_cpu_costs"]]
         summary[v] = {
@@ -178,8 +184,9 @@ def main() -> int:
             "throughput_cost_per_round": cost[v],
             "cycles": len(pooled),
         }
+        goal = "A/A control: the noise floor, ideally 0" if v == "off-control" else f"target <= {target:.0%}"
         print(
-            f"{v}: throughput cost {summary[v]['throughput_cost_median_of_cycles']:+.1%} (target <= {target:.0%}),"
+            f"{v}: throughput cost {summary[v]['throughput_cost_median_of_cycles']:+.1%} ({goal}),"
             f" CPU per request {summary[v]['cpu_cost_median_of_cycles']:+.1%}: medians of {len(pooled)} cycles;"
             f" per round (totals) {', '.join(f'{c:+.1%}' for c in cost[v])}"
         )

@@ -255,7 +255,7 @@ class DDSketch:
         m = self.mantissa_bits
         counts: Optional[Mapping[int, int]] = None
         floats: Any = values  # what sum/min/max read: a numpy view when values is a float32 array
-        np = _numpy(numpy) if n >= NUMPY_MIN_BATCH and m <= _F32_BITS else None
+        np: Any = _numpy(numpy) if n >= NUMPY_MIN_BATCH and m <= _F32_BITS else None
         try:
             f32: Optional[memoryview] = None
             f64: Optional[memoryview] = None
@@ -275,7 +275,7 @@ class DDSketch:
                 if np is not None:
                     counts = _numpy_count(np, f32)
                     if isinstance(values, array):  # the float32 values are the values
-                        floats = np.frombuffer(f32, dtype=np.float32).astype(np.float64)
+                        floats = np.frombuffer(f32, dtype=np.float32)  # in place, no copy
                 else:
                     counts = Counter(f32.cast("H")[_HIGH_HALF::2])
             elif f32 is not None:
@@ -311,7 +311,7 @@ class DDSketch:
         if floats is values:
             self.sum += sum(values)
         else:
-            self.sum += float(floats.sum())
+            self.sum += float(floats.sum(dtype=np.float64))
             lowest_value, highest_value = _np_min, _np_max
         lo_key, hi_key = (lowest >> shift) - offset, (highest >> shift) - offset
         if self._bounds(lo_key)[0] * (1.0 - _ROUNDING_SLACK) < self.min:
