@@ -66,9 +66,6 @@ _F32_BITS = 7
 # boundary may land in the next bucket. Its error then exceeds the bucket bound
 # by at most 2**-24 relative; m is chosen with that slack included.
 _ROUNDING_SLACK = 2.0**-23
-# The float32 path needs every value to be a normal float32.
-_F32_MIN = 2.0**-125
-_F32_MAX = 2.0**127
 _HIGH_HALF = 1 if sys.byteorder == "little" else 0  # index of a float32's top 16 bits as 'H'
 
 
@@ -232,14 +229,15 @@ class DDSketch:
         True imports numpy if needed, None (the default) uses it only if the
         application already imported it, False never does.
         The keys found also tell whether the batch holds anything the fast
-        path cannot take (zeros, negatives: :meth:`add` then takes each value;
-        nan or an infinity: ``ValueError`` and nothing is recorded) and whether it can move ``min``/``max`` at all, so the
+        path cannot take (zeros, negatives, values beyond float32: :meth:`add`
+        then takes each value; nan or an infinity: ``ValueError`` and nothing
+        is recorded) and whether it can move ``min``/``max`` at all, so the
         exact extremes are only scanned for when they may change.
 
         The result is what :meth:`add` gives for each value, except that for
-        lists the float32 rounding can move a value lying within 2**-24 (relative)
-        under a bucket boundary into the next bucket, which the accuracy
-        bound already allows for. Example::
+        lists the float32 rounding can move a value lying within 2**-24
+        (relative) under a bucket boundary into the next bucket, which the
+        accuracy bound already allows for. Example::
 
             >>> a, b = DDSketch(), DDSketch()
             >>> vals = [0.001, 0.002, 0.002, 0.5]
