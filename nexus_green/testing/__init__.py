@@ -1,5 +1,6 @@
 """The public testing kit: an embedded NexusKit server, a SOCKS5 test proxy,
-test certificates and a FakeClock, for testing code built on nexus_green.
+a scripted misbehaving peer, test certificates and a FakeClock, for testing
+code built on nexus_green.
 
 Example::
 
@@ -10,6 +11,7 @@ Example::
 """
 
 from ..clock import FakeClock
+from .scripted import scripted_peer
 from .server import (
     FID_CLOSE,
     FID_DELAY,
@@ -33,6 +35,7 @@ __all__ = [
     "TLSEchoServer",
     "EmbeddedServer",
     "Reply",
+    "scripted_peer",
     "FakeClock",
     "FID_ECHO",
     "FID_DELAY",

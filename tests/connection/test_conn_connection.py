@@ -561,41 +561,29 @@ def test_responses_before_garbage_in_the_same_read_are_delivered() -> None:
     # The peer answers the first of two requests and sends garbage in the same
     # write: the answer is delivered, the other request fails with the
     # protocol error, and the link is closed.
-    from gevent import socket as gsocket
-
     from nexus_green.protocol.frames import Frame, FrameDecoder, encode_frame
+    from nexus_green.testing import scripted_peer
 
-    listener = gsocket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
     bus = EventBus()
     errors: list[Any] = []
     bus.subscribe(errors.append, prefix="protocol.error")
 
-    def peer() -> None:
-        sock, _ = listener.accept()
-        try:
-            dec = FrameDecoder()
-            got: list[Any] = []
-            while len(got) < 2:
-                got += dec.feed(sock.recv(4096))
-            answer = encode_frame(Frame(qid=got[0].qid, fid=got[0].fid, code=200, res=1, body=b"first"))
-            sock.sendall(answer + b"\x00\x00\x00\x20" + b"G" * 40)
-            sock.recv(1)  # until the client closes
-        finally:
-            sock.close()
+    def peer(sock: Any) -> None:
+        dec = FrameDecoder()
+        got: list[Any] = []
+        while len(got) < 2:
+            got += dec.feed(sock.recv(4096))
+        answer = encode_frame(Frame(qid=got[0].qid, fid=got[0].fid, code=200, res=1, body=b"first"))
+        sock.sendall(answer + b"\x00\x00\x00\x20" + b"G" * 40)
+        sock.recv(1)  # until the client closes
 
-    g = gevent.spawn(peer)
-    try:
-        with Connection(f"tcp://127.0.0.1:{listener.getsockname()[1]}", options=opts(), bus=bus) as conn:
+    with scripted_peer(peer) as (host, port):
+        with Connection(f"tcp://{host}:{port}", options=opts(), bus=bus) as conn:
             calls = [gevent.spawn(conn.request, body, 1, timeout=5) for body in (b"a", b"b")]
             gevent.joinall(calls, timeout=5)
             outcomes = sorted((type(c.value).__name__ if c.successful() else type(c.exception).__name__) for c in calls)
             answered = [c.value for c in calls if c.successful()]
             assert conn.state == "closed"
-    finally:
-        g.kill()
-        listener.close()
     assert outcomes == ["RemoteProtocolError", "Response"]
     assert answered[0].body == b"first"
     assert len(errors) == 1

@@ -289,33 +289,26 @@ def test_string_errors_and_missing_attributes_are_tolerated(monitor: Performance
 def test_connection_buffers_are_summed_at_each_tick() -> None:
     # A real connection to a peer that reads nothing and sends half a frame:
     # bytes wait in the read buffer, and queued writes in the write buffer.
-    from gevent import socket
-
     from nexus_green.connection.connection import Connection, ConnectionOptions
+    from nexus_green.testing import scripted_peer
+
+    def peer(sock: object) -> None:
+        sock.sendall(b"\x00\x00\x00\x40" + b"\x7a\x5a" + b"\x00" * 10)  # type: ignore[attr-defined]  # 16 of 68 bytes
+        sock.recv(1)  # type: ignore[attr-defined]  # until the client closes
 
     bus = EventBus()
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    port = listener.getsockname()[1]
-    with PerformanceMonitor(bus) as mon:
-        conn = Connection(f"tcp://127.0.0.1:{port}", bus=bus, options=ConnectionOptions(heartbeat_interval=None))
-        try:
+    with PerformanceMonitor(bus) as mon, scripted_peer(peer) as (host, port):
+        conn = Connection(f"tcp://{host}:{port}", bus=bus, options=ConnectionOptions(heartbeat_interval=None))
+        with conn:
             conn.connect()
-            peer, _ = listener.accept()
-            try:
-                peer.sendall(b"\x00\x00\x00\x40" + b"\x7a\x5a" + b"\x00" * 10)  # 16 bytes of a 68-byte frame
-                gevent.sleep(0.05)
-                conn._wbuf.append(b"x" * 100)  # queued, writer not woken
-                mon.tick()
-                assert conn.buffered() == (16, 100)
-                assert mon.value("buffers.read.bytes") == 16 and mon.value("buffers.write.bytes") == 100
-                conn._wbuf.clear()
-            finally:
-                peer.close()
-        finally:
-            conn.close()
-            listener.close()
+            with gevent.Timeout(5):  # the peer's 16 bytes reach the read buffer
+                while conn.buffered()[0] != 16:
+                    gevent.sleep(0.01)
+            conn._wbuf.append(b"x" * 100)  # queued, writer not woken
+            mon.tick()
+            assert conn.buffered() == (16, 100)
+            assert mon.value("buffers.read.bytes") == 16 and mon.value("buffers.write.bytes") == 100
+            conn._wbuf.clear()
         mon.tick()
         assert mon.value("buffers.read.bytes") == 0 and mon.value("buffers.write.bytes") == 0
 

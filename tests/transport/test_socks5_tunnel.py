@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import socket as stdsocket
 import struct
-from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Iterator
+from contextlib import closing
 from typing import Any
 
 import gevent
 import pytest
 from gevent import socket
-from gevent.server import StreamServer
 
 from nexus_green.errors import (
     ConfigurationError,
@@ -21,6 +20,7 @@ from nexus_green.errors import (
     InvalidURL,
     ProxyError,
 )
+from nexus_green.testing.scripted import scripted_peer
 from nexus_green.testing.socks5_proxy import Socks5Proxy
 from nexus_green.testing.tls import TLSEchoServer
 from nexus_green.transport import socks5 as socks5_transport
@@ -293,20 +293,6 @@ def test_allow_filter_is_not_allowed(echo: TLSEchoServer) -> None:
 
 
 # --------------------------------------------------------------------- scripted misbehaving proxies
-@contextmanager
-def scripted_proxy(script: Callable[[Any], None]) -> Iterator[tuple[str, int]]:
-    def handle(sock: Any, addr: Any) -> None:
-        try:
-            script(sock)
-        finally:
-            sock.close()
-
-    server = StreamServer(("127.0.0.1", 0), handle)
-    server.start()
-    try:
-        yield server.address
-    finally:
-        server.stop(timeout=1)
 
 
 def read_greeting(sock: Any) -> bytes:
@@ -321,7 +307,7 @@ def test_proxy_closing_mid_handshake_is_malformed_reply() -> None:
         read_greeting(sock)
         sock.sendall(b"\x05")  # half a method reply, then EOF
 
-    with scripted_proxy(script) as addr, proxy_socket(addr) as s:
+    with scripted_peer(script) as addr, proxy_socket(addr) as s:
         with pytest.raises(ProxyError, match="closed the connection in the middle of the handshake") as e:
             tunnel(s, "127.0.0.1", 1)
         assert e.value.reason == "malformed_reply"
@@ -335,7 +321,7 @@ def test_proxy_closing_after_failed_reply_code_only() -> None:
         sock.recv(64)
         sock.sendall(b"\x05\x04")  # reply code only, then EOF
 
-    with scripted_proxy(script) as addr, proxy_socket(addr) as s:
+    with scripted_peer(script) as addr, proxy_socket(addr) as s:
         with pytest.raises(ProxyError) as e:
             tunnel(s, "127.0.0.1", 1)
         assert e.value.reason == "host_unreachable"
@@ -348,7 +334,7 @@ def test_malformed_reply_from_the_state_machine_names_the_proxy() -> None:
         sock.recv(64)
         sock.sendall(b"\x05\x00\x00\x09")
 
-    with scripted_proxy(script) as addr, proxy_socket(addr) as s:
+    with scripted_peer(script) as addr, proxy_socket(addr) as s:
         with pytest.raises(ProxyError, match="unknown address type") as e:
             tunnel(s, "127.0.0.1", 1)
         assert e.value.reason == "malformed_reply"
@@ -361,7 +347,7 @@ def test_silent_proxy_times_out_with_overall_timeout() -> None:
     def script(sock: Any) -> None:
         done.wait(5)
 
-    with scripted_proxy(script) as addr, proxy_socket(addr) as s:
+    with scripted_peer(script) as addr, proxy_socket(addr) as s:
         with pytest.raises(HandshakeTimeout, match=r"test-proxy .*did not finish within 0.05s") as e:
             tunnel(s, "127.0.0.1", 1, timeout=0.05)
         assert e.value.retryable is True
@@ -374,7 +360,7 @@ def test_silent_proxy_times_out_with_socket_timeout() -> None:
     def script(sock: Any) -> None:
         done.wait(5)
 
-    with scripted_proxy(script) as addr, proxy_socket(addr) as s:
+    with scripted_peer(script) as addr, proxy_socket(addr) as s:
         s.settimeout(0.05)
         with pytest.raises(HandshakeTimeout, match="handshake timed out"):
             tunnel(s, "127.0.0.1", 1)
@@ -387,7 +373,7 @@ def test_foreign_timeout_is_not_swallowed() -> None:
     def script(sock: Any) -> None:
         done.wait(5)
 
-    with scripted_proxy(script) as addr, proxy_socket(addr) as s:
+    with scripted_peer(script) as addr, proxy_socket(addr) as s:
         with pytest.raises(gevent.Timeout):
             with gevent.Timeout(0.05):
                 tunnel(s, "127.0.0.1", 1, timeout=10)
@@ -400,7 +386,7 @@ def test_reset_during_handshake_is_connection_lost() -> None:
         # SO_LINGER 0: close sends RST instead of FIN
         sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_LINGER, struct.pack("ii", 1, 0))
 
-    with scripted_proxy(script) as addr, proxy_socket(addr) as s:
+    with scripted_peer(script) as addr, proxy_socket(addr) as s:
         with pytest.raises(ConnectionLost, match="test-proxy .*connection lost during the handshake"):
             tunnel(s, "127.0.0.1", 1)
 

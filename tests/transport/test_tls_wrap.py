@@ -14,7 +14,6 @@ import gevent
 import pytest
 import trustme
 from gevent import socket
-from gevent.server import StreamServer
 
 from nexus_green.errors import (
     CertificateExpired,
@@ -25,6 +24,7 @@ from nexus_green.errors import (
     PinMismatch,
     TLSError,
 )
+from nexus_green.testing.scripted import scripted_peer
 from nexus_green.testing.socks5_proxy import Socks5Proxy
 from nexus_green.testing.tls import CertificateKit, TLSEchoServer, make_test_certificates
 from nexus_green.transport import tls as tls_module
@@ -308,24 +308,8 @@ def test_foreign_timeout_propagates() -> None:
         assert raw.fileno() == -1
 
 
-@contextmanager
-def scripted_server(script: Any) -> Iterator[tuple[str, int]]:
-    def handle(sock: Any, addr: Any) -> None:
-        try:
-            script(sock)
-        finally:
-            sock.close()
-
-    server = StreamServer(("127.0.0.1", 0), handle)
-    server.start()
-    try:
-        yield server.address
-    finally:
-        server.stop(timeout=1)
-
-
 def test_server_closing_during_handshake() -> None:
-    with scripted_server(lambda sock: sock.recv(1)) as addr, connected(addr) as raw:
+    with scripted_peer(lambda sock: sock.recv(1)) as addr, connected(addr) as raw:
         with pytest.raises(TLSError, match="the server closed the connection") as e:
             wrap(raw, TLSConfig(), "localhost", 5.0, port=addr[1])
     assert e.value.reason == "connection_closed" and e.value.retryable is True
@@ -337,7 +321,7 @@ def test_plaintext_server() -> None:
         sock.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n" * 4)
         sock.recv(1024)
 
-    with scripted_server(script) as addr, connected(addr) as raw:
+    with scripted_peer(script) as addr, connected(addr) as raw:
         with pytest.raises(
             TLSError, match=r"TLS handshake with localhost failed: (WRONG_VERSION_NUMBER|.*record)"
         ) as e:
