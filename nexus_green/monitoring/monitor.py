@@ -522,18 +522,23 @@ class PerformanceMonitor:
             ...     mon.value("requests.completed")
             0
         """
-        for conn in live_connections(self.bus):
-            conn.flush_stats()
-        self._flush_latencies()
+        self._flush_connections()
 
-    def tick(self) -> None:
-        """Refresh derived figures (rates, recent latency, resources, hub lag) and append a history point."""
-        self.flush()
+    def _flush_connections(self) -> tuple[int, int]:
+        # One pass over the connections: their io.stats, then every pending
+        # latency bucketed; returns the bytes they hold in read and write buffers.
         read = write = 0
         for conn in live_connections(self.bus):
+            conn.flush_stats()
             r, w = conn.buffered()
             read += r
             write += w
+        self._flush_latencies()
+        return read, write
+
+    def tick(self) -> None:
+        """Refresh derived figures (rates, recent latency, resources, hub lag) and append a history point."""
+        read, write = self._flush_connections()
         self.buffers_read.set(read)
         self.buffers_write.set(write)
         for fn in list(self._collectors):
