@@ -23,8 +23,8 @@ Event names (the catalogue later layers rely on; attributes in brackets):
   ``request.late`` [conn_id, qid]
 * ``io.stats`` [conn_id, interval, bytes_sent, frames_sent, bytes_received,
   frames_received, completed, non_ok, latencies, sampled_every]: what a connection did since
-  its previous ``io.stats`` (emitted every 0.1 s of traffic, on
-  ``Connection.flush_stats()`` and on close); ``latencies`` lists the
+  its previous ``io.stats`` (emitted on ``Connection.flush_stats()``, which
+  monitoring calls at each tick, on close, and every 4,096 latencies); ``latencies`` lists the
   send-to-arrival time of the requests in every ``sampled_every``-th batch
   (the bus's ``latency_sample_every`` hint, set by a sampling monitor). Monitoring subscribes to this,
   not to the per-request events: those cost too much on the hot path, so

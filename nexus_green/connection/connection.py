@@ -78,7 +78,7 @@ from ..transport.stream import ConnectInfo, Stream, open_stream
 from .backoff import ExponentialBackoff, ReconnectStrategy
 from .state import CLOSED, CLOSING, CONNECTED, CONNECTING, IDLE, RECONNECTING, Lifecycle
 
-__all__ = ["Connection", "ConnectionOptions", "live_connections", "STATS_INTERVAL"]
+__all__ = ["Connection", "ConnectionOptions", "live_connections", "STATS_MAX_LATENCIES"]
 
 log = logging.getLogger("nexus_green.connection")
 
@@ -86,8 +86,9 @@ _ids = itertools.count(1)
 _MAX_QID = 0xFFFFFFFF
 _ABANDONED_MEMORY = 4096  # how many timed-out Qids we remember to recognise late responses
 _BUCKET = 1000  # deadline buckets per second (1 ms resolution)
-STATS_INTERVAL = 0.1  # seconds between io.stats events while traffic flows
-# ... or sooner, once this many latencies are gathered (16 KB of them).
+# A connection emits io.stats when asked (Connection.flush_stats: the monitor's
+# tick and flush, and close), or on its own once this many latencies are
+# gathered (16 KB of them).
 STATS_MAX_LATENCIES = 4096
 _EAGER_FLUSH = 16  # fewest queued frames a caller hands to the kernel itself (see _flush_eagerly)
 
@@ -221,6 +222,11 @@ class Connection:
         self.connected_at: Optional[float] = None
         self.last_connect: Optional[ConnectInfo] = None
         self.requests = 0
+        # Traffic since the connection was made, kept whether or not anyone
+        # monitors (a few integer additions per recv / send batch).
+        self.responses = 0  # requests answered (any code)
+        self.responses_non_ok = 0  # ... with a code other than 200
+        self.bytes_sent = self.frames_sent = self.bytes_received = self.frames_received = 0
         self.late_responses = 0
         self.pushes = 0
         self.reconnects = 0
@@ -239,8 +245,8 @@ class Connection:
         # place (DDSketch.add_many).
         self._st_latencies: array[float] = array("f")
         self._st_since = clock.now()
-        self._st_bytes_in = self._st_frames_in = self._st_bytes_out = self._st_frames_out = self._st_non_ok = 0
-        self._st_completed = self._st_batches = 0
+        self._st_base = self._counts()  # the counters at the last io.stats
+        self._st_batches = 0
         self._refresh_bus_flags()
         _LIVE.add(self)
 
@@ -654,18 +660,35 @@ class Connection:
             self._wbuf.insert(0, data[n:] if n else data)
             self._wevent.set()
         if n:
+            self.bytes_sent += n
+            self.frames_sent += len(chunks)
             if self._emit_io:
                 self.bus.emit("io.sent", conn_id=self.conn_id, nbytes=n, frames=len(chunks))
-            if self._emit_stats:
-                self._st_bytes_out += n
-                self._st_frames_out += len(chunks)
 
     def _refresh_bus_flags(self) -> None:
         bus = self.bus
         self._bus_version = bus.version
         self._emit_complete = bus.wants("request.complete")
         self._emit_io = bus.wants("io.sent") or bus.wants("io.received")
-        self._emit_stats = bus.wants("io.stats")
+        emit_stats = bus.wants("io.stats")
+        if emit_stats and not self._emit_stats:
+            # A new listener hears what happens from now on, not what the
+            # counters gathered while nobody listened.
+            self._st_base = self._counts()
+            self._st_since = self.clock.now()
+            self._st_latencies = array("f")
+            self._st_batches = 0
+        self._emit_stats = emit_stats
+
+    def _counts(self) -> tuple[int, int, int, int, int, int]:
+        return (
+            self.bytes_sent,
+            self.frames_sent,
+            self.bytes_received,
+            self.frames_received,
+            self.responses,
+            self.responses_non_ok,
+        )
 
     def send(self, body: bytes = b"", fid: int = 0, *, headers: Optional[Mapping[str, str]] = None, tp: int = 0) -> int:
         """Fire and forget: queue one frame and return its Qid without waiting.
@@ -750,11 +773,10 @@ class Connection:
                     finally:
                         self._writing = False
                     self.heartbeat.on_activity(self.clock.now())
+                    self.bytes_sent += len(data)
+                    self.frames_sent += len(chunks)
                     if self._emit_io:
                         self.bus.emit("io.sent", conn_id=self.conn_id, nbytes=len(data), frames=len(chunks))
-                    if self._emit_stats:
-                        self._st_bytes_out += len(data)
-                        self._st_frames_out += len(chunks)
                 if stream is not self._stream:
                     return
         except NexusError as exc:
@@ -784,17 +806,13 @@ class Connection:
                 frames = decoder.feed_raw(data)
                 t = now()
                 hb.on_activity(t, received=True)
+                self.bytes_received += len(data)
+                self.frames_received += len(frames)
                 if self._emit_io:
                     self.bus.emit("io.received", conn_id=self.conn_id, nbytes=len(data), frames=len(frames))
                 ready = self._dispatch(frames, t)
                 if ready:
                     run_callback(_deliver, ready)
-                if self._emit_stats:
-                    self._st_completed += len(ready)
-                    self._st_bytes_in += len(data)
-                    self._st_frames_in += len(frames)
-                    if t - self._st_since >= STATS_INTERVAL or len(self._st_latencies) >= STATS_MAX_LATENCIES:
-                        self.flush_stats(t)
         except RemoteProtocolError as exc:
             # Answers that came before the malformed bytes in the same read are
             # still answers: deliver them, then fail the rest with the error.
@@ -814,8 +832,8 @@ class Connection:
         pending = self._pending
         buckets = self._buckets
         # Monitoring's cheap path: latencies (send to arrival) are appended here
-        # and reported in one io.stats event per stats interval, so the
-        # per-request path stays bare.
+        # and reported in one io.stats event when the monitor asks (or when
+        # STATS_MAX_LATENCIES are gathered), so the per-request path stays bare.
         record: Optional[Callable[[float], None]] = None  # the latency array's append, bound once per batch
         if self._emit_stats:
             # Sample whole recv batches (every k-th), so an unsampled batch
@@ -838,7 +856,7 @@ class Connection:
                     if record is not None:
                         record(now - p[2])
                     if f[2] != 200:
-                        self._st_non_ok += 1
+                        self.responses_non_ok += 1
                     continue
                 if f[0] in self._abandoned:
                     del self._abandoned[f[0]]
@@ -849,36 +867,51 @@ class Connection:
                 self._on_heartbeat(f[4])
                 continue
             self._push(make_frame(*f))
+        self.responses += len(ready)
+        if record is not None and len(self._st_latencies) >= STATS_MAX_LATENCIES:
+            self.flush_stats(now)
         return ready
 
     def flush_stats(self, now: Optional[float] = None) -> None:
-        """Emit the ``io.stats`` gathered since the last one (if anyone listens).
+        """Emit one ``io.stats``: the traffic since the last one (if anyone listens and anything moved).
 
-        The reader calls this every ``STATS_INTERVAL`` seconds of traffic; the
-        monitor calls it at each tick, and the connection on close, so counts
-        are exact and at most one tick late.
+        The monitor calls this at each tick and flush, the connection on close
+        and whenever ``STATS_MAX_LATENCIES`` latencies are gathered; the
+        counters themselves (``responses``, ``bytes_sent``, ...) are kept
+        always and are exact at any moment. Example::
+
+            >>> from nexus_green.events import EventBus
+            >>> bus = EventBus()
+            >>> off = bus.subscribe(lambda e: print(e.name, e.attrs["completed"]), prefix="io.stats")
+            >>> conn = Connection("tcp://127.0.0.1:9", bus=bus)
+            >>> conn.flush_stats()  # nothing moved: no event
+            >>> conn.responses, conn.bytes_sent, conn.bytes_received
+            (0, 0, 0)
         """
+        if self.bus.version != self._bus_version:
+            self._refresh_bus_flags()
         if not self._emit_stats:
             return
         t = self.clock.now() if now is None else now
         lat, self._st_latencies = self._st_latencies, array("f")
-        if self._st_completed or self._st_bytes_in or self._st_bytes_out:
+        counts = self._counts()
+        bo, fo, bi, fi, done, non_ok = (c - b for c, b in zip(counts, self._st_base, strict=True))
+        if done or bi or bo:
             self.bus.emit(
                 "io.stats",
                 conn_id=self.conn_id,
                 interval=t - self._st_since,
-                bytes_sent=self._st_bytes_out,
-                frames_sent=self._st_frames_out,
-                bytes_received=self._st_bytes_in,
-                frames_received=self._st_frames_in,
-                completed=self._st_completed,
+                bytes_sent=bo,
+                frames_sent=fo,
+                bytes_received=bi,
+                frames_received=fi,
+                completed=done,
                 sampled_every=self.bus.latency_sample_every,
-                non_ok=self._st_non_ok,
+                non_ok=non_ok,
                 latencies=lat,
             )
         self._st_since = t
-        self._st_bytes_in = self._st_frames_in = self._st_bytes_out = self._st_frames_out = self._st_non_ok = 0
-        self._st_completed = 0
+        self._st_base = counts
 
     def _on_heartbeat(self, res: int) -> None:
         if res == 0:

@@ -7,10 +7,11 @@ lag, history), and the snapshot schema the dashboard and diagnostics read.
 
 How it stays cheap:
 
-* Nothing runs per request. Connections gather counts and latencies and
-  emit one ``io.stats`` event per 0.1 s of traffic (and when the tick asks);
-  its handler does a few attribute updates and appends the latencies to a
-  buffer that is bucketed in bulk once per tick. Below ``sample_rate`` 1.0
+* Nothing runs per request. Connections keep their traffic counters always
+  and gather latencies; the monitor asks each for one ``io.stats`` event (the
+  traffic since the last one) at each tick, flush and read, and a connection
+  emits one by itself every 4,096 latencies. The handler does a few attribute
+  updates and appends the latencies to a buffer that is bucketed in bulk. Below ``sample_rate`` 1.0
   the monitor asks connections (through the bus's ``latency_sample_every``
   hint) to keep the latencies of every k-th batch only. Counters are exact.
 * Everything derived (rates, recent latency percentiles, resources, hub lag)
@@ -316,7 +317,7 @@ class PerformanceMonitor:
 
     # ------------------------------------------------------------------ hot path
     def _on_io_stats(self, event: Event) -> None:
-        # One event per connection per 0.1 s of traffic: exact counts, and the
+        # One event per connection per tick (or per 4,096 latencies): exact counts, and the
         # latencies kept for bulk bucketing (every k-th one below rate 1.0).
         self._track_stats(event)
         a = event.attrs
@@ -512,9 +513,8 @@ class PerformanceMonitor:
     def flush(self) -> None:
         """Take in what connections have gathered since their last ``io.stats`` and bucket every pending latency.
 
-        :meth:`tick` starts with this; call it to read counters and
-        percentiles that are exact to this moment rather than to the last
-        0.1 s of traffic. Example::
+        :meth:`tick`, :meth:`snapshot` and :meth:`value` start with this.
+        Example::
 
             >>> from nexus_green.events import EventBus
             >>> with PerformanceMonitor(EventBus()) as mon:
@@ -682,10 +682,11 @@ class PerformanceMonitor:
     def snapshot(self, *, connections: bool = False) -> dict[str, Any]:
         """A real-time, JSON-serialisable read of every metric (schema in the module docstring).
 
-        Counters, histograms and function gauges are live; rates, recent
-        latency, resources and hub lag are as of the last tick.
+        Counters, histograms and function gauges are live (every connection's
+        traffic is taken in first); rates, recent latency, resources and hub
+        lag are as of the last tick.
         """
-        self._flush_latencies()
+        self._flush_connections()
         snap = self._envelope(self.clock.wall(), self.clock.now() - self.started_at, self.registry.snapshot())
         if connections:
             snap["connections"] = [c.to_dict() for c in self.tracker.connections(include_closed=True)]
@@ -693,7 +694,7 @@ class PerformanceMonitor:
 
     def value(self, name: str, tags: Optional[Mapping[str, object]] = None, *, field: str = "value") -> Any:
         """One figure, read live (``field`` is ``value`` or a histogram field like ``p99``); None if unknown."""
-        self._flush_latencies()
+        self._flush_connections()
         m = self.registry.get(name, tags)
         if m is None:
             return None

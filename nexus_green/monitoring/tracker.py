@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from ..clock import SYSTEM_CLOCK, Clock
+from ..connection.connection import live_connections
 from ..errors import ConfigurationError
 from ..events import Event, EventBus
 
@@ -194,6 +195,7 @@ class ConnectionTracker:
         self._live: dict[Any, _Record] = {}
         self._closed: deque[_Record] = deque(maxlen=closed_kept) if closed_kept else deque(maxlen=0)
         self.untracked = 0
+        self._bus: Optional[EventBus] = None
         self._unsubscribe: list[Callable[[], None]] = []
         self._lifecycle: dict[str, Callable[[_Record, Mapping[str, Any]], None]] = {
             "connect.started": self._started,
@@ -211,9 +213,13 @@ class ConnectionTracker:
     def attach(self, bus: EventBus, *, hot: bool = True) -> None:
         """Subscribe to ``bus``; :meth:`close` unsubscribes.
 
+        Queries first ask the live connections on ``bus`` for their traffic
+        since their last ``io.stats``, so the figures are exact to that moment.
+
         ``hot=False`` leaves out ``io.stats``: the PerformanceMonitor forwards
         it from its own handler, so each event costs one listener call, not two.
         """
+        self._bus = bus
         self._unsubscribe.append(bus.subscribe(self._on_request_failed, prefix="request.failed"))
         if hot:
             self._unsubscribe.append(bus.subscribe(self._on_io_stats, prefix="io.stats"))
@@ -227,6 +233,12 @@ class ConnectionTracker:
         for off in self._unsubscribe:
             off()
         self._unsubscribe.clear()
+        self._bus = None
+
+    def _take_in(self) -> None:
+        if self._bus is not None:
+            for conn in live_connections(self._bus):
+                conn.flush_stats()
 
     # ------------------------------------------------------------------ hot path
     def _record(self, attrs: Mapping[str, Any]) -> Optional[_Record]:
@@ -322,6 +334,7 @@ class ConnectionTracker:
     # ------------------------------------------------------------------ queries
     def get(self, conn_id: Any) -> Optional[ConnectionInfo]:
         """Figures of a live or recently closed connection, or None."""
+        self._take_in()
         now = self.clock.now()
         rec = self._live.get(conn_id)
         if rec is None:
@@ -335,6 +348,7 @@ class ConnectionTracker:
 
     def connections(self, *, include_closed: bool = False) -> list[ConnectionInfo]:
         """Live connections (oldest first), then the kept closed ones when asked."""
+        self._take_in()
         now = self.clock.now()
         out = [r.info(now) for r in self._live.values()]
         if include_closed:

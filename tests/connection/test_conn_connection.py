@@ -455,6 +455,52 @@ def test_io_stats_are_exact_and_flushed_on_close(server: EmbeddedServer) -> None
     quiet.close()
 
 
+def test_traffic_counters_are_kept_with_nobody_listening(server: EmbeddedServer) -> None:
+    bus = EventBus()  # no subscribers at all
+    with Connection(server.url, options=opts(), bus=bus).connect() as conn:
+        for _ in range(4):
+            conn.request(b"abc", fid=1)
+        conn.request(b"404", fid=3)  # FID_ERROR: a non-200 answer
+        assert (conn.responses, conn.responses_non_ok) == (5, 1)
+        assert (conn.frames_sent, conn.frames_received) == (5, 5)
+        assert conn.bytes_sent == 5 * 27
+        assert conn.bytes_received >= 5 * 24  # headers at least; the error body varies
+        assert len(conn._st_latencies) == 0  # latencies only while someone listens
+
+
+def test_a_late_listener_hears_only_what_happens_after_it_subscribed(server: EmbeddedServer) -> None:
+    bus = EventBus()
+    with Connection(server.url, options=opts(), bus=bus).connect() as conn:
+        for _ in range(3):
+            conn.request(b"before", fid=1)
+        stats: list[Any] = []
+        off = bus.subscribe(lambda e: stats.append(e.attrs), prefix="io.stats")
+        conn.flush_stats()  # flags refreshed here: nothing since the subscription
+        assert stats == []
+        for _ in range(2):
+            conn.request(b"after", fid=1)
+        conn.flush_stats()
+        assert [(s["completed"], s["frames_sent"], len(s["latencies"])) for s in stats] == [(2, 2, 2)]
+        off()
+        conn.request(b"unheard", fid=1)
+        conn.flush_stats()
+        assert len(stats) == 1 and conn.responses == 6
+
+
+def test_a_connection_emits_io_stats_by_itself_when_latencies_pile_up(server: EmbeddedServer, monkeypatch: Any) -> None:
+    import nexus_green.connection.connection as module
+
+    monkeypatch.setattr(module, "STATS_MAX_LATENCIES", 4)
+    bus = EventBus()
+    stats: list[Any] = []
+    bus.subscribe(lambda e: stats.append(e.attrs), prefix="io.stats")
+    with Connection(server.url, options=opts(), bus=bus).connect() as conn:
+        for _ in range(10):  # one request per recv batch: a flush after the 4th and the 8th
+            conn.request(b"x", fid=1)
+        assert [len(s["latencies"]) for s in stats] == [4, 4]
+        assert sum(s["completed"] for s in stats) == 8
+
+
 def _hammer(conn: Connection, n: int, concurrency: int) -> list[bytes]:
     out: list[bytes] = []
 

@@ -56,6 +56,36 @@ def test_default_sample_rate_samples_batches_but_counts_exactly() -> None:
     assert bus.latency_sample_every == 1  # the monitor gave the hint back on close
 
 
+def test_reads_are_exact_without_a_tick() -> None:
+    bus = EventBus()
+    with EmbeddedServer() as server, PerformanceMonitor(bus, config=MonitoringConfiguration(sample_rate=1.0)) as mon:
+        with Client(server.url, bus=bus, monitor=mon, heartbeat_interval=None) as client:
+            for _ in range(7):
+                client.request(b"z", fid=1)
+            assert mon.value("requests.completed") == 7  # value() takes in every connection's traffic first
+            snap = {(m["name"], tuple(sorted(m["tags"].items()))): m for m in mon.snapshot()["metrics"]}
+            assert snap[("request.latency", ())]["count"] == 7
+            client.request(b"z", fid=1)
+            assert mon.tracker.connections()[0].requests == 8
+
+
+def test_a_standalone_tracker_is_exact_when_queried() -> None:
+    from nexus_green.monitoring import ConnectionTracker
+
+    bus = EventBus()
+    tracker = ConnectionTracker()
+    tracker.attach(bus)
+    try:
+        with EmbeddedServer() as server, Client(server.url, bus=bus, heartbeat_interval=None) as client:
+            for _ in range(5):
+                client.request(b"abc", fid=1)
+            (info,) = tracker.connections()
+            assert info.requests == 5 and info.bytes_sent == 5 * 27
+            assert tracker.get(info.conn_id).requests == 5
+    finally:
+        tracker.close()
+
+
 def test_monitor_must_share_the_bus() -> None:
     with PerformanceMonitor(EventBus()) as mon:
         with pytest.raises(ConfigurationError, match="same EventBus"):
