@@ -30,6 +30,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -61,6 +62,7 @@ _TAG_KEY = re.compile(r"^[a-z_][a-z0-9_]*$")
 DEFAULT_QUANTILES: tuple[float, ...] = (0.5, 0.95, 0.99, 0.999)
 
 
+@functools.lru_cache(maxsize=256)
 def quantile_label(q: float) -> str:
     """The field name of quantile ``q`` in snapshots: ``p50``, ``p99``, ``p999``.
 
@@ -82,6 +84,11 @@ def series_fields(kind: str, quantiles: Sequence[float] = DEFAULT_QUANTILES) -> 
         >>> series_fields("histogram")
         ('count', 'sum', 'min', 'max', 'mean', 'p50', 'p95', 'p99', 'p999')
     """
+    return _series_fields(kind, tuple(quantiles))
+
+
+@functools.lru_cache(maxsize=64)
+def _series_fields(kind: str, quantiles: tuple[float, ...]) -> tuple[str, ...]:
     if kind == "histogram":
         return ("count", "sum", "min", "max", "mean") + tuple(quantile_label(q) for q in quantiles)
     return ("value",)

@@ -46,12 +46,13 @@ from __future__ import annotations
 
 import math
 import operator
+from bisect import bisect_right
 import struct
 import sys
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from itertools import repeat
+from itertools import accumulate, repeat
 from typing import Any, Optional
 
 from ..errors import ConfigurationError
@@ -149,6 +150,7 @@ class DDSketch:
         "sum",
         "min",
         "max",
+        "_ranked",
     )
 
     def __init__(
@@ -176,6 +178,9 @@ class DDSketch:
         self.sum = 0.0
         self.min = math.inf
         self.max = -math.inf
+        # The buckets in value order with their running counts, kept for
+        # quantiles() until the count changes (or clear / collapse).
+        self._ranked: Optional[tuple[int, list[int], int, list[int], list[int]]] = None
 
     # ------------------------------------------------------------------ recording
     def add(self, value: float) -> None:
@@ -330,6 +335,7 @@ class DDSketch:
         target = keys[excess]
         for k in keys[:excess]:
             store[target] += store.pop(k)
+        self._ranked = None
 
     # ------------------------------------------------------------------ combining
     def _check_compatible(self, other: DDSketch) -> None:
@@ -399,11 +405,9 @@ class DDSketch:
                 f"sketch holds {self.count} values but 'earlier' holds {earlier.count}: it is not a past copy"
             )
         d = DDSketch(self.relative_accuracy, min_value=self.min_value, max_buckets=self.max_buckets)
-        for mine, theirs, out in ((self._pos, earlier._pos, d._pos), (self._neg, earlier._neg, d._neg)):
-            for k, c in mine.items():
-                left = c - theirs.get(k, 0)
-                if left > 0:
-                    out[k] = left
+        pos_before, neg_before = earlier._pos.get, earlier._neg.get
+        d._pos = {k: c - pos_before(k, 0) for k, c in self._pos.items() if c > pos_before(k, 0)}
+        d._neg = {k: c - neg_before(k, 0) for k, c in self._neg.items() if c > neg_before(k, 0)}
         d.zero_count = max(0, self.zero_count - earlier.zero_count)
         d.count = self.count - earlier.count
         d.sum = self.sum - earlier.sum
@@ -458,30 +462,37 @@ class DDSketch:
         if self.count == 0:
             return [None for _ in qs]
         # Buckets in ascending value order: negatives (largest key first), zero,
-        # positives. Keys are signed by store (-1 negative, 0 zero, 1 positive);
-        # a representative is computed only for the buckets a quantile lands in.
-        order: list[tuple[int, int, int]] = [(-1, k, c) for k, c in sorted(self._neg.items(), reverse=True)]
-        if self.zero_count:
-            order.append((0, 0, self.zero_count))
-        order.extend((1, k, c) for k, c in sorted(self._pos.items()))
-        ranked = sorted(range(len(qs)), key=lambda i: qs[i])
-        out: list[Optional[float]] = [None] * len(qs)
-        idx = 0
-        running = 0
-        last = len(order) - 1
-        for i in ranked:
-            rank = qs[i] * (self.count - 1)
-            while idx < last and running + order[idx][2] <= rank:
-                running += order[idx][2]
-                idx += 1
-            if qs[i] >= 1.0:
-                out[i] = self.max  # the extremes are known exactly
-            elif qs[i] <= 0.0:
-                out[i] = self.min
+        # positives, with running counts; built once per count (a monitor reads
+        # an unchanged histogram every tick). A quantile is the first bucket
+        # whose running count exceeds its rank; a representative is computed
+        # only for the buckets a quantile lands in.
+        ranked = self._ranked
+        if ranked is None or ranked[0] != self.count:
+            neg = sorted(self._neg, reverse=True)
+            pos = sorted(self._pos)
+            counts = [self._neg[k] for k in neg]
+            if self.zero_count:
+                counts.append(self.zero_count)
+            counts += map(self._pos.__getitem__, pos)
+            ranked = self._ranked = (self.count, neg, 1 if self.zero_count else 0, pos, list(accumulate(counts)))
+        _, neg, zero, pos, running = ranked
+        last = len(running) - 1
+        out: list[Optional[float]] = []
+        for q in qs:
+            if q >= 1.0:
+                out.append(self.max)  # the extremes are known exactly
+                continue
+            if q <= 0.0:
+                out.append(self.min)
+                continue
+            idx = min(bisect_right(running, q * (self.count - 1)), last)
+            if idx < len(neg):
+                value = -self._value(neg[idx])
+            elif idx - len(neg) < zero:
+                value = 0.0
             else:
-                sign, key, _ = order[idx]
-                value = sign * self._value(key) if sign else 0.0
-                out[i] = min(max(value, self.min), self.max)
+                value = self._value(pos[idx - len(neg) - zero])
+            out.append(min(max(value, self.min), self.max))
         return out
 
     @property
@@ -493,6 +504,7 @@ class DDSketch:
         """Forget every value."""
         self._pos.clear()
         self._neg.clear()
+        self._ranked = None
         self.zero_count = 0
         self.count = 0
         self.sum = 0.0
