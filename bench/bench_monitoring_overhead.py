@@ -2,13 +2,23 @@
 
 One client process runs the Foundation benchmark's Client workload (50
 greenlets, 64-byte echo, timeout on every call) against bench/echo_peer.py
-without a pause, while a controller greenlet switches monitoring between three
-states in short slices:
+without a pause, while a controller greenlet switches monitoring between
+four states in short slices:
 
-    off        no monitor subscribed
-    on-1.0     a started PerformanceMonitor with sample_rate=1.0 (every latency recorded)
-    on-default a started PerformanceMonitor with the default configuration
-    off-control  no monitor, like off (the A/A control)
+    off        the connection is on a bus nobody listens to
+    on-1.0     ... on the bus of a running PerformanceMonitor with sample_rate=1.0
+               (every latency recorded)
+    on-default ... on the bus of a running PerformanceMonitor with the default configuration
+    off-control  like off (the A/A control)
+
+The two monitors live for the whole run, as they would in an application:
+each has its own EventBus, and a slice hands the connection that bus (the
+connection notices a new bus by its version, as it notices a new subscriber)
+and starts the monitor's background greenlet (the hub lag probe); the slice
+ends by handing the connection back to the silent bus and stopping the
+greenlet. Earlier versions built a fresh monitor for every slice, which
+charged every slice with a cold monitor's first-use costs (empty dicts
+growing, first layouts) that a long-lived monitor pays once.
 
 ``off-control`` is a second off state, measured like the others: its "cost"
 is the noise floor of the method (an A/A test), printed with the results.
@@ -21,15 +31,12 @@ the median over every cycle of every round, and each round's totals are
 shown too. Comparing within one process
 also removes the run-to-run variance of separate processes (memory layout,
 CPU placement), which on this 2-core machine was larger than the effect being
-measured. A monitor is built and started just before its slice is timed and
-closed just after it. Every monitored slice ends, inside its timed window,
+measured. Every monitored slice ends, inside its timed window,
 with ``monitor.flush()``, which buckets every latency the slice produced.
 The once-a-second tick (rates, percentiles, resources, a history point) is
 then run outside the window, timed, and charged at its real rate:
 ``slice / history_interval`` of it per slice. A full garbage collection runs
-between slices, outside the windows: a monitor closed every 0.2 s leaves
-reference cycles behind, which a long-lived monitor does not, and their
-collection would otherwise land in whichever slice came next. ``--rounds`` repeats the whole run in fresh
+between slices, outside the windows, so no slice inherits another's garbage. ``--rounds`` repeats the whole run in fresh
 processes and reports every round, so the spread is visible.
 
 Targets (issue 4): throughput at most 3% lower at sample rate 1.0 and at most
@@ -64,9 +71,12 @@ def child(port: int, seconds: float, slice_s: float, seed: int) -> None:
     import gevent
 
     from nexus_green import Client
+    from nexus_green.connection.connection import live_connections
+    from nexus_green.events import EventBus
     from nexus_green.monitoring import MonitoringConfiguration, PerformanceMonitor
 
-    client = Client(f"tcp://127.0.0.1:{port}", heartbeat_interval=None)
+    silent = EventBus()
+    client = Client(f"tcp://127.0.0.1:{port}", heartbeat_interval=None, bus=silent)
     client.connect()
     done = [0]
     running = [True]
@@ -78,11 +88,14 @@ def child(port: int, seconds: float, slice_s: float, seed: int) -> None:
             done[0] += 1
 
     configs = {"on-1.0": MonitoringConfiguration(sample_rate=1.0), "on-default": MonitoringConfiguration()}
+    monitors = {v: PerformanceMonitor(EventBus(), config=c) for v, c in configs.items()}
     totals = {v: {"requests": 0, "elapsed": 0.0, "cpu": 0.0, "slices": 0} for v in VARIANTS}
     counted = {v: 0 for v in configs}
     ticks: dict[str, list[float]] = {v: [] for v in configs}
     workers = [gevent.spawn(worker) for _ in range(bf.CONCURRENCY)]
     gevent.sleep(0.5)  # warm up: connection open, caches hot
+    conns = live_connections(silent)
+    assert conns, "the client opened no connection"
     rng = random.Random(seed)
     cycles: list[dict[str, tuple[float, float]]] = []
     end = time.perf_counter() + seconds
@@ -91,7 +104,12 @@ def child(port: int, seconds: float, slice_s: float, seed: int) -> None:
         rng.shuffle(order)  # no state always follows the same one
         cycle: dict[str, tuple[float, float]] = {}
         for variant in order:
-            monitor = PerformanceMonitor(config=configs[variant]).start() if variant in configs else None
+            monitor = monitors.get(variant)
+            if monitor is not None:
+                for conn in conns:
+                    conn.bus = monitor.bus
+                monitor.start()
+                counted0 = monitor.value("requests.completed")
             n0, t0, c0 = done[0], time.perf_counter(), time.process_time()
             gevent.sleep(slice_s)
             if monitor is not None:
@@ -99,12 +117,14 @@ def child(port: int, seconds: float, slice_s: float, seed: int) -> None:
             n1, t1, c1 = done[0], time.perf_counter(), time.process_time()
             tick = 0.0
             if monitor is not None:
+                for conn in conns:
+                    conn.bus = silent
+                monitor.stop()
                 k0 = time.perf_counter()
                 monitor.tick()
                 tick = (time.perf_counter() - k0) * slice_s / monitor.config.history_interval
                 ticks[variant].append(time.perf_counter() - k0)
-                counted[variant] += int(monitor.value("requests.completed"))
-                monitor.close()
+                counted[variant] += int(monitor.value("requests.completed") - counted0)
             gc.collect()  # outside the window: a dead monitor's cycles must not be collected in the next slice
             tot = totals[variant]
             tot["requests"] += n1 - n0
@@ -116,6 +136,8 @@ def child(port: int, seconds: float, slice_s: float, seed: int) -> None:
     running[0] = False
     gevent.joinall(workers, timeout=10, raise_error=True)
     client.close()
+    for monitor in monitors.values():
+        monitor.close()
     out: dict[str, Any] = {}
     for v, tot in totals.items():
         out[v] = {

@@ -77,6 +77,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -106,6 +107,7 @@ _set_name = Event.__dict__["name"].__set__
 _set_time = Event.__dict__["time"].__set__
 _set_attrs = Event.__dict__["attrs"].__set__
 _monotonic = time.monotonic
+_versions = itertools.count(1)  # EventBus.version, unique across buses
 
 
 class EventBus:
@@ -125,8 +127,10 @@ class EventBus:
         self._subs: list[tuple[str, Listener]] = []
         self._cache: dict[str, tuple[Listener, ...]] = {}
         self.listener_errors = 0
-        # Bumped on every (un)subscribe so hot-path emitters can cache wants().
-        self.version = 0
+        # Changes on every (un)subscribe so hot-path emitters can cache wants().
+        # Drawn from one process-wide counter, so two buses never share a
+        # version: an emitter that is handed another bus notices it too.
+        self.version = next(_versions)
         # Hint for emitters of io.stats: include the latencies of every k-th
         # batch of responses only (a monitor's sample rate of 1/k). Counts stay exact.
         self.latency_sample_every = 1
@@ -139,7 +143,7 @@ class EventBus:
         entry = (prefix, listener)
         self._subs.append(entry)
         self._cache.clear()
-        self.version += 1
+        self.version = next(_versions)
 
         def unsubscribe() -> None:
             # By identity: the same listener and prefix may be subscribed twice, and a
@@ -151,7 +155,7 @@ class EventBus:
             else:
                 return
             self._cache.clear()
-            self.version += 1
+            self.version = next(_versions)
 
         return unsubscribe
 

@@ -573,6 +573,8 @@ class Connection:
             data = encode_request(qid := self._take_qid(), fid, body, tp=tp, header_block=encode_header_block(headers))
         else:
             data = encode_request(qid := self._take_qid(), fid, body, tp=tp)
+        if self.bus.version != self._bus_version:
+            self._refresh_bus_flags()  # someone (un)subscribed, or this is another bus
         pending = self._pending
         waiter = Waiter()
         now = _monotonic() if self._real_clock else self.clock.now()
@@ -620,11 +622,8 @@ class Connection:
                 )
             raise
         latency = (_monotonic() if self._real_clock else self.clock.now()) - now
-        bus = self.bus
-        if bus.version != self._bus_version:
-            self._refresh_bus_flags()
         if self._emit_complete:
-            bus.emit(
+            self.bus.emit(
                 "request.complete",
                 conn_id=self.conn_id,
                 qid=qid,

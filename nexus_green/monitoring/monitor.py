@@ -706,7 +706,16 @@ class PerformanceMonitor:
 
     # ------------------------------------------------------------------ background
     def start(self) -> PerformanceMonitor:
-        """Start the background greenlet: the hub lag probe and one tick per ``history_interval``."""
+        """Start the background greenlet: the hub lag probe and one tick per ``history_interval``.
+
+        Idempotent; after :meth:`stop` it starts again. Example::
+
+            >>> from nexus_green.events import EventBus
+            >>> mon = PerformanceMonitor(EventBus()).start()
+            >>> mon.running, mon.stop().running, mon.start().running
+            (True, False, True)
+            >>> mon.close()
+        """
         if self._closed:
             raise UsageError("PerformanceMonitor was closed; create a new one")
         if self._greenlet is None:
@@ -737,6 +746,17 @@ class PerformanceMonitor:
         """True while the background greenlet runs."""
         return self._greenlet is not None and not self._greenlet.dead
 
+    def stop(self) -> PerformanceMonitor:
+        """Stop the background greenlet (no probe, no automatic tick) but keep listening.
+
+        Counters and histograms stay exact; call :meth:`tick` yourself or
+        :meth:`start` again. :meth:`close` also unsubscribes.
+        """
+        g, self._greenlet = self._greenlet, None
+        if g is not None:
+            g.kill(block=True, timeout=5)
+        return self
+
     def close(self) -> None:
         """Unsubscribe and stop the background greenlet (idempotent). Figures stay readable."""
         self._closed = True
@@ -747,9 +767,7 @@ class PerformanceMonitor:
             off()
         self._unsubscribe.clear()
         self.tracker.close()
-        g, self._greenlet = self._greenlet, None
-        if g is not None:
-            g.kill(block=True, timeout=5)
+        self.stop()
 
     def __enter__(self) -> PerformanceMonitor:
         return self

@@ -46,10 +46,10 @@ from __future__ import annotations
 
 import math
 import operator
-from bisect import bisect_right
 import struct
 import sys
 from array import array
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import accumulate, repeat

@@ -86,6 +86,27 @@ def test_a_standalone_tracker_is_exact_when_queried() -> None:
         tracker.close()
 
 
+def test_a_stopped_monitor_keeps_counting_and_a_connection_follows_a_new_bus() -> None:
+    silent, watched = EventBus(), EventBus()
+    with (
+        EmbeddedServer() as server,
+        PerformanceMonitor(watched, config=MonitoringConfiguration(sample_rate=1.0)) as mon,
+    ):
+        mon.start().stop()
+        assert not mon.running
+        with Client(server.url, bus=silent, heartbeat_interval=None) as client:
+            client.request(b"unseen", fid=1)
+            assert mon.value("requests.completed") == 0
+            (conn,) = client.pool.connections
+            conn.bus = watched  # the connection notices the other bus by its version
+            for _ in range(3):
+                client.request(b"seen", fid=1)
+            assert mon.value("requests.completed") == 3
+            assert mon.value("request.latency", field="count") == 3
+        mon.start()
+        assert mon.running
+
+
 def test_monitor_must_share_the_bus() -> None:
     with PerformanceMonitor(EventBus()) as mon:
         with pytest.raises(ConfigurationError, match="same EventBus"):
