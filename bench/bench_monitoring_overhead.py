@@ -40,7 +40,11 @@ between slices, outside the windows, so no slice inherits another's garbage. ``-
 processes and reports every round, so the spread is visible.
 
 Targets (issue 4): throughput at most 3% lower at sample rate 1.0 and at most
-1% lower at the default sample rate.
+1% lower at the default sample rate. Each median is printed with a 95%
+bootstrap interval; a target counts as met when the whole interval is under
+it. One slice's cost scatters by about 8% (standard deviation) on this
+machine, so a short run cannot decide a 1% target: the figures in
+docs/benchmarks.md come from ``--seconds 120 --rounds 8`` (about 1,100 cycles).
 
 Run: ``python bench/bench_monitoring_overhead.py [--seconds 12] [--slice 0.2] [--rounds 3]``.
 Writes bench/results/monitoring_overhead.json.
@@ -156,6 +160,17 @@ def child(port: int, seconds: float, slice_s: float, seed: int) -> None:
     print(json.dumps(out))
 
 
+def median_interval(costs: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """A 95% bootstrap interval of the median of ``costs`` (percentile method).
+
+    One 0.2 s slice's cost scatters by several percent on a shared machine;
+    the interval says how far the median of this many cycles can be trusted.
+    """
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(costs, k=len(costs))) for _ in range(resamples))
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=12.0, help="measured time per round, all states together")
@@ -200,15 +215,22 @@ def main() -> int:
     for v, target in (("off-control", 0.0), ("on-1.0", 0.03), ("on-default", 0.01)):
         pooled = [c for r in rounds for c in r[v]["cycle_costs"]]
         pooled_cpu = [c for r in rounds for c in r[v]["cycle_cpu_costs"]]
+        low, high = median_interval(pooled)
         summary[v] = {
             "throughput_cost_median_of_cycles": statistics.median(pooled),
+            "throughput_cost_median_ci95": [low, high],
             "cpu_cost_median_of_cycles": statistics.median(pooled_cpu),
             "throughput_cost_per_round": cost[v],
             "cycles": len(pooled),
         }
-        goal = "A/A control: the noise floor, ideally 0" if v == "off-control" else f"target <= {target:.0%}"
+        if v == "off-control":
+            goal = "A/A control: the noise floor, ideally 0"
+        else:
+            verdict = "met" if high <= target else "NOT met" if low > target else "not proven"
+            goal = f"target <= {target:.0%}: {verdict}"
         print(
-            f"{v}: throughput cost {summary[v]['throughput_cost_median_of_cycles']:+.1%} ({goal}),"
+            f"{v}: throughput cost {summary[v]['throughput_cost_median_of_cycles']:+.1%}"
+            f" (95% interval {low:+.1%} .. {high:+.1%}; {goal}),"
             f" CPU per request {summary[v]['cpu_cost_median_of_cycles']:+.1%}: medians of {len(pooled)} cycles;"
             f" per round (totals) {', '.join(f'{c:+.1%}' for c in cost[v])}"
         )
