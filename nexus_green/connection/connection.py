@@ -893,13 +893,16 @@ class Connection:
             return
         t = self.clock.now() if now is None else now
         lat, self._st_latencies = self._st_latencies, array("f")
-        counts = self._counts()
+        counts, since = self._counts(), self._st_since
         bo, fo, bi, fi, done, non_ok = (c - b for c, b in zip(counts, self._st_base, strict=True))
+        # The new baseline is in place before any listener runs: a listener
+        # that asks again (a tracker query, a monitor read) gets nothing twice.
+        self._st_base, self._st_since = counts, t
         if done or bi or bo:
             self.bus.emit(
                 "io.stats",
                 conn_id=self.conn_id,
-                interval=t - self._st_since,
+                interval=t - since,
                 bytes_sent=bo,
                 frames_sent=fo,
                 bytes_received=bi,
@@ -909,8 +912,6 @@ class Connection:
                 non_ok=non_ok,
                 latencies=lat,
             )
-        self._st_since = t
-        self._st_base = counts
 
     def _on_heartbeat(self, res: int) -> None:
         if res == 0:

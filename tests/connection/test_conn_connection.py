@@ -487,6 +487,22 @@ def test_a_late_listener_hears_only_what_happens_after_it_subscribed(server: Emb
         assert len(stats) == 1 and conn.responses == 6
 
 
+def test_a_listener_that_flushes_again_gets_nothing_twice(server: EmbeddedServer) -> None:
+    bus = EventBus()
+    stats: list[Any] = []
+    with Connection(server.url, options=opts(), bus=bus).connect() as conn:
+
+        def listener(e: Any) -> None:
+            stats.append(e.attrs["completed"])
+            conn.flush_stats()  # a re-entrant read, as a tracker query inside a listener would do
+
+        bus.subscribe(listener, prefix="io.stats")
+        for _ in range(3):
+            conn.request(b"x", fid=1)
+        conn.flush_stats()
+        assert stats == [3]
+
+
 def test_a_connection_emits_io_stats_by_itself_when_latencies_pile_up(server: EmbeddedServer, monkeypatch: Any) -> None:
     import nexus_green.connection.connection as module
 
