@@ -170,6 +170,20 @@ class EventBus:
         """True when at least one subscriber would receive ``name``."""
         return bool(self._listeners(name))
 
+    def listeners(self, name: str) -> tuple[Listener, ...]:
+        """The listeners that would receive ``name``, in delivery order.
+
+        Emitters that keep state for their listeners compare it to tell a
+        change of audience from a change elsewhere on the bus. Example::
+
+            >>> bus = EventBus()
+            >>> def show(e): pass
+            >>> _ = bus.subscribe(show, prefix="io.")
+            >>> bus.listeners("io.stats") == (show,), bus.listeners("pool.state")
+            (True, ())
+        """
+        return self._listeners(name)
+
     def emit(self, name: str, /, **attrs: Any) -> None:
         """Deliver an event to its subscribers, now, in the caller's greenlet."""
         listeners = self._listeners(name)

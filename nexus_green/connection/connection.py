@@ -237,6 +237,7 @@ class Connection:
         self._emit_complete = False
         self._emit_io = False
         self._emit_stats = False
+        self._st_listeners: tuple[Any, ...] = ()  # who heard the last io.stats
         self._decoder: Optional[FrameDecoder] = None  # the current link's, for buffered()
         # array('f'): a latency is stored in 4 bytes (float32: 7 significant
         # digits, far finer than the sketch's 1 %), not kept alive as a float
@@ -669,15 +670,18 @@ class Connection:
         self._bus_version = bus.version
         self._emit_complete = bus.wants("request.complete")
         self._emit_io = bus.wants("io.sent") or bus.wants("io.received")
-        emit_stats = bus.wants("io.stats")
-        if emit_stats and not self._emit_stats:
-            # A new listener hears what happens from now on, not what the
-            # counters gathered while nobody listened.
+        listeners = bus.listeners("io.stats")
+        if listeners and listeners != self._st_listeners:
+            # A new audience hears what happens from now on, not what the
+            # counters gathered while nobody (or someone else) listened. A
+            # monitor flushes every connection before it subscribes and
+            # before it leaves, so the listeners that stay lose nothing.
             self._st_base = self._counts()
             self._st_since = self.clock.now()
-            self._st_latencies = array("f")
+            del self._st_latencies[:]
             self._st_batches = 0
-        self._emit_stats = emit_stats
+        self._st_listeners = listeners
+        self._emit_stats = bool(listeners)
 
     def _counts(self) -> tuple[int, int, int, int, int, int]:
         return (
@@ -802,10 +806,10 @@ class Connection:
                         f"{self.endpoint} closed the connection ({self.conn_id}, "
                         f"{decoder.buffered} bytes of an incomplete frame pending)"
                     )
+                self.bytes_received += len(data)
                 frames = decoder.feed_raw(data)
                 t = now()
                 hb.on_activity(t, received=True)
-                self.bytes_received += len(data)
                 self.frames_received += len(frames)
                 if self._emit_io:
                     self.bus.emit("io.received", conn_id=self.conn_id, nbytes=len(data), frames=len(frames))
@@ -816,6 +820,7 @@ class Connection:
             # Answers that came before the malformed bytes in the same read are
             # still answers: deliver them, then fail the rest with the error.
             if decoder.salvaged:
+                self.frames_received += len(decoder.salvaged)
                 answered = self._dispatch(decoder.salvaged, now())
                 if answered:
                     run_callback(_deliver, answered)
@@ -892,7 +897,12 @@ class Connection:
         if not self._emit_stats:
             return
         t = self.clock.now() if now is None else now
-        lat, self._st_latencies = self._st_latencies, array("f")
+        # Copy, then empty in place: the reader may be in the middle of a
+        # batch with this array's append bound (a push callback or listener
+        # that reads the monitor runs there), and its latencies must land in
+        # the array the next io.stats carries.
+        lat = self._st_latencies[:]
+        del self._st_latencies[:]
         counts, since = self._counts(), self._st_since
         bo, fo, bi, fi, done, non_ok = (c - b for c, b in zip(counts, self._st_base, strict=True))
         # The new baseline is in place before any listener runs: a listener

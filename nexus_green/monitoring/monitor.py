@@ -266,6 +266,10 @@ class PerformanceMonitor:
 
     # ------------------------------------------------------------------ wiring
     def _subscribe(self) -> None:
+        # Listeners already on the bus get their due first: a connection
+        # starts a new io.stats baseline when its audience changes.
+        for conn in live_connections(self.bus):
+            conn.flush_stats()
         sub = self.bus.subscribe
         self._unsubscribe = [
             sub(self._on_io_stats, prefix="io.stats"),
@@ -758,7 +762,12 @@ class PerformanceMonitor:
         return self
 
     def close(self) -> None:
-        """Unsubscribe and stop the background greenlet (idempotent). Figures stay readable."""
+        """Take in the connections' last traffic, unsubscribe and stop the background greenlet (idempotent).
+
+        Figures stay readable, exact to the moment of closing.
+        """
+        if not self._closed:
+            self._flush_connections()
         self._closed = True
         if self._owns_sampling:
             self.bus.latency_sample_every = 1

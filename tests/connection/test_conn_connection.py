@@ -487,6 +487,27 @@ def test_a_late_listener_hears_only_what_happens_after_it_subscribed(server: Emb
         assert len(stats) == 1 and conn.responses == 6
 
 
+def test_a_listener_that_comes_after_another_left_hears_only_new_traffic(server: EmbeddedServer) -> None:
+    # send() never refreshes the cached flags: the change of audience must be
+    # noticed at the flush, not only by a request.
+    bus = EventBus()
+    with Connection(server.url, options=opts(), bus=bus).connect() as conn:
+        off = bus.subscribe(lambda e: None, prefix="io.stats")
+        conn.flush_stats()
+        off()
+        for _ in range(5):
+            conn.send(b"unheard", fid=1)
+        gevent.sleep(0.1)
+        assert conn.frames_sent == 5
+        heard: list[Any] = []
+        bus.subscribe(lambda e: heard.append(e.attrs["frames_sent"]), prefix="io.stats")
+        conn.flush_stats()
+        assert heard == []
+        conn.request(b"heard", fid=1)
+        conn.flush_stats()
+        assert heard == [1]
+
+
 def test_a_listener_that_flushes_again_gets_nothing_twice(server: EmbeddedServer) -> None:
     bus = EventBus()
     stats: list[Any] = []

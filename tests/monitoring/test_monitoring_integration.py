@@ -107,6 +107,41 @@ def test_a_stopped_monitor_keeps_counting_and_a_connection_follows_a_new_bus() -
         assert mon.running
 
 
+def test_closing_takes_in_the_traffic_since_the_last_tick() -> None:
+    bus = EventBus()
+    with EmbeddedServer() as server:
+        mon = PerformanceMonitor(bus, config=MonitoringConfiguration(sample_rate=1.0))
+        with Client(server.url, bus=bus, heartbeat_interval=None) as client:
+            for _ in range(6):
+                client.request(b"x", fid=1)
+            mon.close()  # no tick ever ran
+            assert mon.value("requests.completed") == 6
+            assert mon.value("request.latency", field="count") == 6
+            client.request(b"after", fid=1)
+            assert mon.value("requests.completed") == 6  # closed: no longer listening
+
+
+def test_a_push_callback_that_reads_the_monitor_mid_batch_loses_no_latency() -> None:
+    # The callback runs inside the reader's batch, where the latency array's
+    # append is bound: the read's flush must not leave the rest of the batch
+    # appending to an array already reported.
+    from nexus_green.testing import FID_PUSH
+
+    bus = EventBus()
+    with EmbeddedServer() as server, PerformanceMonitor(bus, config=MonitoringConfiguration(sample_rate=1.0)) as mon:
+        seen: list[int] = []
+        with Client(server.url, bus=bus, heartbeat_interval=None) as client:
+            client.on_push(lambda frame: seen.append(int(mon.value("requests.completed"))))
+            for _ in range(5):
+                jobs = [gevent.spawn(client.request, b"x", 1) for _ in range(40)]
+                jobs.insert(20, gevent.spawn(client.request, b"3", FID_PUSH))
+                gevent.joinall(jobs, timeout=10, raise_error=True)
+            (conn,) = client.pool.connections
+            assert seen and conn.responses == 5 * 41
+            assert mon.value("requests.completed") == conn.responses
+            assert mon.value("request.latency", field="count") == conn.responses
+
+
 def test_monitor_must_share_the_bus() -> None:
     with PerformanceMonitor(EventBus()) as mon:
         with pytest.raises(ConfigurationError, match="same EventBus"):
