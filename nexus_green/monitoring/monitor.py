@@ -754,7 +754,15 @@ class PerformanceMonitor:
         """Stop the background greenlet (no probe, no automatic tick) but keep listening.
 
         Counters and histograms stay exact; call :meth:`tick` yourself or
-        :meth:`start` again. :meth:`close` also unsubscribes.
+        :meth:`start` again. :meth:`close` also unsubscribes. Example::
+
+            >>> from nexus_green.events import EventBus
+            >>> bus = EventBus()
+            >>> mon = PerformanceMonitor(bus).start().stop()
+            >>> bus.emit("io.stats", conn_id="c1", completed=2)
+            >>> mon.running, mon.value("requests.completed")
+            (False, 2)
+            >>> mon.close()
         """
         g, self._greenlet = self._greenlet, None
         if g is not None:
