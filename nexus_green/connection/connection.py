@@ -896,6 +896,14 @@ class Connection:
             self._refresh_bus_flags()
         if not self._emit_stats:
             return
+        base = self._st_base
+        if (
+            self.responses == base[4]
+            and self.bytes_received == base[2]
+            and self.bytes_sent == base[0]
+            and not self._st_latencies
+        ):
+            return  # nothing moved (frames move with bytes): readers walk idle connections cheaply
         t = self.clock.now() if now is None else now
         # Copy, then empty in place: the reader may be in the middle of a
         # batch with this array's append bound (a push callback or listener

@@ -526,7 +526,9 @@ class PerformanceMonitor:
             ...     mon.value("requests.completed")
             0
         """
-        self._flush_connections()
+        for conn in live_connections(self.bus):
+            conn.flush_stats()
+        self._flush_latencies()
 
     def _flush_connections(self) -> tuple[int, int]:
         # One pass over the connections: their io.stats, then every pending
@@ -690,7 +692,7 @@ class PerformanceMonitor:
         traffic is taken in first); rates, recent latency, resources and hub
         lag are as of the last tick.
         """
-        self._flush_connections()
+        self.flush()
         snap = self._envelope(self.clock.wall(), self.clock.now() - self.started_at, self.registry.snapshot())
         if connections:
             snap["connections"] = [c.to_dict() for c in self.tracker.connections(include_closed=True)]
@@ -698,7 +700,7 @@ class PerformanceMonitor:
 
     def value(self, name: str, tags: Optional[Mapping[str, object]] = None, *, field: str = "value") -> Any:
         """One figure, read live (``field`` is ``value`` or a histogram field like ``p99``); None if unknown."""
-        self._flush_connections()
+        self.flush()
         m = self.registry.get(name, tags)
         if m is None:
             return None
@@ -775,7 +777,7 @@ class PerformanceMonitor:
         Figures stay readable, exact to the moment of closing.
         """
         if not self._closed:
-            self._flush_connections()
+            self.flush()
         self._closed = True
         if self._owns_sampling:
             self.bus.latency_sample_every = 1
