@@ -671,11 +671,14 @@ class Connection:
         self._emit_complete = bus.wants("request.complete")
         self._emit_io = bus.wants("io.sent") or bus.wants("io.received")
         listeners = bus.listeners("io.stats")
-        if listeners and listeners != self._st_listeners:
-            # A new audience hears what happens from now on, not what the
-            # counters gathered while nobody (or someone else) listened. A
-            # monitor flushes every connection before it subscribes and
-            # before it leaves, so the listeners that stay lose nothing.
+        if listeners and not any(fn in self._st_listeners for fn in listeners):
+            # A wholly new audience (nobody listened, or every earlier
+            # listener left) hears what happens from now on, not what the
+            # counters gathered before it came. While any listener stays,
+            # the baseline stays too: it is owed that traffic (a newcomer
+            # may hear up to one tick of older traffic; a monitor flushes
+            # every connection before it subscribes and when it closes, so
+            # it neither brings nor leaves any behind).
             self._st_base = self._counts()
             self._st_since = self.clock.now()
             del self._st_latencies[:]

@@ -142,6 +142,25 @@ def test_a_push_callback_that_reads_the_monitor_mid_batch_loses_no_latency() -> 
             assert mon.value("request.latency", field="count") == conn.responses
 
 
+def test_a_monitor_loses_nothing_when_another_listener_comes_and_goes() -> None:
+    from nexus_green.monitoring import ConnectionTracker
+
+    bus = EventBus()
+    with EmbeddedServer() as server, PerformanceMonitor(bus, config=MonitoringConfiguration(sample_rate=1.0)) as mon:
+        with Client(server.url, bus=bus, heartbeat_interval=None) as client:
+            client.request(b"a", fid=1)
+            mon.flush()
+            for _ in range(4):
+                client.request(b"b", fid=1)
+            tracker = ConnectionTracker()
+            tracker.attach(bus)  # a second io.stats listener joins ...
+            client.request(b"c", fid=1)
+            tracker.close()  # ... and leaves, before the monitor read again
+            client.request(b"d", fid=1)
+            assert mon.value("requests.completed") == 7
+            assert mon.value("request.latency", field="count") == 7
+
+
 def test_monitor_must_share_the_bus() -> None:
     with PerformanceMonitor(EventBus()) as mon:
         with pytest.raises(ConfigurationError, match="same EventBus"):
