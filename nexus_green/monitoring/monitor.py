@@ -268,8 +268,7 @@ class PerformanceMonitor:
     def _subscribe(self) -> None:
         # Listeners already on the bus get their due first: a connection
         # starts a new io.stats baseline when its audience changes.
-        for conn in live_connections(self.bus):
-            conn.flush_stats()
+        self.flush()
         sub = self.bus.subscribe
         self._unsubscribe = [
             sub(self._on_io_stats, prefix="io.stats"),
@@ -526,19 +525,19 @@ class PerformanceMonitor:
             ...     mon.value("requests.completed")
             0
         """
-        for conn in live_connections(self.bus):
-            conn.flush_stats()
-        self._flush_latencies()
+        self._flush_connections(buffers=False)
 
-    def _flush_connections(self) -> tuple[int, int]:
+    def _flush_connections(self, *, buffers: bool = True) -> tuple[int, int]:
         # One pass over the connections: their io.stats, then every pending
-        # latency bucketed; returns the bytes they hold in read and write buffers.
+        # latency bucketed; returns the bytes they hold in read and write
+        # buffers (the tick's gauges; reads skip the sums).
         read = write = 0
         for conn in live_connections(self.bus):
             conn.flush_stats()
-            r, w = conn.buffered()
-            read += r
-            write += w
+            if buffers:
+                r, w = conn.buffered()
+                read += r
+                write += w
         self._flush_latencies()
         return read, write
 
