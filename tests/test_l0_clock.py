@@ -46,7 +46,7 @@ def test_fake_clock_start_wall_and_repr() -> None:
     c = FakeClock(start=10, wall_offset=500.0)
     assert (c.now(), c.wall()) == (10.0, 510.0)
     assert isinstance(c.now(), float)
-    assert repr(c) == "<FakeClock now=10.0 autojump=True sleepers=0>"
+    assert repr(c) == "<FakeClock now=10.0 autojump=True timers=0 sleepers=0>"
 
 
 def test_fake_clock_advance_refuses_going_backwards() -> None:
@@ -76,7 +76,7 @@ def test_autojump_sleep_is_a_cooperative_yield() -> None:
 
 
 def test_autojump_with_several_greenlets() -> None:
-    """Each sleeper jumps the clock by its own duration (autojump is meant for one driver)."""
+    """Time jumps only when every greenlet waits, to the earliest timer: sleepers share one timeline."""
     c = FakeClock()
     log: list[tuple] = []
 
@@ -88,8 +88,8 @@ def test_autojump_with_several_greenlets() -> None:
     gs = [spawn(worker, "a", 1.0), spawn(worker, "b", 2.0)]
     gevent.joinall(gs, timeout=5, raise_error=True)
     assert all(g.dead for g in gs)
-    assert c.now() == 6.0  # 1 + 2 + 1 + 2
-    assert [n for n, _ in log] == ["a", "b", "a", "b"]
+    assert c.now() == 4.0  # b's second sleep ends last, at 2 + 2
+    assert log == [("a", 1.0), ("b", 2.0), ("a", 2.0), ("b", 4.0)]  # ties fire in the order they were armed
     assert sorted(c.sleeps) == [1.0, 1.0, 2.0, 2.0]
 
 
@@ -152,3 +152,49 @@ def test_advance_driven_sleep_blocks_without_advance() -> None:
     c.advance(5)
     g.join(timeout=5)
     assert g.dead and g.successful()
+
+
+def test_fake_clock_timers_fire_in_order_and_cancel() -> None:
+    c = FakeClock(autojump=False)
+    fired: list[str] = []
+    c.call_at(2.0, fired.append, "two")
+    t1 = c.call_at(1.0, fired.append, "one")
+    dropped = c.call_at(1.5, fired.append, "cancelled")
+    dropped.cancel()
+    assert (c.armed, c.next_timer()) == (2, 1.0)
+    c.advance(1.0)
+    gevent.sleep(0)  # timer functions run in the hub
+    assert fired == ["one"] and t1.fired and not dropped.fired
+    c.advance(5.0)
+    gevent.sleep(0)
+    assert fired == ["one", "two"] and c.armed == 0 and c.next_timer() is None
+
+
+def test_fake_clock_timer_already_due_fires_at_once() -> None:
+    c = FakeClock(start=5.0, autojump=False)
+    fired: list[int] = []
+    c.call_at(1.0, fired.append, 1)
+    gevent.sleep(0)
+    assert fired == [1]
+
+
+def test_autojump_does_not_jump_while_real_io_is_ready() -> None:
+    """A greenlet kept busy with ready work holds time still; the jump waits for idleness."""
+    c = FakeClock()
+    fired: list[float] = []
+    c.call_at(10.0, lambda _: fired.append(c.now()), None)
+    for _ in range(50):
+        gevent.sleep(0)  # ready work every iteration: no idle turn
+    assert fired == [] and c.now() == 0.0
+    gevent.wait(timeout=1)  # now the hub idles: the clock jumps to the timer
+    assert fired == [10.0]
+
+
+def test_fake_clock_cancelled_timers_are_compacted() -> None:
+    c = FakeClock(autojump=False)
+    keep = c.call_at(1000.0, print, None)
+    for i in range(500):
+        c.call_at(float(i + 1), print, None).cancel()
+    assert c.armed == 1 and len(c._heap) <= 2 * c.armed + 64 + 1
+    keep.cancel()
+    assert c.armed == 0 and c._heap == []
