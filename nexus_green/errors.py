@@ -113,9 +113,29 @@ def _rebuild_error(cls: type[NexusError], args: tuple[Any, ...], state: dict[str
 
 # --- timeouts -----------------------------------------------------------------
 class NexusTimeout(NexusError):
-    """Something took longer than it was allowed to."""
+    """Something took longer than it was allowed to.
+
+    ``phase`` names where the time went: ``dns``, ``tcp``, ``socks5``,
+    ``tls`` (the phases of a connect), ``connect`` (waiting for a connect
+    attempt that had not started a phase yet, or backing off between
+    attempts), ``checkout`` (waiting for room in the pool), ``write``
+    (the request was queued, not yet handed to the kernel), ``response``
+    (it was sent; no answer came), or ``call`` (a guarded call of any kind).
+
+    Example::
+
+        >>> e = ConnectTimeout("connect to x timed out", phase="tls")
+        >>> e.phase, e.retryable
+        ('tls', True)
+    """
 
     retryable = True
+    phase: str = ""
+
+    def __init__(self, message: str = "", *, phase: Optional[str] = None, retryable: Optional[bool] = None) -> None:
+        super().__init__(message, retryable=retryable)
+        if phase is not None:
+            self.phase = phase
 
 
 class ConnectTimeout(NexusTimeout):
