@@ -28,12 +28,15 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator
-from typing import Optional
+from typing import Any, Optional
 
 from .clock import SYSTEM_CLOCK, Clock
-from .errors import DeadlineExceeded
+from .errors import DeadlineExceeded, NexusTimeout, RequestTimeout
 
 __all__ = [
+    "DEFAULT",
+    "budget",
+    "timeout_error",
     "deadline",
     "remaining",
     "current_deadline",
@@ -43,6 +46,84 @@ __all__ = [
 ]
 
 _DEADLINE: contextvars.ContextVar[Optional[float]] = contextvars.ContextVar("nexus_green_deadline", default=None)
+
+
+class _Default:
+    """The type of :data:`DEFAULT` (one instance)."""
+
+    __slots__ = ()
+    _instance: Optional[_Default] = None
+
+    def __new__(cls) -> _Default:
+        if cls._instance is None:
+            cls._instance = object.__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+    def __reduce__(self) -> str:
+        return "DEFAULT"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+#: "Use the configured default": the one marker for every ``timeout=`` of
+#: Client, ConnectionPool and Connection. ``None`` always means "no limit of
+#: my own" (the deadline in force, if any, still applies); a number is seconds.
+DEFAULT: Any = _Default()
+
+
+def budget(timeout: Optional[float], *, clock: Clock = SYSTEM_CLOCK) -> tuple[Optional[float], bool]:
+    """One call's time budget: ``(until, by_deadline)``.
+
+    ``until`` is the absolute time on ``clock`` when the call must be over:
+    the smaller of ``now + timeout`` and the deadline in force (None when
+    neither exists). ``by_deadline`` is True when the deadline in force is
+    the limit, so running out raises :class:`DeadlineExceeded` rather than
+    the call's own timeout. Every phase of the call (DNS, TCP, SOCKS5, TLS,
+    pool checkout, waiting for a reconnect, writing, waiting for the answer)
+    draws on this one budget; phase timeouts only shorten it.
+
+    Example::
+
+        >>> from nexus_green.clock import FakeClock
+        >>> clock = FakeClock(start=100.0)
+        >>> budget(2.0, clock=clock)
+        (102.0, False)
+        >>> with deadline(1.0, clock=clock):
+        ...     budget(2.0, clock=clock), budget(None, clock=clock)
+        ((101.0, True), (101.0, True))
+        >>> budget(None, clock=clock)
+        (None, False)
+    """
+    d = _DEADLINE.get()
+    if timeout is None:
+        return (d, d is not None)
+    until = clock.now() + timeout
+    if d is not None and d <= until:
+        return (d, True)
+    return (until, False)
+
+
+def timeout_error(
+    by_deadline: bool, message: str, *, phase: str, error: type[NexusTimeout] = RequestTimeout
+) -> NexusTimeout:
+    """The error for a call that ran out of its budget in ``phase``.
+
+    :class:`DeadlineExceeded` when the deadline in force was the limit, else
+    ``error`` (RequestTimeout by default, ConnectTimeout for connect phases).
+
+    Example::
+
+        >>> e = timeout_error(True, "fid=1: no time left", phase="checkout")
+        >>> type(e).__name__, e.phase
+        ('DeadlineExceeded', 'checkout')
+    """
+    if by_deadline:
+        return DeadlineExceeded(f"{message} (the overall deadline in force was the limit)", phase=phase)
+    return error(message, phase=phase)
 
 
 def current_deadline() -> Optional[float]:

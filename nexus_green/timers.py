@@ -61,7 +61,7 @@ from typing import Any, Optional
 import gevent
 from greenlet import getcurrent
 
-__all__ = ["Timer", "TimerScheduler", "Interrupt", "arm", "hub_scheduler", "run_timer", "FIRED"]
+__all__ = ["Timer", "TimerScheduler", "Interrupt", "arm", "wait_until", "hub_scheduler", "run_timer", "FIRED"]
 
 _INF_TICK = 1 << 62
 _monotonic = time.monotonic
@@ -172,6 +172,38 @@ def arm(clock: Any, when: float) -> Timer:
     """
     t: Timer = clock.call_at(when, _throw, getcurrent())
     return t
+
+
+def wait_until(wait: Callable[[], Any], clock: Any, until: Optional[float]) -> bool:
+    """Call the blocking ``wait()`` (an ``Event.wait``, say) until it returns or ``clock`` reaches ``until``.
+
+    True when ``wait()`` returned, False when the time ran out first. ``until``
+    None waits without a limit. The limit is a timer on ``clock``, so a
+    FakeClock drives it.
+
+    Example::
+
+        >>> from gevent.event import Event
+        >>> from nexus_green.clock import FakeClock
+        >>> clock = FakeClock()
+        >>> wait_until(Event().wait, clock, 30.0), clock.now()
+        (False, 30.0)
+    """
+    if until is None:
+        wait()
+        return True
+    if until <= clock.now():
+        return False
+    mine = arm(clock, until)
+    try:
+        wait()
+        return True
+    except Interrupt as caught:
+        if caught.timer is not mine:
+            raise
+        return False
+    finally:
+        mine.cancel()
 
 
 class TimerScheduler:
