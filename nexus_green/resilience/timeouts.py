@@ -3,17 +3,19 @@
 * Levels with defaults: connect 10 s (:class:`~nexus_green.errors.ConnectTimeout`),
   request 30 s (:class:`~nexus_green.errors.RequestTimeout`), overall 60 s
   (:class:`~nexus_green.errors.DeadlineExceeded`).
-* :func:`run_with_timeout` enforces a limit with a deadline armed on the
-  hub's :class:`~nexus_green.resilience.timerwheel.DeadlineScheduler` (one hub
-  timer for all calls instead of a ``gevent.Timeout`` each; on expiry the hub
-  throws an :class:`~nexus_green.resilience.timerwheel.Interrupt`, a
-  ``gevent.Timeout`` subclass, into the call) and catches only its own
-  Interrupt (a BaseException: an outer one, or anyone's ``gevent.Timeout``,
-  passes through untouched). The limit is
+* :func:`run_with_timeout` enforces a limit with a timer armed on the call's
+  clock (:func:`nexus_green.timers.arm`: on the hub's one
+  :class:`~nexus_green.timers.TimerScheduler` for the real clock, so there is
+  one hub timer for all calls instead of a ``gevent.Timeout`` each; a
+  :class:`~nexus_green.clock.FakeClock` drives it in tests). On expiry an
+  :class:`~nexus_green.timers.Interrupt`, a ``gevent.Timeout`` subclass, is
+  thrown into the call, which catches only its own Interrupt (a
+  BaseException: an outer one, or anyone's ``gevent.Timeout``, passes
+  through untouched). The limit is
   ``min(own timeout, remaining overall deadline)`` and the call runs with that
   deadline in force (:mod:`nexus_green.deadline`), so nested calls and retries
   never outlive it. When the outer deadline is what ran out, the error is
-  DeadlineExceeded.
+  DeadlineExceeded. Either error has ``phase="call"``.
 * :class:`AdaptiveTimeout`: ``P95(recent latencies) * 2 + buffer`` clamped to
   [5 s, 300 s], from any :class:`LatencySource`; :class:`LatencyWindow` is the
   small built-in one. Samples taken while the hub was blocked are dropped
@@ -42,12 +44,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol, TypeVar, runtime_checkable
 
-from gevent import get_hub
-
 from ..clock import SYSTEM_CLOCK, Clock
 from ..deadline import deadline_var
 from ..errors import ConfigurationError, ConnectTimeout, DeadlineExceeded, NexusTimeout, RequestTimeout
-from .timerwheel import SCHEDULER_ATTR, Interrupt, scheduler
+from ..timers import Interrupt, arm
 
 __all__ = [
     "LEVELS",
@@ -91,9 +91,10 @@ def run_with_timeout(
     """Run ``fn(*args, **kwargs)`` for at most ``min(seconds, remaining deadline)``; raise ``error`` on expiry.
 
     ``seconds=None`` means only the deadline in force (if any) limits it. The
-    limit is armed on the hub's :class:`~nexus_green.resilience.timerwheel.DeadlineScheduler`
-    (two dict operations when the call finishes in time), and only our own
-    :class:`~nexus_green.resilience.timerwheel.Interrupt` is caught.
+    limit is a timer on ``clock`` (:func:`nexus_green.timers.arm`; on the real
+    clock, two dict operations when the call finishes in time), and only our
+    own :class:`~nexus_green.timers.Interrupt` is caught. The error raised has
+    ``phase="call"``.
 
     Example::
 
@@ -141,22 +142,20 @@ def timed_call(
             limit = seconds  # type: ignore[assignment]
     if limit <= 0:
         if by_deadline:
-            raise DeadlineExceeded(f"{what}: overall deadline already passed")
-        raise error(f"{what}: timeout {limit}s leaves no time")
-    sched = getattr(get_hub(), SCHEDULER_ATTR, None) or scheduler()
-    # The scheduler runs on the monotonic clock: reuse ``now`` when it is that clock's reading.
-    mine = sched.arm(limit, now + limit if clock is SYSTEM_CLOCK else None)
+            raise DeadlineExceeded(f"{what}: overall deadline already passed", phase="call")
+        raise error(f"{what}: timeout {limit}s leaves no time", phase="call")
+    mine = arm(clock, now + limit)
     # The limit flows down (nested calls see it); when the outer deadline is
     # the limit, it is already in force.
     token = None if by_deadline else _DEADLINE.set(now + limit)
     try:
         return fn(*args, **kwargs)
     except Interrupt as caught:
-        if caught.deadline is not mine:
+        if caught.timer is not mine:
             raise
         if by_deadline:
-            raise DeadlineExceeded(f"{what}: overall deadline reached after {limit:.3f}s") from None
-        raise error(f"{what} timed out after {limit:.3f}s") from None
+            raise DeadlineExceeded(f"{what}: overall deadline reached after {limit:.3f}s", phase="call") from None
+        raise error(f"{what} timed out after {limit:.3f}s", phase="call") from None
     finally:
         mine.cancel()
         if token is not None:
