@@ -8,6 +8,14 @@ Example::
 """
 
 from .endpoint import Endpoint
-from .stream import ConnectInfo, Stream, map_os_error, open_stream
+from .stream import ConnectInfo, Stream, default_resolver, interleave_families, map_os_error, open_stream
 
-__all__ = ["Endpoint", "Stream", "open_stream", "ConnectInfo", "map_os_error"]
+__all__ = [
+    "Endpoint",
+    "Stream",
+    "open_stream",
+    "ConnectInfo",
+    "map_os_error",
+    "default_resolver",
+    "interleave_families",
+]

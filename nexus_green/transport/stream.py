@@ -1,9 +1,13 @@
 """The stream backend: the only place nexus_green opens and uses sockets.
 
-:func:`open_stream` resolves, connects, optionally tunnels through SOCKS5 and
-secures with TLS, timing each phase and emitting ``connect.<phase>.*`` events.
+:func:`open_stream` resolves, connects (racing the addresses, RFC 8305 "Happy
+Eyeballs"), optionally tunnels through SOCKS5 and secures with TLS, timing
+each phase and emitting ``connect.<phase>.*`` events. The whole connect is
+bounded by one timer on the caller's :class:`~nexus_green.clock.Clock`
+(:func:`nexus_green.timers.arm`), so a FakeClock drives connect timeouts too.
 :class:`Stream` wraps the connected gevent socket; every OS exception is mapped
-to a :class:`~nexus_green.errors.NexusError` here and nowhere else.
+to a :class:`~nexus_green.errors.NexusError` here and nowhere else, by where it
+happened (:func:`map_os_error`'s ``connecting``).
 
 gevent's socket module is imported explicitly, so the stream is cooperative
 whether or not the application monkey-patched. TCP_NODELAY is set on every
@@ -21,14 +25,16 @@ Example::
 
 from __future__ import annotations
 
+import _socket
 import errno
 import socket as _stdsocket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import gevent
 from gevent import socket as gsocket
+from gevent.event import Event
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import (
@@ -40,45 +46,151 @@ from ..errors import (
     NexusError,
 )
 from ..events import EventBus, default_bus
+from ..greenlets import spawn
+from ..timers import Interrupt, Timer, arm
 from .endpoint import Endpoint
 
-__all__ = ["Stream", "open_stream", "ConnectInfo", "map_os_error"]
+__all__ = [
+    "Stream",
+    "open_stream",
+    "ConnectInfo",
+    "map_os_error",
+    "default_resolver",
+    "interleave_families",
+    "Resolver",
+    "AddrInfo",
+]
 
 # Hooks filled in by transport/tls.py and transport/socks5.py (kept as
 # callables so this module does not depend on their option types).
 TunnelFn = Callable[[Any, Endpoint], None]
 SecureFn = Callable[[Any, Endpoint, Optional[float]], Any]
+#: One ``getaddrinfo`` result: ``(family, type, proto, canonname, sockaddr)``.
+AddrInfo = tuple[Any, ...]
+#: ``(host, port) -> getaddrinfo results``; see :func:`default_resolver`.
+Resolver = Callable[[str, int], Sequence[AddrInfo]]
+
+# Errors of a connect that mean "no route", as opposed to "refused" or "timed out".
+_UNREACHABLE = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN, errno.EHOSTDOWN})
 
 
 @dataclass(slots=True, kw_only=True)
 class ConnectInfo:
-    """How a connect went: per-phase durations in seconds and the peer address."""
+    """How a connect went (or is going): per-phase durations in seconds and the peer address.
+
+    ``phase`` is the phase in progress (``dns``, ``tcp``, ``socks5``, ``tls``),
+    set when each phase starts, so a caller waiting on someone else's attempt
+    can name where the time goes; after the connect it names the last phase.
+    ``attempts`` lists the addresses a TCP connect was started to, in order;
+    ``peer`` is the one that answered (IPv6 in brackets).
+
+    Example::
+
+        >>> info = ConnectInfo(endpoint=Endpoint.parse("tcp://h:1"))
+        >>> info.phase, info.phases, info.attempts
+        ('', {}, [])
+    """
 
     endpoint: Endpoint
     phases: dict[str, float] = field(default_factory=dict)
+    phase: str = ""
+    attempts: list[str] = field(default_factory=list)
     peer: str = ""
     total: float = 0.0
 
 
-def map_os_error(exc: BaseException, what: str) -> NexusError:
-    """Translate an OS/socket exception into the NexusError family it belongs to.
+def map_os_error(exc: BaseException, what: str, *, connecting: bool = False) -> NexusError:
+    """Translate an OS/socket exception into the NexusError family it belongs to, by where it happened.
+
+    ``connecting=True`` is for errors while a connection is being opened,
+    when nothing can have been sent: ``ECONNREFUSED`` is
+    :class:`~nexus_green.errors.ConnectionRefused`, ``ETIMEDOUT`` (and a
+    socket timeout) is :class:`~nexus_green.errors.ConnectTimeout` with
+    phase ``tcp``, a ``gaierror`` is :class:`~nexus_green.errors.DNSError`,
+    an unreachable network or host, and anything else, is
+    :class:`~nexus_green.errors.ConnectError`.
+
+    ``connecting=False`` (the default, the safe side) is for an established
+    link: every error is :class:`~nexus_green.errors.ConnectionLost`,
+    ``ETIMEDOUT`` included, because there it means that data we sent went
+    unacknowledged (TCP_USER_TIMEOUT, keepalive, retransmissions) and may
+    have reached the peer. NexusErrors pass through unchanged.
 
     Example::
 
         >>> type(map_os_error(ConnectionResetError(104, "reset"), "recv from x")).__name__
         'ConnectionLost'
+        >>> e = map_os_error(TimeoutError(110, "Connection timed out"), "connect to x", connecting=True)
+        >>> type(e).__name__, e.phase
+        ('ConnectTimeout', 'tcp')
+        >>> type(map_os_error(TimeoutError(110, "Connection timed out"), "recv from x")).__name__
+        'ConnectionLost'
     """
     if isinstance(exc, NexusError):
         return exc
+    if not connecting:
+        if isinstance(exc, TimeoutError):
+            return ConnectionLost(f"{what}: timed out, sent data went unacknowledged ({exc})")
+        return ConnectionLost(f"{what}: {exc}")
     if isinstance(exc, _stdsocket.gaierror):
         return DNSError(f"{what}: DNS resolution failed: {exc}")
     if isinstance(exc, ConnectionRefusedError):
         return ConnectionRefused(f"{what}: connection refused")
-    if isinstance(exc, (TimeoutError, _stdsocket.timeout)):
-        return ConnectTimeout(f"{what}: timed out")
-    if isinstance(exc, OSError) and exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL):
+    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError too
+        return ConnectTimeout(f"{what}: timed out", phase="tcp")
+    if isinstance(exc, OSError) and exc.errno in _UNREACHABLE:
         return ConnectError(f"{what}: {exc.strerror or exc}")
-    return ConnectionLost(f"{what}: {exc}")
+    return ConnectError(f"{what}: {exc}")
+
+
+def default_resolver(host: str, port: int) -> list[AddrInfo]:
+    """Resolve ``host`` for a TCP connect: gevent's ``getaddrinfo``, except for IP literals.
+
+    An IP literal is parsed in place (``AI_NUMERICHOST``: no network, no
+    trip through gevent's resolver thread pool), so a connect to an address
+    does not wait for a thread, and a FakeClock's time does not jump while
+    it would.
+
+    Example::
+
+        >>> [(family.name, addr) for family, _, _, _, addr in default_resolver("::1", 80)]
+        [('AF_INET6', ('::1', 80, 0, 0))]
+    """
+    try:
+        found = _socket.getaddrinfo(
+            host, port, 0, _stdsocket.SOCK_STREAM, _stdsocket.IPPROTO_TCP, _stdsocket.AI_NUMERICHOST
+        )
+    except (OSError, UnicodeError):
+        return list(gsocket.getaddrinfo(host, port, 0, _stdsocket.SOCK_STREAM, _stdsocket.IPPROTO_TCP))
+    # The C function returns plain ints; give them the enum types socket.getaddrinfo gives.
+    return [(_stdsocket.AddressFamily(f), _stdsocket.SocketKind(t), p, c, a) for f, t, p, c, a in found]
+
+
+def interleave_families(addrs: Sequence[AddrInfo]) -> list[AddrInfo]:
+    """Order addresses for Happy Eyeballs (RFC 8305 section 4): alternate the address families.
+
+    The family of the first result goes first; within a family the
+    resolver's order is kept; exact duplicates are dropped.
+
+    Example::
+
+        >>> v6, v4 = _stdsocket.AF_INET6, _stdsocket.AF_INET
+        >>> addrs = [(v6, 1, 6, "", ("::1", 1)), (v6, 1, 6, "", ("::2", 1)), (v4, 1, 6, "", ("10.0.0.1", 1))]
+        >>> [a[4][0] for a in interleave_families(addrs + addrs[:1])]
+        ['::1', '10.0.0.1', '::2']
+    """
+    families: dict[Any, list[AddrInfo]] = {}
+    seen: set[tuple[Any, Any]] = set()
+    for a in addrs:
+        key = (a[0], a[4])
+        if key not in seen:
+            seen.add(key)
+            families.setdefault(a[0], []).append(a)
+    queues = list(families.values())
+    out: list[AddrInfo] = []
+    for i in range(max((len(q) for q in queues), default=0)):
+        out.extend(q[i] for q in queues if i < len(q))
+    return out
 
 
 class Stream:
@@ -177,12 +289,15 @@ class Stream:
 
 
 def _phase(bus: EventBus, clock: Clock, info: ConnectInfo, name: str, conn_id: str, fn: Callable[[], Any]) -> Any:
+    info.phase = name
     bus.emit(f"connect.{name}.started", conn_id=conn_id, endpoint=str(info.endpoint))
     t0 = clock.now()
     try:
         result = fn()
     except BaseException as exc:
         info.phases[name] = clock.now() - t0
+        if isinstance(exc, ConnectTimeout) and not exc.phase:
+            exc.phase = name  # a hook's own limit (tls.wrap's HandshakeTimeout): say where it struck
         bus.emit(
             f"connect.{name}.failed",
             conn_id=conn_id,
@@ -200,85 +315,266 @@ def open_stream(
     endpoint: Endpoint,
     *,
     timeout: Optional[float] = 10.0,
+    until: Optional[float] = None,
     conn_id: str = "",
     bus: EventBus = default_bus,
     clock: Clock = SYSTEM_CLOCK,
+    resolver: Optional[Resolver] = None,
+    attempt_delay: float = 0.25,
     proxy: Any = None,
     tunnel: Optional[TunnelFn] = None,
     secure: Optional[SecureFn] = None,
     info: Optional[ConnectInfo] = None,
 ) -> Stream:
-    """Open a stream to ``endpoint`` within ``timeout`` seconds overall.
+    """Open a stream to ``endpoint``, ending by ``timeout`` seconds from now or at ``until``, whichever is first.
 
-    Phases: ``dns`` (of the endpoint, or of the proxy when ``proxy`` is given),
-    ``tcp``, ``socks5`` (when ``tunnel`` is given), ``tls`` (when ``secure``
-    is given). Durations land in ``info.phases``. The whole connect is bounded
-    by one gevent.Timeout, caught only as our own instance.
+    * ``timeout`` is the connect timeout (None: no limit of its own);
+      ``until`` is the end of the caller's whole budget, an absolute time on
+      ``clock`` (None: none). The limit is one timer on ``clock``
+      (:func:`nexus_green.timers.arm`), so a FakeClock drives it. When it
+      strikes, :class:`~nexus_green.errors.ConnectTimeout` is raised with
+      ``phase`` naming the phase in progress and a message naming the limit
+      and the phases so far; a budget already spent raises it at once, with
+      phase ``connect``.
+    * Phases: ``dns`` (of the endpoint, or of the proxy when ``proxy`` is
+      given), ``tcp``, ``socks5`` (when ``tunnel`` is given), ``tls`` (when
+      ``secure`` is given; it gets the seconds left, at least 0.001, or None).
+      Durations land in ``info.phases``; ``info.phase`` is the phase in
+      progress.
+    * ``resolver(host, port)`` returns ``getaddrinfo`` tuples
+      (default :func:`default_resolver`).
+    * Several addresses are raced (RFC 8305 "Happy Eyeballs", section 5):
+      ordered by :func:`interleave_families`, the first attempt starts at once
+      and each next one when the previous has neither succeeded nor failed
+      within ``attempt_delay`` seconds (on ``clock``), or at once when one
+      fails. The first success wins; every other socket is closed and every
+      racing greenlet finished before this returns or raises. When all fail,
+      the last failure is raised (mapped, chained) with the addresses tried.
+      A single address is connected in the calling greenlet.
+
+    Every socket this opened is closed when it raises, including when the
+    caller is killed or someone else's timeout strikes (which propagates as
+    itself).
+
+    Example::
+
+        >>> from nexus_green.clock import FakeClock
+        >>> from nexus_green.errors import ConnectTimeout
+        >>> clock = FakeClock()
+        >>> slow = lambda host, port: clock.sleep(60)   # a resolver that never answers
+        >>> try:
+        ...     open_stream(Endpoint.parse("tcp://db.internal:7600"), until=5.0, clock=clock, resolver=slow)
+        ... except ConnectTimeout as e:
+        ...     print(e.phase, clock.now())
+        dns 5.0
     """
     info = info if info is not None else ConnectInfo(endpoint=endpoint)
     dial = proxy if proxy is not None else endpoint
     label = endpoint.address if proxy is None else f"{endpoint.address} via proxy {dial.address}"
-    timer = gevent.Timeout(timeout) if timeout is not None else None
-    sock = None
+    resolve = resolver if resolver is not None else default_resolver
+    delay = max(0.0, attempt_delay)
     t0 = clock.now()
-    if timer is not None:
-        timer.start()
+    end = None if timeout is None else t0 + timeout
+    by_timeout = True
+    if until is not None and (end is None or until < end):
+        end, by_timeout = until, False
+    if end is not None and end <= t0:
+        raise ConnectTimeout(f"connect to {label} not started: {_limit(timeout, end, t0, by_timeout)}", phase="connect")
+    mine = arm(clock, end) if end is not None else None
+    caught = False
+    sock = None
     try:
+
+        def resolve_dial() -> list[AddrInfo]:
+            found = list(resolve(dial.host, dial.port))
+            if not found:
+                raise DNSError(f"cannot resolve {dial.host!r} for {label}: the resolver returned no addresses")
+            return found
+
         try:
-            addrs = _phase(
-                bus,
-                clock,
-                info,
-                "dns",
-                conn_id,
-                lambda: gsocket.getaddrinfo(dial.host, dial.port, 0, _stdsocket.SOCK_STREAM, _stdsocket.IPPROTO_TCP),
-            )
+            addrs = _phase(bus, clock, info, "dns", conn_id, resolve_dial)
         except OSError as exc:
             raise DNSError(f"cannot resolve {dial.host!r} for {label}: {exc}") from exc
 
         def connect_tcp() -> Any:
-            last: Optional[OSError] = None
-            for family, type_, proto, _, addr in addrs:
-                s = gsocket.socket(family, type_, proto)
-                try:
-                    # No per-socket timeout: an app's socket.setdefaulttimeout() must not make
-                    # an idle stream fail; the connect is bounded by our own gevent.Timeout.
-                    s.settimeout(None)
-                    s.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_NODELAY, 1)
-                    s.connect(addr)
-                except OSError as exc:
-                    s.close()
-                    last = exc
-                    continue
-                except BaseException:
-                    s.close()
-                    raise
-                info.peer = f"{addr[0]}:{addr[1]}"
-                return s
-            assert last is not None
-            raise map_os_error(last, f"connect to {label}") from last
+            try:
+                return _connect(interleave_families(addrs), clock, delay, info)
+            except OSError as exc:
+                tried = ", ".join(info.attempts)
+                where = f"connect to {label}" if tried == dial.address else f"connect to {label} (tried {tried})"
+                raise map_os_error(exc, where, connecting=True) from exc
 
         sock = _phase(bus, clock, info, "tcp", conn_id, connect_tcp)
         if tunnel is not None:
             _phase(bus, clock, info, "socks5", conn_id, lambda: tunnel(sock, endpoint))
         if secure is not None:
-            remaining = None if timeout is None else max(0.001, timeout - (clock.now() - t0))
+            remaining = None if end is None else max(0.001, end - clock.now())
             sock = _phase(bus, clock, info, "tls", conn_id, lambda: secure(sock, endpoint, remaining))
-    except gevent.Timeout as t:
+    except Interrupt as i:
         if sock is not None:
             sock.close()
-        if t is not timer:
+        if i.timer is not mine:
             raise
-        raise ConnectTimeout(f"connect to {label} timed out after {timeout}s (phases so far: {_fmt(info)})") from None
+        caught = True
+        raise ConnectTimeout(
+            f"connect to {label} timed out after {_limit(timeout, end, t0, by_timeout)} during {info.phase} "
+            f"(phases so far: {_fmt(info)})",
+            phase=info.phase,
+        ) from None
     except BaseException:
         if sock is not None:
             sock.close()
         raise
     finally:
-        if timer is not None:
-            timer.close()
+        if mine is not None:
+            _disarm(mine, caught)
     info.total = clock.now() - t0
     return Stream(sock, label)
+
+
+def _limit(timeout: Optional[float], end: Optional[float], t0: float, by_timeout: bool) -> str:
+    if by_timeout:
+        return f"{timeout}s (connect timeout)"
+    assert end is not None
+    own = "" if timeout is None else f"; connect timeout {timeout}s"
+    return f"{round(end - t0, 3)}s (the call's time budget{own})"
+
+
+def _disarm(mine: Timer, caught: bool) -> None:
+    """Cancel our timer; swallow its Interrupt if it fired but has not reached us yet.
+
+    A real clock's timer throws the moment it fires; a FakeClock moved by
+    ``advance()`` in this very greenlet only queues the throw. Without this,
+    it would strike the caller later, outside the connect it was meant for.
+    """
+    mine.cancel()
+    if mine.fired and not caught:
+        try:
+            gevent.sleep(0)
+        except Interrupt as i:
+            if i.timer is not mine:
+                raise
+
+
+def _new_socket(family: Any, type_: Any, proto: Any) -> Any:
+    s = gsocket.socket(family, type_, proto)
+    try:
+        # No per-socket timeout: an app's socket.setdefaulttimeout() must not make
+        # an idle stream fail; the connect is bounded by open_stream's timer.
+        s.settimeout(None)
+        s.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_NODELAY, 1)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def _fmt_addr(addr: Any) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _connect(addrs: list[AddrInfo], clock: Clock, delay: float, info: ConnectInfo) -> Any:
+    """Connect to one of ``addrs``: in this greenlet when there is one, else by a race."""
+    if len(addrs) > 1:
+        return _race(addrs, clock, delay, info)
+    family, type_, proto, _, addr = addrs[0]
+    info.attempts.append(_fmt_addr(addr))
+    s = _new_socket(family, type_, proto)
+    try:
+        s.connect(addr)
+    except BaseException:
+        s.close()
+        raise
+    info.peer = _fmt_addr(addr)
+    return s
+
+
+def _attempt(sock: Any, addr: Any, results: list[tuple[Any, Any, Optional[BaseException]]], wake: Event) -> None:
+    """One racing connect: report the outcome and wake the racer (a kill just ends it)."""
+    try:
+        sock.connect(addr)
+    except Exception as exc:  # reported, and re-raised by the racer if it was the last
+        results.append((sock, addr, exc))
+    else:
+        results.append((sock, addr, None))
+    wake.set()
+
+
+def _race(addrs: list[AddrInfo], clock: Clock, delay: float, info: ConnectInfo) -> Any:
+    """Happy Eyeballs (RFC 8305 section 5) over ``addrs``, already ordered.
+
+    The racer (the calling greenlet) owns every socket; the attempt greenlets
+    only connect them. Whatever ends the race -- a winner, the last failure,
+    the overall timer, a kill -- the losing sockets are closed and the attempt
+    greenlets finished before it returns or raises.
+    """
+    results: list[tuple[Any, Any, Optional[BaseException]]] = []
+    wake = Event()
+    started: list[tuple[Any, gevent.Greenlet]] = []
+    winner: Any = None
+    last: Optional[BaseException] = None
+    outstanding = 0
+    pos = 0
+    next_at = clock.now()
+    try:
+        while True:
+            if pos < len(addrs) and clock.now() >= next_at:
+                family, type_, proto, _, addr = addrs[pos]
+                pos += 1
+                outstanding += 1
+                next_at = clock.now() + delay
+                info.attempts.append(_fmt_addr(addr))
+                try:
+                    s = _new_socket(family, type_, proto)
+                except OSError as exc:  # e.g. no IPv6 on this host: that attempt failed at once
+                    results.append((None, addr, exc))
+                else:
+                    started.append((s, spawn(_attempt, s, addr, results, wake, name=f"connect {_fmt_addr(addr)}")))
+            while results:
+                s, addr, failure = results.pop(0)
+                outstanding -= 1
+                if failure is None:
+                    winner = s
+                    info.peer = _fmt_addr(addr)
+                    return winner
+                last = failure
+                if s is not None:
+                    s.close()
+                next_at = clock.now()  # a failure starts the next attempt at once
+            if pos < len(addrs) and clock.now() >= next_at:
+                continue
+            if not outstanding:
+                assert last is not None
+                raise last
+            _wait(wake, clock, next_at if pos < len(addrs) else None)
+    finally:
+        for s, _g in started:
+            if s is not winner:
+                s.close()  # wakes its attempt, if still connecting, with EBADF
+        live = [g for _s, g in started if not g.dead]
+        if live:
+            try:
+                gevent.killall(live)
+            except BaseException:
+                if winner is not None:
+                    winner.close()
+                raise
+
+
+def _set_event(event: Event) -> None:
+    event.set()
+
+
+def _wait(wake: Event, clock: Clock, when: Optional[float]) -> None:
+    """Wait until ``wake`` is set or ``clock`` reaches ``when``; then clear it."""
+    t = clock.call_at(when, _set_event, wake) if when is not None else None
+    try:
+        wake.wait()
+    finally:
+        if t is not None:
+            t.cancel()
+    wake.clear()
 
 
 def _fmt(info: ConnectInfo) -> str:

@@ -20,7 +20,6 @@ from nexus_green.errors import (
     ConnectionRefused,
     ConnectTimeout,
     DNSError,
-    NexusError,
     ProxyError,
     RequestTimeout,
 )
@@ -166,7 +165,7 @@ def test_ipv6_literal_endpoint() -> None:
         info = ConnectInfo(endpoint=lst.endpoint)
         s = open_stream(lst.endpoint, timeout=5, info=info)
         lst.accept()
-        assert info.peer == f"::1:{lst.port}"
+        assert info.peer == f"[::1]:{lst.port}"
         assert s.label == f"[::1]:{lst.port}"
         s.close()
     finally:
@@ -288,8 +287,10 @@ def test_all_addresses_refused_reports_the_last(monkeypatch: pytest.MonkeyPatch)
     ports = [free_port(), free_port()]
     addrs = [(stdsocket.AF_INET, stdsocket.SOCK_STREAM, 6, "", ("127.0.0.1", p)) for p in ports]
     monkeypatch.setattr(stream_mod.gsocket, "getaddrinfo", lambda *a: addrs)
-    with pytest.raises(ConnectionRefused, match="connect to multi.example:1: connection refused") as info:
+    with pytest.raises(ConnectionRefused) as info:
         open_stream(Endpoint.parse("tcp://multi.example:1"), timeout=5)
+    tried = f"127.0.0.1:{ports[0]}, 127.0.0.1:{ports[1]}"
+    assert str(info.value) == f"connect to multi.example:1 (tried {tried}): connection refused"
     assert isinstance(info.value.__cause__, ConnectionRefusedError)
 
 
@@ -578,25 +579,50 @@ def test_unconnected_stream_object() -> None:
         (stdsocket.gaierror(-2, "Name or service not known"), DNSError, "x: DNS resolution failed"),
         (ConnectionRefusedError(errno.ECONNREFUSED, "refused"), ConnectionRefused, "x: connection refused"),
         (TimeoutError("timed out"), ConnectTimeout, "x: timed out"),
+        (TimeoutError(errno.ETIMEDOUT, "Connection timed out"), ConnectTimeout, "x: timed out"),
         (OSError(errno.ENETUNREACH, "Network is unreachable"), ConnectError, "x: Network is unreachable"),
         (OSError(errno.EHOSTUNREACH, "No route to host"), ConnectError, "x: No route to host"),
         (OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address"), ConnectError, "x: Cannot assign"),
-        (ConnectionResetError(errno.ECONNRESET, "reset"), ConnectionLost, "x: [Errno 104] reset"),
-        (BrokenPipeError(errno.EPIPE, "Broken pipe"), ConnectionLost, "x: [Errno 32] Broken pipe"),
-        (OSError(errno.EBADF, "Bad file descriptor"), ConnectionLost, "x: [Errno 9]"),
+        (ConnectionResetError(errno.ECONNRESET, "reset"), ConnectError, "x: [Errno 104] reset"),
+        (OSError(errno.EACCES, "Permission denied"), ConnectError, "x: [Errno 13]"),
+        (ValueError("odd"), ConnectError, "x: odd"),
     ],
 )
-def test_map_os_error(exc: BaseException, kind: type, text: str) -> None:
-    mapped = map_os_error(exc, "x")
+def test_map_os_error_while_connecting(exc: BaseException, kind: type, text: str) -> None:
+    # Nothing can have been sent while connecting: no error of this kind is a ConnectionLost.
+    mapped = map_os_error(exc, "x", connecting=True)
     assert type(mapped) is kind
     assert str(mapped).startswith(text)
     assert mapped.retryable
+    if kind is ConnectTimeout:
+        assert mapped.phase == "tcp"
+
+
+@pytest.mark.parametrize(
+    "exc,text",
+    [
+        (ConnectionResetError(errno.ECONNRESET, "reset"), "x: [Errno 104] reset"),
+        (BrokenPipeError(errno.EPIPE, "Broken pipe"), "x: [Errno 32] Broken pipe"),
+        (OSError(errno.EBADF, "Bad file descriptor"), "x: [Errno 9]"),
+        (TimeoutError(errno.ETIMEDOUT, "Connection timed out"), "x: timed out, sent data went unacknowledged"),
+        (TimeoutError("timed out"), "x: timed out, sent data went unacknowledged"),
+        (ConnectionRefusedError(errno.ECONNREFUSED, "refused"), "x: [Errno 111]"),
+        (OSError(errno.EHOSTUNREACH, "No route to host"), "x: [Errno 113]"),
+        (ValueError("odd"), "x: odd"),
+    ],
+)
+def test_map_os_error_on_an_established_link_is_connection_lost(exc: BaseException, text: str) -> None:
+    # Default and connecting=False: by where it happened, not by errno.
+    for mapped in (map_os_error(exc, "x"), map_os_error(exc, "x", connecting=False)):
+        assert type(mapped) is ConnectionLost
+        assert str(mapped).startswith(text)
+        assert mapped.retryable
 
 
 def test_map_os_error_unreachable_without_strerror() -> None:
     exc = OSError()
     exc.errno = errno.ENETUNREACH
-    mapped = map_os_error(exc, "connect to h:1")
+    mapped = map_os_error(exc, "connect to h:1", connecting=True)
     assert type(mapped) is ConnectError
     assert str(mapped).startswith("connect to h:1: ")
 
@@ -604,4 +630,4 @@ def test_map_os_error_unreachable_without_strerror() -> None:
 def test_map_os_error_passes_nexus_errors_through() -> None:
     err = ProxyError("already mapped")
     assert map_os_error(err, "x") is err
-    assert isinstance(map_os_error(ValueError("odd"), "x"), NexusError)
+    assert map_os_error(err, "x", connecting=True) is err
