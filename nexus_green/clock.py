@@ -170,15 +170,21 @@ class FakeClock:
         loop = get_hub().loop
         while heap and heap[0][0] <= self._now:
             t = heapq.heappop(heap)[2]
-            if t._owner is not self:
-                continue
-            t._owner = FIRED
-            self._armed -= 1
-            self._sleeping.pop(t, None)
-            # Timer functions run in the hub (they switch or throw into greenlets).
-            loop.run_callback(_run_if_fired, t)
+            if t._owner is self:
+                # Timer functions run in the hub (they switch or throw into
+                # greenlets); the timer stays armed until then, so a cancel()
+                # before the hub runs it still wins, as on the real scheduler.
+                loop.run_callback(self._run_due, t)
+
+    def _run_due(self, t: Timer) -> None:
+        if t._owner is not self:
+            return  # cancelled after its time came, before the hub ran it
+        t._owner = FIRED
+        self._armed -= 1
+        self._sleeping.pop(t, None)
         if not self._armed:
             self._watch_idle(False)
+        run_timer(t)
 
     def _watch_idle(self, on: bool) -> None:
         if on:
@@ -229,6 +235,3 @@ class FakeClock:
     def __repr__(self) -> str:
         return f"<FakeClock now={self._now} autojump={self.autojump} timers={self._armed} sleepers={self.sleepers}>"
 
-
-def _run_if_fired(t: Timer) -> None:
-    run_timer(t)

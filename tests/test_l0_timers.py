@@ -414,15 +414,6 @@ def test_fake_clock_drives_run_with_timeout() -> None:
     assert clock.now() == 159.0 and clock.armed == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Interrupt,
-    reason=(
-        "clock.py bug: FakeClock._fire_due marks a due timer FIRED when time moves (advance(), an autojump) "
-        "and defers its function to a hub callback; a cancel() before the hub runs is then a no-op, "
-        "so the Interrupt still lands, at the next yield of code that is no longer guarded"
-    ),
-)
 def test_fake_clock_a_timer_cancelled_before_the_hub_runs_is_not_delivered() -> None:
     """The real scheduler's rule holds for a FakeClock too: cancel() after the time passed, before the hub ran, wins.
 
