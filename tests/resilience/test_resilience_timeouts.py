@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 import gevent
 import pytest
+from gevent.event import Event
 
 from nexus_green.clock import FakeClock
 from nexus_green.deadline import deadline, remaining
@@ -82,9 +83,14 @@ def test_the_deadline_flows_down_and_cannot_be_outlived() -> None:
 
     with deadline(3.0, clock=clock):
         clock.advance(1.0)
-        with pytest.raises(DeadlineExceeded):
+        with pytest.raises(DeadlineExceeded, match="already passed") as info:
             outer()  # outer gets 2 s, spends them: nothing is left for inner
-    assert len(seen) == 1
+    assert len(seen) == 1 and info.value.phase == "call"
+    # outer's own timer passed while it ran without yielding; outer cancelled
+    # it on the way out, so nothing may land here.
+    for _ in range(3):
+        gevent.sleep(0)
+    assert clock.armed == 0
 
 
 def test_deadline_expiry_is_deadline_exceeded() -> None:
@@ -209,9 +215,38 @@ def test_adaptive_policy_learns_from_calls_including_timeouts() -> None:
     w._refresh = 0  # read the new sample at once
     assert policy.current() == 7.0  # max(5, 3 * 2 + 1)
     with pytest.raises(RequestTimeout):
-        policy.run(block_forever, seconds=0.01)
+        policy.run(block_forever, seconds=0.01)  # the FakeClock jumps to the limit
     assert len(policy.adaptive.source) == 2
+    assert w.percentile(0.5) == pytest.approx(0.01)  # the censored sample is the limit
     assert "TimeoutPolicy level=request" in repr(policy)
+
+
+def test_a_fake_clock_drives_the_timeout_decorator() -> None:
+    """The limit is a timer on the decorator's clock: a FakeClock jumps to it once the call waits."""
+    clock = FakeClock(start=50.0)
+
+    @timeout(30.0, clock=clock)
+    def waits(event: Event) -> str:
+        event.wait()
+        return "done"
+
+    with pytest.raises(RequestTimeout, match="timed out after 30.000s") as info:
+        waits(Event())
+    assert clock.now() == 80.0 and info.value.phase == "call" and clock.armed == 0
+
+    ready = Event()
+    gevent.spawn(lambda: (clock.sleep(29.0), ready.set()))
+    assert waits(ready) == "done" and clock.now() == 109.0  # 1 s to spare: no timeout
+
+    with deadline(10.0, clock=clock), pytest.raises(DeadlineExceeded, match="overall deadline reached") as dl:
+        waits(Event())  # the deadline in force is the limit
+    assert clock.now() == 119.0 and dl.value.phase == "call" and clock.armed == 0
+
+
+def test_a_timeout_that_leaves_no_time_names_the_call_phase() -> None:
+    with pytest.raises(RequestTimeout) as info:
+        run_with_timeout(lambda: 1, -1.0)
+    assert info.value.phase == "call"
 
 
 def test_timeout_decorator_keeps_metadata() -> None:
