@@ -20,13 +20,14 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Optional
 
+from gevent.hub import get_hub
 from gevent.queue import Empty, Full, Queue
 
 from .clock import SYSTEM_CLOCK, Clock
 from .connection.connection import ConnectionOptions
 from .connection.pool import ConnectionPool
-from .deadline import deadline_var, effective_timeout
-from .errors import ClientClosed, CompressionError, ConfigurationError, DeadlineExceeded, RemoteError
+from .deadline import DEFAULT, budget, deadline_var
+from .errors import ClientClosed, CompressionError, ConfigurationError, RemoteError, UsageError
 from .events import EventBus, default_bus
 from .middleware.compression import DictionaryRegistry
 from .middleware.offload import run_off_hub
@@ -70,6 +71,7 @@ def _make_request(
 
 
 _POOL_KEYS = (
+    "demand_backoff_cap",
     "min_size",
     "max_size",
     "max_in_flight",
@@ -89,13 +91,16 @@ _CONN_KEYS = (
     "recv_buffer_size",
     "tls",
     "proxy",
+    "resolver",
+    "happy_eyeballs_delay",
 )
 
 
 class Client:
     """A blocking-style client for one NexusKit endpoint (``tcp://`` or ``tls://``).
 
-    Options are keyword-only: ``timeout`` (default request timeout, 30 s),
+    Options are keyword-only: ``timeout`` (default request timeout, 30 s;
+    None: no limit of its own),
     ``raise_for_code`` (raise :class:`RemoteError` for codes other than 200,
     default True), ``middlewares`` (a sequence, or a ready ``Pipeline``),
     ``push_queue_size`` (1000; the oldest push is dropped when full),
@@ -138,6 +143,7 @@ class Client:
             raise ConfigurationError(f"unknown Client option(s): {', '.join(sorted(unknown))}")
         conn_opts = ConnectionOptions(request_timeout=timeout, **{k: v for k, v in options.items() if k in _CONN_KEYS})
         self.timeout = timeout
+        self._hub = get_hub()  # calls from another OS thread get a UsageError, not a hang
         self.raise_for_code = raise_for_code
         self.bus = bus
         self.clock = clock
@@ -177,44 +183,59 @@ class Client:
         body: bytes = b"",
         fid: int = 0,
         headers: Optional[Mapping[str, str]] = None,
-        timeout: Optional[float] = None,
+        timeout: Any = DEFAULT,
         *,
         idempotent: bool = False,
     ) -> Response:
         """Send ``body`` to function ``fid`` and return the :class:`Response`.
 
-        ``timeout`` defaults to the client's; an overall deadline set by an
-        outer ``@timeout``/``deadline()`` shortens it. Non-200 codes raise
-        :class:`RemoteError` unless ``raise_for_code=False``. ``idempotent``
-        tells retry middleware the request may be sent again.
+        ``timeout`` is the call's budget in seconds: it defaults
+        (:data:`~nexus_green.deadline.DEFAULT`) to the client's ``timeout``,
+        and ``None`` sets no limit of its own. An overall deadline set by an
+        outer ``@timeout``/``deadline()`` shortens it. The one budget covers
+        every phase: waiting for a connection or a connect attempt (DNS, TCP,
+        SOCKS5, TLS), pool checkout, writing and the answer; running out raises
+        a NexusTimeout whose ``phase`` names where the time went. Non-200 codes
+        raise :class:`RemoteError` unless ``raise_for_code=False``.
+        ``idempotent`` tells retry middleware the request may be sent again.
         """
         call = self._call
         if call is None:
             return self._roundtrip(body, fid, headers, timeout, 0)
-        return call(_make_request(body, fid, headers or {}, timeout, idempotent, self._url))
+        # Through a pipeline, Request.timeout None still means "the client's default".
+        return call(_make_request(body, fid, headers or {}, None if timeout is DEFAULT else timeout, idempotent, self._url))
 
     def _terminal(self, request: Request) -> Response:
+        timeout = request.timeout
         return self._roundtrip(
-            request.body, request.fid, request.headers or None, request.timeout, request.context.get("tp", 0)
+            request.body,
+            request.fid,
+            request.headers or None,
+            DEFAULT if timeout is None else timeout,
+            request.context.get("tp", 0),
         )
 
-    def _roundtrip(
-        self, body: bytes, fid: int, headers: Optional[Mapping[str, str]], timeout: Optional[float], tp: int
-    ) -> Response:
+    def _check_usable(self) -> None:
         if self._closed:
             raise ClientClosed(f"client for {self.endpoint} is closed")
-        limit = self.timeout if timeout is None else timeout
-        if _DEADLINE.get() is not None:  # an outer deadline() or @timeout caps this request
-            limit = effective_timeout(limit, clock=self.clock)
-            if limit is not None and limit <= 0:
-                raise DeadlineExceeded(f"request fid={fid} to {self.endpoint}: overall deadline already passed")
-        pool = self.pool
-        conn = pool.acquire()
-        try:
-            resp = conn.request(body, fid, headers=headers, timeout=limit, tp=tp)
-        finally:
-            if pool._waiters:
-                pool.release(conn)
+        if get_hub() is not self._hub:
+            raise UsageError(
+                f"client for {self.endpoint} was made in another OS thread: gevent objects belong to one thread's "
+                "hub; make one Client per thread"
+            )
+
+    def _roundtrip(
+        self, body: bytes, fid: int, headers: Optional[Mapping[str, str]], timeout: Any, tp: int
+    ) -> Response:
+        if self._closed or get_hub() is not self._hub:
+            self._check_usable()
+        limit = self.timeout if timeout is DEFAULT else timeout
+        d = _DEADLINE.get()
+        if d is None and limit is not None:
+            resp = self.pool.request_until(body, fid, headers, tp, self.clock.now() + limit, False)
+        else:
+            until, by_deadline = budget(limit, clock=self.clock)
+            resp = self.pool.request_until(body, fid, headers, tp, until, by_deadline)
         if resp.tp & _CODEC_BITS:
             resp = self._decompress(resp)
         if resp.code != 200 and self.raise_for_code:
@@ -232,15 +253,23 @@ class Client:
         return resp.replace(body=body, tp=resp.tp & ~_CODEC_BITS)
 
     def send(self, body: bytes = b"", fid: int = 0, headers: Optional[Mapping[str, str]] = None) -> int:
-        """Fire and forget: queue one frame, return its Qid, never wait for an answer."""
-        if self._closed:
-            raise ClientClosed(f"client for {self.endpoint} is closed")
-        conn = self.pool.acquire()
-        return conn.send(body, fid, headers=headers)
+        """Fire and forget: queue one frame, return its Qid, never wait for an answer.
 
-    def connect(self) -> Client:
-        """Open the pool's first connection now, so connection errors surface here."""
-        self.pool.release(self.pool.acquire())
+        Waiting for a connection is bounded by the client's ``timeout``.
+        """
+        self._check_usable()
+        with self.pool.connection(timeout=self.timeout) as conn:
+            return conn.send(body, fid, headers=headers)
+
+    def connect(self, *, timeout: Any = DEFAULT) -> Client:
+        """Open the pool's first connection now, so connection errors surface here.
+
+        ``timeout`` (default: the client's) bounds the wait, which includes
+        the connect attempt.
+        """
+        self._check_usable()
+        with self.pool.connection(timeout=self.timeout if timeout is DEFAULT else timeout):
+            pass
         return self
 
     # ------------------------------------------------------------------ pushes
@@ -315,15 +344,19 @@ class Client:
         s["pushes_queued"] = self._pushes.qsize()
         return s
 
-    def close(self) -> None:
-        """Close the pool; pending requests fail with ConnectionClosed (idempotent)."""
+    def close(self, *, drain: float = 0.0) -> None:
+        """Close the pool (idempotent); requests still pending fail with ConnectionClosed.
+
+        With ``drain > 0`` new requests are refused at once while those in
+        flight get up to ``drain`` seconds to finish first.
+        """
         if self._closed:
             return
         self._closed = True
         if self._unwatch is not None:
             self._unwatch()
             self._unwatch = None
-        self.pool.close()
+        self.pool.close(drain=drain)
         try:
             self._pushes.put_nowait(None)
         except Full:

@@ -9,10 +9,13 @@ How the hot path works (and why it beats one socket per greenlet):
 * One reader greenlet decodes every whole frame a ``recv`` returns and hands
   the batch to a single hub callback that switches each waiting caller in
   turn (``Waiter.switch`` must run in the hub).
-* Per-request timeouts cost no timer: deadlines go into millisecond buckets
-  and one hub timer, armed for the earliest bucket, expires them. An expired
-  request abandons only its own Qid (a late response is discarded and counted);
-  the socket stays usable. Because callers never write to the socket, a
+* Per-request timeouts cost no hub timer of their own: each is a
+  :class:`~nexus_green.timers.Timer` on the clock's scheduler (millisecond
+  buckets under one hub timer on the real clock; a FakeClock drives them in
+  tests). An expired request abandons only its own Qid (a late response is
+  discarded and counted); the socket stays usable. Each call has one budget
+  (:func:`nexus_green.deadline.budget`): waiting for the link, writing and
+  the answer all draw on it. Because callers never write to the socket, a
   timeout (ours or a ``gevent.Timeout`` around the call) can never leave a
   frame half-written.
 
@@ -33,7 +36,6 @@ Example::
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
 import weakref
@@ -48,18 +50,21 @@ from gevent.event import Event
 from gevent.hub import Waiter, get_hub
 
 from ..clock import SYSTEM_CLOCK, Clock
+from ..deadline import DEFAULT, budget, deadline_var, timeout_error
 from ..errors import (
     ConfigurationError,
     ConnectionClosed,
     ConnectionLost,
+    ConnectTimeout,
     HeartbeatTimeout,
     LocalProtocolError,
     NexusError,
     RemoteProtocolError,
-    RequestTimeout,
+    UsageError,
 )
 from ..events import EventBus, default_bus
 from ..greenlets import spawn
+from ..timers import hub_scheduler, wait_until
 from ..protocol.frames import (
     DEFAULT_MAX_FRAME_SIZE,
     TP_HEARTBEAT,
@@ -85,7 +90,7 @@ log = logging.getLogger("nexus_green.connection")
 _ids = itertools.count(1)
 _MAX_QID = 0xFFFFFFFF
 _ABANDONED_MEMORY = 4096  # how many timed-out Qids we remember to recognise late responses
-_BUCKET = 1000  # deadline buckets per second (1 ms resolution)
+_DEADLINE = deadline_var()
 # A connection emits io.stats when asked (Connection.flush_stats: the monitor's
 # tick and flush, and close), or on its own once this many latencies are
 # gathered (16 KB of them).
@@ -122,6 +127,9 @@ class ConnectionOptions:
     * ``recv_buffer_size`` -- bytes per ``recv`` (256 KiB).
     * ``tls`` -- a ``nexus_green.transport.tls.TLSConfig`` (implied default for tls:// URLs).
     * ``proxy`` -- a ``socks5://`` URL or ``ProxyConfig``.
+    * ``resolver`` -- ``(host, port) -> getaddrinfo-style list`` (default: gevent's resolver).
+    * ``happy_eyeballs_delay`` -- seconds before the next address of a host is
+      tried in parallel with a slow one (RFC 8305; 0.25).
 
     Example::
 
@@ -140,6 +148,8 @@ class ConnectionOptions:
     recv_buffer_size: int = 256 * 1024
     tls: Any = None
     proxy: Any = None
+    resolver: Any = None
+    happy_eyeballs_delay: float = 0.25
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "request_timeout", "heartbeat_interval", "heartbeat_timeout"):
@@ -148,13 +158,17 @@ class ConnectionOptions:
                 raise ConfigurationError(f"{name} must be positive or None, got {value!r}")
         if self.max_frame_size < 20:
             raise ConfigurationError(f"max_frame_size must be at least 20, got {self.max_frame_size}")
+        if not self.happy_eyeballs_delay > 0:
+            raise ConfigurationError(f"happy_eyeballs_delay must be positive, got {self.happy_eyeballs_delay!r}")
         if self.recv_buffer_size < 1024:
             raise ConfigurationError(f"recv_buffer_size must be at least 1024, got {self.recv_buffer_size}")
 
 
-# A pending request is a tuple (waiter, fid, sent_at, deadline bucket or 0):
-# cheaper than an object on the per-request path.
-_Pending = tuple[Waiter, int, float, int]
+# A pending request is a tuple (waiter, fid, sent_at, timer or None, frame
+# bytes, by_deadline): cheaper than an object on the per-request path. The
+# frame bytes let an expiring request take its frame back out of the write
+# queue when it was never written (then it is certainly not sent).
+_Pending = tuple[Waiter, int, float, Any, bytes, bool]
 
 
 class Connection:
@@ -205,10 +219,12 @@ class Connection:
         self._wevent = Event()
         self._pending: dict[int, _Pending] = {}
         self._abandoned: dict[int, None] = {}
-        self._buckets: dict[int, set[int]] = {}
-        self._bucket_heap: list[int] = []
-        self._timer: Any = None
-        self._timer_key = 0
+        # Request deadlines are timers on the clock's scheduler (one hub timer
+        # for every connection on the real clock); bound once, not per request.
+        self._call_at: Callable[..., Any] = clock.call_at
+        self._expire_cb = self._expire
+        self._hub: Any = None  # the hub of the thread that connected; others get a UsageError
+        self._connecting: Optional[ConnectInfo] = None  # the attempt in progress (or the last one)
         self._qid = 0
         self._closed_by_user = False
         self._strategy: Optional[ReconnectStrategy] = self._make_strategy()
@@ -270,6 +286,43 @@ class Connection:
         """Requests sent and not yet answered, failed or timed out."""
         return len(self._pending)
 
+    def is_available(self) -> bool:
+        """True when a request sent now goes straight onto a live link.
+
+        Example::
+
+            >>> Connection("tcp://127.0.0.1:9").is_available()
+            False
+        """
+        return self.connected
+
+    def has_expired(self, now: float, max_lifetime: Optional[float]) -> bool:
+        """True when the link is closed, or older than ``max_lifetime`` seconds.
+
+        Example::
+
+            >>> c = Connection("tcp://127.0.0.1:9"); c.has_expired(c.created_at + 10, 5.0)
+            True
+        """
+        return self.lifecycle.state == CLOSED or (max_lifetime is not None and now - self.created_at >= max_lifetime)
+
+    @property
+    def connect_phase(self) -> str:
+        """The phase of the connect attempt in progress (dns, tcp, socks5, tls), or "connect" before the first.
+
+        Example::
+
+            >>> Connection("tcp://127.0.0.1:9").connect_phase
+            'connect'
+        """
+        info = self._connecting
+        return (getattr(info, "phase", "") if info is not None else "") or "connect"
+
+    @property
+    def idle(self) -> bool:
+        """True when no request is in flight."""
+        return not self._pending
+
     @property
     def usable(self) -> bool:
         """True while the connection can take requests (now or after reconnecting)."""
@@ -283,15 +336,27 @@ class Connection:
             self._ready.clear()
         self.bus.emit("connection.state", conn_id=self.conn_id, endpoint=str(self.endpoint), old=old, new=new)
 
-    def connect(self) -> Connection:
-        """Open the link now (idempotent). A first connect that fails raises and closes."""
+    def connect(self, *, timeout: Any = DEFAULT) -> Connection:
+        """Open the link now (idempotent). A first connect that fails raises and closes.
+
+        The attempt is bounded by ``connect_timeout`` and by this call's
+        budget (``timeout``, default ``options.request_timeout``, and the
+        deadline in force), whichever ends first; running out raises
+        :class:`~nexus_green.errors.ConnectTimeout` (or DeadlineExceeded)
+        whose ``phase`` names the connect phase that was in progress.
+        """
         if self.lifecycle.state != IDLE:
             if self.lifecycle.state in (CLOSING, CLOSED):
                 raise ConnectionClosed(f"{self.conn_id} to {self.endpoint} is closed")
             return self
+        until, by_deadline = budget(self.options.request_timeout if timeout is DEFAULT else timeout, clock=self.clock)
+        self._connect(until, by_deadline)
+        return self
+
+    def _connect(self, until: Optional[float], by_deadline: bool) -> None:
         self.lifecycle.fire("connect")
         try:
-            self._open()
+            self._open(until, by_deadline)
         except BaseException as exc:
             self.last_error = exc
             self.lifecycle.fire("failed")
@@ -299,17 +364,24 @@ class Connection:
             self._fail_all(exc)
             raise
         self.lifecycle.fire("connected")
-        return self
 
-    def _open(self) -> None:
-        info = ConnectInfo(endpoint=self.endpoint)
+    def _open(self, until: Optional[float] = None, by_deadline: bool = False) -> None:
+        hub = get_hub()
+        if self._hub is not None and hub is not self._hub:
+            raise UsageError(f"{self.conn_id} belongs to another thread's hub; use one Client per OS thread")
+        self._hub = hub
+        if self.clock is SYSTEM_CLOCK:
+            self._call_at = hub_scheduler().call_at  # skip the clock's lookup of the hub per request
+        info = self._connecting = ConnectInfo(endpoint=self.endpoint)
         self.bus.emit("connect.started", conn_id=self.conn_id, endpoint=str(self.endpoint))
         t0 = self.clock.now()
         tunnel, secure, proxy_ep = self._transport_hooks()
+        opts = self.options
         try:
             stream = open_stream(
                 self.endpoint,
-                timeout=self.options.connect_timeout,
+                timeout=opts.connect_timeout,
+                until=until,
                 conn_id=self.conn_id,
                 bus=self.bus,
                 clock=self.clock,
@@ -317,6 +389,8 @@ class Connection:
                 tunnel=tunnel,
                 secure=secure,
                 info=info,
+                resolver=opts.resolver,
+                attempt_delay=opts.happy_eyeballs_delay,
             )
         except BaseException as exc:
             self.bus.emit(
@@ -326,6 +400,8 @@ class Connection:
                 duration=self.clock.now() - t0,
                 error=exc,
             )
+            if by_deadline and isinstance(exc, ConnectTimeout) and until is not None and self.clock.now() >= until:
+                raise timeout_error(True, f"connect to {self.endpoint}: {exc}", phase=exc.phase) from exc
             raise
         self.last_connect = info
         self.bus.emit(
@@ -392,9 +468,7 @@ class Connection:
         if self.lifecycle.state in (CLOSING, CLOSED):
             return
         if drain > 0 and self._pending:
-            with gevent.Timeout(drain, False):
-                while self._pending:
-                    gevent.sleep(0.005)
+            self.drain(self.clock.now() + drain)
         self._closed_by_user = True
         self.lifecycle.fire("close")
         self._stop_greenlets()
@@ -402,6 +476,18 @@ class Connection:
         self._fail_all(ConnectionClosed(f"{self.conn_id} to {self.endpoint} was closed by its owner"))
         self.lifecycle.fire("closed")
         self._emit_closed(None)
+
+    def drain(self, until: float) -> bool:
+        """Wait until no request is in flight or ``clock`` reaches ``until``; True when none is left.
+
+        Example::
+
+            >>> Connection("tcp://127.0.0.1:9").drain(0.0)
+            True
+        """
+        while self._pending and self.clock.now() < until:
+            self.clock.sleep(min(0.005, until - self.clock.now()))
+        return not self._pending
 
     def _stop_greenlets(self) -> None:
         """Kill this connection's background greenlets, except the one calling (it is finishing)."""
@@ -442,12 +528,6 @@ class Connection:
                 stream.detach()
             else:
                 stream.close()
-        if self._timer is not None:
-            self._timer.stop()
-            self._timer.close()
-            self._timer = None
-        self._buckets.clear()
-        self._bucket_heap.clear()
         self._wbuf = []
 
     def _lost(self, stream: Stream, error: NexusError) -> None:
@@ -505,16 +585,30 @@ class Connection:
             return
         hub = get_hub()
         for qid, p in pending.items():
+            if p[3] is not None:
+                p[3].cancel()
             self._remember_abandoned(qid)
             hub.loop.run_callback(p[0].throw, error)
 
-    def wait_ready(self, timeout: Optional[float]) -> None:
-        """Block until the link is connected, up to ``timeout`` seconds."""
+    def wait_ready(self, timeout: Any = DEFAULT) -> None:
+        """Block until the link is connected, within ``timeout`` (default ``request_timeout``) and the deadline in force.
+
+        Example::
+
+            >>> from nexus_green.testing import EmbeddedServer
+            >>> with EmbeddedServer() as server, Connection(server.endpoint) as conn:
+            ...     conn.wait_ready(1.0); conn.state
+            'connected'
+        """
+        until, by_deadline = budget(self.options.request_timeout if timeout is DEFAULT else timeout, clock=self.clock)
+        self._wait_ready(until, by_deadline)
+
+    def _wait_ready(self, until: Optional[float], by_deadline: bool) -> None:
         state = self.lifecycle.state
         if state == CONNECTED:
             return
         if state == IDLE:
-            self.connect()
+            self._connect(until, by_deadline)
             return
         if state in (CLOSING, CLOSED):
             if self._closed_by_user:
@@ -524,12 +618,15 @@ class Connection:
             ) from self.last_error
         if self.options.fail_fast:
             raise ConnectionLost(f"{self.conn_id} to {self.endpoint} is reconnecting (fail_fast)") from self.last_error
-        if not self._ready.wait(timeout):
-            raise RequestTimeout(
-                f"{self.conn_id} to {self.endpoint} still {self.lifecycle.state} after waiting {timeout}s"
+        if not wait_until(self._ready.wait, self.clock, until):
+            raise timeout_error(
+                by_deadline,
+                f"{self.conn_id} to {self.endpoint} still {self.lifecycle.state} when the call's time ran out",
+                phase="connect",
+                error=ConnectTimeout,
             ) from self.last_error
         if self.lifecycle.state != CONNECTED:  # closed while we waited
-            self.wait_ready(0.0)
+            self._wait_ready(self.clock.now(), by_deadline)
 
     # ------------------------------------------------------------------ requests
     def _take_qid(self) -> int:
@@ -555,19 +652,54 @@ class Connection:
         fid: int = 0,
         *,
         headers: Optional[Mapping[str, str]] = None,
-        timeout: Optional[float] = -1.0,
+        timeout: Any = DEFAULT,
         tp: int = 0,
     ) -> Response:
         """Send one request and block this greenlet until its response arrives.
 
-        ``timeout`` defaults to ``options.request_timeout``; ``None`` waits
-        forever. On timeout only this Qid is abandoned
-        (:class:`RequestTimeout`); a late answer is discarded and counted.
+        ``timeout`` defaults (:data:`~nexus_green.deadline.DEFAULT`) to
+        ``options.request_timeout``; ``None`` sets no limit of its own. The
+        deadline in force, if sooner, is the limit. The budget covers waiting
+        for the link, writing and the answer. On timeout only this Qid is
+        abandoned (:class:`~nexus_green.errors.RequestTimeout`, or
+        DeadlineExceeded, with ``phase`` "write" when the frame never left the
+        queue and was taken back, "response" when it was written); a late
+        answer is discarded and counted.
         """
-        if timeout is not None and timeout < 0:
+        if timeout is DEFAULT:
             timeout = self.options.request_timeout
+        d = _DEADLINE.get()
+        if timeout is None:
+            return self.request_until(body, fid, headers, tp, d, d is not None)
+        until = (_monotonic() if self._real_clock else self.clock.now()) + timeout
+        if d is not None and d <= until:
+            return self.request_until(body, fid, headers, tp, d, True)
+        return self.request_until(body, fid, headers, tp, until, False)
+
+    def request_until(
+        self,
+        body: bytes,
+        fid: int,
+        headers: Optional[Mapping[str, str]],
+        tp: int,
+        until: Optional[float],
+        by_deadline: bool = False,
+    ) -> Response:
+        """:meth:`request` with its budget already worked out: ``until`` is an absolute time on the clock.
+
+        The pool and the Client call this, so one budget computed at the
+        call's entry covers every phase below it (see
+        :func:`nexus_green.deadline.budget`).
+
+        Example::
+
+            >>> from nexus_green.testing import EmbeddedServer
+            >>> with EmbeddedServer() as server, Connection(server.endpoint) as conn:
+            ...     conn.request_until(b"hi", 1, None, 0, conn.clock.now() + 5).body
+            b'hi'
+        """
         if not self.connected:
-            self.wait_ready(timeout)
+            self._wait_ready(until, by_deadline)
         if headers:
             if self.options.strict:
                 raise LocalProtocolError(f"{self.conn_id}: strict mode cannot send headers {sorted(headers)}")
@@ -579,16 +711,16 @@ class Connection:
         pending = self._pending
         waiter = Waiter()
         now = _monotonic() if self._real_clock else self.clock.now()
-        if timeout is None:
-            pending[qid] = (waiter, fid, now, 0)
+        if until is None:
+            pending[qid] = (waiter, fid, now, None, data, by_deadline)
+        elif until > now:
+            pending[qid] = (waiter, fid, now, self._call_at(until, self._expire_cb, qid), data, by_deadline)
         else:
-            key = int((now + timeout) * _BUCKET) + 1
-            pending[qid] = (waiter, fid, now, key)
-            bucket = self._buckets.get(key)
-            if bucket is None:
-                self._new_bucket(key, qid)
-            else:
-                bucket.add(qid)
+            raise timeout_error(
+                by_deadline,
+                f"request fid={fid} to {self.endpoint}: no time left to send it (not sent)",
+                phase="write",
+            )
         wbuf = self._wbuf
         wbuf.append(data)
         if len(wbuf) >= self._flush_at and not self._writing:
@@ -611,7 +743,9 @@ class Connection:
             p = pending.pop(qid, None)
             if p is not None:
                 self._remember_abandoned(qid)
-                self._drop_deadline(qid, p)
+                if p[3] is not None:
+                    p[3].cancel()
+                self._unqueue(data)
             if self.bus.wants("request.failed"):
                 self.bus.emit(
                     "request.failed",
@@ -703,7 +837,7 @@ class Connection:
         in ``late_responses``.
         """
         if self.lifecycle.state != CONNECTED:
-            self.wait_ready(self.options.request_timeout)
+            self._wait_ready(*budget(self.options.request_timeout, clock=self.clock))
         qid = self._next_qid()
         block = encode_header_block(headers) if headers else b""
         self._wbuf.append(encode_request(qid, fid, body, tp=tp, header_block=block))
@@ -719,49 +853,33 @@ class Connection:
             del ab[next(iter(ab))]
 
     # ------------------------------------------------------------------ deadlines
-    def _new_bucket(self, key: int, qid: int) -> None:
-        self._buckets[key] = {qid}
-        heapq.heappush(self._bucket_heap, key)
-        if self._timer is None or key < self._timer_key:
-            self._arm(key)
+    def _unqueue(self, data: bytes) -> bool:
+        """Take a frame back out of the write queue if it is still whole there (then it was never sent)."""
+        wbuf = self._wbuf
+        for i, chunk in enumerate(wbuf):
+            if chunk is data:
+                del wbuf[i]
+                return True
+        return False
 
-    def _drop_deadline(self, qid: int, p: _Pending) -> None:
-        if p[3]:
-            bucket = self._buckets.get(p[3])
-            if bucket is not None:
-                bucket.discard(qid)
-
-    def _arm(self, key: int) -> None:
-        if self._timer is not None:
-            self._timer.stop()
-            self._timer.close()
-        delay = max(0.0, key / _BUCKET - self.clock.now())
-        self._timer = get_hub().loop.timer(delay, ref=False)
-        self._timer_key = key
-        self._timer.start(self._expire)
-
-    def _expire(self) -> None:
-        """Hub callback: fail every request whose deadline bucket has passed."""
-        self._timer = None
-        now_key = int(self.clock.now() * _BUCKET)
-        heap = self._bucket_heap
-        pending = self._pending
-        while heap and heap[0] <= now_key:
-            key = heapq.heappop(heap)
-            for qid in self._buckets.pop(key, ()):
-                p = pending.pop(qid, None)
-                if p is None:
-                    continue
-                self._remember_abandoned(qid)
-                waited = self.clock.now() - p[2]
-                p[0].throw(
-                    RequestTimeout(
-                        f"request qid={qid} fid={p[1]} to {self.endpoint} got no response in {waited:.3f}s "
-                        f"({self.conn_id}; only this request was abandoned)"
-                    )
-                )
-        if heap:
-            self._arm(heap[0])
+    def _expire(self, qid: int) -> None:
+        """Timer function (in the hub): the request ``qid`` ran out of its budget."""
+        p = self._pending.pop(qid, None)
+        if p is None:
+            return
+        self._remember_abandoned(qid)
+        waited = self.clock.now() - p[2]
+        if self._unqueue(p[4]):
+            msg, phase = f"was still queued after {waited:.3f}s and was taken back (not sent)", "write"
+        else:
+            msg, phase = f"got no response in {waited:.3f}s", "response"
+        p[0].throw(
+            timeout_error(
+                p[5],
+                f"request qid={qid} fid={p[1]} to {self.endpoint} {msg} ({self.conn_id}; only this request was abandoned)",
+                phase=phase,
+            )
+        )
 
     # ------------------------------------------------------------------ I/O greenlets
     def _write_loop(self, stream: Stream) -> None:
@@ -837,7 +955,6 @@ class Connection:
     def _dispatch(self, frames: list[RawFrame], now: float) -> list[tuple[Waiter, RawFrame]]:
         ready: list[tuple[Waiter, RawFrame]] = []
         pending = self._pending
-        buckets = self._buckets
         # Monitoring's cheap path: latencies (send to arrival) are appended here
         # and reported in one io.stats event when the monitor asks (or when
         # STATS_MAX_LATENCIES are gathered), so the per-request path stays bare.
@@ -855,10 +972,8 @@ class Connection:
             if f[4] == 1 and not f[3] & TP_HEARTBEAT:
                 p = pending.pop(f[0], None)
                 if p is not None:
-                    if p[3]:
-                        bucket = buckets.get(p[3])
-                        if bucket is not None:
-                            bucket.discard(f[0])
+                    if p[3] is not None:
+                        p[3].cancel()
                     ready.append((p[0], f))
                     if record is not None:
                         record(now - p[2])

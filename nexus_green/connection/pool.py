@@ -1,20 +1,34 @@
-"""ConnectionPool: a bounded set of multiplexed connections to one endpoint.
+"""ConnectionPool: a bounded set of multiplexed connections to one endpoint, and the owner of its connects.
 
-Connections are multiplexed, so "checking out" a connection does not take it
-away from others: :meth:`ConnectionPool.acquire` picks the connected
-connection with the fewest requests in flight, and opens another (up to
-``max_size``) only when every connection carries ``max_in_flight`` requests,
-like HTTP/2 pools do with SETTINGS_MAX_CONCURRENT_STREAMS. When all are full,
-callers wait at most ``checkout_timeout`` and then get :class:`PoolExhausted`.
+Connections are multiplexed, so a checkout does not take a connection away
+from others: the pool picks the connected connection with the fewest requests
+in flight, and opens another (up to ``max_size``) only when every connection
+carries ``max_in_flight`` requests, like HTTP/2 pools do with
+SETTINGS_MAX_CONCURRENT_STREAMS. Use it as ``pool.request(...)`` or
+``with pool.connection() as conn:``.
 
-What the pool fixes that users of redis-py, urllib3 and geventhttpclient
-trip over: checkouts never wait forever; ``max_size`` is a real maximum
-(connections being opened count); stale connections are found in the
-background (every connection reads continuously, and idle ones send
-heartbeats), not on use; a forked child never reuses the parent's sockets.
+**The pool owns every connect attempt to its endpoint.** Its connections do
+not reconnect by themselves: a link that dies is dropped, and one *dialer*
+greenlet opens replacements, at most one attempt at a time, spaced by the
+reconnect strategy (exponential backoff with full jitter by default). While
+callers wait, the wait before the next attempt is capped at
+``demand_backoff_cap`` (1 s), so a restarted server is found again within
+about a second of a caller asking; with nobody waiting, the backoff grows to
+the strategy's cap (30 s) while the dialer refills to ``min_size``. A run of
+failures is logged once per doubling of its length (1, 2, 4, 8, ...), with the
+count, and once more when the endpoint answers again.
+
+**One budget per call.** A caller waits for a connection, for a connect
+attempt in progress (which runs under ``connect_timeout`` and may serve many
+callers) and for room in the pool for at most its own budget: the smaller of
+its timeout and the deadline in force. ``checkout_timeout`` only shortens the
+wait. A caller that waited on an attempt that failed gets that failure (a
+ConnectError: nothing was sent, so retry layers may resend); one whose time
+ran out first gets a ConnectTimeout (or DeadlineExceeded) whose ``phase``
+names the connect phase in progress, chained from the last connect error.
 
 State changes happen in code with no yield point (atomic under gevent's
-cooperative scheduling, the per-request path takes no lock); connecting and
+cooperative scheduling; the per-request path takes no lock); connecting and
 closing happen outside those sections. ``repr`` states the pool's figures and
 doubles as a test oracle.
 
@@ -23,30 +37,34 @@ Example::
     >>> from nexus_green.testing import EmbeddedServer
     >>> with EmbeddedServer() as server:
     ...     with ConnectionPool(server.endpoint, max_size=2) as pool:
-    ...         conn = pool.acquire()
-    ...         r = conn.request(b"hi", fid=1, timeout=5)
-    ...         pool.release(conn)
+    ...         r = pool.request(b"hi", fid=1, timeout=5)
     ...         print(r.body, pool.stats()["size"])
     b'hi' 1
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Optional
 
 import gevent
 from gevent.event import Event
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import ClientClosed, ConfigurationError, NexusError, PoolExhausted
+from ..deadline import DEFAULT, budget, deadline_var, timeout_error
+from ..errors import ClientClosed, ConfigurationError, ConnectTimeout, NexusError, PoolExhausted
 from ..events import EventBus, default_bus
 from ..greenlets import spawn
 from ..protocol.frames import Frame
+from ..protocol.messages import Response
+from ..timers import wait_until
 from ..transport.endpoint import Endpoint
+from .backoff import ExponentialBackoff, ReconnectStrategy
 from .connection import Connection, ConnectionOptions
 from .state import CLOSED, CONNECTED
 
@@ -55,6 +73,7 @@ __all__ = ["ConnectionPool"]
 log = logging.getLogger("nexus_green.pool")
 
 _POOLS: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
+_DEADLINE = deadline_var()
 
 
 def _after_fork_in_child() -> None:
@@ -66,20 +85,28 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class ConnectionPool:
-    """Pool of multiplexed connections to one endpoint.
+    """Pool of multiplexed connections to one endpoint; it alone opens connections to it.
 
-    Options (defaults): ``min_size`` 1 connection kept open; ``max_size`` 4;
-    ``max_in_flight`` 256 concurrent requests per connection before another
-    is opened; ``checkout_timeout`` 5 s; ``max_idle_time`` 300 s (idle
-    connections above ``min_size`` are closed); ``max_lifetime`` None
-    (connections older than this are retired once idle); ``health_check_interval``
-    5 s (the background maintainer's period).
+    Options (defaults): ``min_size`` 1 connection kept open; ``max_size`` 4
+    (a real maximum: the connection being opened counts); ``max_in_flight``
+    256 concurrent requests per connection before another is opened;
+    ``checkout_timeout`` 5 s (the longest a checkout waits, within the call's
+    budget); ``max_idle_time`` 300 s (idle connections above ``min_size``
+    are closed); ``max_lifetime`` None (connections older than this are
+    retired once idle); ``health_check_interval`` 5 s (the maintainer's
+    period); ``demand_backoff_cap`` 1 s (the longest wait before the next
+    connect attempt while callers wait). The reconnect strategy is
+    ``options.reconnect`` (default, and for ``True``/``False``: exponential
+    backoff, base 0.5 s, cap 30 s, full jitter). The pool keeps ``min_size``
+    connections open in the background; ``min_size=0`` opens them only when
+    callers ask.
 
     Example::
 
         >>> from nexus_green.testing import EmbeddedServer
         >>> with EmbeddedServer() as server, ConnectionPool(server.endpoint) as pool:
-        ...     pool.acquire() is pool.acquire()    # one connection serves many
+        ...     with pool.connection() as a, pool.connection() as b:
+        ...         a is b    # one connection serves many
         True
     """
 
@@ -94,6 +121,7 @@ class ConnectionPool:
         max_idle_time: Optional[float] = 300.0,
         max_lifetime: Optional[float] = None,
         health_check_interval: float = 5.0,
+        demand_backoff_cap: float = 1.0,
         options: Optional[ConnectionOptions] = None,
         bus: EventBus = default_bus,
         clock: Clock = SYSTEM_CLOCK,
@@ -106,6 +134,10 @@ class ConnectionPool:
             raise ConfigurationError(f"max_in_flight must be at least 1, got {max_in_flight}")
         if health_check_interval <= 0:
             raise ConfigurationError(f"health_check_interval must be positive, got {health_check_interval}")
+        if not demand_backoff_cap > 0:
+            raise ConfigurationError(f"demand_backoff_cap must be positive, got {demand_backoff_cap!r}")
+        if checkout_timeout is not None and checkout_timeout < 0:
+            raise ConfigurationError(f"checkout_timeout must be >= 0 or None, got {checkout_timeout!r}")
         self.endpoint = endpoint if isinstance(endpoint, Endpoint) else Endpoint.parse(endpoint)
         self.name = name or str(self.endpoint)
         self.min_size = min_size
@@ -115,33 +147,134 @@ class ConnectionPool:
         self.max_idle_time = max_idle_time
         self.max_lifetime = max_lifetime
         self.health_check_interval = health_check_interval
+        self.demand_backoff_cap = demand_backoff_cap
         self.options = options or ConnectionOptions()
         self.bus = bus
         self.clock = clock
         self.on_push = on_push
+        rc = self.options.reconnect
+        self._strategy: ReconnectStrategy = ExponentialBackoff() if rc in (None, True, False) else rc
+        # The pool's connections never reconnect by themselves: the dialer does.
+        self._conn_options = dataclasses.replace(self.options, reconnect=False)
         self._conns: list[Connection] = []
         self._last_used: dict[str, float] = {}
-        self._retiring: list[Connection] = []
-        self._opening = 0
-        self._waiters = 0
-        self._capacity = Event()
+        self._changed = Event()  # replaced and set whenever something a waiter may want happened
         self._closed = False
         self._maintainer: Optional[gevent.Greenlet] = None
+        # the dialer: one connect attempt at a time
+        self._dialer: Optional[gevent.Greenlet] = None
+        self._dialing: Optional[Connection] = None
+        self._wake = Event()
+        self._demand = 0  # callers waiting for a new connection
+        self._waiters = 0  # callers waiting for anything (connection or room)
+        self._failures = 0  # consecutive failed attempts
+        self._fail_seq = 0  # failed attempts ever (waiters compare it)
+        self._failing_since = 0.0
+        self._last_failure_at = 0.0
+        self._next_attempt_at = 0.0  # per the strategy; demand shortens the wait
+        self._gave_up = False  # the strategy said stop: only demand brings attempts
+        self.last_error: Optional[BaseException] = None
         # figures
         self.checkouts = 0
         self.exhausted = 0
         self.opened = 0
         self.discarded = 0
+        self.connect_attempts = 0
+        self.connect_failures = 0
         self.wait_time_total = 0.0
         self.wait_time_max = 0.0
         _POOLS.add(self)
 
-    # ------------------------------------------------------------------ checkout
-    def acquire(self, timeout: Optional[float] = -1.0) -> Connection:
-        """The connection that should carry the next request.
+    # ------------------------------------------------------------------ requests
+    def request(
+        self,
+        body: bytes = b"",
+        fid: int = 0,
+        *,
+        headers: Optional[Mapping[str, str]] = None,
+        timeout: Any = DEFAULT,
+        tp: int = 0,
+    ) -> Response:
+        """Send one request on the best connection and wait for its answer, all within one budget.
 
-        Waits at most ``timeout`` (default ``checkout_timeout``) when every
-        connection is full, then raises :class:`PoolExhausted`.
+        ``timeout`` defaults to ``options.request_timeout``; None sets no
+        limit of its own (the deadline in force still applies).
+
+        Example::
+
+            >>> from nexus_green.testing import EmbeddedServer
+            >>> with EmbeddedServer() as server, ConnectionPool(server.endpoint) as pool:
+            ...     pool.request(b"ping", fid=1).body
+            b'ping'
+        """
+        until, by_deadline = budget(self.options.request_timeout if timeout is DEFAULT else timeout, clock=self.clock)
+        return self.request_until(body, fid, headers, tp, until, by_deadline)
+
+    def request_until(
+        self,
+        body: bytes,
+        fid: int,
+        headers: Optional[Mapping[str, str]],
+        tp: int,
+        until: Optional[float],
+        by_deadline: bool = False,
+    ) -> Response:
+        """:meth:`request` with the budget already worked out (``until`` is absolute, on the pool's clock).
+
+        Example::
+
+            >>> from nexus_green.testing import EmbeddedServer
+            >>> with EmbeddedServer() as server, ConnectionPool(server.endpoint) as pool:
+            ...     pool.request_until(b"x", 1, None, 0, pool.clock.now() + 5).code
+            200
+        """
+        conn = self.checkout(until, by_deadline)
+        try:
+            return conn.request_until(body, fid, headers, tp, until, by_deadline)
+        finally:
+            if self._waiters:
+                self._notify()
+
+    @contextmanager
+    def connection(self, timeout: Any = DEFAULT) -> Iterator[Connection]:
+        """Check out the connection that should carry the next request(s), within ``timeout``.
+
+        The connection stays shared (it is multiplexed); leaving the block
+        tells waiting checkouts that room may have freed up. ``timeout``
+        defaults to ``checkout_timeout``.
+
+        Example::
+
+            >>> from nexus_green.testing import EmbeddedServer
+            >>> with EmbeddedServer() as server, ConnectionPool(server.endpoint) as pool:
+            ...     with pool.connection(timeout=5) as conn:
+            ...         conn.request(b"a", fid=1).body
+            b'a'
+        """
+        until, by_deadline = budget(self.checkout_timeout if timeout is DEFAULT else timeout, clock=self.clock)
+        conn = self.checkout(until, by_deadline)
+        try:
+            yield conn
+        finally:
+            if self._waiters:
+                self._notify()
+
+    # ------------------------------------------------------------------ checkout
+    def checkout(self, until: Optional[float], by_deadline: bool = False) -> Connection:
+        """The connection that should carry the next request, waiting until ``until`` at most.
+
+        Prefer :meth:`request` or :meth:`connection`; this is their common
+        step. Raises :class:`~nexus_green.errors.PoolExhausted` when every
+        connection stayed full for ``checkout_timeout``, a ConnectError when
+        the connect attempt this call waited on failed, and a timeout (with
+        ``phase``) when the budget ran out.
+
+        Example::
+
+            >>> from nexus_green.testing import EmbeddedServer
+            >>> with EmbeddedServer() as server, ConnectionPool(server.endpoint) as pool:
+            ...     pool.checkout(None).state
+            'connected'
         """
         if self._closed:
             raise ClientClosed(f"pool for {self.endpoint} is closed")
@@ -149,64 +282,108 @@ class ConnectionPool:
         conns = self._conns
         if len(conns) == 1:  # the common case, without the loop
             conn = conns[0]
-            if conn.connected and len(conn._pending) < self.max_in_flight:
+            if conn.connected and conn.in_flight < self.max_in_flight:
                 return conn
         best = self._pick()
         if best is not None:
             return best
-        return self._acquire_slow(self.checkout_timeout if timeout is not None and timeout < 0 else timeout)
+        return self._checkout_slow(until, by_deadline)
 
     def _pick(self) -> Optional[Connection]:
         best: Optional[Connection] = None
         best_load = self.max_in_flight
         for conn in self._conns:
             if conn.connected:
-                load = len(conn._pending)
+                load = conn.in_flight
                 if load < best_load:
                     best, best_load = conn, load
                     if load == 0:
                         break
         return best
 
-    def _acquire_slow(self, timeout: Optional[float]) -> Connection:
-        started = self.clock.now()
-        while True:
-            self._drop_closed()
-            if self._closed:
-                raise ClientClosed(f"pool for {self.endpoint} is closed")
-            best = self._pick()
-            if best is not None:
-                self._record_wait(started)
-                return best
-            # Open one connection at a time: a cold-start burst of callers waits
-            # for the first link instead of opening max_size of them at once.
-            if not self._opening and len(self._conns) < self.max_size:
-                conn = self._open_one()
-                if conn is not None:
+    def _checkout_slow(self, until: Optional[float], by_deadline: bool) -> Connection:
+        clock = self.clock
+        started = clock.now()
+        checkout_end = None if self.checkout_timeout is None else started + self.checkout_timeout
+        if until is not None and (checkout_end is None or until <= checkout_end):
+            end, end_is_budget = until, True
+        else:
+            end, end_is_budget = checkout_end, False
+        seen_failures = self._fail_seq
+        wanting = False
+        self._waiters += 1
+        try:
+            while True:
+                if self._closed:
+                    raise ClientClosed(f"pool for {self.endpoint} is closed")
+                self._drop_closed()
+                best = self._pick()
+                if best is not None:
                     self._record_wait(started)
-                    return conn
-                continue
-            # A connection that is (re)connecting can take the request: it waits
-            # for the link (bounded by the request timeout) or fails fast.
-            for conn in self._conns:
-                if conn.usable and conn.lifecycle.state != CONNECTED:
-                    self._record_wait(started)
-                    return conn
-            waited = self.clock.now() - started
-            left = None if timeout is None else timeout - waited
-            if left is not None and left <= 0:
-                self.exhausted += 1
-                self.bus.emit("pool.exhausted", pool=self.name, wait=waited)
-                raise PoolExhausted(
-                    f"no connection to {self.endpoint} could take a request within {timeout}s: "
-                    f"{len(self._conns)}/{self.max_size} connections, each at max_in_flight={self.max_in_flight} ({self!r})"
-                )
-            self._waiters += 1
-            self._capacity.clear()
-            try:
-                self._capacity.wait(left)
-            finally:
-                self._waiters -= 1
+                    return best
+                changed = self._changed
+                live = sum(1 for c in self._conns if c.connected)
+                if live == 0:
+                    # Nothing to carry the request: it depends on the dialer.
+                    if self._fail_seq != seen_failures and self.last_error is not None:
+                        # The attempt we waited on failed: nothing was sent.
+                        raise self._connect_error(f"connect to {self.endpoint} failed")
+                    if self.options.fail_fast and self._failures and self._dialing is None:
+                        raise self._connect_error(
+                            f"{self.endpoint} is down ({self._failures} failed connect attempts; fail_fast)"
+                        )
+                if not wanting and len(self._conns) < self.max_size:
+                    wanting = True
+                    self._demand += 1
+                if wanting and self._want_dial():
+                    self._kick()
+                now = clock.now()
+                if end is not None and now >= end:
+                    raise self._checkout_expired(live, now - started, end_is_budget, by_deadline)
+                wait_until(changed.wait, clock, end)
+        finally:
+            self._waiters -= 1
+            if wanting:
+                self._demand -= 1
+
+    def _checkout_expired(self, live: int, waited: float, end_is_budget: bool, by_deadline: bool) -> NexusError:
+        if live == 0:
+            phase = self._dialing.connect_phase if self._dialing is not None else "connect"
+            state = (
+                f"connect attempt in phase {phase!r}"
+                if self._dialing is not None
+                else f"{self._failures} failed connect attempts, backing off"
+            )
+            msg = f"no connection to {self.endpoint} within {waited:.3f}s ({state}; {self!r})"
+            if end_is_budget:
+                err = timeout_error(by_deadline, msg, phase=phase, error=ConnectTimeout)
+            else:
+                err = ConnectTimeout(msg + f" [checkout_timeout={self.checkout_timeout}]", phase=phase)
+        elif end_is_budget:
+            err = timeout_error(
+                by_deadline,
+                f"no room on the connections to {self.endpoint} within the call's budget ({waited:.3f}s; {self!r})",
+                phase="checkout",
+            )
+        else:
+            self.exhausted += 1
+            self.bus.emit("pool.exhausted", pool=self.name, wait=waited)
+            err = PoolExhausted(
+                f"no connection to {self.endpoint} could take a request within {self.checkout_timeout}s: "
+                f"{len(self._conns)}/{self.max_size} connections, each at max_in_flight={self.max_in_flight} ({self!r})"
+            )
+        err.__cause__ = self.last_error if live == 0 else None
+        return err
+
+    def _connect_error(self, message: str) -> NexusError:
+        err = self.last_error
+        if isinstance(err, NexusError):
+            new = err.__class__.__new__(err.__class__)
+            NexusError.__init__(new, f"{message}: {err}")
+            new.__dict__.update(err.__dict__)
+            new.__cause__ = err
+            return new
+        return ConnectTimeout(message, phase="connect")  # pragma: no cover - last_error is always a NexusError
 
     def _record_wait(self, started: float) -> None:
         waited = self.clock.now() - started
@@ -215,34 +392,118 @@ class ConnectionPool:
             self.wait_time_max = waited
         self.bus.emit("pool.checkout", pool=self.name, wait=waited)
 
-    def _open_one(self) -> Optional[Connection]:
-        """Open a connection (I/O outside any state change); None if it failed but others exist."""
-        self._opening += 1
-        conn = Connection(self.endpoint, options=self.options, bus=self.bus, clock=self.clock, on_push=self.on_push)
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, Event()
+        changed.set()
+
+    # ------------------------------------------------------------------ the dialer
+    def _want_dial(self) -> bool:
+        if self._closed or len(self._conns) >= self.max_size:
+            return False
+        if self._demand > 0 and self._pick() is None:
+            return True  # callers wait and no connection has room for them
+        return not self._gave_up and len(self._conns) < self.min_size
+
+    def _kick(self) -> None:
+        """Make sure the dialer runs (or re-reads the demand, if it is backing off)."""
+        if self._closed:
+            return
+        if self._dialer is None:
+            self._dialer = spawn(self._dial_loop, name=f"pool:{self.name}:dialer")
+        else:
+            self._wake.set()
+
+    def _attempt_at(self) -> float:
+        if not self._failures:
+            return 0.0
+        at = self._next_attempt_at
+        if self._demand > 0:
+            at = min(at, self._last_failure_at + self.demand_backoff_cap)
+        return at
+
+    def _dial_loop(self) -> None:
+        _DEADLINE.set(None)  # a caller's deadline (copied into this greenlet) must not bound the shared attempt
+        clock = self.clock
         try:
-            conn.connect()
-        except NexusError:
-            if not self._conns:
-                raise
-            log.warning("pool %s: opening another connection failed; using the existing ones", self.name)
-            return None
+            while self._want_dial():
+                at = self._attempt_at()
+                if clock.now() < at:
+                    self._wake.clear()
+                    wait_until(self._wake.wait, clock, at)
+                    continue  # re-read demand and the time of the next attempt
+                self._attempt()
         finally:
-            self._opening -= 1
-            if self._waiters:
-                self._capacity.set()
+            if self._dialer is gevent.getcurrent():
+                self._dialer = None
+
+    def _attempt(self) -> None:
+        conn = Connection(
+            self.endpoint, options=self._conn_options, bus=self.bus, clock=self.clock, on_push=self.on_push
+        )
+        self._dialing = conn
+        self.connect_attempts += 1
+        try:
+            conn.connect(timeout=None)  # bounded by connect_timeout alone: it serves every waiting caller
+        except NexusError as exc:
+            self._on_failure(exc)
+            return
+        finally:
+            self._dialing = None
         if self._closed:
             conn.close()
-            raise ClientClosed(f"pool for {self.endpoint} was closed while connecting")
+            return
+        if self._failures:
+            log.warning(
+                "pool %s: connected to %s again after %d failed attempts over %.1fs",
+                self.name,
+                self.endpoint,
+                self._failures,
+                self.clock.now() - self._failing_since,
+            )
+        self._failures = 0
+        self._gave_up = False
+        self._strategy.reset()
+        conn.lifecycle.add_listener(self._on_conn_transition)
         self._conns.append(conn)
         self.opened += 1
         self.bus.emit("pool.connection.opened", pool=self.name, conn_id=conn.conn_id, reason="demand")
         self._ensure_maintainer()
-        return conn
+        self._notify()
 
-    def release(self, conn: Connection) -> None:
-        """Tell the pool a request on ``conn`` finished (wakes waiting checkouts)."""
-        if self._waiters:
-            self._capacity.set()
+    def _on_failure(self, exc: NexusError) -> None:
+        now = self.clock.now()
+        if not self._failures:
+            self._failing_since = now
+        self._failures += 1
+        self._fail_seq += 1
+        self.connect_failures += 1
+        self.last_error = exc
+        self._last_failure_at = now
+        delay = self._strategy.next_delay(self._failures)
+        if delay is None:
+            self._gave_up = True
+            delay = self.demand_backoff_cap
+        self._next_attempt_at = now + delay
+        n = self._failures
+        if n & (n - 1) == 0:  # 1, 2, 4, 8, ...: once per doubling of the run
+            log.warning(
+                "pool %s: connect to %s failed %d time(s) in a row, last: %s; next attempt in %.2fs%s",
+                self.name,
+                self.endpoint,
+                n,
+                exc,
+                delay,
+                " (sooner while callers wait)" if delay > self.demand_backoff_cap else "",
+            )
+        self.bus.emit("pool.connect.failed", pool=self.name, attempt=n, delay=delay, error=exc)
+        self._notify()
+
+    def _on_conn_transition(self, old: str, event: str, new: str) -> None:
+        if new == CLOSED and not self._closed:
+            self._drop_closed()
+            self._notify()
+            if self._want_dial():
+                self._kick()
 
     # ------------------------------------------------------------------ maintenance
     def _drop_closed(self) -> None:
@@ -261,21 +522,23 @@ class ConnectionPool:
             self.clock.sleep(self.health_check_interval)
             if self._closed:
                 return
-            try:
-                self.maintain()
-            except NexusError as exc:
-                log.info("pool %s: maintenance could not open a connection: %s", self.name, exc)
+            self.maintain()
 
     def maintain(self) -> None:
-        """One health pass: discard closed, retire old, close idle extras, refill to min_size."""
+        """One health pass: discard closed, retire old, close idle extras, ask the dialer to refill to min_size.
+
+        Example::
+
+            >>> ConnectionPool("tcp://127.0.0.1:9", min_size=0).maintain()
+        """
         now = self.clock.now()
         self._drop_closed()
         for conn in list(self._conns):
-            if conn.in_flight:
+            if not conn.idle:
                 self._last_used[conn.conn_id] = now
                 continue
             last = self._last_used.setdefault(conn.conn_id, now)
-            too_old = self.max_lifetime is not None and now - conn.created_at >= self.max_lifetime
+            too_old = conn.has_expired(now, self.max_lifetime)
             too_idle = (
                 self.max_idle_time is not None and now - last >= self.max_idle_time and len(self._conns) > self.min_size
             )
@@ -286,28 +549,29 @@ class ConnectionPool:
                 reason = "max_lifetime" if too_old else "max_idle_time"
                 self.bus.emit("pool.connection.discarded", pool=self.name, conn_id=conn.conn_id, reason=reason)
                 conn.close()
-        while len(self._conns) + self._opening < self.min_size and not self._closed:
-            if self._open_one() is None:
-                break
+        if self._want_dial():
+            self._kick()
         if self._waiters:
-            self._capacity.set()
+            self._notify()
 
     def _forget_after_fork(self) -> None:
         """In a forked child: drop the parent's connections without touching their sockets.
 
         The child inherited copies of the parent's greenlets and descriptors;
         its copies are killed and closed (never shut down, which would cut the
-        parent's link), and the next acquire opens the child's own connection.
+        parent's link), and the next checkout opens the child's own connection.
         """
-        if self._maintainer is not None:
-            self._maintainer.kill(block=False)
-        self._maintainer = None
+        for g in (self._maintainer, self._dialer):
+            if g is not None:
+                g.kill(block=False)
+        self._maintainer = self._dialer = self._dialing = None
         for conn in self._conns:
             conn._abandon_after_fork()
         self._conns = []
         self._last_used.clear()
-        self._opening = 0
-        self._waiters = 0
+        self._waiters = self._demand = 0
+        self._changed = Event()
+        self._wake = Event()
 
     # ------------------------------------------------------------------ figures
     def stats(self) -> dict[str, Any]:
@@ -316,7 +580,7 @@ class ConnectionPool:
         Example::
 
             >>> sorted(ConnectionPool("tcp://127.0.0.1:9").stats())[:4]
-            ['checkout_wait_max', 'checkout_wait_total', 'checkouts', 'connected']
+            ['checkout_wait_max', 'checkout_wait_total', 'checkouts', 'connect_attempts']
         """
         in_flight = sum(c.in_flight for c in self._conns)
         in_use = sum(1 for c in self._conns if c.in_flight)
@@ -328,7 +592,7 @@ class ConnectionPool:
             "connected": sum(1 for c in self._conns if c.lifecycle.state == CONNECTED),
             "in_use": in_use,
             "idle": size - in_use,
-            "opening": self._opening,
+            "opening": 1 if self._dialing is not None else 0,
             "in_flight": in_flight,
             "waiters": self._waiters,
             "utilisation": in_flight / (self.max_size * self.max_in_flight),
@@ -336,6 +600,9 @@ class ConnectionPool:
             "exhausted": self.exhausted,
             "opened": self.opened,
             "discarded": self.discarded,
+            "connect_attempts": self.connect_attempts,
+            "connect_failures": self.connect_failures,
+            "failing": self._failures,
             "checkout_wait_total": self.wait_time_total,
             "checkout_wait_max": self.wait_time_max,
         }
@@ -346,17 +613,34 @@ class ConnectionPool:
         return list(self._conns)
 
     # ------------------------------------------------------------------ close
-    def close(self) -> None:
-        """Close every connection and stop the maintainer (idempotent)."""
+    def close(self, *, drain: float = 0.0) -> None:
+        """Close every connection and stop the pool's greenlets (idempotent).
+
+        With ``drain > 0`` waits up to that many seconds for requests in
+        flight to finish first; the rest fail with ConnectionClosed.
+
+        Example::
+
+            >>> pool = ConnectionPool("tcp://127.0.0.1:9"); pool.close(drain=1.0); pool.closed
+            True
+        """
         if self._closed:
             return
+        if drain > 0:
+            until = self.clock.now() + drain
+            for conn in list(self._conns):
+                conn.drain(until)
         self._closed = True
-        if self._maintainer is not None and self._maintainer is not gevent.getcurrent():
-            self._maintainer.kill(block=False)
+        current = gevent.getcurrent()
+        for g in (self._maintainer, self._dialer):
+            if g is not None and g is not current:
+                g.kill(block=False)
+        if self._dialing is not None:
+            self._dialing.close()
         conns, self._conns = self._conns, []
         for conn in conns:
             conn.close()
-        self._capacity.set()
+        self._notify()
         _POOLS.discard(self)
 
     @property
@@ -376,5 +660,6 @@ class ConnectionPool:
         state = "closed" if self._closed else "open"
         return (
             f"<ConnectionPool {self.endpoint} {state} size={len(self._conns)}/{self.max_size} "
-            f"connected={connected} opening={self._opening} in_flight={in_flight} waiters={self._waiters}>"
+            f"connected={connected} opening={1 if self._dialing is not None else 0} in_flight={in_flight} "
+            f"waiters={self._waiters} failing={self._failures}>"
         )

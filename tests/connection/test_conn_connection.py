@@ -18,6 +18,7 @@ from nexus_green.errors import (
     ConnectionClosed,
     ConnectionLost,
     ConnectionRefused,
+    ConnectTimeout,
     FrameTooLarge,
     HeartbeatTimeout,
     LocalProtocolError,
@@ -25,8 +26,22 @@ from nexus_green.errors import (
     RequestTimeout,
 )
 from nexus_green.events import EventBus
-from nexus_green.protocol.frames import Frame, FrameDecoder, encode_frame, heartbeat_frame
-from nexus_green.testing import FID_CLOSE, FID_DELAY, FID_GARBAGE, FID_PUSH, FID_SILENT, EmbeddedServer, Reply
+from nexus_green.protocol.frames import (
+    Frame,
+    FrameDecoder,
+    encode_frame,
+    heartbeat_frame,
+)
+from nexus_green.testing import (
+    FID_CLOSE,
+    FID_DELAY,
+    FID_GARBAGE,
+    FID_PUSH,
+    FID_SILENT,
+    EmbeddedServer,
+    Reply,
+)
+from nexus_green.timers import hub_scheduler
 
 pytestmark = pytest.mark.usefixtures("leakcheck")
 
@@ -109,6 +124,7 @@ def test_timeout_abandons_only_its_qid_and_late_response_is_counted(server: Embe
 def test_many_deadlines_in_different_buckets_expire_in_order(server: EmbeddedServer) -> None:
     with Connection(server.url, options=opts()) as conn:
         expired: list[float] = []
+        armed_before = hub_scheduler().armed
 
         def call(t: float) -> None:
             with pytest.raises(RequestTimeout):
@@ -117,7 +133,7 @@ def test_many_deadlines_in_different_buckets_expire_in_order(server: EmbeddedSer
 
         gevent.joinall([gevent.spawn(call, t) for t in (0.09, 0.03, 0.06)], timeout=5, raise_error=True)
         assert expired == [0.03, 0.06, 0.09]
-        assert not conn._buckets and not conn._bucket_heap and conn._timer is None
+        assert conn.in_flight == 0 and hub_scheduler().armed == armed_before
 
 
 def test_outer_gevent_timeout_does_not_poison_the_connection(server: EmbeddedServer) -> None:
@@ -254,8 +270,9 @@ def test_waiting_for_reconnect_is_bounded_by_the_request_timeout(server: Embedde
         conn.request(b"a", fid=1)
         server.drop_connections()
         gevent.sleep(0.05)
-        with pytest.raises(RequestTimeout, match="still reconnecting"):
+        with pytest.raises(ConnectTimeout, match="still reconnecting") as caught:
             conn.request(b"b", fid=1, timeout=0.05)
+        assert caught.value.phase == "connect"  # it never left: not sent
 
 
 def test_gives_up_after_max_attempts() -> None:

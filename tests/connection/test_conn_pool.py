@@ -30,11 +30,7 @@ def test_one_connection_serves_many_until_it_is_full(server: EmbeddedServer) -> 
     with ConnectionPool(server.url, max_size=3, max_in_flight=2, options=OPTS) as pool:
 
         def call() -> bytes:
-            conn = pool.acquire()
-            try:
-                return conn.request(b"0.05", fid=FID_DELAY).body
-            finally:
-                pool.release(conn)
+            return pool.request(b"0.05", fid=FID_DELAY).body
 
         gs = [gevent.spawn(call) for _ in range(6)]
         gevent.joinall(gs, timeout=5, raise_error=True)
@@ -45,12 +41,12 @@ def test_one_connection_serves_many_until_it_is_full(server: EmbeddedServer) -> 
 
 def test_least_in_flight_connection_is_chosen(server: EmbeddedServer) -> None:
     with ConnectionPool(server.url, max_size=2, max_in_flight=1, options=OPTS) as pool:
-        a = pool.acquire()
+        a = pool.checkout(None)
         g = gevent.spawn(a.request, b"0.1", FID_DELAY)
         gevent.sleep(0.01)
-        b = pool.acquire()  # a is full: a second connection opens
+        b = pool.checkout(None)  # a is full: a second connection opens
         assert b is not a
-        assert pool.acquire() is b
+        assert pool.checkout(None) is b
         g.join(timeout=5)
         assert {a.in_flight, b.in_flight} == {0}
 
@@ -60,11 +56,11 @@ def test_exhausted_pool_raises_after_checkout_timeout(server: EmbeddedServer) ->
     seen: list[str] = []
     bus.subscribe(lambda e: seen.append(e.name), prefix="pool.")
     with ConnectionPool(server.url, max_size=1, max_in_flight=1, checkout_timeout=0.05, options=OPTS, bus=bus) as pool:
-        conn = pool.acquire()
+        conn = pool.checkout(None)
         g = gevent.spawn(conn.request, b"", FID_SILENT, timeout=1)
         gevent.sleep(0.01)
         with pytest.raises(PoolExhausted, match="max_in_flight=1"):
-            pool.acquire()
+            pool.checkout(None)
         assert pool.stats()["exhausted"] == 1
         g.kill()
     assert "pool.exhausted" in seen and "pool.connection.opened" in seen
@@ -72,15 +68,11 @@ def test_exhausted_pool_raises_after_checkout_timeout(server: EmbeddedServer) ->
 
 def test_waiting_checkout_wakes_when_capacity_frees(server: EmbeddedServer) -> None:
     with ConnectionPool(server.url, max_size=1, max_in_flight=1, checkout_timeout=2, options=OPTS) as pool:
-        conn = pool.acquire()
-
-        def first() -> None:
-            conn.request(b"0.05", fid=FID_DELAY)
-            pool.release(conn)
-
-        g = gevent.spawn(first)
+        conn = pool.checkout(None)
+        g = gevent.spawn(pool.request, b"0.05", fid=FID_DELAY)
         gevent.sleep(0.01)
-        assert pool.acquire() is conn  # waited for the first request to finish
+        with pool.connection() as again:
+            assert again is conn  # waited for the first request to finish
         g.join(timeout=5)
         assert pool.stats()["checkout_wait_max"] > 0
 
@@ -92,7 +84,7 @@ def test_first_connect_error_propagates() -> None:
     s.close()
     with ConnectionPool(f"tcp://127.0.0.1:{port}", options=OPTS) as pool:
         with pytest.raises(ConnectionRefused):
-            pool.acquire()
+            pool.checkout(None)
         assert pool.stats()["size"] == 0 and pool.stats()["opening"] == 0
 
 
@@ -102,10 +94,10 @@ def test_maintenance_closes_idle_extras_and_refills_min_size(server: EmbeddedSer
         server.url, min_size=1, max_size=3, max_in_flight=1, max_idle_time=10, options=OPTS, clock=clock
     )
     with pool:
-        a = pool.acquire()
+        a = pool.checkout(None)
         g = gevent.spawn(a.request, b"0.05", FID_DELAY)
         gevent.sleep(0.01)
-        b = pool.acquire()
+        b = pool.checkout(None)
         g.join(timeout=5)
         assert pool.stats()["size"] == 2
         pool.maintain()  # records last use
@@ -115,24 +107,24 @@ def test_maintenance_closes_idle_extras_and_refills_min_size(server: EmbeddedSer
         assert pool.discarded == 1
         survivor = pool.connections[0]
         survivor.close()
-        pool.maintain()  # the closed one is discarded and min_size refilled
-        assert pool.stats()["size"] == 1 and pool.connections[0] is not survivor
+        pool.maintain()  # the closed one is discarded and the dialer refills min_size
+        assert _settle(lambda: pool.stats()["size"] == 1 and pool.connections[0] is not survivor)
         assert b.state == "closed" or a.state == "closed"
 
 
 def test_max_lifetime_retires_old_connections(server: EmbeddedServer) -> None:
     clock = FakeClock(start=0.0, autojump=False)
     with ConnectionPool(server.url, max_lifetime=60, options=OPTS, clock=clock) as pool:
-        old = pool.acquire()
+        old = pool.checkout(None)
         clock.advance(61)
         pool.maintain()
         assert old.state == "closed"
-        assert pool.stats()["size"] == 1 and pool.connections[0] is not old
+        assert _settle(lambda: pool.stats()["size"] == 1 and pool.connections[0] is not old)
 
 
 def test_background_maintainer_runs_and_stops(server: EmbeddedServer) -> None:
     with ConnectionPool(server.url, min_size=2, health_check_interval=0.02, options=OPTS) as pool:
-        pool.acquire()
+        pool.checkout(None)
         assert _settle(lambda: pool.stats()["size"] == 2)
         maintainer = pool._maintainer
         assert maintainer is not None and not maintainer.dead
@@ -143,18 +135,19 @@ def test_after_fork_the_child_forgets_parent_connections(server: EmbeddedServer)
     from nexus_green.connection import pool as pool_module
 
     with ConnectionPool(server.url, options=OPTS) as pool:
-        conn = pool.acquire()
+        conn = pool.checkout(None)
         conn.request(b"x", fid=1)
         pool_module._after_fork_in_child()  # what os.register_at_fork runs in a child
         assert pool.stats()["size"] == 0
-        fresh = pool.acquire()
+        fresh = pool.checkout(None)
         assert fresh is not conn and fresh.request(b"y", fid=1).body == b"y"
         assert conn._stream is None and conn.state == "closed"
 
 
 def test_stats_repr_and_close(server: EmbeddedServer) -> None:
     pool = ConnectionPool(server.url, options=OPTS, name="svc")
-    pool.release(pool.acquire())
+    with pool.connection():
+        pass
     stats = pool.stats()
     assert stats["size"] == 1 and stats["connected"] == 1 and stats["checkouts"] == 1
     assert 0 <= stats["utilisation"] <= 1
@@ -163,7 +156,7 @@ def test_stats_repr_and_close(server: EmbeddedServer) -> None:
     pool.close()
     assert pool.closed and "closed size=0/4" in repr(pool)
     with pytest.raises(ClientClosed):
-        pool.acquire()
+        pool.checkout(None)
 
 
 def test_invalid_pool_options() -> None:
