@@ -47,7 +47,7 @@ from ..errors import (
 )
 from ..events import EventBus, default_bus
 from ..greenlets import spawn
-from ..timers import Interrupt, Timer, arm
+from ..timers import Interrupt, arm
 from .endpoint import Endpoint
 
 __all__ = [
@@ -379,9 +379,13 @@ def open_stream(
     if until is not None and (end is None or until < end):
         end, by_timeout = until, False
     if end is not None and end <= t0:
-        raise ConnectTimeout(f"connect to {label} not started: {_limit(timeout, end, t0, by_timeout)}", phase="connect")
+        why = (
+            f"a connect timeout of {timeout}s leaves no time"
+            if by_timeout
+            else f"the call's time budget ended {round(t0 - end, 3)}s ago"
+        )
+        raise ConnectTimeout(f"connect to {label} not started: {why}", phase="connect")
     mine = arm(clock, end) if end is not None else None
-    caught = False
     sock = None
     try:
 
@@ -415,7 +419,6 @@ def open_stream(
             sock.close()
         if i.timer is not mine:
             raise
-        caught = True
         raise ConnectTimeout(
             f"connect to {label} timed out after {_limit(timeout, end, t0, by_timeout)} during {info.phase} "
             f"(phases so far: {_fmt(info)})",
@@ -427,7 +430,7 @@ def open_stream(
         raise
     finally:
         if mine is not None:
-            _disarm(mine, caught)
+            mine.cancel()
     info.total = clock.now() - t0
     return Stream(sock, label)
 
@@ -438,22 +441,6 @@ def _limit(timeout: Optional[float], end: Optional[float], t0: float, by_timeout
     assert end is not None
     own = "" if timeout is None else f"; connect timeout {timeout}s"
     return f"{round(end - t0, 3)}s (the call's time budget{own})"
-
-
-def _disarm(mine: Timer, caught: bool) -> None:
-    """Cancel our timer; swallow its Interrupt if it fired but has not reached us yet.
-
-    A real clock's timer throws the moment it fires; a FakeClock moved by
-    ``advance()`` in this very greenlet only queues the throw. Without this,
-    it would strike the caller later, outside the connect it was meant for.
-    """
-    mine.cancel()
-    if mine.fired and not caught:
-        try:
-            gevent.sleep(0)
-        except Interrupt as i:
-            if i.timer is not mine:
-                raise
 
 
 def _new_socket(family: Any, type_: Any, proto: Any) -> Any:
@@ -470,6 +457,8 @@ def _new_socket(family: Any, type_: Any, proto: Any) -> Any:
 
 
 def _fmt_addr(addr: Any) -> str:
+    if not isinstance(addr, tuple):
+        return str(addr)  # a resolver may hand back a path (AF_UNIX) or anything else connect() takes
     host, port = addr[0], addr[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
@@ -552,14 +541,19 @@ def _race(addrs: list[AddrInfo], clock: Clock, delay: float, info: ConnectInfo) 
         for s, _g in started:
             if s is not winner:
                 s.close()  # wakes its attempt, if still connecting, with EBADF
-        live = [g for _s, g in started if not g.dead]
-        if live:
-            try:
-                gevent.killall(live)
-            except BaseException:
-                if winner is not None:
-                    winner.close()
-                raise
+        try:
+            _finish([g for _s, g in started])
+        except BaseException:  # thrown into us while waiting for them: the winner is no one's now
+            if winner is not None:
+                winner.close()
+            raise
+
+
+def _finish(greenlets: list[gevent.Greenlet]) -> None:
+    """Kill the attempt greenlets still running and wait until they are gone."""
+    live = [g for g in greenlets if not g.dead]
+    if live:
+        gevent.killall(live)
 
 
 def _set_event(event: Event) -> None:
