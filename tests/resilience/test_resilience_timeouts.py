@@ -235,7 +235,12 @@ def test_a_fake_clock_drives_the_timeout_decorator() -> None:
     assert clock.now() == 80.0 and info.value.phase == "call" and clock.armed == 0
 
     ready = Event()
-    gevent.spawn(lambda: (clock.sleep(29.0), ready.set()))
+
+    def answer_after_29s() -> None:
+        clock.sleep(29.0)
+        ready.set()
+
+    gevent.spawn(answer_after_29s)
     assert waits(ready) == "done" and clock.now() == 109.0  # 1 s to spare: no timeout
 
     with deadline(10.0, clock=clock), pytest.raises(DeadlineExceeded, match="overall deadline reached") as dl:
