@@ -64,7 +64,6 @@ from ..errors import (
 )
 from ..events import EventBus, default_bus
 from ..greenlets import spawn
-from ..timers import hub_scheduler, wait_until
 from ..protocol.frames import (
     DEFAULT_MAX_FRAME_SIZE,
     TP_HEARTBEAT,
@@ -78,6 +77,7 @@ from ..protocol.frames import (
 from ..protocol.headers import encode_header_block
 from ..protocol.heartbeat import HeartbeatMonitor
 from ..protocol.messages import Response, make_response
+from ..timers import hub_scheduler, wait_until
 from ..transport.endpoint import Endpoint
 from ..transport.stream import ConnectInfo, Stream, open_stream
 from .backoff import ExponentialBackoff, ReconnectStrategy

@@ -305,6 +305,7 @@ class ConnectionPool:
         clock = self.clock
         started = clock.now()
         checkout_end = None if self.checkout_timeout is None else started + self.checkout_timeout
+        end: Optional[float]
         if until is not None and (checkout_end is None or until <= checkout_end):
             end, end_is_budget = until, True
         else:
@@ -347,6 +348,7 @@ class ConnectionPool:
                 self._demand -= 1
 
     def _checkout_expired(self, live: int, waited: float, end_is_budget: bool, by_deadline: bool) -> NexusError:
+        err: NexusError
         if live == 0:
             phase = self._dialing.connect_phase if self._dialing is not None else "connect"
             state = (
