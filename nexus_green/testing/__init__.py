@@ -1,6 +1,7 @@
 """The public testing kit: an embedded NexusKit server, a SOCKS5 test proxy,
-a scripted misbehaving peer, test certificates and a FakeClock, for testing
-code built on nexus_green.
+hostile peers on raw sockets (refusing, blackholed, silent, slow, scripted,
+restartable), test certificates and a FakeClock, for testing code built on
+nexus_green.
 
 Example::
 
@@ -11,7 +12,33 @@ Example::
 """
 
 from ..clock import FakeClock
-from .scripted import scripted_peer
+from .hostile import (
+    CLOSE,
+    RESET,
+    AcceptAndClose,
+    AcceptAndStall,
+    Blackhole,
+    EchoPeer,
+    FramePeer,
+    HostilePeer,
+    ListeningPeer,
+    Pause,
+    RefusingPort,
+    RestartableServer,
+    ScriptedPeer,
+    SilentPeer,
+    SlowReader,
+    accept_and_close,
+    accept_and_stall,
+    blackhole,
+    echo_peer,
+    frame_peer,
+    refusing_port,
+    response_to,
+    scripted_peer,
+    silent_peer,
+    slow_reader,
+)
 from .server import (
     FID_CLOSE,
     FID_DELAY,
@@ -36,6 +63,30 @@ __all__ = [
     "EmbeddedServer",
     "Reply",
     "scripted_peer",
+    "ScriptedPeer",
+    "HostilePeer",
+    "ListeningPeer",
+    "RefusingPort",
+    "refusing_port",
+    "Blackhole",
+    "blackhole",
+    "AcceptAndClose",
+    "accept_and_close",
+    "AcceptAndStall",
+    "accept_and_stall",
+    "SilentPeer",
+    "silent_peer",
+    "SlowReader",
+    "slow_reader",
+    "FramePeer",
+    "frame_peer",
+    "EchoPeer",
+    "echo_peer",
+    "RestartableServer",
+    "Pause",
+    "CLOSE",
+    "RESET",
+    "response_to",
     "FakeClock",
     "FID_ECHO",
     "FID_DELAY",

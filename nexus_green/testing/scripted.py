@@ -1,8 +1,9 @@
-"""A TCP peer that follows a script: for testing how a client meets a misbehaving server.
+"""Where ``scripted_peer`` used to live: it is now one of the hostile peers (:mod:`nexus_green.testing.hostile`).
 
-Each accepted connection runs ``script(sock)`` in its own greenlet, and the
-socket is closed when the script returns or raises. The peer listens on an
-OS-chosen loopback port and stops when the ``with`` block ends.
+Kept so that ``from nexus_green.testing.scripted import scripted_peer`` still
+works; there is one implementation, :class:`~nexus_green.testing.hostile.ScriptedPeer`.
+The peer it yields unpacks as ``(host, port)`` as before, and also has
+``.url``, counters and ``errors``.
 
 Example::
 
@@ -17,31 +18,6 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from .hostile import ScriptedPeer, scripted_peer
 
-from gevent.server import StreamServer
-
-__all__ = ["scripted_peer"]
-
-
-@contextmanager
-def scripted_peer(script: Callable[[Any], None]) -> Iterator[tuple[str, int]]:
-    """Listen on 127.0.0.1 (an OS-chosen port) and run ``script(sock)`` for every connection; yield the address.
-
-    Example: ``with scripted_peer(lambda sock: sock.sendall(b"junk")) as (host, port): ...``
-    """
-
-    def handle(sock: Any, addr: Any) -> None:
-        try:
-            script(sock)
-        finally:
-            sock.close()
-
-    server = StreamServer(("127.0.0.1", 0), handle)
-    server.start()
-    try:
-        yield server.address
-    finally:
-        server.stop(timeout=1)
+__all__ = ["scripted_peer", "ScriptedPeer"]
