@@ -1,7 +1,7 @@
 """The public testing kit: an embedded NexusKit server, a SOCKS5 test proxy,
 hostile peers on raw sockets (refusing, blackholed, silent, slow, scripted,
-restartable), test certificates and a FakeClock, for testing code built on
-nexus_green.
+restartable), test certificates, a FakeClock, and a harness that reruns a test
+module after ``gevent.monkey.patch_all()``, for testing code built on nexus_green.
 
 Example::
 
@@ -39,6 +39,7 @@ from .hostile import (
     silent_peer,
     slow_reader,
 )
+from .patched import SELF_TEST, PatchedRun, run_module_patched, running_patched
 from .server import (
     FID_CLOSE,
     FID_DELAY,
@@ -87,6 +88,10 @@ __all__ = [
     "CLOSE",
     "RESET",
     "response_to",
+    "run_module_patched",
+    "PatchedRun",
+    "running_patched",
+    "SELF_TEST",
     "FakeClock",
     "FID_ECHO",
     "FID_DELAY",

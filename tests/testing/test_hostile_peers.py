@@ -1,10 +1,15 @@
-"""The hostile peers kit: each peer does what it claims, and nothing it starts outlives it."""
+"""The hostile peers kit: each peer does what it claims, and nothing it starts outlives it.
+
+The module also proves the patched-run harness by using it: the last test
+reruns this whole module after ``gevent.monkey.patch_all()``.
+"""
 
 from __future__ import annotations
 
 import errno
 import struct
 import time
+from pathlib import Path
 from typing import Any
 
 import gevent
@@ -17,6 +22,7 @@ from nexus_green.testing import (
     CLOSE,
     FID_ECHO,
     RESET,
+    SELF_TEST,
     AcceptAndStall,
     Blackhole,
     EchoPeer,
@@ -33,6 +39,8 @@ from nexus_green.testing import (
     frame_peer,
     refusing_port,
     response_to,
+    run_module_patched,
+    running_patched,
     scripted_peer,
     silent_peer,
     slow_reader,
@@ -626,3 +634,47 @@ def test_restartable_closes_while_down_and_refuses_bad_targets() -> None:
     server.close()  # releases the port it held while down
     with pytest.raises(TypeError, match="EmbeddedServer or a peer factory"):
         RestartableServer(42)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------- the patched-run harness
+def test_running_patched_tells_how_this_interpreter_runs() -> None:
+    from gevent import monkey
+
+    assert running_patched() is bool(monkey.is_module_patched("socket"))
+
+
+@pytest.mark.skipif(running_patched(), reason="the plain run proves the harness; the patched one would nest")
+def test_patched_run_reports_failures_and_deselects_itself(tmp_path: Path) -> None:
+    module = tmp_path / "test_probe.py"
+    module.write_text(
+        "import socket\n"
+        "def test_patched():\n"
+        "    assert socket.socket.__module__.startswith('gevent')\n"
+        "def test_fails():\n"
+        "    assert 1 == 2, 'the failure shows'\n"
+        f"def {SELF_TEST}():\n"
+        "    raise SystemExit('the self test must not run in the child')\n"
+    )
+    run = run_module_patched(module, "-p", "no:cacheprovider", timeout=60)
+    assert run.returncode == 1 and not run.timed_out, run.report()
+    assert "1 failed, 1 passed, 1 deselected" in run.stdout
+    assert "socket patched: True" in run.stdout
+    report = run.report(lines=1000)
+    assert report.startswith(f"patched run of {module} exited with 1\n") and "the failure shows" in report
+
+
+@pytest.mark.skipif(running_patched(), reason="the plain run proves the harness; the patched one would nest")
+def test_patched_run_is_bounded(tmp_path: Path) -> None:
+    module = tmp_path / "test_hangs.py"
+    module.write_text("import time\ndef test_hangs():\n    time.sleep(60)\n")
+    started = time.monotonic()
+    run = run_module_patched(module, "-p", "no:cacheprovider", timeout=6)
+    assert time.monotonic() - started < 30
+    assert run.timed_out and run.returncode != 0
+    assert "timed out after 6 s and was killed" in run.report()
+    assert "test_hangs" in run.stderr, run.stderr  # the greenlets' stacks name where it hung
+
+
+def test_module_passes_under_patch_all() -> None:
+    run = run_module_patched(__file__)
+    assert run.returncode == 0, run.report()
