@@ -359,10 +359,15 @@ class Connection:
             self._open(until, by_deadline)
         except BaseException as exc:
             self.last_error = exc
-            self.lifecycle.fire("failed")
-            self.lifecycle.fire("give_up")
+            if self.lifecycle.state == CONNECTING:  # not when closed meanwhile
+                self.lifecycle.fire("failed")
+                self.lifecycle.fire("give_up")
             self._fail_all(exc)
             raise
+        if self.lifecycle.state != CONNECTING:  # closed while the link was being opened
+            self._stop_greenlets()
+            self._teardown_stream()
+            raise ConnectionClosed(f"{self.conn_id} to {self.endpoint} was closed while connecting")
         self.lifecycle.fire("connected")
 
     def _open(self, until: Optional[float] = None, by_deadline: bool = False) -> None:
@@ -454,7 +459,8 @@ class Connection:
             context = self._tls_context
 
             def secure(sock: Any, ep: Endpoint, timeout: Optional[float]) -> Any:
-                return tls.wrap(sock, config, ep.host, timeout, port=ep.port, context=context)
+                # No real-time limit of its own: open_stream bounds the whole connect on our clock.
+                return tls.wrap(sock, config, ep.host, None, port=ep.port, context=context)
 
         return tunnel, secure, proxy_ep
 

@@ -392,6 +392,9 @@ def wrap(
         if isinstance(e, TimeoutError):  # the socket's own timeout fired first
             raise HandshakeTimeout(f"TLS handshake with {where} timed out ({e})") from e
         raise _map_handshake_error(e, where) from e
+    except BaseException:
+        ssock.close()  # killed, or someone else's timeout: the descriptor must not outlive the handshake
+        raise
     finally:
         if timer is not None:
             timer.close()
