@@ -203,7 +203,9 @@ class Client:
         if call is None:
             return self._roundtrip(body, fid, headers, timeout, 0)
         # Through a pipeline, Request.timeout None still means "the client's default".
-        return call(_make_request(body, fid, headers or {}, None if timeout is DEFAULT else timeout, idempotent, self._url))
+        return call(
+            _make_request(body, fid, headers or {}, None if timeout is DEFAULT else timeout, idempotent, self._url)
+        )
 
     def _terminal(self, request: Request) -> Response:
         timeout = request.timeout

@@ -234,4 +234,3 @@ class FakeClock:
 
     def __repr__(self) -> str:
         return f"<FakeClock now={self._now} autojump={self.autojump} timers={self._armed} sleepers={self.sleepers}>"
-

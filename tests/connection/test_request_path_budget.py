@@ -36,8 +36,10 @@ from nexus_green.errors import (
     RequestTimeout,
     UsageError,
 )
-from nexus_green.testing import FID_DELAY, FID_ECHO, EmbeddedServer
 from nexus_green.testing import (
+    FID_DELAY,
+    FID_ECHO,
+    EmbeddedServer,
     RestartableServer,
     accept_and_stall,
     blackhole,
@@ -136,7 +138,10 @@ def test_fail_fast_fails_at_once_while_backing_off() -> None:
 # ---------------------------------------------------------------- observation 2: a timeout is a budget for the whole call
 def test_stalled_tls_handshake_is_bounded_by_the_request_timeout_not_connect_timeout() -> None:
     clock = FakeClock()
-    with accept_and_stall() as peer, Client(f"tls://{peer.host}:{peer.port}", clock=clock, connect_timeout=10) as client:
+    with (
+        accept_and_stall() as peer,
+        Client(f"tls://{peer.host}:{peer.port}", clock=clock, connect_timeout=10) as client,
+    ):
         out, fake, real = _elapsed(clock, lambda: client.request(b"x", timeout=1))
         assert isinstance(out, ConnectTimeout), out
         assert out.phase == "tls"
@@ -146,7 +151,10 @@ def test_stalled_tls_handshake_is_bounded_by_the_request_timeout_not_connect_tim
 
 def test_stalled_tls_handshake_under_a_deadline_raises_deadline_exceeded() -> None:
     clock = FakeClock()
-    with accept_and_stall() as peer, Client(f"tls://{peer.host}:{peer.port}", clock=clock, connect_timeout=10) as client:
+    with (
+        accept_and_stall() as peer,
+        Client(f"tls://{peer.host}:{peer.port}", clock=clock, connect_timeout=10) as client,
+    ):
 
         def call() -> object:
             with deadline(1, clock=clock):
@@ -198,9 +206,12 @@ def _kill(server: RestartableServer, client: Client) -> None:
 @pytest.mark.parametrize("limit", ["timeout", "deadline"])
 def test_pool_checkout_waits_at_most_the_call_budget(limit: str) -> None:
     clock = FakeClock()
-    with EmbeddedServer() as server, Client(
-        server.url, clock=clock, max_size=1, max_in_flight=1, checkout_timeout=5, heartbeat_interval=None
-    ) as client:
+    with (
+        EmbeddedServer() as server,
+        Client(
+            server.url, clock=clock, max_size=1, max_in_flight=1, checkout_timeout=5, heartbeat_interval=None
+        ) as client,
+    ):
         client.connect(timeout=1)
         holder = _fill_the_pool(client)
 
@@ -221,9 +232,12 @@ def test_checkout_timeout_shortens_the_wait_and_says_pool_exhausted() -> None:
     from nexus_green.errors import PoolExhausted
 
     clock = FakeClock()
-    with EmbeddedServer() as server, Client(
-        server.url, clock=clock, max_size=1, max_in_flight=1, checkout_timeout=0.3, heartbeat_interval=None
-    ) as client:
+    with (
+        EmbeddedServer() as server,
+        Client(
+            server.url, clock=clock, max_size=1, max_in_flight=1, checkout_timeout=0.3, heartbeat_interval=None
+        ) as client,
+    ):
         client.connect(timeout=1)
         holder = _fill_the_pool(client)
         out, fake, _ = _elapsed(clock, lambda: client.request(b"x", timeout=10))
@@ -258,9 +272,10 @@ def test_time_spent_waiting_for_a_reconnect_comes_out_of_the_same_budget() -> No
 
 def test_pool_reconnect_wait_comes_out_of_the_same_budget() -> None:
     clock = FakeClock()
-    with RestartableServer() as server, Client(
-        server.url, clock=clock, heartbeat_interval=None, reconnect=FixedInterval(1.5)
-    ) as client:
+    with (
+        RestartableServer() as server,
+        Client(server.url, clock=clock, heartbeat_interval=None, reconnect=FixedInterval(1.5)) as client,
+    ):
         client.connect(timeout=1)
         _kill(server, client)
         first, _, _ = _elapsed(clock, lambda: client.request(b"x", timeout=0.1))  # sees the attempt fail
@@ -285,9 +300,7 @@ def test_a_blackholed_first_address_does_not_use_up_the_budget() -> None:
             (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (hole.host, hole.port)),
             (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", server.port)),
         ]
-        with Client(
-            f"tcp://example.invalid:{server.port}", clock=clock, resolver=lambda host, port: addrs
-        ) as client:
+        with Client(f"tcp://example.invalid:{server.port}", clock=clock, resolver=lambda host, port: addrs) as client:
             out, fake, _ = _elapsed(clock, lambda: client.request(b"he", FID_ECHO, timeout=2))
             assert getattr(out, "body", None) == b"he", out
             assert fake == pytest.approx(0.25, abs=0.01), "the second address starts after happy_eyeballs_delay"
