@@ -57,7 +57,14 @@ from gevent.event import Event
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..deadline import DEFAULT, budget, deadline_var, timeout_error
-from ..errors import ClientClosed, ConfigurationError, ConnectTimeout, NexusError, PoolExhausted
+from ..errors import (
+    ClientClosed,
+    ConfigurationError,
+    ConnectError,
+    ConnectTimeout,
+    NexusError,
+    PoolExhausted,
+)
 from ..events import EventBus, default_bus
 from ..greenlets import spawn
 from ..protocol.frames import Frame
@@ -129,16 +136,28 @@ class ConnectionPool:
         name: str = "",
     ) -> None:
         if not 0 <= min_size <= max_size or max_size < 1:
-            raise ConfigurationError(f"need 0 <= min_size <= max_size and max_size >= 1, got {min_size}, {max_size}")
+            raise ConfigurationError(
+                f"need 0 <= min_size <= max_size and max_size >= 1, got {min_size}, {max_size}"
+            )
         if max_in_flight < 1:
-            raise ConfigurationError(f"max_in_flight must be at least 1, got {max_in_flight}")
+            raise ConfigurationError(
+                f"max_in_flight must be at least 1, got {max_in_flight}"
+            )
         if health_check_interval <= 0:
-            raise ConfigurationError(f"health_check_interval must be positive, got {health_check_interval}")
+            raise ConfigurationError(
+                f"health_check_interval must be positive, got {health_check_interval}"
+            )
         if not demand_backoff_cap > 0:
-            raise ConfigurationError(f"demand_backoff_cap must be positive, got {demand_backoff_cap!r}")
+            raise ConfigurationError(
+                f"demand_backoff_cap must be positive, got {demand_backoff_cap!r}"
+            )
         if checkout_timeout is not None and checkout_timeout < 0:
-            raise ConfigurationError(f"checkout_timeout must be >= 0 or None, got {checkout_timeout!r}")
-        self.endpoint = endpoint if isinstance(endpoint, Endpoint) else Endpoint.parse(endpoint)
+            raise ConfigurationError(
+                f"checkout_timeout must be >= 0 or None, got {checkout_timeout!r}"
+            )
+        self.endpoint = (
+            endpoint if isinstance(endpoint, Endpoint) else Endpoint.parse(endpoint)
+        )
         self.name = name or str(self.endpoint)
         self.min_size = min_size
         self.max_size = max_size
@@ -153,12 +172,16 @@ class ConnectionPool:
         self.clock = clock
         self.on_push = on_push
         rc = self.options.reconnect
-        self._strategy: ReconnectStrategy = ExponentialBackoff() if rc in (None, True, False) else rc
+        self._strategy: ReconnectStrategy = (
+            ExponentialBackoff() if rc in (None, True, False) else rc
+        )
         # The pool's connections never reconnect by themselves: the dialer does.
         self._conn_options = dataclasses.replace(self.options, reconnect=False)
         self._conns: list[Connection] = []
         self._last_used: dict[str, float] = {}
-        self._changed = Event()  # replaced and set whenever something a waiter may want happened
+        self._changed = (
+            Event()
+        )  # replaced and set whenever something a waiter may want happened
         self._closed = False
         self._maintainer: Optional[gevent.Greenlet] = None
         # the dialer: one connect attempt at a time
@@ -207,7 +230,10 @@ class ConnectionPool:
             ...     pool.request(b"ping", fid=1).body
             b'ping'
         """
-        until, by_deadline = budget(self.options.request_timeout if timeout is DEFAULT else timeout, clock=self.clock)
+        until, by_deadline = budget(
+            self.options.request_timeout if timeout is DEFAULT else timeout,
+            clock=self.clock,
+        )
         return self.request_until(body, fid, headers, tp, until, by_deadline)
 
     def request_until(
@@ -251,7 +277,9 @@ class ConnectionPool:
             ...         conn.request(b"a", fid=1).body
             b'a'
         """
-        until, by_deadline = budget(self.checkout_timeout if timeout is DEFAULT else timeout, clock=self.clock)
+        until, by_deadline = budget(
+            self.checkout_timeout if timeout is DEFAULT else timeout, clock=self.clock
+        )
         conn = self.checkout(until, by_deadline)
         try:
             yield conn
@@ -304,7 +332,9 @@ class ConnectionPool:
     def _checkout_slow(self, until: Optional[float], by_deadline: bool) -> Connection:
         clock = self.clock
         started = clock.now()
-        checkout_end = None if self.checkout_timeout is None else started + self.checkout_timeout
+        checkout_end = (
+            None if self.checkout_timeout is None else started + self.checkout_timeout
+        )
         end: Optional[float]
         if until is not None and (checkout_end is None or until <= checkout_end):
             end, end_is_budget = until, True
@@ -329,7 +359,11 @@ class ConnectionPool:
                     if self._fail_seq != seen_failures and self.last_error is not None:
                         # The attempt we waited on failed: nothing was sent.
                         raise self._connect_error(f"connect to {self.endpoint} failed")
-                    if self.options.fail_fast and self._failures and self._dialing is None:
+                    if (
+                        self.options.fail_fast
+                        and self._failures
+                        and self._dialing is None
+                    ):
                         raise self._connect_error(
                             f"{self.endpoint} is down ({self._failures} failed connect attempts; fail_fast)"
                         )
@@ -340,17 +374,23 @@ class ConnectionPool:
                     self._kick()
                 now = clock.now()
                 if end is not None and now >= end:
-                    raise self._checkout_expired(live, now - started, end_is_budget, by_deadline)
+                    raise self._checkout_expired(
+                        live, now - started, end_is_budget, by_deadline
+                    )
                 wait_until(changed.wait, clock, end)
         finally:
             self._waiters -= 1
             if wanting:
                 self._demand -= 1
 
-    def _checkout_expired(self, live: int, waited: float, end_is_budget: bool, by_deadline: bool) -> NexusError:
+    def _checkout_expired(
+        self, live: int, waited: float, end_is_budget: bool, by_deadline: bool
+    ) -> NexusError:
         err: NexusError
         if live == 0:
-            phase = self._dialing.connect_phase if self._dialing is not None else "connect"
+            phase = (
+                self._dialing.connect_phase if self._dialing is not None else "connect"
+            )
             state = (
                 f"connect attempt in phase {phase!r}"
                 if self._dialing is not None
@@ -360,7 +400,9 @@ class ConnectionPool:
             if end_is_budget:
                 err = timeout_error(by_deadline, msg, phase=phase, error=ConnectTimeout)
             else:
-                err = ConnectTimeout(msg + f" [checkout_timeout={self.checkout_timeout}]", phase=phase)
+                err = ConnectTimeout(
+                    msg + f" [checkout_timeout={self.checkout_timeout}]", phase=phase
+                )
         elif end_is_budget:
             err = timeout_error(
                 by_deadline,
@@ -378,14 +420,22 @@ class ConnectionPool:
         return err
 
     def _connect_error(self, message: str) -> NexusError:
+        """A fresh error for one waiting caller, chained from the last failure.
+
+        Its class is the failure's when that is a ConnectError (refused, DNS,
+        TLS rejection: the caller can act on it); a link lost before it ever
+        answered becomes a plain ConnectError. Either way the caller sent
+        nothing, so retry layers may resend.
+        """
         err = self.last_error
-        if isinstance(err, NexusError):
+        if isinstance(err, ConnectError):
             new = err.__class__.__new__(err.__class__)
             NexusError.__init__(new, f"{message}: {err}")
             new.__dict__.update(err.__dict__)
-            new.__cause__ = err
-            return new
-        return ConnectTimeout(message, phase="connect")  # pragma: no cover - last_error is always a NexusError
+        else:
+            new = ConnectError(f"{message}: {err}")
+        new.__cause__ = err
+        return new
 
     def _record_wait(self, started: float) -> None:
         waited = self.clock.now() - started
@@ -415,7 +465,27 @@ class ConnectionPool:
         else:
             self._wake.set()
 
+    @staticmethod
+    def _proven(conn: Connection) -> bool:
+        """A link proves healthy by an answer or a heartbeat reply, never by TCP accepting it."""
+        return conn.responses > 0 or conn.heartbeat.acks_received > 0
+
+    def _settle_backoff(self) -> None:
+        """Forget the run of failures once one of the links it produced proved healthy."""
+        if self._failures and any(self._proven(c) for c in self._conns):
+            log.warning(
+                "pool %s: %s answers again after %d failed attempts over %.1fs",
+                self.name,
+                self.endpoint,
+                self._failures,
+                self.clock.now() - self._failing_since,
+            )
+            self._failures = 0
+            self._gave_up = False
+            self._strategy.reset()
+
     def _attempt_at(self) -> float:
+        self._settle_backoff()
         if not self._failures:
             return 0.0
         at = self._next_attempt_at
@@ -424,7 +494,9 @@ class ConnectionPool:
         return at
 
     def _dial_loop(self) -> None:
-        _DEADLINE.set(None)  # a caller's deadline (copied into this greenlet) must not bound the shared attempt
+        _DEADLINE.set(
+            None
+        )  # a caller's deadline (copied into this greenlet) must not bound the shared attempt
         clock = self.clock
         try:
             while self._want_dial():
@@ -440,12 +512,18 @@ class ConnectionPool:
 
     def _attempt(self) -> None:
         conn = Connection(
-            self.endpoint, options=self._conn_options, bus=self.bus, clock=self.clock, on_push=self.on_push
+            self.endpoint,
+            options=self._conn_options,
+            bus=self.bus,
+            clock=self.clock,
+            on_push=self.on_push,
         )
         self._dialing = conn
         self.connect_attempts += 1
         try:
-            conn.connect(timeout=None)  # bounded by connect_timeout alone: it serves every waiting caller
+            conn.connect(
+                timeout=None
+            )  # bounded by connect_timeout alone: it serves every waiting caller
         except NexusError as exc:
             self._on_failure(exc)
             return
@@ -454,21 +532,18 @@ class ConnectionPool:
         if self._closed:
             conn.close()
             return
-        if self._failures:
-            log.warning(
-                "pool %s: connected to %s again after %d failed attempts over %.1fs",
-                self.name,
-                self.endpoint,
-                self._failures,
-                self.clock.now() - self._failing_since,
-            )
-        self._failures = 0
-        self._gave_up = False
-        self._strategy.reset()
+        # The backoff is not reset here: a peer that accepts and then closes, or
+        # rejects us after the handshake, would reset it on every TCP connect.
+        # It resets once a link proves healthy (see _settle_backoff).
         conn.lifecycle.add_listener(self._on_conn_transition)
         self._conns.append(conn)
         self.opened += 1
-        self.bus.emit("pool.connection.opened", pool=self.name, conn_id=conn.conn_id, reason="demand")
+        self.bus.emit(
+            "pool.connection.opened",
+            pool=self.name,
+            conn_id=conn.conn_id,
+            reason="demand",
+        )
         self._ensure_maintainer()
         self._notify()
 
@@ -495,13 +570,27 @@ class ConnectionPool:
                 n,
                 exc,
                 delay,
-                " (sooner while callers wait)" if delay > self.demand_backoff_cap else "",
+                " (sooner while callers wait)"
+                if delay > self.demand_backoff_cap
+                else "",
             )
-        self.bus.emit("pool.connect.failed", pool=self.name, attempt=n, delay=delay, error=exc)
+        self.bus.emit(
+            "pool.connect.failed", pool=self.name, attempt=n, delay=delay, error=exc
+        )
         self._notify()
 
     def _on_conn_transition(self, old: str, event: str, new: str) -> None:
         if new == CLOSED and not self._closed:
+            for conn in self._conns:
+                err = conn.last_error
+                if (
+                    conn.lifecycle.state == CLOSED
+                    and isinstance(err, NexusError)
+                    and not self._proven(conn)
+                ):
+                    # Lost (not closed by its owner) before it ever answered:
+                    # as good as a failed attempt, so the backoff grows.
+                    self._on_failure(err)
             self._drop_closed()
             self._notify()
             if self._want_dial():
@@ -513,7 +602,12 @@ class ConnectionPool:
             self._conns.remove(conn)
             self._last_used.pop(conn.conn_id, None)
             self.discarded += 1
-            self.bus.emit("pool.connection.discarded", pool=self.name, conn_id=conn.conn_id, reason="closed")
+            self.bus.emit(
+                "pool.connection.discarded",
+                pool=self.name,
+                conn_id=conn.conn_id,
+                reason="closed",
+            )
 
     def _ensure_maintainer(self) -> None:
         if self._maintainer is None or self._maintainer.dead:
@@ -542,14 +636,21 @@ class ConnectionPool:
             last = self._last_used.setdefault(conn.conn_id, now)
             too_old = conn.has_expired(now, self.max_lifetime)
             too_idle = (
-                self.max_idle_time is not None and now - last >= self.max_idle_time and len(self._conns) > self.min_size
+                self.max_idle_time is not None
+                and now - last >= self.max_idle_time
+                and len(self._conns) > self.min_size
             )
             if too_old or too_idle:
                 self._conns.remove(conn)
                 self._last_used.pop(conn.conn_id, None)
                 self.discarded += 1
                 reason = "max_lifetime" if too_old else "max_idle_time"
-                self.bus.emit("pool.connection.discarded", pool=self.name, conn_id=conn.conn_id, reason=reason)
+                self.bus.emit(
+                    "pool.connection.discarded",
+                    pool=self.name,
+                    conn_id=conn.conn_id,
+                    reason=reason,
+                )
                 conn.close()
         if self._want_dial():
             self._kick()
@@ -577,13 +678,14 @@ class ConnectionPool:
 
     # ------------------------------------------------------------------ figures
     def stats(self) -> dict[str, Any]:
-        """Utilisation figures (a plain dict, safe to serialise).
+        """Utilisation figures (a plain dict, safe to serialise); ``failing`` is the current run of failed attempts.
 
         Example::
 
             >>> sorted(ConnectionPool("tcp://127.0.0.1:9").stats())[:4]
             ['checkout_wait_max', 'checkout_wait_total', 'checkouts', 'connect_attempts']
         """
+        self._settle_backoff()
         in_flight = sum(c.in_flight for c in self._conns)
         in_use = sum(1 for c in self._conns if c.in_flight)
         size = len(self._conns)

@@ -55,6 +55,7 @@ from ..errors import (
     ConnectError,
     ConnectTimeout,
     NexusError,
+    NexusTimeout,
     PolicyRejection,
     ProtocolError,
     RemoteError,
@@ -85,7 +86,9 @@ DEFAULT_RETRYABLE_CODES: frozenset[int] = frozenset({502, 503, 504})
 DEFAULT_RETRY_ON: tuple[type, ...] = (ConnectionError, TimeoutError)
 DEFAULT_NEVER_RETRY: tuple[type, ...] = (ProtocolError, PolicyRejection, UsageError)
 
-_SCOPE: contextvars.ContextVar[Optional[RetryScope]] = contextvars.ContextVar("nexus_green_retry_scope", default=None)
+_SCOPE: contextvars.ContextVar[Optional[RetryScope]] = contextvars.ContextVar(
+    "nexus_green_retry_scope", default=None
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,7 +114,9 @@ class RetryConfig:
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
-            raise ConfigurationError(f"max_attempts must be >= 1, got {self.max_attempts}")
+            raise ConfigurationError(
+                f"max_attempts must be >= 1, got {self.max_attempts}"
+            )
         if self.base_delay < 0 or self.max_delay < self.base_delay:
             raise ConfigurationError(
                 f"delays must satisfy 0 <= base_delay ({self.base_delay}) <= max_delay ({self.max_delay})"
@@ -119,7 +124,9 @@ class RetryConfig:
         if self.multiplier < 1:
             raise ConfigurationError(f"multiplier must be >= 1, got {self.multiplier}")
         if self.attempt_timeout is not None and not self.attempt_timeout > 0:
-            raise ConfigurationError(f"attempt_timeout must be > 0 s, got {self.attempt_timeout}")
+            raise ConfigurationError(
+                f"attempt_timeout must be > 0 s, got {self.attempt_timeout}"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,13 +167,29 @@ def is_retryable(
 def was_not_sent(exc: BaseException) -> bool:
     """True when ``exc`` proves the request never reached the peer (safe to resend).
 
+    A connect error, or a timeout whose ``phase`` says the request never
+    reached the socket: it ran out while connecting, waiting for room in the
+    pool, or still whole in the write queue (taken back). A timeout waiting
+    for the answer, and a link lost after the first byte, may have been
+    applied: only idempotent requests are resent then (DESIGN principle 12).
+
     Example::
 
-        >>> from nexus_green.errors import ConnectionRefused, ConnectionLost
+        >>> from nexus_green.errors import ConnectionRefused, ConnectionLost, RequestTimeout
         >>> was_not_sent(ConnectionRefused()), was_not_sent(ConnectionLost())
         (True, False)
+        >>> was_not_sent(RequestTimeout(phase="write")), was_not_sent(RequestTimeout(phase="response"))
+        (True, False)
     """
-    return isinstance(exc, (ConnectError, ConnectTimeout, ConnectionRefusedError))
+    if isinstance(exc, NexusTimeout):
+        return isinstance(exc, ConnectTimeout) or exc.phase in NOT_SENT_PHASES
+    return isinstance(exc, (ConnectError, ConnectionRefusedError))
+
+
+#: Phases of a timeout in which the request never reached the socket.
+NOT_SENT_PHASES = frozenset(
+    {"dns", "tcp", "socks5", "tls", "connect", "checkout", "write"}
+)
 
 
 class RetryPolicy:
@@ -184,7 +207,12 @@ class RetryPolicy:
         'max_attempts'
     """
 
-    def __init__(self, config: Optional[RetryConfig] = None, *, rng: Optional[random.Random] = None) -> None:
+    def __init__(
+        self,
+        config: Optional[RetryConfig] = None,
+        *,
+        rng: Optional[random.Random] = None,
+    ) -> None:
         self.config = config or RetryConfig()
         self._rng = rng or random.Random()
 
@@ -195,20 +223,32 @@ class RetryPolicy:
         return self._rng.random() * cap
 
     def decide(
-        self, *, attempt: int, exc: BaseException, idempotent: bool, remaining: Optional[float]
+        self,
+        *,
+        attempt: int,
+        exc: BaseException,
+        idempotent: bool,
+        remaining: Optional[float],
     ) -> RetryDecision:
         """Decide what to do after attempt number ``attempt`` failed with ``exc``."""
         c = self.config
         if attempt >= c.max_attempts:
             return RetryDecision(retry=False, reason="max_attempts")
-        if not is_retryable(exc, retryable_codes=c.retryable_codes, retry_on=c.retry_on, never_retry=c.never_retry):
+        if not is_retryable(
+            exc,
+            retryable_codes=c.retryable_codes,
+            retry_on=c.retry_on,
+            never_retry=c.never_retry,
+        ):
             return RetryDecision(retry=False, reason="not_retryable")
         if not idempotent and not was_not_sent(exc):
             return RetryDecision(retry=False, reason="not_idempotent")
         delay = self.backoff(attempt)
         if remaining is not None and remaining <= delay:
             return RetryDecision(retry=False, reason="deadline")
-        return RetryDecision(retry=True, delay=delay, reason="idempotent" if idempotent else "not_sent")
+        return RetryDecision(
+            retry=True, delay=delay, reason="idempotent" if idempotent else "not_sent"
+        )
 
 
 class RetryScope:
@@ -306,17 +346,25 @@ class Retry:
         bus: EventBus = default_bus,
         **options: Any,
     ) -> None:
-        self.config: RetryConfig = options_into(config or RetryConfig(), options, "retry")
+        self.config: RetryConfig = options_into(
+            config or RetryConfig(), options, "retry"
+        )
         self.policy = RetryPolicy(self.config, rng=rng)
-        self.budget: Optional[RetryBudget] = (budget or RetryBudget(clock=clock)) if use_budget else None
+        self.budget: Optional[RetryBudget] = (
+            (budget or RetryBudget(clock=clock)) if use_budget else None
+        )
         self._clock = clock
         self._bus = bus
 
-    def run(self, fn: Callable[..., T], *args: Any, idempotent: Optional[bool] = None) -> T:
+    def run(
+        self, fn: Callable[..., T], *args: Any, idempotent: Optional[bool] = None
+    ) -> T:
         """Call ``fn(*args)`` until it succeeds or the policy, allowance or budget says stop."""
         return self.run_args(fn, idempotent, *args)
 
-    def run_args(self, fn: Callable[..., T], idempotent: Optional[bool], *args: Any) -> T:
+    def run_args(
+        self, fn: Callable[..., T], idempotent: Optional[bool], *args: Any
+    ) -> T:
         """:meth:`run` with ``idempotent`` positional (no keyword dict per call on hot paths).
 
         Example::
@@ -346,7 +394,12 @@ class Retry:
                 _SCOPE.reset(token)
 
     def after_first_failure(
-        self, exc: Exception, fn: Callable[..., T], idempotent: Optional[bool], scope: RetryScope, *args: Any
+        self,
+        exc: Exception,
+        fn: Callable[..., T],
+        idempotent: Optional[bool],
+        scope: RetryScope,
+        *args: Any,
     ) -> T:
         """Continue :meth:`run_args` after its first attempt, ``fn(*args)`` without an attempt timeout, raised ``exc``.
 
@@ -365,7 +418,12 @@ class Retry:
         return self._attempts(2, fn, idempotent, scope, args)
 
     def _attempts(
-        self, attempt: int, fn: Callable[..., T], idempotent: Optional[bool], scope: RetryScope, args: tuple[Any, ...]
+        self,
+        attempt: int,
+        fn: Callable[..., T],
+        idempotent: Optional[bool],
+        scope: RetryScope,
+        args: tuple[Any, ...],
     ) -> T:
         # Attempt number ``attempt`` and the following ones, each under the attempt timeout if any.
         attempt_timeout = self.config.attempt_timeout
@@ -373,24 +431,47 @@ class Retry:
             try:
                 if attempt_timeout is None:
                     return fn(*args)
-                return run_with_timeout(fn, attempt_timeout, clock=self._clock, what="attempt", args=args)
+                return run_with_timeout(
+                    fn, attempt_timeout, clock=self._clock, what="attempt", args=args
+                )
             except Exception as exc:
                 self._after_failure(attempt, exc, idempotent, scope)
                 attempt += 1
 
-    def _after_failure(self, attempt: int, exc: Exception, idempotent: Optional[bool], scope: RetryScope) -> None:
+    def _after_failure(
+        self,
+        attempt: int,
+        exc: Exception,
+        idempotent: Optional[bool],
+        scope: RetryScope,
+    ) -> None:
         # Decide about a failed attempt: return after the backoff sleep to try
         # again, or raise (the error itself, or RetryBudgetExhausted from it).
         idem = self.config.idempotent if idempotent is None else idempotent
-        decision = self.policy.decide(attempt=attempt, exc=exc, idempotent=idem, remaining=remaining(clock=self._clock))
+        decision = self.policy.decide(
+            attempt=attempt,
+            exc=exc,
+            idempotent=idem,
+            remaining=remaining(clock=self._clock),
+        )
         refused = scope.take() if decision.retry else decision.reason
         if refused:
             if decision.retry:
-                self._bus.emit("retry.gave_up", attempts=attempt, reason=refused, error=exc)
+                self._bus.emit(
+                    "retry.gave_up", attempts=attempt, reason=refused, error=exc
+                )
             if refused == "budget":
-                raise RetryBudgetExhausted(f"retry budget exhausted after {attempt} attempt(s): {exc!r}") from exc
+                raise RetryBudgetExhausted(
+                    f"retry budget exhausted after {attempt} attempt(s): {exc!r}"
+                ) from exc
             raise exc
-        self._bus.emit("retry.attempt", attempt=attempt + 1, delay=decision.delay, error=exc, reason=decision.reason)
+        self._bus.emit(
+            "retry.attempt",
+            attempt=attempt + 1,
+            delay=decision.delay,
+            error=exc,
+            reason=decision.reason,
+        )
         self._clock.sleep(decision.delay)
 
     def __repr__(self) -> str:
