@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import contextvars
+import os
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +39,22 @@ def spawn(fn: Callable[..., Any], *args: Any, name: str = "", **kwargs: Any) -> 
     _LIVE.add(g)
     g.start()
     return g
+
+
+def _reinit_hub_after_fork() -> None:
+    """In the child of a plain ``os.fork()``: make gevent's hub, threadpool and resolver usable again.
+
+    ``gevent.os.fork`` (and a monkey-patched ``os.fork``) does this itself; a
+    plain fork in an unpatched application does not, and the child's first DNS
+    lookup then hangs 10 s on the parent's resolver threads (GEVENT_NOTES).
+    ``gevent.reinit`` is idempotent, so running it twice after a patched fork
+    is harmless. This is not monkey-patching: nothing of the application's
+    changes, only gevent's own state in the child is reset.
+    """
+    gevent.reinit()
+
+
+os.register_at_fork(after_in_child=_reinit_hub_after_fork)
 
 
 def live_greenlets() -> list[gevent.Greenlet]:
