@@ -1,4 +1,4 @@
-"""Connections (layer L3): the multiplexed Connection, its lifecycle table and the pool.
+"""Connections (layer L3): Connection, its options, session and traffic stats, the lifecycle table, the pool.
 
 Example::
 
@@ -7,7 +7,8 @@ Example::
     15.0
 """
 
-from .connection import Connection, ConnectionOptions
+from .connection import Connection
+from .options import ConnectionOptions
 from .pool import ConnectionPool
 from .state import STATES, TRANSITIONS, Lifecycle
 

@@ -41,7 +41,6 @@ import logging
 import weakref
 from array import array
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from time import monotonic as _monotonic
 from typing import Any, Optional
 
@@ -52,7 +51,6 @@ from gevent.hub import Waiter, get_hub
 from ..clock import SYSTEM_CLOCK, Clock
 from ..deadline import DEFAULT, budget, deadline_var, timeout_error
 from ..errors import (
-    ConfigurationError,
     ConnectionClosed,
     ConnectionLost,
     ConnectTimeout,
@@ -65,7 +63,6 @@ from ..errors import (
 from ..events import EventBus, default_bus
 from ..greenlets import spawn
 from ..protocol.frames import (
-    DEFAULT_MAX_FRAME_SIZE,
     TP_HEARTBEAT,
     Frame,
     FrameDecoder,
@@ -81,6 +78,7 @@ from ..timers import hub_scheduler, wait_until
 from ..transport.endpoint import Endpoint
 from ..transport.stream import ConnectInfo, Stream, open_stream
 from .backoff import ExponentialBackoff, ReconnectStrategy
+from .options import ConnectionOptions
 from .state import CLOSED, CLOSING, CONNECTED, CONNECTING, IDLE, RECONNECTING, Lifecycle
 
 __all__ = ["Connection", "ConnectionOptions", "live_connections", "STATS_MAX_LATENCIES"]
@@ -106,62 +104,6 @@ def live_connections(bus: Optional[EventBus] = None) -> list[Connection]:
     Monitoring uses it to flush every connection's ``io.stats`` at each tick.
     """
     return [c for c in list(_LIVE) if bus is None or c.bus is bus]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ConnectionOptions:
-    """Every option of a connection, with its default.
-
-    * ``connect_timeout`` -- seconds for DNS + TCP + SOCKS5 + TLS together (10).
-    * ``request_timeout`` -- default per-request timeout in seconds (30); None waits forever.
-    * ``max_frame_size`` -- largest frame accepted from the peer (16 MiB).
-    * ``strict`` -- send nothing a plain NexusKit peer would not understand
-      (no header block, no codec bits beyond gzip).
-    * ``heartbeat_interval`` -- idle seconds before a heartbeat is sent (15); None disables.
-    * ``heartbeat_timeout`` -- seconds to wait for any frame after a heartbeat
-      before declaring the link dead (default: the interval, at most 10 s).
-    * ``reconnect`` -- a strategy from :mod:`nexus_green.connection.backoff`
-      (default exponential backoff with full jitter, base 0.5 s, cap 30 s);
-      ``False`` disables reconnection: a lost link closes the connection.
-    * ``fail_fast`` -- while reconnecting, fail requests at once instead of waiting.
-    * ``recv_buffer_size`` -- bytes per ``recv`` (256 KiB).
-    * ``tls`` -- a ``nexus_green.transport.tls.TLSConfig`` (implied default for tls:// URLs).
-    * ``proxy`` -- a ``socks5://`` URL or ``ProxyConfig``.
-    * ``resolver`` -- ``(host, port) -> getaddrinfo-style list`` (default: gevent's resolver).
-    * ``happy_eyeballs_delay`` -- seconds before the next address of a host is
-      tried in parallel with a slow one (RFC 8305; 0.25).
-
-    Example::
-
-        >>> ConnectionOptions(heartbeat_interval=None).request_timeout
-        30.0
-    """
-
-    connect_timeout: Optional[float] = 10.0
-    request_timeout: Optional[float] = 30.0
-    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
-    strict: bool = False
-    heartbeat_interval: Optional[float] = 15.0
-    heartbeat_timeout: Optional[float] = None
-    reconnect: Any = None
-    fail_fast: bool = False
-    recv_buffer_size: int = 256 * 1024
-    tls: Any = None
-    proxy: Any = None
-    resolver: Any = None
-    happy_eyeballs_delay: float = 0.25
-
-    def __post_init__(self) -> None:
-        for name in ("connect_timeout", "request_timeout", "heartbeat_interval", "heartbeat_timeout"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigurationError(f"{name} must be positive or None, got {value!r}")
-        if self.max_frame_size < 20:
-            raise ConfigurationError(f"max_frame_size must be at least 20, got {self.max_frame_size}")
-        if not self.happy_eyeballs_delay > 0:
-            raise ConfigurationError(f"happy_eyeballs_delay must be positive, got {self.happy_eyeballs_delay!r}")
-        if self.recv_buffer_size < 1024:
-            raise ConfigurationError(f"recv_buffer_size must be at least 1024, got {self.recv_buffer_size}")
 
 
 # A pending request is a tuple (waiter, fid, sent_at, timer or None, frame
