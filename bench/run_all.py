@@ -22,6 +22,8 @@ BENCHES = [
     ["bench_monitoring_memory.py"],
     ["bench_monitoring_overhead.py", "--seconds", "30", "--rounds", "3"],
     ["bench_ratelimit.py"],
+    ["bench_memory_inflight.py", "--seconds", "30", "--timeout", "300"],
+    ["request_path_observations.py"],
 ]
 
 
