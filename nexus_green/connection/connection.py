@@ -25,6 +25,16 @@ were in flight when the link died fail with :class:`ConnectionLost`; requests
 made while reconnecting wait for the link up to their timeout, or fail at
 once with ``fail_fast=True``.
 
+This module owns that lifecycle and the I/O greenlets (reader, writer,
+heartbeat, reconnect), connect and close, and the request path (``request``,
+``request_until``, ``send``). What it delegates:
+
+* :mod:`~nexus_green.connection.session` (sans-IO): the Qid table, the
+  pending requests, the memory of abandoned Qids, and what each incoming
+  frame is (an answer, a late reply, a push, a heartbeat to answer or an ack);
+* :mod:`~nexus_green.connection.iostats`: the traffic counters and ``io.stats``;
+* :mod:`~nexus_green.connection.options`: :class:`ConnectionOptions`.
+
 Example::
 
     >>> from nexus_green.testing import EmbeddedServer
@@ -39,7 +49,6 @@ from __future__ import annotations
 import itertools
 import logging
 import weakref
-from array import array
 from collections.abc import Callable, Mapping
 from time import monotonic as _monotonic
 from typing import Any, Optional
@@ -63,13 +72,11 @@ from ..errors import (
 from ..events import EventBus, default_bus
 from ..greenlets import spawn
 from ..protocol.frames import (
-    TP_HEARTBEAT,
     Frame,
     FrameDecoder,
     RawFrame,
     encode_request,
     heartbeat_frame,
-    make_frame,
 )
 from ..protocol.headers import encode_header_block
 from ..protocol.heartbeat import HeartbeatMonitor
@@ -78,7 +85,9 @@ from ..timers import hub_scheduler, wait_until
 from ..transport.endpoint import Endpoint
 from ..transport.stream import ConnectInfo, Stream, open_stream
 from .backoff import ExponentialBackoff, ReconnectStrategy
+from .iostats import STATS_MAX_LATENCIES, IOStats
 from .options import ConnectionOptions
+from .session import HeartbeatRequest, LateReply, Push, Session, SessionEvent
 from .state import CLOSED, CLOSING, CONNECTED, CONNECTING, IDLE, RECONNECTING, Lifecycle
 
 __all__ = ["Connection", "ConnectionOptions", "live_connections", "STATS_MAX_LATENCIES"]
@@ -86,13 +95,7 @@ __all__ = ["Connection", "ConnectionOptions", "live_connections", "STATS_MAX_LAT
 log = logging.getLogger("nexus_green.connection")
 
 _ids = itertools.count(1)
-_MAX_QID = 0xFFFFFFFF
-_ABANDONED_MEMORY = 4096  # how many timed-out Qids we remember to recognise late responses
 _DEADLINE = deadline_var()
-# A connection emits io.stats when asked (Connection.flush_stats: the monitor's
-# tick and flush, and close), or on its own once this many latencies are
-# gathered (16 KB of them).
-STATS_MAX_LATENCIES = 4096
 _EAGER_FLUSH = 16  # fewest queued frames a caller hands to the kernel itself (see _flush_eagerly)
 
 _LIVE: weakref.WeakSet[Connection] = weakref.WeakSet()
@@ -106,13 +109,6 @@ def live_connections(bus: Optional[EventBus] = None) -> list[Connection]:
     return [c for c in list(_LIVE) if bus is None or c.bus is bus]
 
 
-# A pending request is a tuple (waiter, fid, sent_at, timer or None, frame
-# bytes, by_deadline): cheaper than an object on the per-request path. The
-# frame bytes let an expiring request take its frame back out of the write
-# queue when it was never written (then it is certainly not sent).
-_Pending = tuple[Waiter, int, float, Any, bytes, bool]
-
-
 class Connection:
     """A multiplexed, self-healing connection to one endpoint.
 
@@ -120,6 +116,11 @@ class Connection:
     directly. ``on_push`` receives frames the server sent on its own (Res 0)
     and responses whose Qid matches no request; it runs in the reader greenlet
     and must not block.
+
+    ``session`` is its :class:`~nexus_green.connection.session.Session` (Qids,
+    pending requests, late replies) and ``iostats`` its
+    :class:`~nexus_green.connection.iostats.IOStats` (traffic counters, also
+    readable here as ``responses``, ``bytes_sent``, ...).
 
     Example::
 
@@ -159,15 +160,14 @@ class Connection:
         self._flush_at = 1 << 30  # queued frames that trigger an eager flush; tuned from _peak_in_flight
         self._peak_in_flight = 0
         self._wevent = Event()
-        self._pending: dict[int, _Pending] = {}
-        self._abandoned: dict[int, None] = {}
+        # The Qid table, pending requests and late-reply memory (sans-IO).
+        self.session = Session()
         # Request deadlines are timers on the clock's scheduler (one hub timer
         # for every connection on the real clock); bound once, not per request.
         self._call_at: Callable[..., Any] = clock.call_at
         self._expire_cb = self._expire
         self._hub: Any = None  # the hub of the thread that connected; others get a UsageError
         self._connecting: Optional[ConnectInfo] = None  # the attempt in progress (or the last one)
-        self._qid = 0
         self._closed_by_user = False
         self._strategy: Optional[ReconnectStrategy] = self._make_strategy()
         self._tls_context: Any = None
@@ -180,33 +180,14 @@ class Connection:
         self.connected_at: Optional[float] = None
         self.last_connect: Optional[ConnectInfo] = None
         self.requests = 0
-        # Traffic since the connection was made, kept whether or not anyone
-        # monitors (a few integer additions per recv / send batch).
-        self.responses = 0  # requests answered (any code)
-        self.responses_non_ok = 0  # ... with a code other than 200
-        self.bytes_sent = self.frames_sent = self.bytes_received = self.frames_received = 0
-        self.late_responses = 0
-        self.pushes = 0
         self.reconnects = 0
         self.last_error: Optional[BaseException] = None
-        # hot-path caches
-        self._real_clock = clock is SYSTEM_CLOCK
-        self._bus_version = -1
-        self._emit_complete = False
-        self._emit_io = False
-        self._emit_stats = False
-        self._st_listeners: tuple[Any, ...] = ()  # who heard the last io.stats
+        self._real_clock = clock is SYSTEM_CLOCK  # hot-path cache
         self._decoder: Optional[FrameDecoder] = None  # the current link's, for buffered()
-        # array('f'): a latency is stored in 4 bytes (float32: 7 significant
-        # digits, far finer than the sketch's 1 %), not kept alive as a float
-        # object: thousands of those scattered through the allocator's pools
-        # measurably slowed the whole client. The monitor buckets the array in
-        # place (DDSketch.add_many).
-        self._st_latencies: array[float] = array("f")
-        self._st_since = clock.now()
-        self._st_base = self._counts()  # the counters at the last io.stats
-        self._st_batches = 0
-        self._refresh_bus_flags()
+        # Traffic since the connection was made, kept whether or not anyone
+        # monitors, and the io.stats that report it.
+        self.iostats = IOStats(self.conn_id, clock)
+        self.iostats.refresh(bus)
         _LIVE.add(self)
 
     # ------------------------------------------------------------------ lifecycle
@@ -226,7 +207,96 @@ class Connection:
     @property
     def in_flight(self) -> int:
         """Requests sent and not yet answered, failed or timed out."""
-        return len(self._pending)
+        return len(self.session.pending)
+
+    # Traffic counters since the connection was made (kept in self.iostats and self.session).
+    @property
+    def responses(self) -> int:
+        """Requests answered (any code).
+
+        Example::
+
+            >>> Connection("tcp://127.0.0.1:9").responses
+            0
+        """
+        return self.iostats.responses
+
+    @property
+    def responses_non_ok(self) -> int:
+        """Requests answered with a code other than 200.
+
+        Example::
+
+            >>> Connection("tcp://127.0.0.1:9").responses_non_ok
+            0
+        """
+        return self.iostats.responses_non_ok
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes handed to the kernel.
+
+        Example::
+
+            >>> Connection("tcp://127.0.0.1:9").bytes_sent
+            0
+        """
+        return self.iostats.bytes_sent
+
+    @property
+    def frames_sent(self) -> int:
+        """Frames handed to the kernel.
+
+        Example::
+
+            >>> Connection("tcp://127.0.0.1:9").frames_sent
+            0
+        """
+        return self.iostats.frames_sent
+
+    @property
+    def bytes_received(self) -> int:
+        """Bytes read from the socket.
+
+        Example::
+
+            >>> Connection("tcp://127.0.0.1:9").bytes_received
+            0
+        """
+        return self.iostats.bytes_received
+
+    @property
+    def frames_received(self) -> int:
+        """Whole frames decoded from the socket.
+
+        Example::
+
+            >>> Connection("tcp://127.0.0.1:9").frames_received
+            0
+        """
+        return self.iostats.frames_received
+
+    @property
+    def late_responses(self) -> int:
+        """Answers that came after their caller gave up (or to ``send``), discarded.
+
+        Example::
+
+            >>> Connection("tcp://127.0.0.1:9").late_responses
+            0
+        """
+        return self.session.late_responses
+
+    @property
+    def pushes(self) -> int:
+        """Frames the server sent on its own, or answers nobody waited for.
+
+        Example::
+
+            >>> Connection("tcp://127.0.0.1:9").pushes
+            0
+        """
+        return self.session.pushes
 
     def is_available(self) -> bool:
         """True when a request sent now goes straight onto a live link.
@@ -263,7 +333,7 @@ class Connection:
     @property
     def idle(self) -> bool:
         """True when no request is in flight."""
-        return not self._pending
+        return not self.session.pending
 
     @property
     def usable(self) -> bool:
@@ -415,7 +485,7 @@ class Connection:
         """
         if self.lifecycle.state in (CLOSING, CLOSED):
             return
-        if drain > 0 and self._pending:
+        if drain > 0 and self.session.pending:
             self.drain(self.clock.now() + drain)
         self._closed_by_user = True
         self.lifecycle.fire("close")
@@ -433,9 +503,10 @@ class Connection:
             >>> Connection("tcp://127.0.0.1:9").drain(0.0)
             True
         """
-        while self._pending and self.clock.now() < until:
+        session = self.session
+        while session.pending and self.clock.now() < until:
             self.clock.sleep(min(0.005, until - self.clock.now()))
-        return not self._pending
+        return not session.pending
 
     def _stop_greenlets(self) -> None:
         """Kill this connection's background greenlets, except the one calling (it is finishing)."""
@@ -528,15 +599,12 @@ class Connection:
             return
 
     def _fail_all(self, error: BaseException) -> None:
-        pending, self._pending = self._pending, {}
-        if not pending:
+        failed = self.session.fail_all()
+        if not failed:
             return
-        hub = get_hub()
-        for qid, p in pending.items():
-            if p[3] is not None:
-                p[3].cancel()
-            self._remember_abandoned(qid)
-            hub.loop.run_callback(p[0].throw, error)
+        run_callback = get_hub().loop.run_callback
+        for p in failed:
+            run_callback(p[0].throw, error)
 
     def wait_ready(self, timeout: Any = DEFAULT) -> None:
         """Block until the link is connected, within ``timeout`` (default ``request_timeout``) and the deadline in force.
@@ -577,23 +645,6 @@ class Connection:
             self._wait_ready(self.clock.now(), by_deadline)
 
     # ------------------------------------------------------------------ requests
-    def _take_qid(self) -> int:
-        # Wraps at 2**32 and skips Qids still pending.
-        qid = self._qid + 1 if self._qid < _MAX_QID else 1
-        if qid in self._pending:
-            qid = self._next_qid()
-        self._qid = qid
-        return qid
-
-    def _next_qid(self) -> int:
-        qid = self._qid
-        pending = self._pending
-        while True:
-            qid = qid + 1 if qid < _MAX_QID else 1
-            if qid not in pending:
-                self._qid = qid
-                return qid
-
     def request(
         self,
         body: bytes = b"",
@@ -648,15 +699,19 @@ class Connection:
         """
         if not self.connected:
             self._wait_ready(until, by_deadline)
+        session = self.session
         if headers:
             if self.options.strict:
                 raise LocalProtocolError(f"{self.conn_id}: strict mode cannot send headers {sorted(headers)}")
-            data = encode_request(qid := self._take_qid(), fid, body, tp=tp, header_block=encode_header_block(headers))
+            data = encode_request(
+                qid := session.take_qid(), fid, body, tp=tp, header_block=encode_header_block(headers)
+            )
         else:
-            data = encode_request(qid := self._take_qid(), fid, body, tp=tp)
-        if self.bus.version != self._bus_version:
-            self._refresh_bus_flags()  # someone (un)subscribed, or this is another bus
-        pending = self._pending
+            data = encode_request(qid := session.take_qid(), fid, body, tp=tp)
+        st = self.iostats
+        if self.bus.version != st.bus_version:
+            st.refresh(self.bus)  # someone (un)subscribed, or this is another bus
+        pending = session.pending  # the request joins the session's table by one dict store
         waiter = Waiter()
         now = _monotonic() if self._real_clock else self.clock.now()
         if until is None:
@@ -688,11 +743,8 @@ class Connection:
         except BaseException as exc:
             # Our RequestTimeout, a ConnectionLost, or a gevent.Timeout / kill
             # from outside: abandon this Qid only; the link stays healthy.
-            p = pending.pop(qid, None)
-            if p is not None:
-                self._remember_abandoned(qid)
-                if p[3] is not None:
-                    p[3].cancel()
+            abandoned = session.abandon(qid, waiter)
+            if abandoned is not None:
                 self._unqueue(data)
             if self.bus.wants("request.failed"):
                 self.bus.emit(
@@ -705,7 +757,7 @@ class Connection:
                 )
             raise
         latency = (_monotonic() if self._real_clock else self.clock.now()) - now
-        if self._emit_complete:
+        if st.emit_complete:
             self.bus.emit(
                 "request.complete",
                 conn_id=self.conn_id,
@@ -742,41 +794,11 @@ class Connection:
             self._wbuf.insert(0, data[n:] if n else data)
             self._wevent.set()
         if n:
-            self.bytes_sent += n
-            self.frames_sent += len(chunks)
-            if self._emit_io:
+            st = self.iostats
+            st.bytes_sent += n
+            st.frames_sent += len(chunks)
+            if st.emit_io:
                 self.bus.emit("io.sent", conn_id=self.conn_id, nbytes=n, frames=len(chunks))
-
-    def _refresh_bus_flags(self) -> None:
-        bus = self.bus
-        self._bus_version = bus.version
-        self._emit_complete = bus.wants("request.complete")
-        self._emit_io = bus.wants("io.sent") or bus.wants("io.received")
-        listeners = bus.listeners("io.stats")
-        if listeners and not any(fn in self._st_listeners for fn in listeners):
-            # A wholly new audience (nobody listened, or every earlier
-            # listener left) hears what happens from now on, not what the
-            # counters gathered before it came. While any listener stays,
-            # the baseline stays too: it is owed that traffic (a newcomer
-            # may hear up to one tick of older traffic; a monitor flushes
-            # every connection before it subscribes and when it closes, so
-            # it neither brings nor leaves any behind).
-            self._st_base = self._counts()
-            self._st_since = self.clock.now()
-            del self._st_latencies[:]
-            self._st_batches = 0
-        self._st_listeners = listeners
-        self._emit_stats = bool(listeners)
-
-    def _counts(self) -> tuple[int, int, int, int, int, int]:
-        return (
-            self.bytes_sent,
-            self.frames_sent,
-            self.bytes_received,
-            self.frames_received,
-            self.responses,
-            self.responses_non_ok,
-        )
 
     def send(self, body: bytes = b"", fid: int = 0, *, headers: Optional[Mapping[str, str]] = None, tp: int = 0) -> int:
         """Fire and forget: queue one frame and return its Qid without waiting.
@@ -786,19 +808,13 @@ class Connection:
         """
         if self.lifecycle.state != CONNECTED:
             self._wait_ready(*budget(self.options.request_timeout, clock=self.clock))
-        qid = self._next_qid()
+        qid = self.session.take_qid()
         block = encode_header_block(headers) if headers else b""
         self._wbuf.append(encode_request(qid, fid, body, tp=tp, header_block=block))
-        self._remember_abandoned(qid)
+        self.session.forget(qid)
         if not self._wevent.is_set():
             self._wevent.set()
         return qid
-
-    def _remember_abandoned(self, qid: int) -> None:
-        ab = self._abandoned
-        ab[qid] = None
-        if len(ab) > _ABANDONED_MEMORY:
-            del ab[next(iter(ab))]
 
     # ------------------------------------------------------------------ deadlines
     def _unqueue(self, data: bytes) -> bool:
@@ -812,10 +828,9 @@ class Connection:
 
     def _expire(self, qid: int) -> None:
         """Timer function (in the hub): the request ``qid`` ran out of its budget."""
-        p = self._pending.pop(qid, None)
+        p = self.session.abandon(qid)
         if p is None:
             return
-        self._remember_abandoned(qid)
         waited = self.clock.now() - p[2]
         if self._unqueue(p[4]):
             msg, phase = f"was still queued after {waited:.3f}s and was taken back (not sent)", "write"
@@ -832,6 +847,7 @@ class Connection:
     # ------------------------------------------------------------------ I/O greenlets
     def _write_loop(self, stream: Stream) -> None:
         wevent = self._wevent
+        st = self.iostats
         try:
             while True:
                 wevent.wait()
@@ -845,9 +861,9 @@ class Connection:
                     finally:
                         self._writing = False
                     self.heartbeat.on_activity(self.clock.now())
-                    self.bytes_sent += len(data)
-                    self.frames_sent += len(chunks)
-                    if self._emit_io:
+                    st.bytes_sent += len(data)
+                    st.frames_sent += len(chunks)
+                    if st.emit_io:
                         self.bus.emit("io.sent", conn_id=self.conn_id, nbytes=len(data), frames=len(chunks))
                 if stream is not self._stream:
                     return
@@ -867,6 +883,7 @@ class Connection:
         run_callback = get_hub().loop.run_callback
         hb = self.heartbeat
         now = self.clock.now
+        st = self.iostats
         try:
             while True:
                 data = stream.recv(bufsize)
@@ -875,12 +892,12 @@ class Connection:
                         f"{self.endpoint} closed the connection ({self.conn_id}, "
                         f"{decoder.buffered} bytes of an incomplete frame pending)"
                     )
-                self.bytes_received += len(data)
+                st.bytes_received += len(data)
                 frames = decoder.feed_raw(data)
                 t = now()
                 hb.on_activity(t, received=True)
-                self.frames_received += len(frames)
-                if self._emit_io:
+                st.frames_received += len(frames)
+                if st.emit_io:
                     self.bus.emit("io.received", conn_id=self.conn_id, nbytes=len(data), frames=len(frames))
                 ready = self._dispatch(frames, t)
                 if ready:
@@ -889,7 +906,7 @@ class Connection:
             # Answers that came before the malformed bytes in the same read are
             # still answers: deliver them, then fail the rest with the error.
             if decoder.salvaged:
-                self.frames_received += len(decoder.salvaged)
+                st.frames_received += len(decoder.salvaged)
                 answered = self._dispatch(decoder.salvaged, now())
                 if answered:
                     run_callback(_deliver, answered)
@@ -901,46 +918,36 @@ class Connection:
             self._internal_error(stream, "reader", exc)
 
     def _dispatch(self, frames: list[RawFrame], now: float) -> list[tuple[Waiter, RawFrame]]:
-        ready: list[tuple[Waiter, RawFrame]] = []
-        pending = self._pending
-        # Monitoring's cheap path: latencies (send to arrival) are appended here
-        # and reported in one io.stats event when the monitor asks (or when
-        # STATS_MAX_LATENCIES are gathered), so the per-request path stays bare.
-        record: Optional[Callable[[float], None]] = None  # the latency array's append, bound once per batch
-        if self._emit_stats:
-            # Sample whole recv batches (every k-th), so an unsampled batch
-            # costs nothing per request; completed counts stay exact.
-            n = self._st_batches
-            if n <= 0:  # the first batch is sampled, then every k-th
-                record = self._st_latencies.append
-                n = self.bus.latency_sample_every
-            self._st_batches = n - 1
-        for f in frames:
-            # f = (qid, fid, code, tp, res, ver, body, headers)
-            if f[4] == 1 and not f[3] & TP_HEARTBEAT:
-                p = pending.pop(f[0], None)
-                if p is not None:
-                    if p[3] is not None:
-                        p[3].cancel()
-                    ready.append((p[0], f))
-                    if record is not None:
-                        record(now - p[2])
-                    if f[2] != 200:
-                        self.responses_non_ok += 1
-                    continue
-                if f[0] in self._abandoned:
-                    del self._abandoned[f[0]]
-                    self.late_responses += 1
-                    self.bus.emit("request.late", conn_id=self.conn_id, qid=f[0])
-                    continue
-            elif f[3] & TP_HEARTBEAT:
-                self._on_heartbeat(f[4])
-                continue
-            self._push(make_frame(*f))
-        self.responses += len(ready)
-        if record is not None and len(self._st_latencies) >= STATS_MAX_LATENCIES:
+        """Hand one recv batch to the session; count its answers, act on the rest; return the answers to deliver."""
+        st = self.iostats
+        # Monitoring's cheap path: latencies (send to arrival) are gathered
+        # here and reported in one io.stats event when the monitor asks (or
+        # when STATS_MAX_LATENCIES are gathered), so the per-request path stays bare.
+        record = st.sampler(self.bus) if st.emit_stats else None
+        ready, non_ok, events = self.session.dispatch(frames, now, record)
+        st.responses += len(ready)
+        if non_ok:
+            st.responses_non_ok += non_ok
+        if events:
+            self._on_events(events)
+        if record is not None and st.full():
             self.flush_stats(now)
         return ready
+
+    def _on_events(self, events: list[SessionEvent]) -> None:
+        """Act on what the session found besides answers, in arrival order (in the reader greenlet)."""
+        for ev in events:
+            if isinstance(ev, Push):
+                self._push(ev.frame)
+            elif isinstance(ev, LateReply):
+                self.bus.emit("request.late", conn_id=self.conn_id, qid=ev.qid)
+            elif isinstance(ev, HeartbeatRequest):
+                self._wbuf.append(heartbeat_frame(response=True))
+                self._wevent.set()
+            elif self._hb_sent_at is not None:  # a HeartbeatAck, and we sent a heartbeat
+                rtt = self.heartbeat.on_ack(self.clock.now())
+                self._hb_sent_at = None
+                self.bus.emit("heartbeat.rtt", conn_id=self.conn_id, rtt=rtt)
 
     def flush_stats(self, now: Optional[float] = None) -> None:
         """Emit one ``io.stats``: the traffic since the last one (if anyone listens and anything moved).
@@ -958,56 +965,9 @@ class Connection:
             >>> conn.responses, conn.bytes_sent, conn.bytes_received
             (0, 0, 0)
         """
-        if self.bus.version != self._bus_version:
-            self._refresh_bus_flags()
-        if not self._emit_stats:
-            return
-        base = self._st_base
-        if (
-            self.responses == base[4]
-            and self.bytes_received == base[2]
-            and self.bytes_sent == base[0]
-            and not self._st_latencies
-        ):
-            return  # nothing moved (frames move with bytes): readers walk idle connections cheaply
-        t = self.clock.now() if now is None else now
-        # Copy, then empty in place: the reader may be in the middle of a
-        # batch with this array's append bound (a push callback or listener
-        # that reads the monitor runs there), and its latencies must land in
-        # the array the next io.stats carries.
-        lat = self._st_latencies[:]
-        del self._st_latencies[:]
-        counts, since = self._counts(), self._st_since
-        bo, fo, bi, fi, done, non_ok = (c - b for c, b in zip(counts, self._st_base, strict=True))
-        # The new baseline is in place before any listener runs: a listener
-        # that asks again (a tracker query, a monitor read) gets nothing twice.
-        self._st_base, self._st_since = counts, t
-        if done or bi or bo:
-            self.bus.emit(
-                "io.stats",
-                conn_id=self.conn_id,
-                interval=t - since,
-                bytes_sent=bo,
-                frames_sent=fo,
-                bytes_received=bi,
-                frames_received=fi,
-                completed=done,
-                sampled_every=self.bus.latency_sample_every,
-                non_ok=non_ok,
-                latencies=lat,
-            )
-
-    def _on_heartbeat(self, res: int) -> None:
-        if res == 0:
-            self._wbuf.append(heartbeat_frame(response=True))
-            self._wevent.set()
-        elif self._hb_sent_at is not None:
-            rtt = self.heartbeat.on_ack(self.clock.now())
-            self._hb_sent_at = None
-            self.bus.emit("heartbeat.rtt", conn_id=self.conn_id, rtt=rtt)
+        self.iostats.flush(self.bus, now)
 
     def _push(self, frame: Frame) -> None:
-        self.pushes += 1
         self.bus.emit("push.received", conn_id=self.conn_id, fid=frame.fid, qid=frame.qid)
         if self.on_push is not None:
             try:
@@ -1063,7 +1023,7 @@ class Connection:
     def __repr__(self) -> str:
         return (
             f"<Connection {self.conn_id} {self.endpoint} state={self.lifecycle.state} "
-            f"in_flight={len(self._pending)} requests={self.requests} reconnects={self.reconnects}>"
+            f"in_flight={len(self.session.pending)} requests={self.requests} reconnects={self.reconnects}>"
         )
 
 

@@ -364,11 +364,11 @@ def test_headers_round_trip_and_strict_mode_refuses_them() -> None:
 
 def test_qids_wrap_around_and_skip_pending(server: EmbeddedServer) -> None:
     with Connection(server.url, options=opts()) as conn:
-        conn._qid = 0xFFFFFFFE
+        conn.session.last_qid = 0xFFFFFFFE
         first = gevent.spawn(conn.request, b"0.05", FID_DELAY)
         gevent.sleep(0.01)
-        assert 0xFFFFFFFF in conn._pending
-        conn._qid = 0xFFFFFFFE  # the next Qid would collide with the pending one
+        assert conn.session.is_pending(0xFFFFFFFF)
+        conn.session.last_qid = 0xFFFFFFFE  # the next Qid would collide with the pending one
         r = conn.request(b"x", fid=1)
         assert r.qid == 1
         assert first.get(timeout=5).qid == 0xFFFFFFFF
@@ -482,7 +482,7 @@ def test_traffic_counters_are_kept_with_nobody_listening(server: EmbeddedServer)
         assert (conn.frames_sent, conn.frames_received) == (5, 5)
         assert conn.bytes_sent == 5 * 27
         assert conn.bytes_received >= 5 * 24  # headers at least; the error body varies
-        assert len(conn._st_latencies) == 0  # latencies only while someone listens
+        assert conn.iostats.pending_latencies == 0  # latencies only while someone listens
 
 
 def test_a_late_listener_hears_only_what_happens_after_it_subscribed(server: EmbeddedServer) -> None:
@@ -542,7 +542,7 @@ def test_a_listener_that_flushes_again_gets_nothing_twice(server: EmbeddedServer
 
 
 def test_a_connection_emits_io_stats_by_itself_when_latencies_pile_up(server: EmbeddedServer, monkeypatch: Any) -> None:
-    import nexus_green.connection.connection as module
+    import nexus_green.connection.iostats as module
 
     monkeypatch.setattr(module, "STATS_MAX_LATENCIES", 4)
     bus = EventBus()
