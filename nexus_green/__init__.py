@@ -16,6 +16,7 @@ from .deadline import deadline, remaining
 from .errors import (
     BulkheadFull,
     CircuitOpen,
+    ClientCertificateRejected,
     ClientClosed,
     ConfigurationError,
     ConnectError,
@@ -92,6 +93,7 @@ __all__ = [
     "HeartbeatTimeout",
     "IdempotencyInProgress",
     "TLSError",
+    "ClientCertificateRejected",
     "ProtocolError",
     "LocalProtocolError",
     "RemoteProtocolError",

@@ -4,7 +4,9 @@ Errors are grouped by what the caller should do about them:
 
 * :class:`NexusTimeout` -- something took too long (connect, request, deadline).
 * :class:`NetworkError` -- the network or the peer failed (refused, reset, DNS,
-  TLS, proxy). Usually worth retrying on another connection.
+  TLS, proxy). Usually worth retrying on another connection; TLS failures
+  (an untrusted server, a server that rejects the client certificate:
+  :class:`ClientCertificateRejected`) are not.
 * :class:`ProtocolError` -- bytes that break the NexusKit framing. Split into
   :class:`LocalProtocolError` (we were asked to send something invalid) and
   :class:`RemoteProtocolError` (the peer sent garbage).
@@ -50,6 +52,7 @@ __all__ = [
     "CertificateExpired",
     "HostnameMismatch",
     "PinMismatch",
+    "ClientCertificateRejected",
     "ProxyError",
     "ProtocolError",
     "LocalProtocolError",
@@ -228,6 +231,39 @@ class PinMismatch(TLSError):
     """The peer's certificate or public key does not match any configured pin."""
 
     reason = "pin_mismatch"
+
+
+class ClientCertificateRejected(TLSError):
+    """The TLS server refused this client: its certificate is missing, not trusted, or not allowed in.
+
+    ``reason`` names the alert the server sent (RFC 8446 section 6.2):
+    ``certificate_required``, ``bad_certificate``, ``unknown_ca``,
+    ``certificate_expired``, ``certificate_revoked``,
+    ``unsupported_certificate``, ``certificate_unknown``, ``access_denied``,
+    or ``handshake_failure`` (how TLS 1.2 servers refuse a missing or
+    unacceptable client certificate). Not retryable: the same client
+    configuration gets the same answer; fix the certificate or the server's
+    trust and access settings.
+
+    With TLS 1.3 the server judges the client certificate after the client
+    has finished its handshake, so this error may come from the first read
+    on an established link rather than from the connect; requests in flight
+    then fail with it, never with :class:`ConnectionLost`. A TLS stack
+    refuses the certificate before it hands any application data to the
+    server's application, so no request on such a link was processed.
+
+    One class, not one per alert: whatever the alert, the caller's move is
+    the same (stop, report, fix the configuration), and ``reason`` tells an
+    operator which fix.
+
+    Example::
+
+        >>> e = ClientCertificateRejected("rejected", reason="unknown_ca")
+        >>> isinstance(e, TLSError), e.reason, e.retryable
+        (True, 'unknown_ca', False)
+    """
+
+    reason = "certificate_required"
 
 
 class ProxyError(ConnectError):

@@ -24,6 +24,7 @@ TABLE = {
     E.CertificateExpired: (E.NetworkError, False),
     E.HostnameMismatch: (E.NetworkError, False),
     E.PinMismatch: (E.NetworkError, False),
+    E.ClientCertificateRejected: (E.NetworkError, False),
     E.ProxyError: (E.NetworkError, True),
     E.ProtocolError: (E.ProtocolError, False),
     E.LocalProtocolError: (E.ProtocolError, False),
