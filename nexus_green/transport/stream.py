@@ -28,6 +28,7 @@ from __future__ import annotations
 import _socket
 import errno
 import socket as _stdsocket
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -116,6 +117,12 @@ def map_os_error(exc: BaseException, what: str, *, connecting: bool = False) -> 
     unacknowledged (TCP_USER_TIMEOUT, keepalive, retransmissions) and may
     have reached the peer. NexusErrors pass through unchanged.
 
+    One exception on either side: a TLS alert by which the server refuses
+    the client (certificate required, unknown CA, ...; TLS 1.3 servers send
+    it after the handshake, so it arrives on an established link) is a
+    :class:`~nexus_green.errors.ClientCertificateRejected`, not retryable
+    (:func:`nexus_green.transport.tls.rejection_error` has the table).
+
     Example::
 
         >>> type(map_os_error(ConnectionResetError(104, "reset"), "recv from x")).__name__
@@ -128,6 +135,9 @@ def map_os_error(exc: BaseException, what: str, *, connecting: bool = False) -> 
     """
     if isinstance(exc, NexusError):
         return exc
+    rejected = _tls_rejection(exc, what)
+    if rejected is not None:
+        return rejected
     if not connecting:
         if isinstance(exc, TimeoutError):
             return ConnectionLost(f"{what}: timed out, sent data went unacknowledged ({exc})")
@@ -141,6 +151,16 @@ def map_os_error(exc: BaseException, what: str, *, connecting: bool = False) -> 
     if isinstance(exc, OSError) and exc.errno in _UNREACHABLE:
         return ConnectError(f"{what}: {exc.strerror or exc}")
     return ConnectError(f"{what}: {exc}")
+
+
+def _tls_rejection(exc: BaseException, what: str) -> Optional[NexusError]:
+    """The server's refusal of our client certificate, when ``exc`` is that TLS alert; else None."""
+    ssl = sys.modules.get("ssl")
+    if ssl is None or not isinstance(exc, ssl.SSLError):
+        return None  # no TLS stream can exist before ssl is imported: plain TCP never pays for the import
+    from .tls import rejection_error
+
+    return rejection_error(exc, what)
 
 
 def default_resolver(host: str, port: int) -> list[AddrInfo]:

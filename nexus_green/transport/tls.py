@@ -14,9 +14,35 @@ issuer not trusted, self-signed       :class:`CertificateUntrusted` (untrusted_i
 expired or not yet valid              :class:`CertificateExpired` (expired)
 certificate does not name the host    :class:`HostnameMismatch` (hostname_mismatch)
 no configured pin matches             :class:`PinMismatch` (pin_mismatch)
+the server rejects the client         :class:`ClientCertificateRejected` (the alert)
 handshake exceeded ``timeout``        :class:`HandshakeTimeout` (a ConnectTimeout)
 anything else (protocol, EOF, alert)  :class:`TLSError` (handshake_failed, ...)
 ====================================  ============================================
+
+The server rejects the client with an alert, mapped by :func:`rejection_error`
+wherever it arrives: during the handshake (TLS 1.2), or on the first read of
+an established link (TLS 1.3 servers judge the client certificate after the
+client finished its handshake; :func:`~nexus_green.transport.stream.map_os_error`
+maps it there). Every one is a :class:`ClientCertificateRejected`, not
+retryable, whose ``reason`` names the alert:
+
+=========================================  ==========================
+OpenSSL reason (alert received)            ``reason``
+=========================================  ==========================
+``TLSV13_ALERT_CERTIFICATE_REQUIRED``      certificate_required
+``SSLV3_ALERT_BAD_CERTIFICATE``            bad_certificate
+``SSLV3_ALERT_UNSUPPORTED_CERTIFICATE``    unsupported_certificate
+``SSLV3_ALERT_CERTIFICATE_REVOKED``        certificate_revoked
+``SSLV3_ALERT_CERTIFICATE_EXPIRED``        certificate_expired
+``SSLV3_ALERT_CERTIFICATE_UNKNOWN``        certificate_unknown
+``TLSV1_ALERT_UNKNOWN_CA``                 unknown_ca
+``TLSV1_ALERT_ACCESS_DENIED``              access_denied
+``SSLV3_ALERT_HANDSHAKE_FAILURE``          handshake_failure, only once the server's
+                                           hello was processed (TLS 1.2 servers refuse a
+                                           missing client certificate so); before it,
+                                           it is a negotiation failure: a plain
+                                           :class:`TLSError` (handshake_failed)
+=========================================  ==========================
 
 Pin syntax (``TLSConfig.pins``; a connection passes if ANY pin matches):
 
@@ -55,6 +81,7 @@ import gevent.ssl
 from ..errors import (
     CertificateExpired,
     CertificateUntrusted,
+    ClientCertificateRejected,
     ConfigurationError,
     HandshakeTimeout,
     HostnameMismatch,
@@ -62,7 +89,17 @@ from ..errors import (
     TLSError,
 )
 
-__all__ = ["TLSConfig", "make_context", "wrap", "spki_pin", "cert_pin", "parse_pin", "check_pins", "TLS_VERSIONS"]
+__all__ = [
+    "TLSConfig",
+    "make_context",
+    "wrap",
+    "spki_pin",
+    "cert_pin",
+    "parse_pin",
+    "check_pins",
+    "rejection_error",
+    "TLS_VERSIONS",
+]
 
 TLS_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -82,6 +119,36 @@ _UNTRUSTED_CODES = frozenset(
         28,  # CERT_REJECTED
     }
 )
+# Alerts by which a server refuses the client, as OpenSSL names them on
+# receipt (reason = 1000 + the alert number). Our own verification of the
+# server never produces these (it raises SSLCertVerificationError), so each
+# one is the server's verdict on us.
+_REJECTION_ALERTS = {
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "certificate_required",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "bad_certificate",
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": "unsupported_certificate",
+    "SSLV3_ALERT_CERTIFICATE_REVOKED": "certificate_revoked",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "certificate_expired",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "certificate_unknown",
+    "TLSV1_ALERT_UNKNOWN_CA": "unknown_ca",
+    "TLSV1_ALERT_ACCESS_DENIED": "access_denied",
+}
+# handshake_failure before the server's hello means no common version or
+# cipher; after it, TLS 1.2 servers send it for a missing or refused client
+# certificate (OpenSSL: "peer did not return a certificate").
+_HANDSHAKE_FAILURE = "SSLV3_ALERT_HANDSHAKE_FAILURE"
+_REJECTION_HINTS = {
+    "certificate_required": "the server requires a client certificate and none was sent (TLSConfig cert_file/key_file)",
+    "bad_certificate": "the server refused the client certificate (not yet valid, malformed or badly signed)",
+    "unsupported_certificate": "the server does not accept this kind of client certificate (key type or key usage)",
+    "certificate_revoked": "the server says the client certificate is revoked",
+    "certificate_expired": "the server says the client certificate has expired",
+    "certificate_unknown": "the server could not accept the client certificate",
+    "unknown_ca": "the server does not trust the CA that issued the client certificate",
+    "access_denied": "the server identified the client and denies it access",
+    "handshake_failure": "the server ended the handshake after its hello, as TLS 1.2 servers do when the client "
+    "sends no certificate or one they refuse",
+}
 _SPKI_PREFIX = "sha256/"
 _CERT_PREFIX = "sha256-cert/"
 
@@ -273,9 +340,47 @@ def _map_verify_error(e: ssl.SSLCertVerificationError, where: str) -> TLSError:
     return TLSError(f"TLS certificate of {where} failed verification: {detail}", reason="certificate_invalid")
 
 
-def _map_handshake_error(e: OSError, where: str) -> TLSError:
+def rejection_error(exc: BaseException, what: str, *, after_hello: bool = True) -> Optional[ClientCertificateRejected]:
+    """The :class:`ClientCertificateRejected` for an alert by which the server refused us, else None.
+
+    ``what`` starts the message (it names the host). ``after_hello`` says
+    whether the server's hello had been processed when the alert came: a
+    ``handshake_failure`` alert only rejects the client after it. On an
+    established link (the TLS 1.3 case) it always had been: the default.
+
+    Example::
+
+        >>> alert = ssl.SSLError(1, "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca")
+        >>> alert.reason = "TLSV1_ALERT_UNKNOWN_CA"
+        >>> e = rejection_error(alert, "recv from db.internal:7600")
+        >>> type(e).__name__, e.reason, e.retryable
+        ('ClientCertificateRejected', 'unknown_ca', False)
+        >>> print(e)
+        recv from db.internal:7600: the TLS server rejected the client with an unknown_ca alert: the server does not trust the CA that issued the client certificate
+        >>> rejection_error(ConnectionResetError(104, "reset"), "recv from x") is None
+        True
+    """
+    if not isinstance(exc, ssl.SSLError):
+        return None
+    name = getattr(exc, "reason", None)
+    reason = _REJECTION_ALERTS.get(name) if isinstance(name, str) else None
+    if reason is None and name == _HANDSHAKE_FAILURE and after_hello:
+        reason = "handshake_failure"
+    if reason is None:
+        return None
+    article = "an" if reason[0] in "aeiou" else "a"
+    return ClientCertificateRejected(
+        f"{what}: the TLS server rejected the client with {article} {reason} alert: {_REJECTION_HINTS[reason]}",
+        reason=reason,
+    )
+
+
+def _map_handshake_error(e: OSError, where: str, *, after_hello: bool = False) -> TLSError:
     if isinstance(e, ssl.SSLCertVerificationError):
         return _map_verify_error(e, where)
+    rejected = rejection_error(e, f"TLS handshake with {where} failed", after_hello=after_hello)
+    if rejected is not None:
+        return rejected
     if isinstance(e, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError)):
         return TLSError(
             f"TLS handshake with {where} failed: the server closed the connection ({e})",
@@ -388,10 +493,12 @@ def wrap(
         ssock.close()
         raise
     except OSError as e:
+        # A cipher is known once the server's hello was processed: read it before close() forgets it.
+        after_hello = ssock.cipher() is not None
         ssock.close()
         if isinstance(e, TimeoutError):  # the socket's own timeout fired first
             raise HandshakeTimeout(f"TLS handshake with {where} timed out ({e})") from e
-        raise _map_handshake_error(e, where) from e
+        raise _map_handshake_error(e, where, after_hello=after_hello) from e
     except BaseException:
         ssock.close()  # killed, or someone else's timeout: the descriptor must not outlive the handshake
         raise

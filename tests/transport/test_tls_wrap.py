@@ -18,6 +18,7 @@ from gevent import socket
 from nexus_green.errors import (
     CertificateExpired,
     CertificateUntrusted,
+    ClientCertificateRejected,
     ConfigurationError,
     HandshakeTimeout,
     HostnameMismatch,
@@ -370,7 +371,7 @@ def test_mutual_tls_without_a_client_certificate_fails(kit: CertificateKit) -> N
     with TLSEchoServer(ctx) as server, connected(server.address) as raw:
         with pytest.raises(TLSError, match=r"TLS handshake with localhost:\d+ failed") as e:
             wrap(raw, TLSConfig(ca_file=kit.ca_file), "localhost", 5.0, port=server.address[1])
-        assert type(e.value) is TLSError
+        assert type(e.value) is ClientCertificateRejected and e.value.retryable is False  # test_tls_rejection.py
     assert server.handshake_failures == 1
 
 
