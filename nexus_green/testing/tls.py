@@ -5,8 +5,9 @@ only when called) to create a private CA, a server certificate for
 ``localhost``, ``127.0.0.1`` and ``::1``, and a client certificate for mutual
 TLS, written as PEM files into a directory (a temporary one, removed by
 :meth:`CertificateKit.close`, unless you pass your own). The kit can issue
-more server certificates (expired, wrong host name) for failure tests, and
-builds the matching server ``SSLContext`` and client
+more server and client certificates (expired, not yet valid, wrong host name)
+for failure tests, and builds the matching server ``SSLContext`` (optionally
+requiring a client certificate) and client
 :class:`~nexus_green.transport.tls.TLSConfig`.
 
 :class:`TLSEchoServer` is a loopback gevent server that echoes every byte
@@ -107,31 +108,70 @@ class CertificateKit:
         der = ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode("ascii"))
         return cert_file, key_file, der
 
+    def issue_client_cert(
+        self,
+        name: str,
+        *,
+        not_after: Optional[datetime.datetime] = None,
+        not_before: Optional[datetime.datetime] = None,
+    ) -> tuple[str, str]:
+        """Issue another client certificate from this CA; returns ``(cert_file, key_file)``.
+
+        Pass them to :meth:`client_config` (``cert_file=``, ``key_file=``).
+        An expired or not yet valid one makes a server that checks client
+        certificates refuse it (alerts ``certificate_expired`` and
+        ``bad_certificate`` from OpenSSL servers).
+
+        Example::
+
+            >>> import datetime
+            >>> with make_test_certificates() as kit:
+            ...     past = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+            ...     cert, key = kit.issue_client_cert("old-client", not_after=past)
+            ...     os.path.basename(cert), os.path.basename(key)
+            ('old-client.pem', 'old-client.key')
+        """
+        leaf = self.ca.issue_cert(
+            f"{name}.nexus.test", common_name=f"nexus-green {name}", not_after=not_after, not_before=not_before
+        )
+        cert_file, key_file = self._path(f"{name}.pem"), self._path(f"{name}.key")
+        self._write_chain(leaf, cert_file)
+        leaf.private_key_pem.write_to_path(key_file)
+        return cert_file, key_file
+
     def server_context(
         self,
         *,
         cert_file: Optional[str] = None,
         key_file: Optional[str] = None,
         require_client_cert: bool = False,
+        min_version: Optional[ssl.TLSVersion] = None,
         max_version: Optional[ssl.TLSVersion] = None,
     ) -> ssl.SSLContext:
         """A server ``SSLContext`` with the server certificate (or ``cert_file``/``key_file``).
 
         ``require_client_cert`` asks for a client certificate issued by this
-        CA (mutual TLS); ``max_version`` caps the protocol (e.g. to make a
-        TLS 1.2 handshake fail where TLS 1.3 would fail later).
+        CA (mutual TLS) and refuses the handshake without one;
+        ``min_version`` / ``max_version`` bound the protocol. A server that
+        requires a client certificate refuses a missing or unacceptable one
+        during the handshake with TLS 1.2 (``max_version=TLSv1_2``), and
+        after the client finished its handshake with TLS 1.3
+        (``min_version=TLSv1_3``): the client then learns it on its first read.
 
         Example::
 
             >>> with make_test_certificates() as kit:
-            ...     kit.server_context(require_client_cert=True).verify_mode == ssl.CERT_REQUIRED
-            True
+            ...     ctx = kit.server_context(require_client_cert=True, min_version=ssl.TLSVersion.TLSv1_3)
+            ...     ctx.verify_mode == ssl.CERT_REQUIRED, ctx.minimum_version.name
+            (True, 'TLSv1_3')
         """
         ctx = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert_file or self.server_cert_file, key_file or self.server_key_file)
         if require_client_cert:
             ctx.verify_mode = ssl.CERT_REQUIRED
             ctx.load_verify_locations(cafile=self.ca_file)
+        if min_version is not None:
+            ctx.minimum_version = min_version
         if max_version is not None:
             ctx.maximum_version = max_version
         return ctx
