@@ -40,7 +40,15 @@ from .compression import (
     ZstdDictionary,
     choose_compression,
 )
-from .offload import DEFAULT_OFFLOAD_THRESHOLD, run_off_hub
+from .offload import (
+    DEFAULT_DECODE_SLOTS,
+    DEFAULT_OFFLOAD_THRESHOLD,
+    DecodeSlots,
+    decode_off_hub,
+    decode_slots,
+    run_off_hub,
+    set_decode_slots,
+)
 from .pipeline import (
     DEFAULT_ORDER,
     ORDER_BACKPRESSURE,
@@ -82,8 +90,10 @@ __all__ = [
     "CompressionMiddleware",
     "CompressionStats",
     "Conditional",
+    "DEFAULT_DECODE_SLOTS",
     "DEFAULT_OFFLOAD_THRESHOLD",
     "DEFAULT_ORDER",
+    "DecodeSlots",
     "DictionaryRegistry",
     "DiskCache",
     "Handler",
@@ -112,8 +122,11 @@ __all__ = [
     "call_key",
     "choose_compression",
     "compose",
+    "decode_off_hub",
+    "decode_slots",
     "rate_limited",
     "request_key",
     "run_off_hub",
+    "set_decode_slots",
     "when",
 ]

@@ -50,7 +50,16 @@ import zstandard
 
 from ..errors import CompressionError, ConfigurationError
 from ..events import EventBus, default_bus
-from ..protocol.compression import CODECS, ContextPool, decompress_body, get_codec
+from ..protocol.compression import (
+    CODECS,
+    BodyDecoder,
+    ContextPool,
+    ZstdDecoder,
+    body_decoder,
+    decompress_body,
+    get_codec,
+    try_decompress,
+)
 from ..protocol.frames import DEFAULT_MAX_FRAME_SIZE, TP_CODEC_MASK, TP_GZIP
 from ..protocol.messages import Request, Response
 from .offload import DEFAULT_OFFLOAD_THRESHOLD, run_off_hub
@@ -486,32 +495,33 @@ class ZstdDictionary:
         return out
 
     def decompress(self, data: bytes, max_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
-        """Undo :meth:`compress`, refusing output above ``max_size`` bytes."""
-        try:
-            declared = zstandard.frame_content_size(data)
-        except zstandard.ZstdError as exc:
-            raise CompressionError(f"corrupt zstd body ({len(data)} bytes): {exc}") from exc
-        if declared > max_size:
-            raise CompressionError(f"zstd body expands beyond max_size {max_size} bytes")
-        dctx = self._decompressors.take()
-        try:
-            d = dctx.decompressobj()
-            parts = []
-            total = 0
-            for i in range(0, len(data), 16384):
-                chunk = d.decompress(data[i : i + 16384])
-                total += len(chunk)
-                if total > max_size:
-                    raise CompressionError(f"zstd body expands beyond max_size {max_size} bytes")
-                parts.append(chunk)
-        except zstandard.ZstdError as exc:
-            raise CompressionError(
-                f"corrupt zstd body ({len(data)} bytes) for dictionary {self.dict_id}: {exc}"
-            ) from exc
-        if not d.eof:
-            raise CompressionError(f"truncated zstd body ({len(data)} bytes)")
-        self._decompressors.give(dctx, size=total)
-        return b"".join(parts)
+        """Undo :meth:`compress` in one go, refusing output above ``max_size`` bytes."""
+        out = self.try_decompress(data, max_size, max_size)
+        return self.decoder(data, max_size).run() if out is None else out
+
+    def try_decompress(self, data: bytes, max_size: int, max_output: int) -> Optional[bytes]:
+        """:func:`~nexus_green.protocol.compression.try_decompress` with this dictionary: one bounded call, or None.
+
+        Example::
+
+            >>> samples = [b'{"n": %d, "kind": "tick", "ok": true}' % i for i in range(300)]
+            >>> d = ZstdDictionary.train(samples, size=1024, dict_id=9)
+            >>> d.try_decompress(d.compress(samples[5]), 1 << 20, 4096) == samples[5]
+            True
+        """
+        return try_decompress(_ZSTD_BITS, data, max_size, max_output, zstd_contexts=self._decompressors)
+
+    def decoder(self, data: bytes, max_size: int = DEFAULT_MAX_FRAME_SIZE) -> ZstdDecoder:
+        """An incremental decoder of a frame made with this dictionary (see :class:`~nexus_green.protocol.compression.BodyDecoder`).
+
+        Example::
+
+            >>> samples = [b'{"n": %d, "kind": "tick", "ok": true}' % i for i in range(300)]
+            >>> d = ZstdDictionary.train(samples, size=1024, dict_id=9)
+            >>> d.decoder(d.compress(samples[5] * 1000)).run() == samples[5] * 1000
+            True
+        """
+        return ZstdDecoder(data, max_size, contexts=self._decompressors, dict_id=self.dict_id)
 
     def __repr__(self) -> str:
         return f"<ZstdDictionary id={self.dict_id} size={len(self._dict)}>"
@@ -520,9 +530,10 @@ class ZstdDictionary:
 class DictionaryRegistry:
     """Dictionaries by id, and a decoder that uses them for zstd bodies that name one.
 
-    The Client decodes bodies with :func:`~nexus_green.protocol.compression.decompress_body`;
-    when dictionaries are in use it should call :meth:`decompress` instead,
-    which falls back to that function for everything else.
+    A Client given a registry (``Client(url, dictionaries=registry)``) decodes
+    responses with :meth:`try_decompress` and :meth:`decoder`, which pick the
+    dictionary a zstd frame names and fall back to the plain codecs for
+    everything else; :meth:`decompress` does the same in one go.
 
     Example::
 
@@ -555,16 +566,51 @@ class DictionaryRegistry:
     def __contains__(self, dict_id: object) -> bool:
         return dict_id in self._by_id
 
-    def decompress(self, tp: int, body: bytes, max_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
-        """Like ``decompress_body``, but zstd frames naming a dictionary use the registered one."""
+    def _dictionary_for(self, tp: int, body: bytes) -> Optional[ZstdDictionary]:
+        """The dictionary a zstd frame names (None for no dictionary, or another codec)."""
         if tp & (TP_GZIP | TP_CODEC_MASK) == _ZSTD_BITS:
             try:
                 dict_id = zstandard.get_frame_parameters(body).dict_id
             except zstandard.ZstdError as exc:
                 raise CompressionError(f"corrupt zstd body ({len(body)} bytes): {exc}") from exc
             if dict_id:
-                return self.get(dict_id).decompress(body, max_size)
-        return decompress_body(tp, body, max_size)
+                return self.get(dict_id)
+        return None
+
+    def decompress(self, tp: int, body: bytes, max_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+        """Like ``decompress_body``, but zstd frames naming a dictionary use the registered one."""
+        dictionary = self._dictionary_for(tp, body)
+        return decompress_body(tp, body, max_size) if dictionary is None else dictionary.decompress(body, max_size)
+
+    def try_decompress(self, tp: int, body: bytes, max_size: int, max_output: int) -> Optional[bytes]:
+        """Like :func:`~nexus_green.protocol.compression.try_decompress`, with the registered dictionaries.
+
+        A frame that names an unregistered dictionary is a CompressionError at once.
+
+        Example::
+
+            >>> samples = [b'{"n": %d, "kind": "tick", "ok": true}' % i for i in range(300)]
+            >>> reg = DictionaryRegistry([ZstdDictionary.train(samples, size=1024, dict_id=9)])
+            >>> reg.try_decompress(0x80, reg.get(9).compress(samples[2]), 1 << 20, 4096) == samples[2]
+            True
+        """
+        dictionary = self._dictionary_for(tp, body)
+        if dictionary is None:
+            return try_decompress(tp, body, max_size, max_output)
+        return dictionary.try_decompress(body, max_size, max_output)
+
+    def decoder(self, tp: int, body: bytes, max_size: int = DEFAULT_MAX_FRAME_SIZE) -> BodyDecoder:
+        """Like :func:`~nexus_green.protocol.compression.body_decoder`, with the registered dictionaries.
+
+        Example::
+
+            >>> samples = [b'{"n": %d, "kind": "tick", "ok": true}' % i for i in range(300)]
+            >>> reg = DictionaryRegistry([ZstdDictionary.train(samples, size=1024, dict_id=9)])
+            >>> reg.decoder(0x80, reg.get(9).compress(samples[2])).run() == samples[2]
+            True
+        """
+        dictionary = self._dictionary_for(tp, body)
+        return body_decoder(tp, body, max_size) if dictionary is None else dictionary.decoder(body, max_size)
 
 
 # --- the middleware ----------------------------------------------------------------
