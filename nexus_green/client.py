@@ -30,8 +30,8 @@ from .deadline import DEFAULT, budget, deadline_var
 from .errors import ClientClosed, CompressionError, ConfigurationError, RemoteError, UsageError
 from .events import EventBus, default_bus
 from .middleware.compression import DictionaryRegistry
-from .middleware.offload import run_off_hub
-from .protocol.compression import decompress_body
+from .middleware.offload import decode_off_hub
+from .protocol.compression import body_decoder, try_decompress
 from .protocol.frames import TP_CODEC_MASK, TP_GZIP, Frame
 from .protocol.messages import Request, Response
 from .transport.endpoint import Endpoint
@@ -43,7 +43,8 @@ _DEADLINE = deadline_var()
 log = logging.getLogger("nexus_green.client")
 
 _CODEC_BITS = TP_GZIP | TP_CODEC_MASK
-_OFFLOAD_BYTES = 64 * 1024  # decompress bodies above this in gevent's threadpool, off the hub
+_OFFLOAD_BYTES = 64 * 1024  # compressed bodies of this size or more are decoded in gevent's threadpool, off the hub
+_INLINE_OUTPUT = 256 * 1024  # below it, one call on the hub decodes a body that expands to at most this much
 
 Handler = Callable[[Request], Response]
 
@@ -234,12 +235,13 @@ class Client:
         limit = self.timeout if timeout is DEFAULT else timeout
         d = _DEADLINE.get()
         if d is None and limit is not None:
-            resp = self.pool.request_until(body, fid, headers, tp, self.clock.now() + limit, False)
+            until: Optional[float] = self.clock.now() + limit
+            by_deadline = False
         else:
             until, by_deadline = budget(limit, clock=self.clock)
-            resp = self.pool.request_until(body, fid, headers, tp, until, by_deadline)
+        resp = self.pool.request_until(body, fid, headers, tp, until, by_deadline)
         if resp.tp & _CODEC_BITS:
-            resp = self._decompress(resp)
+            resp = self._decompress(resp, until, by_deadline)
         if resp.code != 200 and self.raise_for_code:
             raise RemoteError(
                 f"fid={fid} on {self.endpoint} answered code {resp.code}: {resp.body[:200]!r}",
@@ -248,11 +250,26 @@ class Client:
             )
         return resp
 
-    def _decompress(self, resp: Response) -> Response:
+    def _decompress(self, resp: Response, until: Optional[float] = None, by_deadline: bool = False) -> Response:
+        # A small body gets one bounded call on the hub (try_decompress: at most _INLINE_OUTPUT bytes out,
+        # a few microseconds for an ordinary body). Anything else -- a large body, a bomb, many gzip
+        # members, a broken body -- is decoded in gevent's threadpool a chunk at a time, within the
+        # call's budget (until, by_deadline), by one of a few process-wide decode slots.
         limit = self.pool.options.max_frame_size
-        decode = decompress_body if self.dictionaries is None else self.dictionaries.decompress
-        body = run_off_hub(decode, resp.tp, resp.body, limit, size=len(resp.body), threshold=_OFFLOAD_BYTES)
-        return resp.replace(body=body, tp=resp.tp & ~_CODEC_BITS)
+        body, tp = resp.body, resp.tp
+        registry = self.dictionaries
+        if len(body) < _OFFLOAD_BYTES:
+            if registry is None:
+                out = try_decompress(tp, body, limit, _INLINE_OUTPUT)
+            else:
+                out = registry.try_decompress(tp, body, limit, _INLINE_OUTPUT)
+            if out is not None:
+                return resp.replace(body=out, tp=tp & ~_CODEC_BITS)
+        decoder = body_decoder(tp, body, limit) if registry is None else registry.decoder(tp, body, limit)
+        out = decode_off_hub(
+            decoder, clock=self.clock, until=until, by_deadline=by_deadline, what=f"fid={resp.fid} on {self.endpoint}"
+        )
+        return resp.replace(body=out, tp=tp & ~_CODEC_BITS)
 
     def send(self, body: bytes = b"", fid: int = 0, headers: Optional[Mapping[str, str]] = None) -> int:
         """Fire and forget: queue one frame, return its Qid, never wait for an answer.
