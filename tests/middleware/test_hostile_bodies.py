@@ -86,6 +86,7 @@ class Ticker:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        gevent.sleep(self.period * 2)  # a wake-up that came due during a stall records it now
         self._glet.kill()
 
 
@@ -172,6 +173,14 @@ def timed(fn: Any) -> tuple[Any, float]:
     except (NexusTimeout, CompressionError) as exc:
         out = exc
     return out, time.monotonic() - started
+
+
+def test_the_ticker_sees_a_stall() -> None:
+    with Ticker() as ticker:
+        started = time.monotonic()
+        while time.monotonic() - started < 0.15:  # hold the hub, as an inline decode did
+            pass
+    assert ticker.max_lag >= 0.1, ticker.max_lag
 
 
 # ---------------------------------------------------------------- observation 1: 400k empty gzip members
