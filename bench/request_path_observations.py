@@ -17,6 +17,9 @@ before/after table: ``--code /path/to/checkout`` puts it first on PYTHONPATH.
                          request(timeout=2) to a peer that never answers
     fakeclock            real seconds taken by a 3 s timeout on a FakeClock
     blackhole_first      a host whose first address drops SYNs; request(timeout=3)
+    storm                a peer that accepts and closes at once; connects in 10 s with nobody asking
+    push_flood           another process floods pushes for 2 s; max lag of a 5 ms ticker
+    slow_upload          6 MiB sent to a peer reading 8 MiB/s, heartbeat 0.2 s; did the link survive?
 
 Run: ``python bench/request_path_observations.py [--code PATH]``.
 Writes bench/results/request_path_observations.json (or ..._<label>.json).
@@ -25,6 +28,7 @@ Writes bench/results/request_path_observations.json (or ..._<label>.json).
 # ruff: noqa: E401, E402, E701, E702, E722, I001
 import json
 import logging
+import os
 import resource
 import socket as stdsocket
 import sys
@@ -47,9 +51,7 @@ if __name__ == "__main__" and (len(sys.argv) < 2 or sys.argv[1].startswith("--")
         "blackhole_first",
     ]
     ap = argparse.ArgumentParser()
-    ap.add_argument(
-        "--code", help="a checkout of nexus_green to measure instead of this one"
-    )
+    ap.add_argument("--code", help="a checkout of nexus_green to measure instead of this one")
     ap.add_argument("--label", default="")
     args = ap.parse_args()
     env = dict(os.environ)
@@ -74,9 +76,7 @@ if __name__ == "__main__" and (len(sys.argv) < 2 or sys.argv[1].startswith("--")
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
     suffix = f"_{args.label}" if args.label else ""
-    (out / f"request_path_observations{suffix}.json").write_text(
-        json.dumps(rows, indent=2)
-    )
+    (out / f"request_path_observations{suffix}.json").write_text(json.dumps(rows, indent=2))
     sys.exit(0)
 
 import gevent
@@ -160,9 +160,7 @@ if scenario == "outage":
     )
 elif scenario in ("tls_stall", "tls_stall_deadline"):
     s = stall_server()
-    c = Client(
-        f"tls://127.0.0.1:{s.server_port}", connect_timeout=10, heartbeat_interval=None
-    )
+    c = Client(f"tls://127.0.0.1:{s.server_port}", connect_timeout=10, heartbeat_interval=None)
     if scenario == "tls_stall":
         out["seconds"], out["error"] = timed(lambda: c.request(b"x", timeout=1))
     else:
@@ -235,9 +233,7 @@ elif scenario == "reconnect_wait_conn":
     s.start()
     conn = Connection(
         f"tcp://127.0.0.1:{s.server_port}",
-        options=ConnectionOptions(
-            reconnect=FixedInterval(1.5), heartbeat_interval=None
-        ),
+        options=ConnectionOptions(reconnect=FixedInterval(1.5), heartbeat_interval=None),
     )
     conn.connect()
     while conn.state == "connected":
@@ -250,9 +246,7 @@ elif scenario == "fakeclock":
     server.start()
     c = Client(server.url, clock=FakeClock(), heartbeat_interval=None)
     c.request(b"x", FID_ECHO, timeout=5)
-    out["real_seconds_for_a_3s_fake_timeout"], out["error"] = timed(
-        lambda: c.request(b"", FID_SILENT, timeout=3)
-    )
+    out["real_seconds_for_a_3s_fake_timeout"], out["error"] = timed(lambda: c.request(b"", FID_SILENT, timeout=3))
 elif scenario == "blackhole_first":
     hole = stdsocket.socket()
     hole.bind(("127.0.0.1", 0))
@@ -284,11 +278,70 @@ elif scenario == "blackhole_first":
         return real(host, port, *a, **k)
 
     gsocket.getaddrinfo = fake
-    c = Client(
-        f"tcp://multi.test:{server.port}", heartbeat_interval=None, connect_timeout=10
-    )
+    c = Client(f"tcp://multi.test:{server.port}", heartbeat_interval=None, connect_timeout=10)
     out["seconds"], out["error"] = timed(lambda: c.request(b"x", FID_ECHO, timeout=3))
+elif scenario == "storm":
+    accepted = []
+
+    def handle(sock, addr):
+        accepted.append(1)
+        sock.close()
+
+    s = StreamServer(("127.0.0.1", 0), handle)
+    s.start()
+    c = Client(f"tcp://127.0.0.1:{s.server_port}", heartbeat_interval=None)
+    try:
+        c.connect()
+    except Exception:
+        pass
+    gevent.sleep(10)
+    out["connects_in_10s"] = len(accepted)
+elif scenario == "push_flood":
+    import subprocess
+
+    flood = (
+        "import socket, struct, time\n"
+        "H = struct.Struct('>IHHBBIIIH')\n"
+        "p = b''.join(H.pack(36, 0x7A5A, 1, 0, 0, 0, 4, 200, 0) + b'p' * 16 for _ in range(4096))\n"
+        "ls = socket.socket(); ls.bind(('127.0.0.1', 0)); ls.listen(1); print(ls.getsockname()[1], flush=True)\n"
+        "c, _ = ls.accept(); end = time.monotonic() + 2\n"
+        "while time.monotonic() < end: c.sendall(p)\n"
+    )
+    peer = subprocess.Popen([sys.executable, "-c", flood], stdout=subprocess.PIPE, text=True)
+    port = int(peer.stdout.readline())
+    c = Client(f"tcp://127.0.0.1:{port}", heartbeat_interval=None, push_queue_size=10)
+    c.connect()
+    lags, last = [], time.monotonic()
+    end = last + 1.5
+    while time.monotonic() < end:
+        gevent.sleep(0.005)
+        now = time.monotonic()
+        lags.append(now - last)
+        last = now
+    out["max_ticker_lag_s"] = round(max(lags), 3)
+    peer.kill()
+elif scenario == "slow_upload":
+    got = [0]
+
+    def handle(sock, addr):
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return
+            got[0] += len(data)
+            gevent.sleep(len(data) / (8 << 20))
+
+    s = StreamServer(("127.0.0.1", 0), handle)
+    s.start()
+    c = Client(f"tcp://127.0.0.1:{s.server_port}", heartbeat_interval=0.2, heartbeat_timeout=0.2)
+    c.connect()
+    conn = c.pool.connections[0]
+    c.send(b"u" * (6 << 20), fid=1)
+    t0 = time.monotonic()
+    while got[0] < (6 << 20) and time.monotonic() - t0 < 10 and conn.state == "connected":
+        gevent.sleep(0.01)
+    out["received_mb"] = round(got[0] / 1e6, 2)
+    out["link"] = conn.state
+    out["error"] = type(conn.last_error).__name__ if conn.last_error else None
 print(json.dumps(out), flush=True)
-os._exit(
-    0
-)  # skip interpreter teardown: a spinning greenlet of the old code must not hold the exit
+os._exit(0)  # skip interpreter teardown: a spinning greenlet of the old code must not hold the exit

@@ -94,6 +94,8 @@ _CONN_KEYS = (
     "proxy",
     "resolver",
     "happy_eyeballs_delay",
+    "max_write_buffer",
+    "socket_options",
 )
 
 

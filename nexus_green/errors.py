@@ -106,6 +106,26 @@ class NexusError(Exception):
         return _rebuild_error, (type(self), self.args, self.__dict__)
 
 
+def restate(err: NexusError, message: str) -> NexusError:
+    """A fresh error of ``err``'s class and attributes with a new message, chained from ``err``.
+
+    For telling several callers about one failure: each gets its own
+    instance (one exception object raised in many greenlets would share a
+    traceback), whatever keyword arguments its class's ``__init__`` wants.
+
+    Example::
+
+        >>> e = restate(RemoteError("503", code=503), "fid=1: the attempt you waited on failed")
+        >>> type(e).__name__, e.code, str(e), e.__cause__ is not None
+        ('RemoteError', 503, 'fid=1: the attempt you waited on failed', True)
+    """
+    new = err.__class__.__new__(err.__class__)
+    Exception.__init__(new, message)
+    new.__dict__.update(err.__dict__)
+    new.__cause__ = err
+    return new
+
+
 def _rebuild_error(cls: type[NexusError], args: tuple[Any, ...], state: dict[str, Any]) -> NexusError:
     """Unpickle a NexusError: its message arguments and attributes, as they were."""
     err = cls.__new__(cls)

@@ -68,6 +68,7 @@ from ..errors import (
     NexusError,
     RemoteProtocolError,
     UsageError,
+    restate,
 )
 from ..events import EventBus, default_bus
 from ..greenlets import spawn
@@ -96,6 +97,9 @@ log = logging.getLogger("nexus_green.connection")
 
 _ids = itertools.count(1)
 _DEADLINE = deadline_var()
+_READER_SLICE = 0.005  # seconds of reading and dispatching before the reader yields to the hub
+_YIELD = 1e-6  # a real timer: the hub runs a whole loop iteration (timers and I/O) before the reader resumes
+_WRITE_SLICE = 256 * 1024  # larger writes report their progress as they go (liveness, room in the queue)
 _EAGER_FLUSH = 16  # fewest queued frames a caller hands to the kernel itself (see _flush_eagerly)
 
 _LIVE: weakref.WeakSet[Connection] = weakref.WeakSet()
@@ -156,6 +160,12 @@ class Connection:
         self._reconnector: Optional[gevent.Greenlet] = None
         self._ready = Event()
         self._wbuf: list[bytes] = []
+        # Bytes queued for the writer or in its batch, bounded by options.max_write_buffer:
+        # callers past the bound wait for room within their budget (_wait_for_room).
+        self._wbytes = 0
+        self._max_wbytes = self.options.max_write_buffer
+        self._wroom = Event()
+        self._wroom.set()
         self._writing = False  # the writer greenlet is inside sendall: no eager flush may interleave
         self._flush_at = 1 << 30  # queued frames that trigger an eager flush; tuned from _peak_in_flight
         self._peak_in_flight = 0
@@ -170,6 +180,8 @@ class Connection:
         self._connecting: Optional[ConnectInfo] = None  # the attempt in progress (or the last one)
         self._closed_by_user = False
         self._strategy: Optional[ReconnectStrategy] = self._make_strategy()
+        self._reconnect_attempt = 0  # attempts since a link last proved healthy
+        self._proof_base = (0, 0)
         self._tls_context: Any = None
         interval = self.options.heartbeat_interval
         hb_timeout = self.options.heartbeat_timeout or (min(interval, 10.0) if interval else 10.0)
@@ -408,6 +420,7 @@ class Connection:
                 info=info,
                 resolver=opts.resolver,
                 attempt_delay=opts.happy_eyeballs_delay,
+                socket_options=opts.socket_options,
             )
         except BaseException as exc:
             self.bus.emit(
@@ -429,6 +442,8 @@ class Connection:
             phases=dict(info.phases),
         )
         self._stream = stream
+        # What a link must add to these to prove itself healthy (see _proven).
+        self._proof_base = (self.iostats.responses, self.heartbeat.acks_received)
         self.connected_at = self.clock.now()
         self.heartbeat.reset(self.clock.now())
         decoder = self._decoder = FrameDecoder(max_frame_size=self.options.max_frame_size, strict=self.options.strict)
@@ -548,12 +563,21 @@ class Connection:
             else:
                 stream.close()
         self._wbuf = []
+        self._wbytes = 0
+        self._wroom.set()  # callers waiting for room find the link gone
+
+    def _proven(self) -> bool:
+        """The current (or last) link answered a request or a heartbeat: it was healthy, not merely accepted."""
+        base = self._proof_base
+        return self.iostats.responses > base[0] or self.heartbeat.acks_received > base[1]
 
     def _lost(self, stream: Stream, error: NexusError) -> None:
         """The link ``stream`` died: fail what was in flight, then reconnect or close."""
         if stream is not self._stream or self.lifecycle.state != CONNECTED:
             return  # stale notice from an old stream, or already handled
         self.last_error = error
+        if self._proven():
+            self._reconnect_attempt = 0  # the backoff resets only after a link proved healthy
         log.info("%s to %s lost: %s", self.conn_id, self.endpoint, error)
         self.lifecycle.fire("lost")
         self._stop_greenlets()
@@ -568,10 +592,14 @@ class Connection:
     def _reconnect_loop(self) -> None:
         strategy = self._strategy
         assert strategy is not None
-        strategy.reset()
-        attempt = 0
+        if not self._reconnect_attempt:
+            strategy.reset()
+        # A link that was accepted and then lost before it answered anything
+        # (a peer that closes at once, a TLS 1.3 rejection after the
+        # handshake) does not reset the backoff: the attempts go on counting.
         while self.lifecycle.state == RECONNECTING:
-            attempt += 1
+            self._reconnect_attempt += 1
+            attempt = self._reconnect_attempt
             delay = strategy.next_delay(attempt)
             if delay is None:
                 self.lifecycle.fire("give_up")
@@ -629,9 +657,10 @@ class Connection:
         if state in (CLOSING, CLOSED):
             if self._closed_by_user:
                 raise ConnectionClosed(f"{self.conn_id} to {self.endpoint} was closed by its owner")
-            raise ConnectionLost(
-                f"{self.conn_id} to {self.endpoint} is down and gave up reconnecting"
-            ) from self.last_error
+            err = self.last_error
+            if isinstance(err, NexusError) and not err.retryable:
+                raise restate(err, f"{self.conn_id} to {self.endpoint} gave up: {err}")  # a TLS rejection, say
+            raise ConnectionLost(f"{self.conn_id} to {self.endpoint} is down and gave up reconnecting") from err
         if self.options.fail_fast:
             raise ConnectionLost(f"{self.conn_id} to {self.endpoint} is reconnecting (fail_fast)") from self.last_error
         if not wait_until(self._ready.wait, self.clock, until):
@@ -711,6 +740,8 @@ class Connection:
         st = self.iostats
         if self.bus.version != st.bus_version:
             st.refresh(self.bus)  # someone (un)subscribed, or this is another bus
+        if self._wbytes and self._wbytes + len(data) > self._max_wbytes:
+            self._wait_for_room(len(data), fid, until, by_deadline)  # before it is pending: nothing to undo
         pending = session.pending  # the request joins the session's table by one dict store
         waiter = Waiter()
         now = _monotonic() if self._real_clock else self.clock.now()
@@ -726,6 +757,7 @@ class Connection:
             )
         wbuf = self._wbuf
         wbuf.append(data)
+        self._wbytes += len(data)
         if len(wbuf) >= self._flush_at and not self._writing:
             self._flush_eagerly()
         elif not self._wevent.is_set():
@@ -794,6 +826,7 @@ class Connection:
             self._wbuf.insert(0, data[n:] if n else data)
             self._wevent.set()
         if n:
+            self._sent_progress(n)
             st = self.iostats
             st.bytes_sent += n
             st.frames_sent += len(chunks)
@@ -806,11 +839,16 @@ class Connection:
         A response to it, should the server send one, is discarded and counted
         in ``late_responses``.
         """
+        until, by_deadline = budget(self.options.request_timeout, clock=self.clock)
         if self.lifecycle.state != CONNECTED:
-            self._wait_ready(*budget(self.options.request_timeout, clock=self.clock))
+            self._wait_ready(until, by_deadline)
         qid = self.session.take_qid()
         block = encode_header_block(headers) if headers else b""
-        self._wbuf.append(encode_request(qid, fid, body, tp=tp, header_block=block))
+        data = encode_request(qid, fid, body, tp=tp, header_block=block)
+        if self._wbytes and self._wbytes + len(data) > self._max_wbytes:
+            self._wait_for_room(len(data), fid, until, by_deadline)
+        self._wbuf.append(data)
+        self._wbytes += len(data)
         self.session.forget(qid)
         if not self._wevent.is_set():
             self._wevent.set()
@@ -823,8 +861,39 @@ class Connection:
         for i, chunk in enumerate(wbuf):
             if chunk is data:
                 del wbuf[i]
+                self._sent_progress(len(data))
                 return True
         return False
+
+    def _queue_control(self, frame: bytes) -> None:
+        """Queue a heartbeat or heartbeat reply: tiny, never waits for room."""
+        self._wbuf.append(frame)
+        self._wbytes += len(frame)
+        self._wevent.set()
+
+    def _sent_progress(self, n: int) -> None:
+        """``n`` queued bytes left the queue (handed to the kernel, or taken back): room for waiting callers."""
+        self._wbytes -= n
+        if self._wbytes < self._max_wbytes and not self._wroom.is_set():
+            self._wroom.set()
+
+    def _write_progress(self, n: int) -> None:
+        self._sent_progress(n)
+        self.heartbeat.on_progress(self.clock.now())
+
+    def _wait_for_room(self, size: int, fid: int, until: Optional[float], by_deadline: bool) -> None:
+        """Wait, within the budget, until the write queue can take ``size`` more bytes (or is empty)."""
+        while self._wbytes and self._wbytes + size > self._max_wbytes:
+            self._wroom.clear()
+            if not wait_until(self._wroom.wait, self.clock, until):
+                raise timeout_error(
+                    by_deadline,
+                    f"request fid={fid} to {self.endpoint}: the write queue stayed full ({self._wbytes:,} bytes "
+                    f"queued, max_write_buffer={self._max_wbytes:,}) until the call's time ran out (not sent)",
+                    phase="write",
+                )
+            if not self.connected:
+                self._wait_ready(until, by_deadline)
 
     def _expire(self, qid: int) -> None:
         """Timer function (in the hub): the request ``qid`` ran out of its budget."""
@@ -857,7 +926,16 @@ class Connection:
                     data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                     self._writing = True
                     try:
-                        stream.sendall(data)
+                        if len(data) <= _WRITE_SLICE:
+                            stream.sendall(data)
+                            self._sent_progress(len(data))
+                        else:
+                            # Once the socket buffers are full, every partial send the
+                            # kernel takes proves the peer reads: liveness by progress
+                            # (a hung peer stops it within a buffer's worth). It also
+                            # frees room in the queue as it goes. A small write proves
+                            # nothing: the kernel takes it whether the peer lives or not.
+                            stream.send_reporting(data, self._write_progress)
                     finally:
                         self._writing = False
                     self.heartbeat.on_activity(self.clock.now())
@@ -884,8 +962,16 @@ class Connection:
         hb = self.heartbeat
         now = self.clock.now
         st = self.iostats
+        # recv returns at once while data keeps arriving, so without a yield a
+        # flood of pushes would hold the hub for seconds (GEVENT_NOTES).
+        yield_at = _monotonic() + _READER_SLICE
         try:
             while True:
+                if _monotonic() >= yield_at:
+                    # A timer, not sleep(0): sleep(0) runs only the greenlets already
+                    # ready, and the hub's timers (a 5 ms ticker) still waited 250 ms.
+                    gevent.sleep(_YIELD)
+                    yield_at = _monotonic() + _READER_SLICE
                 data = stream.recv(bufsize)
                 if not data:
                     raise ConnectionLost(
@@ -942,8 +1028,7 @@ class Connection:
             elif isinstance(ev, LateReply):
                 self.bus.emit("request.late", conn_id=self.conn_id, qid=ev.qid)
             elif isinstance(ev, HeartbeatRequest):
-                self._wbuf.append(heartbeat_frame(response=True))
-                self._wevent.set()
+                self._queue_control(heartbeat_frame(response=True))
             elif self._hb_sent_at is not None:  # a HeartbeatAck, and we sent a heartbeat
                 rtt = self.heartbeat.on_ack(self.clock.now())
                 self._hb_sent_at = None
@@ -977,14 +1062,23 @@ class Connection:
 
     def _heartbeat_loop(self, stream: Stream) -> None:
         hb = self.heartbeat
+        progress = stream.send_progress()
         while stream is self._stream:
             now = self.clock.now()
+            if hb.awaiting_answer:
+                # Liveness by progress: the peer acknowledging bytes that were
+                # waiting in our kernel queue (it reads a big upload, slowly) is
+                # an answer too, even while the ping waits behind that upload.
+                moved = stream.send_progress()
+                if moved is not None and progress is not None and progress[1] and moved[0] > progress[0]:
+                    hb.on_progress(now)
+                progress = moved
             decision = hb.poll(now)
             if decision.action == "send":
                 hb.on_sent(now)
                 self._hb_sent_at = now
-                self._wbuf.append(heartbeat_frame())
-                self._wevent.set()
+                progress = stream.send_progress()
+                self._queue_control(heartbeat_frame())
                 self.bus.emit("heartbeat.sent", conn_id=self.conn_id)
             elif decision.action == "dead":
                 self.bus.emit("heartbeat.timeout", conn_id=self.conn_id)

@@ -43,6 +43,11 @@ class ConnectionOptions:
     * ``resolver`` -- ``(host, port) -> getaddrinfo-style list`` (default: gevent's resolver).
     * ``happy_eyeballs_delay`` -- seconds before the next address of a host is
       tried in parallel with a slow one (RFC 8305; 0.25).
+    * ``max_write_buffer`` -- bytes of frames queued for the writer before a
+      caller waits (within its budget) for room (4 MiB); one frame larger
+      than this is accepted when the queue is empty.
+    * ``socket_options`` -- ``(level, option, value)`` triples set on every
+      socket of the connection (for example ``TCP_USER_TIMEOUT``, keepalive).
 
     Example::
 
@@ -63,6 +68,8 @@ class ConnectionOptions:
     proxy: Any = None
     resolver: Any = None
     happy_eyeballs_delay: float = 0.25
+    max_write_buffer: int = 4 * 1024 * 1024
+    socket_options: tuple[tuple[int, int, Any], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "request_timeout", "heartbeat_interval", "heartbeat_timeout"):
@@ -73,5 +80,11 @@ class ConnectionOptions:
             raise ConfigurationError(f"max_frame_size must be at least 20, got {self.max_frame_size}")
         if not self.happy_eyeballs_delay > 0:
             raise ConfigurationError(f"happy_eyeballs_delay must be positive, got {self.happy_eyeballs_delay!r}")
+        if self.max_write_buffer < 1024:
+            raise ConfigurationError(f"max_write_buffer must be at least 1024 bytes, got {self.max_write_buffer}")
+        if not all(isinstance(o, tuple) and len(o) == 3 for o in self.socket_options):
+            raise ConfigurationError(
+                f"socket_options must be (level, option, value) triples, got {self.socket_options!r}"
+            )
         if self.recv_buffer_size < 1024:
             raise ConfigurationError(f"recv_buffer_size must be at least 1024, got {self.recv_buffer_size}")

@@ -64,6 +64,7 @@ from ..errors import (
     ConnectTimeout,
     NexusError,
     PoolExhausted,
+    restate,
 )
 from ..events import EventBus, default_bus
 from ..greenlets import spawn
@@ -136,28 +137,16 @@ class ConnectionPool:
         name: str = "",
     ) -> None:
         if not 0 <= min_size <= max_size or max_size < 1:
-            raise ConfigurationError(
-                f"need 0 <= min_size <= max_size and max_size >= 1, got {min_size}, {max_size}"
-            )
+            raise ConfigurationError(f"need 0 <= min_size <= max_size and max_size >= 1, got {min_size}, {max_size}")
         if max_in_flight < 1:
-            raise ConfigurationError(
-                f"max_in_flight must be at least 1, got {max_in_flight}"
-            )
+            raise ConfigurationError(f"max_in_flight must be at least 1, got {max_in_flight}")
         if health_check_interval <= 0:
-            raise ConfigurationError(
-                f"health_check_interval must be positive, got {health_check_interval}"
-            )
+            raise ConfigurationError(f"health_check_interval must be positive, got {health_check_interval}")
         if not demand_backoff_cap > 0:
-            raise ConfigurationError(
-                f"demand_backoff_cap must be positive, got {demand_backoff_cap!r}"
-            )
+            raise ConfigurationError(f"demand_backoff_cap must be positive, got {demand_backoff_cap!r}")
         if checkout_timeout is not None and checkout_timeout < 0:
-            raise ConfigurationError(
-                f"checkout_timeout must be >= 0 or None, got {checkout_timeout!r}"
-            )
-        self.endpoint = (
-            endpoint if isinstance(endpoint, Endpoint) else Endpoint.parse(endpoint)
-        )
+            raise ConfigurationError(f"checkout_timeout must be >= 0 or None, got {checkout_timeout!r}")
+        self.endpoint = endpoint if isinstance(endpoint, Endpoint) else Endpoint.parse(endpoint)
         self.name = name or str(self.endpoint)
         self.min_size = min_size
         self.max_size = max_size
@@ -172,16 +161,12 @@ class ConnectionPool:
         self.clock = clock
         self.on_push = on_push
         rc = self.options.reconnect
-        self._strategy: ReconnectStrategy = (
-            ExponentialBackoff() if rc in (None, True, False) else rc
-        )
+        self._strategy: ReconnectStrategy = ExponentialBackoff() if rc in (None, True, False) else rc
         # The pool's connections never reconnect by themselves: the dialer does.
         self._conn_options = dataclasses.replace(self.options, reconnect=False)
         self._conns: list[Connection] = []
         self._last_used: dict[str, float] = {}
-        self._changed = (
-            Event()
-        )  # replaced and set whenever something a waiter may want happened
+        self._changed = Event()  # replaced and set whenever something a waiter may want happened
         self._closed = False
         self._maintainer: Optional[gevent.Greenlet] = None
         # the dialer: one connect attempt at a time
@@ -277,9 +262,7 @@ class ConnectionPool:
             ...         conn.request(b"a", fid=1).body
             b'a'
         """
-        until, by_deadline = budget(
-            self.checkout_timeout if timeout is DEFAULT else timeout, clock=self.clock
-        )
+        until, by_deadline = budget(self.checkout_timeout if timeout is DEFAULT else timeout, clock=self.clock)
         conn = self.checkout(until, by_deadline)
         try:
             yield conn
@@ -332,9 +315,7 @@ class ConnectionPool:
     def _checkout_slow(self, until: Optional[float], by_deadline: bool) -> Connection:
         clock = self.clock
         started = clock.now()
-        checkout_end = (
-            None if self.checkout_timeout is None else started + self.checkout_timeout
-        )
+        checkout_end = None if self.checkout_timeout is None else started + self.checkout_timeout
         end: Optional[float]
         if until is not None and (checkout_end is None or until <= checkout_end):
             end, end_is_budget = until, True
@@ -359,11 +340,7 @@ class ConnectionPool:
                     if self._fail_seq != seen_failures and self.last_error is not None:
                         # The attempt we waited on failed: nothing was sent.
                         raise self._connect_error(f"connect to {self.endpoint} failed")
-                    if (
-                        self.options.fail_fast
-                        and self._failures
-                        and self._dialing is None
-                    ):
+                    if self.options.fail_fast and self._failures and self._dialing is None:
                         raise self._connect_error(
                             f"{self.endpoint} is down ({self._failures} failed connect attempts; fail_fast)"
                         )
@@ -374,23 +351,17 @@ class ConnectionPool:
                     self._kick()
                 now = clock.now()
                 if end is not None and now >= end:
-                    raise self._checkout_expired(
-                        live, now - started, end_is_budget, by_deadline
-                    )
+                    raise self._checkout_expired(live, now - started, end_is_budget, by_deadline)
                 wait_until(changed.wait, clock, end)
         finally:
             self._waiters -= 1
             if wanting:
                 self._demand -= 1
 
-    def _checkout_expired(
-        self, live: int, waited: float, end_is_budget: bool, by_deadline: bool
-    ) -> NexusError:
+    def _checkout_expired(self, live: int, waited: float, end_is_budget: bool, by_deadline: bool) -> NexusError:
         err: NexusError
         if live == 0:
-            phase = (
-                self._dialing.connect_phase if self._dialing is not None else "connect"
-            )
+            phase = self._dialing.connect_phase if self._dialing is not None else "connect"
             state = (
                 f"connect attempt in phase {phase!r}"
                 if self._dialing is not None
@@ -400,9 +371,7 @@ class ConnectionPool:
             if end_is_budget:
                 err = timeout_error(by_deadline, msg, phase=phase, error=ConnectTimeout)
             else:
-                err = ConnectTimeout(
-                    msg + f" [checkout_timeout={self.checkout_timeout}]", phase=phase
-                )
+                err = ConnectTimeout(msg + f" [checkout_timeout={self.checkout_timeout}]", phase=phase)
         elif end_is_budget:
             err = timeout_error(
                 by_deadline,
@@ -429,11 +398,8 @@ class ConnectionPool:
         """
         err = self.last_error
         if isinstance(err, ConnectError):
-            new = err.__class__.__new__(err.__class__)
-            NexusError.__init__(new, f"{message}: {err}")
-            new.__dict__.update(err.__dict__)
-        else:
-            new = ConnectError(f"{message}: {err}")
+            return restate(err, f"{message}: {err}")
+        new = ConnectError(f"{message}: {err}")
         new.__cause__ = err
         return new
 
@@ -494,9 +460,7 @@ class ConnectionPool:
         return at
 
     def _dial_loop(self) -> None:
-        _DEADLINE.set(
-            None
-        )  # a caller's deadline (copied into this greenlet) must not bound the shared attempt
+        _DEADLINE.set(None)  # a caller's deadline (copied into this greenlet) must not bound the shared attempt
         clock = self.clock
         try:
             while self._want_dial():
@@ -521,9 +485,7 @@ class ConnectionPool:
         self._dialing = conn
         self.connect_attempts += 1
         try:
-            conn.connect(
-                timeout=None
-            )  # bounded by connect_timeout alone: it serves every waiting caller
+            conn.connect(timeout=None)  # bounded by connect_timeout alone: it serves every waiting caller
         except NexusError as exc:
             self._on_failure(exc)
             return
@@ -570,24 +532,16 @@ class ConnectionPool:
                 n,
                 exc,
                 delay,
-                " (sooner while callers wait)"
-                if delay > self.demand_backoff_cap
-                else "",
+                " (sooner while callers wait)" if delay > self.demand_backoff_cap else "",
             )
-        self.bus.emit(
-            "pool.connect.failed", pool=self.name, attempt=n, delay=delay, error=exc
-        )
+        self.bus.emit("pool.connect.failed", pool=self.name, attempt=n, delay=delay, error=exc)
         self._notify()
 
     def _on_conn_transition(self, old: str, event: str, new: str) -> None:
         if new == CLOSED and not self._closed:
             for conn in self._conns:
                 err = conn.last_error
-                if (
-                    conn.lifecycle.state == CLOSED
-                    and isinstance(err, NexusError)
-                    and not self._proven(conn)
-                ):
+                if conn.lifecycle.state == CLOSED and isinstance(err, NexusError) and not self._proven(conn):
                     # Lost (not closed by its owner) before it ever answered:
                     # as good as a failed attempt, so the backoff grows.
                     self._on_failure(err)
@@ -636,9 +590,7 @@ class ConnectionPool:
             last = self._last_used.setdefault(conn.conn_id, now)
             too_old = conn.has_expired(now, self.max_lifetime)
             too_idle = (
-                self.max_idle_time is not None
-                and now - last >= self.max_idle_time
-                and len(self._conns) > self.min_size
+                self.max_idle_time is not None and now - last >= self.max_idle_time and len(self._conns) > self.min_size
             )
             if too_old or too_idle:
                 self._conns.remove(conn)

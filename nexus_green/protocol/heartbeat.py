@@ -183,6 +183,23 @@ class HeartbeatMonitor:
         else:
             self._last_sent = max(self._last_sent, now)
 
+    def on_progress(self, now: float) -> None:
+        """Record that bytes moved on the link in either direction: the peer is alive.
+
+        A large upload to a peer that reads slowly keeps the link busy for a
+        long time; a heartbeat queued behind it cannot be answered until it is
+        written, so the peer's reading (the kernel taking more of our bytes)
+        counts as liveness, and misses are counted from the last progress.
+
+        Example::
+
+            >>> hb = HeartbeatMonitor(interval=1.0, timeout=1.0)
+            >>> hb.on_sent(1.0); hb.on_progress(1.8); hb.poll(2.5).action.value
+            'none'
+        """
+        self._last_received = max(self._last_received, now)
+        self._awaiting_since = None
+
     def on_sent(self, now: float) -> None:
         """Record that a heartbeat frame was written at ``now``.
 

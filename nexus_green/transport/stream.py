@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import _socket
 import errno
+import fcntl
 import socket as _stdsocket
+import struct
 import sys
+import termios
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -39,6 +42,7 @@ from gevent.event import Event
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import (
+    ConfigurationError,
     ConnectError,
     ConnectionLost,
     ConnectionRefused,
@@ -66,6 +70,9 @@ __all__ = [
 # callables so this module does not depend on their option types).
 TunnelFn = Callable[[Any, Endpoint], None]
 SecureFn = Callable[[Any, Endpoint, Optional[float]], Any]
+_MAX_SEND = 1 << 20  # at most this much per send() call of send_reporting
+_TIOCOUTQ: Optional[int] = getattr(termios, "TIOCOUTQ", None)  # SIOCOUTQ on Linux: bytes not yet acknowledged
+
 #: One ``getaddrinfo`` result: ``(family, type, proto, canonname, sockaddr)``.
 AddrInfo = tuple[Any, ...]
 #: ``(host, port) -> getaddrinfo results``; see :func:`default_resolver`.
@@ -285,6 +292,65 @@ class Stream:
             raise map_os_error(exc, f"send to {self.label}") from exc
         self.bytes_sent += len(data)
 
+    def send_progress(self) -> Optional[tuple[int, int]]:
+        """``(acknowledged, queued)``: bytes written so far that the peer's TCP acknowledged, and bytes the kernel still holds.
+
+        From SIOCOUTQ (unsent plus unacknowledged); None where the OS cannot
+        tell. ``acknowledged`` grows while the peer reads, even when our own
+        sends are blocked on a full buffer: the heartbeat counts that as
+        liveness when ``queued`` showed a backlog (bytes into an empty buffer
+        are acknowledged by the peer's kernel whether its application lives or not).
+
+        Example::
+
+            >>> from gevent import socket
+            >>> listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen(1)
+            >>> s = Stream(socket.create_connection(listener.getsockname()), "tcp"); s.sendall(b"abc")
+            >>> sum(s.send_progress())  # acknowledged + queued: every byte written
+            3
+            >>> s.close(); listener.close()
+        """
+        sock = self._sock
+        if sock is None or _TIOCOUTQ is None or sock.family not in (_stdsocket.AF_INET, _stdsocket.AF_INET6):
+            return None  # SIOCOUTQ counts bytes only for TCP
+        try:
+            queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), _TIOCOUTQ, b"\0\0\0\0"))[0]
+        except OSError:
+            return None
+        return (self.bytes_sent - queued, queued)
+
+    def send_reporting(self, data: bytes | bytearray | memoryview, progress: Callable[[int], None]) -> None:
+        """Write all of ``data`` (cooperatively), calling ``progress(n)`` each time the kernel takes ``n`` bytes.
+
+        For large writes to a peer that reads slowly: every partial send is
+        progress the caller can count as liveness. Slices of the caller's
+        buffer are memoryviews: nothing is copied.
+
+        Example::
+
+            >>> import gevent.socket
+            >>> a, b = gevent.socket.socketpair()
+            >>> taken = []
+            >>> Stream(a, "pair").send_reporting(b"x" * 10, taken.append); sum(taken), len(b.recv(10))
+            (10, 10)
+            >>> a.close(); b.close()
+        """
+        sock = self._sock
+        if sock is None:
+            raise ConnectionLost(f"send on closed stream to {self.label}")
+        view = memoryview(data)
+        total, off = len(view), 0
+        while off < total:
+            try:
+                n: int = sock.send(view[off : off + _MAX_SEND])
+            except OSError as exc:
+                raise map_os_error(exc, f"send to {self.label}") from exc
+            if not n:  # pragma: no cover - a blocking send returns at least one byte or raises
+                raise ConnectionLost(f"send to {self.label}: the socket took nothing")
+            off += n
+            self.bytes_sent += n
+            progress(n)
+
     def close(self) -> None:
         """Close the socket (idempotent). Any greenlet blocked in recv wakes up."""
         sock, self._sock = self._sock, None
@@ -345,6 +411,7 @@ def open_stream(
     tunnel: Optional[TunnelFn] = None,
     secure: Optional[SecureFn] = None,
     info: Optional[ConnectInfo] = None,
+    socket_options: tuple[tuple[int, int, Any], ...] = (),
 ) -> Stream:
     """Open a stream to ``endpoint``, ending by ``timeout`` seconds from now or at ``until``, whichever is first.
 
@@ -363,6 +430,9 @@ def open_stream(
       progress.
     * ``resolver(host, port)`` returns ``getaddrinfo`` tuples
       (default :func:`default_resolver`).
+    * ``socket_options`` are ``(level, option, value)`` triples set on the
+      connected socket before any handshake; one the OS refuses is a
+      :class:`~nexus_green.errors.ConfigurationError`.
     * Several addresses are raced (RFC 8305 "Happy Eyeballs", section 5):
       ordered by :func:`interleave_families`, the first attempt starts at once
       and each next one when the previous has neither succeeded nor failed
@@ -429,6 +499,11 @@ def open_stream(
                 raise map_os_error(exc, where, connecting=True) from exc
 
         sock = _phase(bus, clock, info, "tcp", conn_id, connect_tcp)
+        for level, option, value in socket_options:  # the caller's (TCP_USER_TIMEOUT, keepalive, buffers)
+            try:
+                sock.setsockopt(level, option, value)
+            except OSError as exc:
+                raise ConfigurationError(f"socket option ({level}, {option}, {value!r}) refused: {exc}") from exc
         if tunnel is not None:
             _phase(bus, clock, info, "socks5", conn_id, lambda: tunnel(sock, endpoint))
         if secure is not None:

@@ -200,11 +200,6 @@ def test_the_next_request_is_rejected_again(kit: CertificateKit, version: str) -
             assert_rejected(e.value, expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="connection/ (not this change): a standalone Connection that gave up after a rejection answers later "
-    "calls with a retryable ConnectionLost chained from it (Connection._wait_ready, CLOSED branch)",
-)
 @VERSIONS
 def test_a_standalone_connection_keeps_saying_rejected(kit: CertificateKit, version: str) -> None:
     options = ConnectionOptions(tls=no_cert(kit), heartbeat_interval=None, reconnect=False)
