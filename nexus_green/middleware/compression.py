@@ -495,7 +495,15 @@ class ZstdDictionary:
         return out
 
     def decompress(self, data: bytes, max_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
-        """Undo :meth:`compress` in one go, refusing output above ``max_size`` bytes."""
+        """Undo :meth:`compress` in one go, refusing output above ``max_size`` bytes.
+
+        Example::
+
+            >>> samples = [b'{"n": %d, "kind": "tick", "ok": true}' % i for i in range(300)]
+            >>> d = ZstdDictionary.train(samples, size=1024, dict_id=9)
+            >>> d.decompress(d.compress(samples[7])) == samples[7]
+            True
+        """
         out = self.try_decompress(data, max_size, max_size)
         return self.decoder(data, max_size).run() if out is None else out
 
@@ -578,7 +586,13 @@ class DictionaryRegistry:
         return None
 
     def decompress(self, tp: int, body: bytes, max_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
-        """Like ``decompress_body``, but zstd frames naming a dictionary use the registered one."""
+        """Like ``decompress_body``, but zstd frames naming a dictionary use the registered one.
+
+        Example::
+
+            >>> DictionaryRegistry().decompress(0x20, get_codec("gzip").compress(b"no dictionary needed"))
+            b'no dictionary needed'
+        """
         dictionary = self._dictionary_for(tp, body)
         return decompress_body(tp, body, max_size) if dictionary is None else dictionary.decompress(body, max_size)
 

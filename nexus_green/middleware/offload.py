@@ -119,7 +119,15 @@ class DecodeSlots:
         self.timeouts = 0
 
     def acquire(self, clock: Clock, until: Optional[float]) -> bool:
-        """Take a slot, waiting until ``until`` on ``clock`` at most (None: no limit); False if none came."""
+        """Take a slot, waiting until ``until`` on ``clock`` at most (None: no limit); False if none came.
+
+        Example::
+
+            >>> from nexus_green.clock import FakeClock
+            >>> slots, clock = DecodeSlots(1), FakeClock()
+            >>> slots.acquire(clock, None), slots.acquire(clock, 2.5), clock.now()   # the FakeClock jumps
+            (True, False, 2.5)
+        """
         if not self._sem.acquire(blocking=False):
             self.waiting += 1
             try:
@@ -131,7 +139,14 @@ class DecodeSlots:
         return True
 
     def release(self) -> None:
-        """Give a slot back (when the thread that held it is done)."""
+        """Give a slot back (when the thread that held it is done).
+
+        Example::
+
+            >>> slots = DecodeSlots(1)
+            >>> slots.acquire(SYSTEM_CLOCK, None) and slots.release() is None, slots.running
+            (True, 0)
+        """
         self.running -= 1
         self._sem.release()
 

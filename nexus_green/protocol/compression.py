@@ -108,11 +108,25 @@ class Codec:
         """An incremental decoder of ``data`` (see :class:`BodyDecoder`), refusing output above ``max_size``.
 
         ``data`` is not copied: keep it unchanged until the decoder is done.
+
+        Example::
+
+            >>> lz = get_codec("lz4")
+            >>> d = lz.decoder(lz.compress(b"x" * 50_000))
+            >>> d.step(max_output=20_000), d.produced, len(d.run())
+            (False, 20000, 50000)
         """
         return self._decoder(data, max_size)
 
     def decompress(self, data: Buffer, max_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
-        """Decompress in one go (on the caller's thread), refusing output above ``max_size`` bytes."""
+        """Decompress in one go (on the caller's thread), refusing output above ``max_size`` bytes.
+
+        Example::
+
+            >>> br = get_codec("brotli")
+            >>> br.decompress(br.compress(b"abc" * 10)), len(br.decompress(br.compress(b"z" * 5000), 5000))
+            (b'abcabcabcabcabcabcabcabcabcabc', 5000)
+        """
         out = _quick(self._quick, data, max_size, max_size)
         return self._decoder(data, max_size).run() if out is None else out
 
