@@ -382,6 +382,17 @@ def test_options_are_validated() -> None:
         ConnectionOptions(max_frame_size=10)
     with pytest.raises(ConfigurationError, match="recv_buffer_size"):
         ConnectionOptions(recv_buffer_size=10)
+    with pytest.raises(ConfigurationError, match="happy_eyeballs_delay"):
+        ConnectionOptions(happy_eyeballs_delay=0)
+    with pytest.raises(ConfigurationError, match="max_write_buffer"):
+        ConnectionOptions(max_write_buffer=10)
+    with pytest.raises(ConfigurationError, match="socket_options"):
+        ConnectionOptions(socket_options=((6, 1),))  # type: ignore[arg-type]
+
+
+def test_a_socket_option_the_os_refuses_is_a_configuration_error(server: EmbeddedServer) -> None:
+    with pytest.raises(ConfigurationError, match="socket option"):
+        Connection(server.url, options=opts(socket_options=((6, 99999, 1),))).connect(timeout=5)
 
 
 def test_lifecycle_events_and_repr(server: EmbeddedServer) -> None:
