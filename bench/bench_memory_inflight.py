@@ -63,9 +63,7 @@ def sustained(port: int, seconds: float, timeout: float) -> dict[str, object]:
     body = b"x" * 64
     done = [0]
     stop = [False]
-    with Client(
-        f"tcp://127.0.0.1:{port}", timeout=timeout, heartbeat_interval=None
-    ) as client:
+    with Client(f"tcp://127.0.0.1:{port}", timeout=timeout, heartbeat_interval=None) as client:
 
         def worker() -> None:
             while not stop[0]:
@@ -170,9 +168,7 @@ def main() -> int:
         peer.kill()
         peer.wait()
     b = stalled_writes(args.stall_seconds)
-    print(
-        f"\nMemory bounded by work in flight ({CONCURRENCY} greenlets, timeout {args.timeout:g}s)\n"
-    )
+    print(f"\nMemory bounded by work in flight ({CONCURRENCY} greenlets, timeout {args.timeout:g}s)\n")
     print(f"{'scenario':<44}{'req/s':>9}{'RSS growth max':>16}{'at end':>9}")
     print(
         f"{'sustained load, ' + str(int(args.seconds)) + ' s':<44}{a['req_per_s']:>9,}"
@@ -192,9 +188,7 @@ def main() -> int:
     )
     print("target: RSS growth <= 20 MB over the sustained run")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "memory_inflight.json").write_text(
-        json.dumps({"sustained": a, "stalled_writes": b}, indent=2)
-    )
+    (RESULTS / "memory_inflight.json").write_text(json.dumps({"sustained": a, "stalled_writes": b}, indent=2))
     return 0
 
 

@@ -86,9 +86,7 @@ DEFAULT_RETRYABLE_CODES: frozenset[int] = frozenset({502, 503, 504})
 DEFAULT_RETRY_ON: tuple[type, ...] = (ConnectionError, TimeoutError)
 DEFAULT_NEVER_RETRY: tuple[type, ...] = (ProtocolError, PolicyRejection, UsageError)
 
-_SCOPE: contextvars.ContextVar[Optional[RetryScope]] = contextvars.ContextVar(
-    "nexus_green_retry_scope", default=None
-)
+_SCOPE: contextvars.ContextVar[Optional[RetryScope]] = contextvars.ContextVar("nexus_green_retry_scope", default=None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,9 +112,7 @@ class RetryConfig:
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
-            raise ConfigurationError(
-                f"max_attempts must be >= 1, got {self.max_attempts}"
-            )
+            raise ConfigurationError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if self.base_delay < 0 or self.max_delay < self.base_delay:
             raise ConfigurationError(
                 f"delays must satisfy 0 <= base_delay ({self.base_delay}) <= max_delay ({self.max_delay})"
@@ -124,9 +120,7 @@ class RetryConfig:
         if self.multiplier < 1:
             raise ConfigurationError(f"multiplier must be >= 1, got {self.multiplier}")
         if self.attempt_timeout is not None and not self.attempt_timeout > 0:
-            raise ConfigurationError(
-                f"attempt_timeout must be > 0 s, got {self.attempt_timeout}"
-            )
+            raise ConfigurationError(f"attempt_timeout must be > 0 s, got {self.attempt_timeout}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -187,9 +181,7 @@ def was_not_sent(exc: BaseException) -> bool:
 
 
 #: Phases of a timeout in which the request never reached the socket.
-NOT_SENT_PHASES = frozenset(
-    {"dns", "tcp", "socks5", "tls", "connect", "checkout", "write"}
-)
+NOT_SENT_PHASES = frozenset({"dns", "tcp", "socks5", "tls", "connect", "checkout", "write"})
 
 
 class RetryPolicy:
@@ -246,9 +238,7 @@ class RetryPolicy:
         delay = self.backoff(attempt)
         if remaining is not None and remaining <= delay:
             return RetryDecision(retry=False, reason="deadline")
-        return RetryDecision(
-            retry=True, delay=delay, reason="idempotent" if idempotent else "not_sent"
-        )
+        return RetryDecision(retry=True, delay=delay, reason="idempotent" if idempotent else "not_sent")
 
 
 class RetryScope:
@@ -346,25 +336,17 @@ class Retry:
         bus: EventBus = default_bus,
         **options: Any,
     ) -> None:
-        self.config: RetryConfig = options_into(
-            config or RetryConfig(), options, "retry"
-        )
+        self.config: RetryConfig = options_into(config or RetryConfig(), options, "retry")
         self.policy = RetryPolicy(self.config, rng=rng)
-        self.budget: Optional[RetryBudget] = (
-            (budget or RetryBudget(clock=clock)) if use_budget else None
-        )
+        self.budget: Optional[RetryBudget] = (budget or RetryBudget(clock=clock)) if use_budget else None
         self._clock = clock
         self._bus = bus
 
-    def run(
-        self, fn: Callable[..., T], *args: Any, idempotent: Optional[bool] = None
-    ) -> T:
+    def run(self, fn: Callable[..., T], *args: Any, idempotent: Optional[bool] = None) -> T:
         """Call ``fn(*args)`` until it succeeds or the policy, allowance or budget says stop."""
         return self.run_args(fn, idempotent, *args)
 
-    def run_args(
-        self, fn: Callable[..., T], idempotent: Optional[bool], *args: Any
-    ) -> T:
+    def run_args(self, fn: Callable[..., T], idempotent: Optional[bool], *args: Any) -> T:
         """:meth:`run` with ``idempotent`` positional (no keyword dict per call on hot paths).
 
         Example::
@@ -431,9 +413,7 @@ class Retry:
             try:
                 if attempt_timeout is None:
                     return fn(*args)
-                return run_with_timeout(
-                    fn, attempt_timeout, clock=self._clock, what="attempt", args=args
-                )
+                return run_with_timeout(fn, attempt_timeout, clock=self._clock, what="attempt", args=args)
             except Exception as exc:
                 self._after_failure(attempt, exc, idempotent, scope)
                 attempt += 1
@@ -457,13 +437,9 @@ class Retry:
         refused = scope.take() if decision.retry else decision.reason
         if refused:
             if decision.retry:
-                self._bus.emit(
-                    "retry.gave_up", attempts=attempt, reason=refused, error=exc
-                )
+                self._bus.emit("retry.gave_up", attempts=attempt, reason=refused, error=exc)
             if refused == "budget":
-                raise RetryBudgetExhausted(
-                    f"retry budget exhausted after {attempt} attempt(s): {exc!r}"
-                ) from exc
+                raise RetryBudgetExhausted(f"retry budget exhausted after {attempt} attempt(s): {exc!r}") from exc
             raise exc
         self._bus.emit(
             "retry.attempt",
