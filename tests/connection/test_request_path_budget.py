@@ -354,3 +354,22 @@ def test_every_timeout_names_its_phase() -> None:
 def test_module_passes_under_patch_all() -> None:
     run = run_module_patched(__file__)
     assert run.returncode == 0, run.report()
+
+
+def test_heartbeats_run_on_the_fake_clock() -> None:
+    """A server that stops answering heartbeats is declared dead at interval + timeout of fake time."""
+    from nexus_green.errors import HeartbeatTimeout
+
+    clock = FakeClock()
+    with EmbeddedServer(heartbeat_echo=False) as server:
+        options = ConnectionOptions(heartbeat_interval=15, heartbeat_timeout=10, reconnect=False)
+        conn = Connection(server.url, clock=clock, options=options)
+        conn.connect(timeout=5)
+        closed_at: list[float] = []
+        conn.lifecycle.add_listener(lambda old, ev, new: closed_at.append(clock.now()) if new == "closed" else None)
+        t0, r0 = clock.now(), time.monotonic()
+        clock.sleep(60)  # every greenlet waits: the fake clock jumps from timer to timer
+        assert conn.state == "closed" and isinstance(conn.last_error, HeartbeatTimeout), conn.last_error
+        assert closed_at[0] - t0 == pytest.approx(25.0, abs=0.01)  # 15 s idle, then 10 s without an answer
+        assert time.monotonic() - r0 < 5
+        assert conn.heartbeat.heartbeats_sent == 1
