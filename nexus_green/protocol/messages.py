@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, Optional
 
 __all__ = ["Request", "Response", "make_response"]
@@ -61,6 +62,20 @@ class Response:
     (0.0 when not measured, for example for cached responses; ``cached`` says
     which level served it, if any). ``tp`` is the raw Tp byte of the frame
     (the Client decodes any compressed body before middlewares see it).
+
+    A Response pickles and copies (the disk cache stores it, a
+    :class:`~nexus_green.errors.RemoteError` carries it) whatever its
+    ``headers`` mapping: headers read from the wire are a read-only
+    ``mappingproxy``, which pickle refuses, so they travel as a plain dict
+    and come back read-only.
+
+    Example::
+
+        >>> import pickle
+        >>> r = Response(body=b"x", headers=MappingProxyType({"etag": "1"}))
+        >>> back = pickle.loads(pickle.dumps(r))
+        >>> back == r, type(back.headers).__name__
+        (True, 'mappingproxy')
     """
 
     body: bytes = b""
@@ -86,16 +101,51 @@ class Response:
         """A copy with some fields changed (dataclasses.replace)."""
         return replace(self, **changes)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Not on the request path: only pickle and copy call it. The headers go as a
+        # plain dict (a mappingproxy does not pickle) with a flag to restore read-only.
+        headers = self.headers
+        return _rebuild_response, (
+            type(self),
+            self.body,
+            self.code,
+            self.fid,
+            self.qid,
+            dict(headers),
+            isinstance(headers, MappingProxyType),
+            self.latency,
+            self.conn_id,
+            self.cached,
+            self.tp,
+        )
+
 
 _new = object.__new__
 _RESPONSE_SETTERS = tuple(
     Response.__dict__[n].__set__
-    for n in ("body", "code", "fid", "qid", "headers", "latency", "conn_id", "cached", "tp")
+    for n in (
+        "body",
+        "code",
+        "fid",
+        "qid",
+        "headers",
+        "latency",
+        "conn_id",
+        "cached",
+        "tp",
+    )
 )
 
 
 def make_response(
-    body: bytes, code: int, fid: int, qid: int, headers: Mapping[str, str], latency: float, conn_id: str, tp: int
+    body: bytes,
+    code: int,
+    fid: int,
+    qid: int,
+    headers: Mapping[str, str],
+    latency: float,
+    conn_id: str,
+    tp: int,
 ) -> Response:
     """Build a :class:`Response` without the frozen-dataclass ``__init__`` (the per-request hot path).
 
@@ -115,4 +165,35 @@ def make_response(
     si(r, conn_id)
     sca(r, "")
     st(r, tp)
+    return r
+
+
+def _rebuild_response(
+    cls: type[Response],
+    body: bytes,
+    code: int,
+    fid: int,
+    qid: int,
+    headers: dict[str, str],
+    read_only: bool,
+    latency: float,
+    conn_id: str,
+    cached: str,
+    tp: int,
+) -> Response:
+    """Unpickle a :class:`Response` (see ``Response.__reduce__``)."""
+    r = _new(cls)
+    values = (
+        body,
+        code,
+        fid,
+        qid,
+        MappingProxyType(headers) if read_only else headers,
+        latency,
+        conn_id,
+        cached,
+        tp,
+    )
+    for setter, value in zip(_RESPONSE_SETTERS, values):
+        setter(r, value)
     return r
