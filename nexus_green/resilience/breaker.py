@@ -18,8 +18,10 @@ as pybreaker users expect. What changes:
 * Half-open admits ``half_open_calls`` trial calls (5) and rejects the rest; 3
   successes close it, 2 failures reopen it. Results of calls admitted under an
   earlier state (an older *generation*) are discarded.
-* The open duration grows with repeated openings (``reset_backoff``), capped
-  at ``max_reset_timeout`` and jittered down by up to ``reset_jitter``.
+* The open duration starts at ``reset_timeout`` (1 s), grows with repeated
+  openings (``reset_backoff``, x2), is capped at ``max_reset_timeout`` (3 s
+  by default) and jittered down by up to ``reset_jitter``: a backend that
+  comes back gets trial calls within 3 s, however long it was down.
 * The error raised on rejection, :class:`CircuitBreakerOpen`, is both a
   :class:`nexus_green.errors.CircuitOpen` and a
   :class:`pybreaker.CircuitBreakerError`.
@@ -49,7 +51,7 @@ Example::
     'open'
     >>> try: cb.call(lambda: 1)
     ... except CircuitBreakerError as e: print(type(e).__name__, e.retry_after)
-    CircuitBreakerOpen 30.0
+    CircuitBreakerOpen 1.0
 """
 
 from __future__ import annotations
@@ -119,6 +121,9 @@ TRANSITIONS: Mapping[tuple[str, str], str] = {
 
 ExceptionMatcher = Union[type, Callable[[BaseException], bool]]
 
+#: The open duration's cap when ``max_reset_timeout`` is None (and ``reset_timeout`` is shorter).
+DEFAULT_RESET_CAP = 3.0
+
 
 class CircuitBreakerOpen(CircuitOpen, CircuitBreakerError):
     """The breaker refused the call: open, or half-open with every trial slot taken.
@@ -169,9 +174,9 @@ class BreakerConfig:
     half_open_calls: int = 5
     half_open_successes: int = 3
     half_open_failures: int = 2
-    reset_timeout: float = 30.0
+    reset_timeout: float = 1.0
     reset_backoff: float = 2.0
-    max_reset_timeout: float = 300.0
+    max_reset_timeout: Optional[float] = None
     reset_jitter: float = 0.1
     failure_exceptions: tuple[ExceptionMatcher, ...] = (Exception,)
     ignore_exceptions: tuple[ExceptionMatcher, ...] = ()
@@ -198,7 +203,7 @@ class BreakerConfig:
                 f"half_open_successes ({self.half_open_successes}) and half_open_failures "
                 f"({self.half_open_failures}) must each be between 1 and half_open_calls ({self.half_open_calls})"
             )
-        if not 0 < self.reset_timeout <= self.max_reset_timeout:
+        if not 0 < self.reset_timeout <= self.reset_cap:
             raise ConfigurationError(
                 f"reset_timeout ({self.reset_timeout}) must be > 0 and <= max_reset_timeout ({self.max_reset_timeout})"
             )
@@ -208,6 +213,27 @@ class BreakerConfig:
             raise ConfigurationError(f"reset_jitter must be in [0, 1), got {self.reset_jitter}")
         if self.slow_call_duration is not None and not self.slow_call_duration > 0:
             raise ConfigurationError(f"slow_call_duration must be > 0, got {self.slow_call_duration}")
+
+    @property
+    def reset_cap(self) -> float:
+        """The longest open duration: ``max_reset_timeout``, or when None, 3 s or ``reset_timeout`` if longer.
+
+        The defaults (1 s, doubling, capped at 3 s) let trial calls reach a
+        restarted backend within 3 s of its return however long it was down,
+        leaving room for the pool's reconnect (about 1 s once a caller asks)
+        inside 5 s. A ``reset_timeout`` longer than 3 s given alone (a
+        pybreaker habit) is used as is, without growth.
+
+        Example::
+
+            >>> BreakerConfig().reset_cap, BreakerConfig(reset_timeout=30).reset_cap
+            (3.0, 30.0)
+            >>> BreakerConfig(max_reset_timeout=60).reset_cap
+            60.0
+        """
+        if self.max_reset_timeout is not None:
+            return float(self.max_reset_timeout)
+        return float(max(DEFAULT_RESET_CAP, self.reset_timeout))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -369,7 +395,7 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
     def _open_duration(self) -> float:
         cfg = self.config
         grown = cfg.reset_timeout * cfg.reset_backoff ** min(self._openings - 1, 64)
-        capped = min(cfg.max_reset_timeout, grown)
+        capped = min(cfg.reset_cap, grown)
         return capped * (1.0 - cfg.reset_jitter * self._rng.random())
 
     def _trip_reason(self) -> Optional[str]:
