@@ -31,6 +31,7 @@ from .errors import ClientClosed, CompressionError, ConfigurationError, RemoteEr
 from .events import EventBus, default_bus
 from .middleware.compression import DictionaryRegistry
 from .middleware.offload import decode_off_hub
+from .pipeline import Pipeline, bus_of
 from .protocol.compression import body_decoder, try_decompress
 from .protocol.frames import TP_CODEC_MASK, TP_GZIP, Frame
 from .protocol.messages import Request, Response
@@ -175,9 +176,17 @@ class Client:
         if middlewares:
             wrap = getattr(middlewares, "wrap", None)
             if wrap is None:
-                from .middleware.pipeline import Pipeline
-
-                wrap = Pipeline(list(middlewares)).wrap
+                middlewares = Pipeline(list(middlewares))
+                wrap = middlewares.wrap
+            # One client, one event stream: a middleware emits on the bus it was built with, so one
+            # built on another bus would split this client's events silently (docs/middleware.md).
+            for mw in getattr(middlewares, "middlewares", ()):
+                mw_bus = bus_of(mw)
+                if mw_bus is not None and mw_bus is not bus:
+                    raise ConfigurationError(
+                        f"middleware {mw.name!r} emits on another EventBus than the client's: "
+                        "build it with the client's bus= (or give neither a bus)"
+                    )
             self._call = wrap(self._terminal)
 
     # ------------------------------------------------------------------ requests
@@ -203,12 +212,21 @@ class Client:
         ``idempotent`` tells retry middleware the request may be sent again.
         """
         call = self._call
-        if call is None:
-            return self._roundtrip(body, fid, headers, timeout, 0)
-        # Through a pipeline, Request.timeout None still means "the client's default".
-        return call(
-            _make_request(body, fid, headers or {}, None if timeout is DEFAULT else timeout, idempotent, self._url)
-        )
+        try:
+            if call is None:
+                return self._roundtrip(body, fid, headers, timeout, 0)
+            # Through a pipeline, Request.timeout None still means "the client's default".
+            return call(
+                _make_request(body, fid, headers or {}, None if timeout is DEFAULT else timeout, idempotent, self._url)
+            )
+        except BaseException as exc:
+            # Every failed call, wherever it failed (pool, connect, policy, wire): a connection
+            # reports only the requests that reached it. The failure path only.
+            if self.bus.wants("client.request.failed"):
+                self.bus.emit(
+                    "client.request.failed", endpoint=self._url, fid=fid, phase=getattr(exc, "phase", ""), error=exc
+                )
+            raise
 
     def _terminal(self, request: Request) -> Response:
         timeout = request.timeout

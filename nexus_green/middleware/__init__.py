@@ -16,6 +16,23 @@ Example::
     ('', 'l1')
 """
 
+from ..pipeline import (
+    DEFAULT_ORDER,
+    ORDER_AUTH,
+    ORDER_BACKPRESSURE,
+    ORDER_CACHE,
+    ORDER_COMPRESSION,
+    ORDER_CUSTOM,
+    ORDER_RATE_LIMIT,
+    ORDER_RESILIENCE,
+    Composite,
+    Conditional,
+    Handler,
+    Middleware,
+    Pipeline,
+    compose,
+    when,
+)
 from .backpressure import BackpressureGate, BackpressureMiddleware, BackpressureStats, Watermarks
 from .cache import (
     CacheEntry,
@@ -48,22 +65,6 @@ from .offload import (
     decode_slots,
     run_off_hub,
     set_decode_slots,
-)
-from .pipeline import (
-    DEFAULT_ORDER,
-    ORDER_BACKPRESSURE,
-    ORDER_CACHE,
-    ORDER_COMPRESSION,
-    ORDER_CUSTOM,
-    ORDER_RATE_LIMIT,
-    ORDER_RESILIENCE,
-    Composite,
-    Conditional,
-    Handler,
-    Middleware,
-    Pipeline,
-    compose,
-    when,
 )
 from .ratelimit import (
     LeakyBucket,
@@ -101,6 +102,7 @@ __all__ = [
     "LeakyBucket",
     "MemoryCache",
     "Middleware",
+    "ORDER_AUTH",
     "ORDER_BACKPRESSURE",
     "ORDER_CACHE",
     "ORDER_COMPRESSION",

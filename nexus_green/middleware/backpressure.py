@@ -47,8 +47,8 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..deadline import effective_timeout
 from ..errors import ConfigurationError, Overloaded, UsageError
 from ..events import EventBus, default_bus
+from ..pipeline import ORDER_BACKPRESSURE, Handler
 from ..protocol.messages import Request, Response
-from .pipeline import ORDER_BACKPRESSURE, Handler
 
 __all__ = ["Watermarks", "BackpressureStats", "BackpressureGate", "BackpressureMiddleware", "connection_key"]
 
@@ -286,6 +286,8 @@ class BackpressureMiddleware:
         if isinstance(client, Watermarks):
             client = BackpressureGate(client, name="client", on_overload=on_overload, max_wait=max_wait, bus=bus)
         self.client: Optional[BackpressureGate] = client
+        # The bus its gates emit on (pipeline.bus_of): a Client refuses one that is not its own.
+        self.bus: EventBus = client.bus if client is not None else bus if bus is not None else default_bus
         self.per_connection = per_connection
         if per_connection is not None:
             BackpressureGate(per_connection, on_overload=on_overload, max_wait=max_wait)  # validate options now

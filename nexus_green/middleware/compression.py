@@ -50,6 +50,7 @@ import zstandard
 
 from ..errors import CompressionError, ConfigurationError
 from ..events import EventBus, default_bus
+from ..pipeline import ORDER_COMPRESSION, Handler
 from ..protocol.compression import (
     CODECS,
     BodyDecoder,
@@ -63,7 +64,6 @@ from ..protocol.compression import (
 from ..protocol.frames import DEFAULT_MAX_FRAME_SIZE, TP_CODEC_MASK, TP_GZIP
 from ..protocol.messages import Request, Response
 from .offload import DEFAULT_OFFLOAD_THRESHOLD, run_off_hub
-from .pipeline import ORDER_COMPRESSION, Handler
 
 __all__ = [
     "LEVELS",
@@ -727,6 +727,11 @@ class CompressionMiddleware:
         self._bytes_in = 0
         self._bytes_out = 0
         self._per: dict[str, tuple[int, int, int, float]] = {}
+
+    @property
+    def bus(self) -> Optional[EventBus]:
+        """The bus its analyzer emits on, None without one (see :func:`nexus_green.pipeline.bus_of`)."""
+        return self.analyzer.bus if self.analyzer is not None else None
 
     def choose(self, request: Request) -> CompressionChoice:
         """The choice for this request (settings, then per-request context overrides)."""

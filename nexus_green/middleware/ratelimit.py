@@ -56,8 +56,8 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..deadline import effective_timeout
 from ..errors import ConfigurationError, RateLimited
 from ..events import EventBus, default_bus
+from ..pipeline import ORDER_RATE_LIMIT, Handler
 from ..protocol.messages import Request, Response
-from .pipeline import ORDER_RATE_LIMIT, Handler
 
 __all__ = [
     "RateDecision",
@@ -569,6 +569,11 @@ class RateLimitMiddleware:
         cost_fn = self._cost_fn
         self.limiter.acquire(self._key(request), self._fixed_cost if cost_fn is None else cost_fn(request))
         return call_next(request)
+
+    @property
+    def bus(self) -> EventBus:
+        """The bus its limiter emits on (see :func:`nexus_green.pipeline.bus_of`)."""
+        return self.limiter.bus
 
     def __repr__(self) -> str:
         return f"<RateLimitMiddleware {self.limiter!r}>"

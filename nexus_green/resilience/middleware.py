@@ -35,6 +35,18 @@ from typing import Any, Optional
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigurationError
 from ..events import EventBus, default_bus
+from ..pipeline import (
+    ORDER_BULKHEAD,
+    ORDER_CIRCUIT_BREAKER,
+    ORDER_FAILOVER,
+    ORDER_FALLBACK,
+    ORDER_HEDGE,
+    ORDER_IDEMPOTENCY,
+    ORDER_RESILIENCE,
+    ORDER_RETRY,
+    ORDER_TIMEOUT,
+    Handler,
+)
 from ..protocol.messages import Request, Response
 from .breaker import CircuitBreaker
 from .bulkheads import Bulkhead
@@ -60,7 +72,7 @@ __all__ = [
     "request_key",
 ]
 
-CallNext = Callable[[Request], Response]
+CallNext = Handler
 
 
 def request_key(request: Request) -> Hashable:
@@ -111,6 +123,8 @@ class ResilienceMiddleware(_Keyed):
     A backup given as an endpoint name re-sends the request to that endpoint.
     """
 
+    order = ORDER_RESILIENCE
+
     def __init__(
         self,
         config: Optional[ResilienceConfiguration] = None,
@@ -126,6 +140,8 @@ class ResilienceMiddleware(_Keyed):
         self.resilient = (
             resilient if resilient is not None else Resilient(config, clock=clock, rng=rng, bus=bus, **overrides)
         )
+        # The bus its policies emit on (None: a given Resilient's, not known here); see pipeline.bus_of.
+        self.bus: Optional[EventBus] = bus if resilient is None else None
 
     def __call__(self, request: Request, call_next: CallNext) -> Response:
         r = self.resilient
@@ -153,6 +169,8 @@ class ResilienceMiddleware(_Keyed):
 class CircuitBreakerMiddleware:
     """A circuit breaker around ``call_next``."""
 
+    order = ORDER_CIRCUIT_BREAKER
+
     def __init__(self, breaker: CircuitBreaker, *, name: str = "circuit_breaker") -> None:
         self.name = name
         self.breaker = breaker
@@ -163,6 +181,8 @@ class CircuitBreakerMiddleware:
 
 class RetryMiddleware(_Keyed):
     """Retries idempotent requests; every attempt carries the same idempotency key."""
+
+    order = ORDER_RETRY
 
     def __init__(self, retry: Retry, *, name: str = "retry") -> None:
         self.name = name
@@ -177,6 +197,8 @@ class RetryMiddleware(_Keyed):
 class TimeoutMiddleware:
     """Enforces ``request.timeout`` (or the policy's limit) and the overall deadline."""
 
+    order = ORDER_TIMEOUT
+
     def __init__(self, policy: TimeoutPolicy, *, name: str = "timeout") -> None:
         self.name = name
         self.policy = policy
@@ -187,6 +209,8 @@ class TimeoutMiddleware:
 
 class BulkheadMiddleware:
     """Runs the request inside a bulkhead."""
+
+    order = ORDER_BULKHEAD
 
     def __init__(self, bulkhead: Bulkhead, *, name: str = "bulkhead") -> None:
         self.name = name
@@ -201,6 +225,8 @@ class FallbackMiddleware:
 
     The cache key is ``config.key(request)`` (default :func:`request_key`).
     """
+
+    order = ORDER_FALLBACK
 
     def __init__(self, fallback: Fallback, *, name: str = "fallback") -> None:
         self.name = name
@@ -219,6 +245,8 @@ class FallbackMiddleware:
 class FailoverMiddleware(_Keyed):
     """Sends the request to each healthy endpoint in turn (``request.endpoint`` is replaced)."""
 
+    order = ORDER_FAILOVER
+
     def __init__(self, failover: Failover, *, name: str = "failover") -> None:
         self.name = name
         self.failover = failover
@@ -235,6 +263,8 @@ class FailoverMiddleware(_Keyed):
 class HedgeMiddleware(_Keyed):
     """Hedges idempotent requests; the hedge carries the same idempotency key."""
 
+    order = ORDER_HEDGE
+
     def __init__(self, hedge: Hedge, *, name: str = "hedge") -> None:
         self.name = name
         self.hedge = hedge
@@ -247,6 +277,8 @@ class HedgeMiddleware(_Keyed):
 
 class IdempotencyMiddleware(_Keyed):
     """Gives every request an idempotency key (kept through all attempts below it)."""
+
+    order = ORDER_IDEMPOTENCY
 
     def __init__(self, *, name: str = "idempotency") -> None:
         self.name = name
