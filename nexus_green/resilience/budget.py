@@ -23,10 +23,12 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from typing import Any, Optional
 
 from ..clock import SYSTEM_CLOCK, Clock
+from ..decorating import check_options
 from ..errors import ConfigurationError
 from .window import BucketedCounts
 
@@ -35,8 +37,12 @@ __all__ = ["BudgetConfig", "BudgetFigures", "RetryBudget", "options_into"]
 _REQUESTS, _RETRIES = 0, 1
 
 
-def options_into(config: Any, options: dict[str, Any], what: str) -> Any:
-    """``dataclasses.replace(config, **options)`` with a clear error for unknown options.
+def options_into(config: Any, options: dict[str, Any], what: str, extra: Iterable[str] = ()) -> Any:
+    """``dataclasses.replace(config, **options)``; unknown options are an :class:`~nexus_green.decorating.UnknownOption`.
+
+    The error lists the valid names (the config's fields and ``extra``, the
+    keywords the caller takes besides them) and points names from other
+    libraries to ours.
 
     Example::
 
@@ -45,14 +51,11 @@ def options_into(config: Any, options: dict[str, Any], what: str) -> Any:
         >>> options_into(BudgetConfig(), {"percent": 1}, "retry budget")
         Traceback (most recent call last):
         ...
-        nexus_green.errors.ConfigurationError: unknown retry budget option(s): percent
+        nexus_green.decorating.UnknownOption: unknown retry budget option(s): percent; valid options: bucket_width, min_per_second, ratio, window
     """
     if not options:
         return config
-    known = {f.name for f in fields(config)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigurationError(f"unknown {what} option(s): {', '.join(unknown)}")
+    check_options(what, options, (*(f.name for f in fields(config)), *extra))
     return replace(config, **options)
 
 

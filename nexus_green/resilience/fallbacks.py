@@ -1,24 +1,35 @@
 """Fallback (layer L4): degrade step by step instead of failing.
 
-Levels, in order: a cached value (from any object with ``get(key)``, or a
-callable ``cache(key)``; None or KeyError is a miss), a default value, a
-backup callable (or, in the middleware, a backup endpoint), and finally fail
-fast (the original error is raised). The error's class picks the first level
-tried, and a level that is not configured or misses passes to the next one:
+Levels: a cached value (from any object with ``get(key)``, or a callable
+``cache(key)``; None or KeyError is a miss), a default value, a backup
+callable (or, in the middleware, a backup endpoint), and finally fail fast
+(the original error is raised).
+
+**What a fallback covers.** Every failure and every rejection: by default
+every ``Exception`` except :class:`~nexus_green.errors.UsageError` (and so
+ConfigurationError, ClientClosed: mistakes to fix, not outages to ride out).
+That includes CircuitOpen, BulkheadFull, RateLimited, PoolExhausted,
+Overloaded, RemoteError and any foreign exception. ``on=`` narrows it: an
+exception class, a tuple of them, or a predicate on the exception. A
+``gevent.Timeout``, ``GreenletExit`` or ``KeyboardInterrupt`` (not
+``Exception``) is never covered.
+
+**Which level first.** The error's class picks the first level tried; the
+levels after it are tried in order, then the ones before it, so whatever is
+configured serves; a level that is not configured or misses passes on:
 
 =================================================  ==========================
-error                                              first level
+error                                              levels, in order
 =================================================  ==========================
-service unavailable: CircuitOpen, BulkheadFull,    backup
+service unavailable: CircuitOpen, BulkheadFull,    backup, cache, default
 Overloaded, anything with ``code == 503``
-a timeout: NexusTimeout, TimeoutError              default
-a network error: NetworkError, other OSError       cache
-anything else                                      fail fast (raise)
+a timeout: NexusTimeout, TimeoutError              default, backup, cache
+anything else covered                              cache, default, backup
 =================================================  ==========================
 
 :meth:`Fallback.plan` is the pure routing decision; :meth:`Fallback.run`
 carries it out. Pass your own ``routes`` (pairs of an exception class or a
-predicate, and a level name) to change the table.
+predicate, and a level name; ``"fail"`` raises) to change the table.
 
 Events: ``fallback.used`` [fallback, level, error].
 
@@ -37,9 +48,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, TypeVar, Union
+from typing import Any, Optional, TypeVar, Union, overload
 
-from ..errors import BulkheadFull, CircuitOpen, ConfigurationError, NetworkError, NexusTimeout, Overloaded
+from ..decorating import bare_refused, is_bare
+from ..errors import BulkheadFull, CircuitOpen, ConfigurationError, NexusTimeout, Overloaded, UsageError
 from ..events import EventBus, default_bus
 from .budget import options_into
 
@@ -51,10 +63,12 @@ __all__ = [
     "LEVELS",
     "MISSING",
     "DEFAULT_ROUTES",
+    "Covered",
     "FallbackConfig",
     "Fallback",
     "fallback",
     "is_service_unavailable",
+    "covers",
 ]
 
 T = TypeVar("T")
@@ -92,9 +106,46 @@ DEFAULT_ROUTES: tuple[Route, ...] = (
     (is_service_unavailable, BACKUP),
     (NexusTimeout, DEFAULT),
     (TimeoutError, DEFAULT),
-    (NetworkError, CACHE),
-    (OSError, CACHE),
 )
+
+#: What ``on=`` accepts: an exception class, a tuple of them, or a predicate (None: the default coverage).
+Covered = Union[type, tuple[type, ...], Callable[[BaseException], bool], None]
+
+
+def covers(on: Covered, exc: BaseException) -> bool:
+    """Whether a fallback with ``on=on`` covers ``exc``.
+
+    None (the default) covers every ``Exception`` except usage and
+    configuration errors.
+
+    Example::
+
+        >>> from nexus_green.errors import CircuitOpen, ConfigurationError, RateLimited
+        >>> covers(None, CircuitOpen()), covers(None, RateLimited()), covers(None, ValueError())
+        (True, True, True)
+        >>> covers(None, ConfigurationError()), covers(None, KeyboardInterrupt())
+        (False, False)
+        >>> covers((TimeoutError,), CircuitOpen()), covers(lambda e: "503" in str(e), OSError("HTTP 503"))
+        (False, True)
+    """
+    if not isinstance(exc, Exception):
+        return False
+    if on is None:
+        return not isinstance(exc, UsageError)
+    if isinstance(on, (type, tuple)):
+        return isinstance(exc, on)
+    return bool(on(exc))
+
+
+def _check_on(on: Covered) -> None:
+    if on is None or callable(on) and not isinstance(on, type):
+        return
+    classes = on if isinstance(on, tuple) else (on,)
+    for cls in classes:
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            raise ConfigurationError(
+                f"fallback on= takes an exception class, a tuple of them or a predicate, got {on!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,6 +157,7 @@ class FallbackConfig:
     ``remember=True`` stores successful results in the cache (``cache[key] = value``).
     ``backup`` is a callable taking the call's arguments (or, in the
     middleware, the Request), or an endpoint name for the middleware.
+    ``on`` narrows which errors the fallback covers (see :func:`covers`).
 
     Example::
 
@@ -119,8 +171,10 @@ class FallbackConfig:
     backup: Union[Callable[..., Any], str, None] = None
     routes: Sequence[Route] = DEFAULT_ROUTES
     remember: bool = False
+    on: Covered = None
 
     def __post_init__(self) -> None:
+        _check_on(self.on)
         for _, level in self.routes:
             if level not in LEVELS:
                 raise ConfigurationError(f"unknown fallback level {level!r}; expected one of {LEVELS}")
@@ -129,27 +183,40 @@ class FallbackConfig:
 
 
 class Fallback:
-    """Routes a failure to the first fallback level for its error class, then down the levels.
+    """Routes a covered failure to the first fallback level for its error class, then to the others.
 
     Example::
 
+        >>> from nexus_green.errors import ConfigurationError
         >>> fb = Fallback(default="d")
-        >>> fb.plan(TimeoutError()), fb.plan(ValueError())
-        (('default', 'backup'), ())
+        >>> fb.plan(TimeoutError()), fb.plan(ValueError()), fb.plan(ConfigurationError())
+        (('default', 'backup', 'cache'), ('cache', 'default', 'backup'), ())
     """
 
     def __init__(self, config: Optional[FallbackConfig] = None, *, bus: EventBus = default_bus, **options: Any) -> None:
-        self.config: FallbackConfig = options_into(config or FallbackConfig(), options, "fallback")
+        self.config: FallbackConfig = options_into(config or FallbackConfig(), options, "fallback", ("bus",))
         self._bus = bus
         self.name = "fallback"
 
     def plan(self, exc: BaseException) -> tuple[str, ...]:
-        """The levels to try, in order, for a call that failed with ``exc`` (empty: raise)."""
+        """The levels to try, in order, for a call that failed with ``exc`` (empty: raise).
+
+        Nothing for an error the fallback does not cover (``on``); else the
+        first matching route's level, the levels after it, then the ones
+        before it (a route to ``"fail"`` raises).
+        """
+        if not covers(self.config.on, exc):
+            return ()
+        first = CACHE
         for match, level in self.config.routes:
             hit = isinstance(exc, match) if isinstance(match, type) else match(exc)
             if hit:
-                return LEVELS[LEVELS.index(level) : -1]
-        return ()
+                first = level
+                break
+        if first == FAIL:
+            return ()
+        at = LEVELS.index(first)
+        return LEVELS[at:-1] + LEVELS[:at]
 
     def lookup(self, key: Hashable) -> Any:
         """The cached value for ``key``, or MISSING."""
@@ -222,10 +289,20 @@ def default_key(*args: Any, **kwargs: Any) -> Hashable:
     return args
 
 
-def fallback(policy: Optional[Fallback] = None, /, **options: Any) -> Callable[[F], F]:
+@overload
+def fallback(policy: F, /) -> F: ...
+
+
+@overload
+def fallback(policy: Optional[Fallback] = None, /, **options: Any) -> Callable[[F], F]: ...
+
+
+def fallback(policy: Any = None, /, **options: Any) -> Any:
     """Decorator: apply a :class:`Fallback` (given, or built from ``options``) to a function.
 
     The backup callable, when given, is called with the same arguments.
+    Something to fall back to is required: ``@fallback`` alone, or with none
+    of ``default=``, ``cache=`` or ``backup=``, is a TypeError at decoration.
 
     Example::
 
@@ -236,8 +313,15 @@ def fallback(policy: Optional[Fallback] = None, /, **options: Any) -> Callable[[
         >>> primary(1)
         'backup(1)'
     """
+    if policy is not None and not isinstance(policy, Fallback):
+        if is_bare(policy, options):
+            raise bare_refused("fallback", "@fallback(default=...), @fallback(cache=...) or @fallback(backup=...)")
+        raise TypeError(f"fallback() takes a Fallback or keyword options, not {policy!r}: write @fallback(default=...)")
     fb = policy if policy is not None else Fallback(**options)
-    if isinstance(fb.config.backup, str):
+    c = fb.config
+    if c.cache is None and c.default is MISSING and c.backup is None:
+        raise TypeError("@fallback needs something to fall back to: pass default=, cache= or backup=")
+    if isinstance(c.backup, str):
         raise ConfigurationError("a backup endpoint name only works in FallbackMiddleware; give a callable")
 
     def decorate(func: F) -> F:

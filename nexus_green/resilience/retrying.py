@@ -14,7 +14,17 @@ callable, and :func:`retry` is its decorator.
   :class:`~nexus_green.errors.UsageError` never; a
   :class:`~nexus_green.errors.RemoteError` when its code is in
   ``retryable_codes``; any other NexusError by its ``retryable`` flag (refused,
-  reset, timeouts); foreign exceptions when they are ``retry_on`` instances.
+  reset, timeouts). A foreign exception is classified by its chain
+  (:func:`error_chain`: itself, then ``reason``, ``__cause__`` and
+  ``__context__``, nearest first), so ``requests``, urllib3, http.client,
+  redis-py and any library that chains its errors are understood: the first
+  link that is a NexusError, a known transport error (:func:`transport_kind`)
+  or matches ``retry_on`` (exception classes or a predicate) decides.
+* Sent or not sent (DESIGN principle 12): :func:`was_not_sent` is True only
+  when the nearest known transport error in the chain is a connect-phase
+  error (refused, DNS failure, a connect timeout, urllib3's
+  NewConnectionError and the like). Any other transport error may have been
+  sent: only idempotent calls are retried after it.
 * Backoff: full jitter, ``uniform(0, min(max_delay, base_delay * multiplier ** (n-1)))``.
 * A per-attempt timeout, and never a sleep past the overall deadline.
 * One :class:`RetryScope` per logical request (a contextvar): nested
@@ -44,12 +54,13 @@ from __future__ import annotations
 import contextvars
 import functools
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Optional, TypeVar, Union
+from typing import Any, Optional, TypeVar, Union, overload
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..deadline import remaining
+from ..decorating import is_bare
 from ..errors import (
     ConfigurationError,
     ConnectError,
@@ -76,6 +87,10 @@ __all__ = [
     "retry_scope",
     "is_retryable",
     "was_not_sent",
+    "error_chain",
+    "transport_kind",
+    "NOT_SENT",
+    "MAYBE_SENT",
     "retry",
 ]
 
@@ -85,6 +100,52 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_RETRYABLE_CODES: frozenset[int] = frozenset({502, 503, 504})
 DEFAULT_RETRY_ON: tuple[type, ...] = (ConnectionError, TimeoutError)
 DEFAULT_NEVER_RETRY: tuple[type, ...] = (ProtocolError, PolicyRejection, UsageError)
+
+#: What ``retry_on`` and ``never_retry`` accept: a class, a predicate, or a tuple of either.
+ErrorMatcher = Union[type, Callable[[BaseException], bool], tuple[Any, ...]]
+
+NOT_SENT, MAYBE_SENT = "not_sent", "maybe_sent"
+
+#: Foreign transport errors by "<top-level package>.<class name>" (found on the MRO, nearest class
+#: first): the connect-phase ones prove nothing was sent; the others may have been sent.
+#: Names, not imports: the libraries are optional and resilience/ never imports socket.
+TRANSPORT_ERRORS: dict[str, str] = {
+    # the stdlib (socket.timeout is TimeoutError: ETIMEDOUT also ends established links)
+    "builtins.ConnectionRefusedError": NOT_SENT,
+    "socket.gaierror": NOT_SENT,
+    "socket.herror": NOT_SENT,
+    "builtins.ConnectionResetError": MAYBE_SENT,
+    "builtins.ConnectionAbortedError": MAYBE_SENT,
+    "builtins.BrokenPipeError": MAYBE_SENT,
+    "builtins.TimeoutError": MAYBE_SENT,
+    "http.IncompleteRead": MAYBE_SENT,
+    "http.BadStatusLine": MAYBE_SENT,
+    # urllib3 (requests wraps these in its own ConnectionError, which decides nothing by itself)
+    "urllib3.NewConnectionError": NOT_SENT,
+    "urllib3.NameResolutionError": NOT_SENT,
+    "urllib3.ConnectTimeoutError": NOT_SENT,
+    "urllib3.ProtocolError": MAYBE_SENT,
+    "urllib3.ReadTimeoutError": MAYBE_SENT,
+    "urllib3.IncompleteRead": MAYBE_SENT,
+    # requests
+    "requests.ConnectTimeout": NOT_SENT,
+    "requests.ReadTimeout": MAYBE_SENT,
+    "requests.ChunkedEncodingError": MAYBE_SENT,
+    # httpx / httpcore
+    "httpx.ConnectError": NOT_SENT,
+    "httpx.ConnectTimeout": NOT_SENT,
+    "httpx.ReadError": MAYBE_SENT,
+    "httpx.WriteError": MAYBE_SENT,
+    "httpx.ReadTimeout": MAYBE_SENT,
+    "httpx.WriteTimeout": MAYBE_SENT,
+    "httpx.RemoteProtocolError": MAYBE_SENT,
+    "httpcore.ConnectError": NOT_SENT,
+    "httpcore.ConnectTimeout": NOT_SENT,
+    # geventhttpclient, aiohttp
+    "aiohttp.ClientConnectorError": NOT_SENT,
+}
+
+_CHAIN_LIMIT = 32
 
 _SCOPE: contextvars.ContextVar[Optional[RetryScope]] = contextvars.ContextVar("nexus_green_retry_scope", default=None)
 
@@ -107,10 +168,12 @@ class RetryConfig:
     attempt_timeout: Optional[float] = None
     idempotent: bool = False
     retryable_codes: frozenset[int] = DEFAULT_RETRYABLE_CODES
-    retry_on: tuple[type, ...] = DEFAULT_RETRY_ON
-    never_retry: tuple[type, ...] = DEFAULT_NEVER_RETRY
+    retry_on: ErrorMatcher = DEFAULT_RETRY_ON
+    never_retry: ErrorMatcher = DEFAULT_NEVER_RETRY
 
     def __post_init__(self) -> None:
+        _check_matcher("retry_on", self.retry_on)
+        _check_matcher("never_retry", self.never_retry)
         if self.max_attempts < 1:
             raise ConfigurationError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if self.base_delay < 0 or self.max_delay < self.base_delay:
@@ -132,14 +195,104 @@ class RetryDecision:
     reason: str = ""
 
 
+def error_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then the errors it wraps, nearest first: ``reason``, ``__cause__``, ``__context__``.
+
+    ``reason`` is where urllib3's MaxRetryError and urllib's URLError keep
+    the error they wrap; ``__context__`` is skipped when the raiser said
+    ``raise ... from`` (``__suppress_context__``). Each error once, at most 32.
+
+    Example::
+
+        >>> try:
+        ...     try:
+        ...         raise ConnectionRefusedError(111, "refused")
+        ...     except OSError as e:
+        ...         raise RuntimeError("wrapped") from e
+        ... except RuntimeError as outer:
+        ...     [type(x).__name__ for x in error_chain(outer)]
+        ['RuntimeError', 'ConnectionRefusedError']
+    """
+    seen: set[int] = set()
+    queue = [exc]
+    while queue and len(seen) < _CHAIN_LIMIT:
+        link = queue.pop(0)
+        if id(link) in seen:
+            continue
+        seen.add(id(link))
+        yield link
+        reason = getattr(link, "reason", None)
+        for nxt in (
+            reason if isinstance(reason, BaseException) else None,
+            link.__cause__,
+            None if link.__suppress_context__ else link.__context__,
+        ):
+            if nxt is not None:
+                queue.append(nxt)
+
+
+def _nexus_kind(exc: NexusError) -> str:
+    if isinstance(exc, NexusTimeout):
+        return NOT_SENT if isinstance(exc, ConnectTimeout) or exc.phase in NOT_SENT_PHASES else MAYBE_SENT
+    return NOT_SENT if isinstance(exc, ConnectError) else MAYBE_SENT
+
+
+def transport_kind(exc: BaseException) -> Optional[str]:
+    """NOT_SENT or MAYBE_SENT when ``exc`` itself is a known transport (or nexus_green) error, else None.
+
+    Example::
+
+        >>> from nexus_green.errors import ConnectionRefused, RemoteError
+        >>> transport_kind(ConnectionRefusedError()), transport_kind(ConnectionResetError())
+        ('not_sent', 'maybe_sent')
+        >>> transport_kind(ConnectionRefused()), transport_kind(RemoteError(code=503)), transport_kind(OSError())
+        ('not_sent', 'maybe_sent', None)
+    """
+    if isinstance(exc, NexusError):
+        return _nexus_kind(exc)
+    for cls in type(exc).__mro__:
+        kind = TRANSPORT_ERRORS.get(f"{cls.__module__.partition('.')[0]}.{cls.__name__}")
+        if kind is not None:
+            return kind
+    return None
+
+
+def matches(exc: BaseException, matcher: ErrorMatcher) -> bool:
+    """Whether ``exc`` matches a class, a predicate, or a tuple of either.
+
+    Example::
+
+        >>> matches(KeyError(), (ValueError, lambda e: isinstance(e, LookupError))), matches(KeyError(), ValueError)
+        (True, False)
+    """
+    if isinstance(matcher, type):
+        return isinstance(exc, matcher)
+    if isinstance(matcher, tuple):
+        return any(matches(exc, m) for m in matcher)
+    return bool(matcher(exc))
+
+
+def _check_matcher(name: str, matcher: Any) -> None:
+    items = matcher if isinstance(matcher, tuple) else (matcher,)
+    for m in items:
+        if isinstance(m, type) and issubclass(m, BaseException) or callable(m) and not isinstance(m, type):
+            continue
+        raise ConfigurationError(f"{name} takes exception classes or a predicate (or a tuple of them), got {m!r}")
+
+
 def is_retryable(
     exc: BaseException,
     *,
     retryable_codes: frozenset[int] = DEFAULT_RETRYABLE_CODES,
-    retry_on: tuple[type, ...] = DEFAULT_RETRY_ON,
-    never_retry: tuple[type, ...] = DEFAULT_NEVER_RETRY,
+    retry_on: ErrorMatcher = DEFAULT_RETRY_ON,
+    never_retry: ErrorMatcher = DEFAULT_NEVER_RETRY,
 ) -> bool:
     """Whether another attempt may succeed after ``exc``.
+
+    The first link of :func:`error_chain` that says something decides: one
+    matching ``never_retry`` (no), a RemoteError (by its code), another
+    NexusError (by its ``retryable``), a known transport error or one matching
+    ``retry_on`` (yes). A chain that says nothing: no.
 
     Example::
 
@@ -148,24 +301,33 @@ def is_retryable(
         (True, False)
         >>> is_retryable(RemoteError(code=503)), is_retryable(RemoteError(code=404))
         (True, False)
+        >>> is_retryable(ValueError("bad")), is_retryable(ValueError("bad"), retry_on=lambda e: "bad" in str(e))
+        (False, True)
     """
-    if isinstance(exc, never_retry):
-        return False
-    if isinstance(exc, RemoteError):
-        return exc.code in retryable_codes
-    if isinstance(exc, NexusError):
-        return exc.retryable
-    return isinstance(exc, retry_on)
+    for link in error_chain(exc):
+        if matches(link, never_retry):
+            return False
+        if isinstance(link, RemoteError):
+            return link.code in retryable_codes
+        if isinstance(link, NexusError):
+            return link.retryable
+        if matches(link, retry_on) or transport_kind(link) is not None:
+            return True
+    return False
 
 
 def was_not_sent(exc: BaseException) -> bool:
     """True when ``exc`` proves the request never reached the peer (safe to resend).
 
-    A connect error, or a timeout whose ``phase`` says the request never
-    reached the socket: it ran out while connecting, waiting for room in the
-    pool, or still whole in the write queue (taken back). A timeout waiting
-    for the answer, and a link lost after the first byte, may have been
-    applied: only idempotent requests are resent then (DESIGN principle 12).
+    The nearest link of :func:`error_chain` that is a known transport error
+    decides (:func:`transport_kind`): a connect error (refused, DNS, a
+    connect timeout, urllib3's NewConnectionError...), or a timeout whose
+    ``phase`` says the request never reached the socket: it ran out while
+    connecting, waiting for room in the pool, or still whole in the write
+    queue (taken back). A timeout waiting for the answer, a link lost after
+    the first byte, a reset: they may have been applied, and only idempotent
+    requests are resent then (DESIGN principle 12). Nothing known in the
+    chain: maybe sent.
 
     Example::
 
@@ -175,9 +337,11 @@ def was_not_sent(exc: BaseException) -> bool:
         >>> was_not_sent(RequestTimeout(phase="write")), was_not_sent(RequestTimeout(phase="response"))
         (True, False)
     """
-    if isinstance(exc, NexusTimeout):
-        return isinstance(exc, ConnectTimeout) or exc.phase in NOT_SENT_PHASES
-    return isinstance(exc, (ConnectError, ConnectionRefusedError))
+    for link in error_chain(exc):
+        kind = transport_kind(link)
+        if kind is not None:
+            return kind == NOT_SENT
+    return False
 
 
 #: Phases of a timeout in which the request never reached the socket.
@@ -314,6 +478,9 @@ class retry_scope:  # noqa: N801 - used like a function: ``with retry_scope(...)
             self._token = None
 
 
+_RETRY_EXTRA = ("clock", "rng", "budget", "use_budget", "bus")
+
+
 class Retry:
     """Runs a callable under a :class:`RetryPolicy`, a shared :class:`RetryScope` and a budget.
 
@@ -336,7 +503,7 @@ class Retry:
         bus: EventBus = default_bus,
         **options: Any,
     ) -> None:
-        self.config: RetryConfig = options_into(config or RetryConfig(), options, "retry")
+        self.config: RetryConfig = options_into(config or RetryConfig(), options, "retry", _RETRY_EXTRA)
         self.policy = RetryPolicy(self.config, rng=rng)
         self.budget: Optional[RetryBudget] = (budget or RetryBudget(clock=clock)) if use_budget else None
         self._clock = clock
@@ -454,6 +621,16 @@ class Retry:
         return f"<Retry max_attempts={self.config.max_attempts} budget={self.budget!r}>"
 
 
+@overload
+def retry(policy: F, /) -> F: ...
+
+
+@overload
+def retry(
+    policy: Optional[Retry] = None, /, *, idempotent: Union[bool, Callable[..., bool], None] = None, **options: Any
+) -> Callable[[F], F]: ...
+
+
 def retry(
     policy: Any = None,
     /,
@@ -463,8 +640,10 @@ def retry(
 ) -> Any:
     """Decorator: retry the function under a :class:`Retry` (given, or built from ``options``).
 
-    ``idempotent`` may be a bool, or a predicate called with the call's
-    arguments (declaring idempotency per call). The runner is ``wrapper.retry``.
+    ``@retry`` alone uses the defaults (3 attempts; a call not declared
+    idempotent is resent only when nothing was sent). ``idempotent`` may be
+    a bool, or a predicate called with the call's arguments (declaring
+    idempotency per call). The runner is ``wrapper.retry``.
 
     Example::
 
@@ -480,12 +659,13 @@ def retry(
         >>> n
         ['GET', 'GET', 'GET', 'POST']
     """
-    if callable(policy) and not isinstance(policy, Retry):
-        return retry()(policy)
+    if policy is not None and not isinstance(policy, Retry):
+        if is_bare(policy, options) and idempotent is None:
+            return retry()(policy)
+        raise TypeError(f"retry() takes a Retry or keyword options, not {policy!r}: write @retry(max_attempts=3)")
+    runner = policy if policy is not None else Retry(**options)
 
     def decorate(func: F) -> F:
-        runner = policy if policy is not None else Retry(**options)
-
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             idem = idempotent(*args, **kwargs) if callable(idempotent) else idempotent

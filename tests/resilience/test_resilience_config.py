@@ -11,6 +11,7 @@ import pytest
 from nexus_green.clock import FakeClock
 from nexus_green.deadline import remaining
 from nexus_green.errors import (
+    CircuitOpen,
     ConfigurationError,
     ConnectionLost,
     ConnectionRefused,
@@ -61,14 +62,14 @@ def test_fallback_is_outside_the_breaker() -> None:
     cfg = ResilienceConfiguration(
         breaker=BreakerConfig(max_consecutive_failures=0),
         retry=None,
-        fallback=FallbackConfig(backup=lambda: "from backup"),
+        fallback=FallbackConfig(backup=lambda: "from backup", on=CircuitOpen),
     )
     calls: list[int] = []
 
     @resilient(cfg, clock=clock, bus=EventBus())
     def svc() -> str:
         calls.append(1)
-        raise ValueError("application bug")  # routed nowhere: raised
+        raise ValueError("application bug")  # not covered (on=CircuitOpen): raised
 
     with pytest.raises(ValueError):
         svc()

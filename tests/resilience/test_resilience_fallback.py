@@ -35,16 +35,19 @@ from nexus_green.resilience.fallbacks import (
         (ConnectionLost(), (CACHE, DEFAULT, BACKUP)),
         (ConnectionResetError(), (CACHE, DEFAULT, BACKUP)),
         (OSError(), (CACHE, DEFAULT, BACKUP)),
-        (RequestTimeout(), (DEFAULT, BACKUP)),
-        (ConnectTimeout(), (DEFAULT, BACKUP)),
-        (TimeoutError(), (DEFAULT, BACKUP)),
-        (CircuitOpen(), (BACKUP,)),
-        (BulkheadFull(), (BACKUP,)),
-        (Overloaded(), (BACKUP,)),
-        (RemoteError(code=503), (BACKUP,)),
-        (RemoteError(code=500), ()),
-        (RemoteProtocolError(), ()),
-        (ValueError(), ()),
+        (RequestTimeout(), (DEFAULT, BACKUP, CACHE)),
+        (ConnectTimeout(), (DEFAULT, BACKUP, CACHE)),
+        (TimeoutError(), (DEFAULT, BACKUP, CACHE)),
+        (CircuitOpen(), (BACKUP, CACHE, DEFAULT)),
+        (BulkheadFull(), (BACKUP, CACHE, DEFAULT)),
+        (Overloaded(), (BACKUP, CACHE, DEFAULT)),
+        (RemoteError(code=503), (BACKUP, CACHE, DEFAULT)),
+        # issue 13: a fallback covers every failure, not only the routed ones
+        (RemoteError(code=500), (CACHE, DEFAULT, BACKUP)),
+        (RemoteProtocolError(), (CACHE, DEFAULT, BACKUP)),
+        (ValueError(), (CACHE, DEFAULT, BACKUP)),
+        (ConfigurationError(), ()),
+        (KeyboardInterrupt(), ()),
     ],
 )
 def test_routing_by_error_class(exc: BaseException, plan: tuple) -> None:
@@ -89,17 +92,22 @@ def test_timeout_serves_the_default_not_the_cache() -> None:
     assert fb.run(raising(RequestTimeout()), key="k") == "dflt"
 
 
-def test_unavailable_goes_to_backup_and_without_one_fails_fast() -> None:
+def test_unavailable_goes_to_backup_and_without_one_to_the_other_levels() -> None:
     fb = Fallback(cache={"k": "cached"}, default="dflt")
     assert fb.run(raising(CircuitOpen()), key="k", backup=lambda: "backup") == "backup"
+    assert fb.run(raising(CircuitOpen()), key="k") == "cached"
+    assert fb.run(raising(CircuitOpen()), key="miss") == "dflt"
     with pytest.raises(CircuitOpen):
-        fb.run(raising(CircuitOpen()), key="k")
+        Fallback(cache={}).run(raising(CircuitOpen()), key="k")
 
 
-def test_other_errors_are_raised() -> None:
-    fb = Fallback(cache={"k": "cached"}, default="dflt")
+def test_errors_outside_on_are_raised() -> None:
+    fb = Fallback(cache={"k": "cached"}, default="dflt", on=(OSError,))
     with pytest.raises(ValueError):
         fb.run(raising(ValueError("bug")), key="k", backup=lambda: "backup")
+    assert fb.run(raising(ConnectionResetError()), key="k") == "cached"
+    with pytest.raises(ConnectionLost):  # a NexusError, not an OSError
+        fb.run(raising(ConnectionLost()), key="k")
 
 
 def test_a_default_of_none_is_a_real_default() -> None:
@@ -116,7 +124,7 @@ def test_remember_stores_successes_and_adapt_converts() -> None:
 
 
 def test_custom_routes() -> None:
-    fb = Fallback(default="d", routes=((KeyError, DEFAULT),))
+    fb = Fallback(default="d", routes=((KeyError, DEFAULT), (ConnectionLost, "fail")))
     assert fb.run(raising(KeyError("x"))) == "d"
     with pytest.raises(ConnectionLost):
         fb.run(raising(ConnectionLost()))
