@@ -100,6 +100,24 @@ _CONN_KEYS = (
 )
 
 
+def _pipeline_wrap(middlewares: Any, bus: EventBus) -> Callable[[Handler], Handler]:
+    """The ``wrap`` of ``middlewares`` (a sequence or a ready Pipeline), once their buses are checked."""
+    wrap = getattr(middlewares, "wrap", None)
+    if wrap is None:
+        middlewares = Pipeline(list(middlewares))
+        wrap = middlewares.wrap
+    # One client, one event stream: a middleware emits on the bus it was built with, so one
+    # built on another bus would split this client's events silently (docs/middleware.md).
+    for mw in getattr(middlewares, "middlewares", ()):
+        mw_bus = bus_of(mw)
+        if mw_bus is not None and mw_bus is not bus:
+            raise ConfigurationError(
+                f"middleware {mw.name!r} emits on another EventBus than the client's: "
+                "build it with the client's bus= (or give neither a bus)"
+            )
+    return wrap
+
+
 class Client:
     """A blocking-style client for one NexusKit endpoint (``tcp://`` or ``tls://``).
 
@@ -146,6 +164,7 @@ class Client:
         if unknown:
             raise ConfigurationError(f"unknown Client option(s): {', '.join(sorted(unknown))}")
         conn_opts = ConnectionOptions(request_timeout=timeout, **{k: v for k, v in options.items() if k in _CONN_KEYS})
+        wrap = _pipeline_wrap(middlewares, bus) if middlewares else None  # checked before the pool opens anything
         self.timeout = timeout
         self._hub = get_hub()  # calls from another OS thread get a UsageError, not a hang
         self.raise_for_code = raise_for_code
@@ -173,20 +192,7 @@ class Client:
             self._unwatch = monitor.watch_pool(str(self.endpoint), self.pool.stats)
         self.middlewares = middlewares
         self._call: Optional[Handler] = None
-        if middlewares:
-            wrap = getattr(middlewares, "wrap", None)
-            if wrap is None:
-                middlewares = Pipeline(list(middlewares))
-                wrap = middlewares.wrap
-            # One client, one event stream: a middleware emits on the bus it was built with, so one
-            # built on another bus would split this client's events silently (docs/middleware.md).
-            for mw in getattr(middlewares, "middlewares", ()):
-                mw_bus = bus_of(mw)
-                if mw_bus is not None and mw_bus is not bus:
-                    raise ConfigurationError(
-                        f"middleware {mw.name!r} emits on another EventBus than the client's: "
-                        "build it with the client's bus= (or give neither a bus)"
-                    )
+        if wrap is not None:
             self._call = wrap(self._terminal)
 
     # ------------------------------------------------------------------ requests

@@ -131,7 +131,7 @@ def run_chaos(guard: Optional[IdempotencyGuard]) -> tuple[dict[int, int], dict[i
         bus=bus,
     )
     results: dict[int, bytes] = {}
-    client = Client(url, middlewares=[middleware], timeout=0.2, heartbeat_interval=None)
+    client = Client(url, middlewares=[middleware], bus=bus, timeout=0.2, heartbeat_interval=None)
     try:
 
         def logical_request(op: int) -> None:
