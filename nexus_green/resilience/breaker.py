@@ -81,6 +81,7 @@ from pybreaker import (
 )
 
 from ..clock import SYSTEM_CLOCK, Clock
+from ..decorating import check_options, config_fields, is_bare
 from ..errors import CircuitOpen, ConfigurationError, NexusTimeout
 from ..events import EventBus, default_bus
 from .budget import options_into
@@ -309,13 +310,34 @@ def _matches(exc: BaseException, matchers: Sequence[ExceptionMatcher]) -> bool:
     return False
 
 
+_BREAKER_EXTRA = ("clock", "rng", "bus", "listeners", "state_storage", "exclude", "fail_max", "success_threshold")
+
+
+def _pybreaker_names(options: dict[str, Any]) -> None:
+    # pybreaker's option names, accepted: fail_max=N opens on the Nth consecutive
+    # failure (max_consecutive_failures=N-1); success_threshold is half_open_successes.
+    for theirs, ours in (("fail_max", "max_consecutive_failures"), ("success_threshold", "half_open_successes")):
+        if theirs not in options:
+            continue
+        if ours in options:
+            raise ConfigurationError(f"give {theirs}= (pybreaker's name) or {ours}=, not both")
+        value = options.pop(theirs)
+        if theirs == "fail_max":
+            if not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"fail_max must be an int >= 1, got {value!r}")
+            value -= 1
+        options[ours] = value
+
+
 class CircuitBreaker(pybreaker.CircuitBreaker):
     """A pybreaker-compatible breaker that never holds its lock across the call.
 
     Use it as ``breaker.call(fn, *args)``, as a decorator (``@breaker``), as
     ``with breaker.calling(): ...``, or drive it by hand with
     :meth:`admit` / :meth:`record`. Options are the fields of
-    :class:`BreakerConfig`, given as a config, as keywords, or both.
+    :class:`BreakerConfig`, given as a config, as keywords, or both;
+    pybreaker's ``fail_max=N`` (open on the Nth consecutive failure,
+    ``max_consecutive_failures=N-1``) and ``success_threshold`` are accepted.
 
     Example::
 
@@ -342,7 +364,8 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
         exclude: Sequence[ExceptionMatcher] = (),
         **options: Any,
     ) -> None:
-        cfg: BreakerConfig = options_into(config or BreakerConfig(), options, "circuit breaker")
+        _pybreaker_names(options)
+        cfg: BreakerConfig = options_into(config or BreakerConfig(), options, "circuit breaker", _BREAKER_EXTRA)
         super().__init__(
             fail_max=(cfg.max_consecutive_failures + 1) if cfg.max_consecutive_failures is not None else 0,
             reset_timeout=cfg.reset_timeout,
@@ -794,8 +817,20 @@ def circuit_breaker(breaker: Any = None, /, **options: Any) -> Any:
         >>> fetch.breaker.current_state, fetch.breaker.name
         ('open', 'fetch')
     """
-    if callable(breaker) and not isinstance(breaker, CircuitBreaker):
-        return circuit_breaker()(breaker)
+    if breaker is not None and not isinstance(breaker, CircuitBreaker):
+        if is_bare(breaker, options):
+            return circuit_breaker()(breaker)
+        raise TypeError(
+            f"circuit_breaker() takes a CircuitBreaker or keyword options, not {breaker!r}: "
+            "write @circuit_breaker(max_consecutive_failures=5) or @circuit_breaker(shared_breaker)"
+        )
+    if breaker is None:
+        _pybreaker_names(options)
+        check_options("circuit breaker", options, (*config_fields(BreakerConfig), *_BREAKER_EXTRA))
+    elif options:
+        raise TypeError(
+            f"circuit_breaker(shared) takes no options (got {', '.join(sorted(options))}): set them on the breaker"
+        )
 
     def decorate(func: F) -> F:
         cb = breaker

@@ -27,12 +27,13 @@ import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Optional, TypeVar
+from typing import Any, Optional, TypeVar, overload
 
 import gevent.lock
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..deadline import effective_timeout
+from ..decorating import check_options, config_fields, is_bare
 from ..errors import BulkheadFull, ConfigurationError
 from ..events import EventBus, default_bus
 from .budget import options_into
@@ -89,7 +90,7 @@ class Bulkhead:
     ) -> None:
         if name is not None:
             options["name"] = name
-        self.config: BulkheadConfig = options_into(config or BulkheadConfig(), options, "bulkhead")
+        self.config: BulkheadConfig = options_into(config or BulkheadConfig(), options, "bulkhead", ("clock", "bus"))
         self.name = self.config.name
         self._sem = gevent.lock.BoundedSemaphore(self.config.max_concurrent)
         self._clock = clock
@@ -186,8 +187,20 @@ def get_bulkhead(name: str, **options: Any) -> Bulkhead:
     return found
 
 
-def bulkhead(name: str = "default", **options: Any) -> Callable[[F], F]:
+@overload
+def bulkhead(name: F, /) -> F: ...
+
+
+@overload
+def bulkhead(name: str = "default", /, **options: Any) -> Bulkhead: ...
+
+
+def bulkhead(name: Any = "default", /, **options: Any) -> Any:
     """Decorator: run the function inside the named bulkhead (see :func:`get_bulkhead`).
+
+    ``@bulkhead`` alone gives the function a bulkhead of its own, named after
+    it, with the defaults (10 concurrent, 10 waiting); ``@bulkhead("name", ...)``
+    shares the named one. The bulkhead is ``wrapper.bulkhead``.
 
     Example::
 
@@ -197,4 +210,10 @@ def bulkhead(name: str = "default", **options: Any) -> Callable[[F], F]:
         >>> report(), report.bulkhead.name
         ('ok', 'doc-reports')
     """
+    if is_bare(name, options):
+        qualname = getattr(name, "__qualname__", "bulkhead")
+        return get_bulkhead(f"{getattr(name, '__module__', '')}.{qualname}")(name)
+    if not isinstance(name, str):
+        raise TypeError(f'bulkhead() takes a name, not {name!r}: write @bulkhead or @bulkhead("db", max_concurrent=10)')
+    check_options("bulkhead", options, (*config_fields(BulkheadConfig), "clock", "bus"))
     return get_bulkhead(name, **options)

@@ -40,10 +40,11 @@ import random
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, Optional, TypeVar, Union
+from typing import Any, Optional, TypeVar, Union, overload
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..deadline import deadline_var
+from ..decorating import check_options, config_fields, is_bare
 from ..errors import ConfigurationError
 from ..events import EventBus, default_bus
 from .breaker import STATE_CLOSED, BreakerConfig, CircuitBreaker
@@ -88,6 +89,29 @@ class ResilienceConfiguration:
     idempotency_keys: bool = True
 
 
+_POLICY_TYPES: dict[str, type] = {
+    "breaker": BreakerConfig,
+    "retry": RetryConfig,
+    "budget": BudgetConfig,
+    "timeout": TimeoutConfig,
+    "bulkhead": BulkheadConfig,
+    "fallback": FallbackConfig,
+    "failover": FailoverConfig,
+    "hedge": HedgeConfig,
+}
+
+
+def _check_policy_types(cfg: ResilienceConfiguration) -> None:
+    # A value that is not the policy's config (fallback="n/a") would fail only
+    # at the first call that needs it: refuse it at decoration, saying what to pass.
+    for name, kind in _POLICY_TYPES.items():
+        value = getattr(cfg, name)
+        if value is not None and not isinstance(value, kind):
+            raise TypeError(
+                f"resilient {name}= takes a {kind.__name__} or None, not {value!r}: write {name}={kind.__name__}(...)"
+            )
+
+
 class Resilient:
     """The policies of one :class:`ResilienceConfiguration`, composed; usable as a decorator.
 
@@ -113,7 +137,10 @@ class Resilient:
         bus: EventBus = default_bus,
         **overrides: Any,
     ) -> None:
-        cfg: ResilienceConfiguration = options_into(config or ResilienceConfiguration(), overrides, "resilience")
+        cfg: ResilienceConfiguration = options_into(
+            config or ResilienceConfiguration(), overrides, "resilience", ("clock", "rng", "bus")
+        )
+        _check_policy_types(cfg)
         self.config = cfg
         self.clock = clock
         rng = rng or random.Random()
@@ -380,6 +407,11 @@ class Resilient:
         return f"<Resilient {self.config.name!r} policies={on}>"
 
 
+@overload
+def resilient(config: F, /) -> F: ...
+
+
+@overload
 def resilient(
     config: Optional[ResilienceConfiguration] = None,
     /,
@@ -389,13 +421,27 @@ def resilient(
     rng: Optional[random.Random] = None,
     bus: EventBus = default_bus,
     **overrides: Any,
-) -> Callable[[F], F]:
+) -> Callable[[F], F]: ...
+
+
+def resilient(
+    config: Any = None,
+    /,
+    *,
+    idempotent: Union[bool, Callable[..., bool]] = False,
+    clock: Clock = SYSTEM_CLOCK,
+    rng: Optional[random.Random] = None,
+    bus: EventBus = default_bus,
+    **overrides: Any,
+) -> Any:
     """Decorator: compose every configured policy around a function (see the module docstring).
 
-    ``overrides`` replace fields of the configuration (``retry=RetryConfig(...)``,
-    ``bulkhead=BulkheadConfig(...)``, ``breaker=None``...). Each decorated
-    function gets its own policies, named after it unless ``name`` is given;
-    share them by decorating with one :class:`Resilient` instead.
+    ``@resilient`` alone applies the defaults (breaker, retry of calls that
+    were not sent, budget, timeouts). ``overrides`` replace fields of the
+    configuration (``retry=RetryConfig(...)``, ``bulkhead=BulkheadConfig(...)``,
+    ``breaker=None``...). Each decorated function gets its own policies,
+    named after it unless ``name`` is given; share them by decorating with
+    one :class:`Resilient` instead.
 
     Example::
 
@@ -406,6 +452,15 @@ def resilient(
         >>> quote()
         'n/a'
     """
+    if config is not None and not isinstance(config, ResilienceConfiguration):
+        if is_bare(config, overrides):
+            return resilient(idempotent=idempotent, clock=clock, rng=rng, bus=bus)(config)
+        raise TypeError(
+            f"resilient() takes a ResilienceConfiguration or keyword options, not {config!r}: "
+            "write @resilient(retry=RetryConfig(max_attempts=3), ...)"
+        )
+    check_options("resilience", overrides, config_fields(ResilienceConfiguration))
+    _check_policy_types(options_into(ResilienceConfiguration(), overrides, "resilience"))
 
     def decorate(func: F) -> F:
         opts = dict(overrides)

@@ -40,6 +40,7 @@ from typing import Any, Optional, TypeVar
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..deadline import remaining
+from ..decorating import bare_refused, check_options, config_fields
 from ..errors import ConfigurationError, ConnectError
 from ..events import EventBus, default_bus
 from .budget import options_into
@@ -208,7 +209,7 @@ class Failover:
             if "endpoints" not in options:
                 raise ConfigurationError("failover needs endpoints=(...)")
             config = FailoverConfig(endpoints=options.pop("endpoints"))
-        self.config: FailoverConfig = options_into(config, options, "failover")
+        self.config: FailoverConfig = options_into(config, options, "failover", ("probe", "clock", "bus"))
         self.policy = FailoverPolicy(self.config, clock=clock, bus=bus)
         self.probe = probe
         self._clock = clock
@@ -255,8 +256,12 @@ class Failover:
         return f"<Failover {self.policy!r}>"
 
 
+_FAILOVER_USAGE = '@failover(["primary", "replica"]) on a function that takes endpoint='
+
+
 def failover(
-    endpoints: Sequence[str],
+    endpoints: Optional[Sequence[str]] = None,
+    /,
     *,
     endpoint_arg: str = "endpoint",
     idempotent: Any = False,
@@ -264,7 +269,9 @@ def failover(
 ) -> Callable[[F], F]:
     """Decorator: call the function with ``endpoint=<each endpoint>`` until one succeeds.
 
-    ``idempotent`` may be a bool or a predicate on the call's arguments.
+    It needs the endpoints: ``@failover`` alone or without endpoints is a
+    TypeError at decoration. ``idempotent`` may be a bool or a predicate on
+    the call's arguments.
 
     Example::
 
@@ -276,6 +283,13 @@ def failover(
         >>> read("k")
         'k@replica'
     """
+    if endpoints is None:
+        endpoints = options.pop("endpoints", None)
+    if callable(endpoints):
+        raise bare_refused("failover", _FAILOVER_USAGE)
+    if endpoints is None or isinstance(endpoints, (str, bytes)) or not endpoints:
+        raise TypeError(f"failover() needs the endpoints, a list of names: write {_FAILOVER_USAGE}")
+    check_options("failover", options, (*config_fields(FailoverConfig), "probe", "clock", "bus"))
     runner = Failover(endpoints=tuple(endpoints), **options)
 
     def decorate(func: F) -> F:

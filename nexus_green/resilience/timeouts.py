@@ -42,7 +42,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol, TypeVar, runtime_checkable
+from typing import Any, Optional, Protocol, TypeVar, overload, runtime_checkable
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..deadline import deadline_var
@@ -420,16 +420,33 @@ class TimeoutPolicy:
         return f"<TimeoutPolicy level={self.level} current={self.current():g}s>"
 
 
+@overload
+def timeout(seconds: F, /) -> F: ...
+
+
+@overload
 def timeout(
     seconds: Optional[float] = None,
+    /,
     *,
     level: str = "request",
     adaptive: Optional[AdaptiveTimeout] = None,
     clock: Clock = SYSTEM_CLOCK,
-) -> Callable[[F], F]:
+) -> Callable[[F], F]: ...
+
+
+def timeout(
+    seconds: Any = None,
+    /,
+    *,
+    level: str = "request",
+    adaptive: Optional[AdaptiveTimeout] = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> Any:
     """Decorator: run the function under a timeout level (and the deadline in force).
 
-    The policy is ``wrapper.timeout_policy``.
+    ``@timeout`` alone applies the level's default (request: 30 s);
+    ``@timeout(2.5)`` a limit of its own. The policy is ``wrapper.timeout_policy``.
 
     Example::
 
@@ -441,6 +458,10 @@ def timeout(
         ... except RequestTimeout: print("timed out")
         timed out
     """
+    if callable(seconds):
+        return timeout(level=level, adaptive=adaptive, clock=clock)(seconds)
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))):
+        raise TypeError(f"timeout() takes the limit in seconds, not {seconds!r}: write @timeout(2.5)")
     policy = TimeoutPolicy(seconds, level=level, adaptive=adaptive, clock=clock)
 
     def decorate(func: F) -> F:
