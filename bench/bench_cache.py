@@ -48,7 +48,7 @@ def main() -> None:
     sample = zipf_sampler(args.keys, args.s, rng)
     value = b'{"payload": "' + b"x" * 1000 + b'"}'
     lat: dict = {"l1": [], "l2": [], "miss": []}
-    cache = TwoLevelCache()  # default sizes, L2 in a private temporary directory
+    cache = TwoLevelCache(l2="temporary")  # default sizes, L2 in a private temporary directory (a cold start)
     t_start = time.perf_counter()
     for _ in range(args.requests):
         key = f"key-{sample()}"

@@ -40,3 +40,19 @@ def leakcheck() -> Iterator[None]:
     ok = settle(lambda: not (set(live_greenlets()) - greenlets_before) and open_fds() <= fds_before)
     leaked = set(live_greenlets()) - greenlets_before
     assert ok, f"leak: greenlets {sorted(g.name for g in leaked)}, fds {fds_before} -> {open_fds()}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Point XDG_CACHE_HOME at a temporary directory for the whole run.
+
+    The default L2 cache persists under ``$XDG_CACHE_HOME/nexus_green``: tests
+    must never read or write the real user's cache. Child processes inherit it.
+    """
+    saved = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = saved

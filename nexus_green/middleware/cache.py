@@ -4,8 +4,12 @@
   ``fifo``, ``ttl`` (entries leave exactly at expiry, least recently used
   first when full) -- or a custom policy: a ``cachetools.Cache`` instance or a
   factory ``maxsize -> cachetools.Cache``. Defaults: 100 items, 60 s TTL.
-* :class:`DiskCache` (L2): diskcache, default 10,000 items, 24 h TTL,
-  least-frequently-used eviction. SQLite calls never yield, so *every* disk
+* :class:`DiskCache` (L2): diskcache, default 10,000 items and 256 MiB, 24 h
+  TTL, least-frequently-used eviction. By default it persists across restarts
+  in a per-user directory, ``$XDG_CACHE_HOME/nexus_green/<app>/<name>``
+  (``~/.cache`` when ``XDG_CACHE_HOME`` is unset), made with mode 0700; a
+  directory that another user could write is refused (values are pickles).
+  ``temporary=True`` gives a private directory removed on close. SQLite calls never yield, so *every* disk
   operation runs in one dedicated worker thread that owns the only SQLite
   connection: the hub stays responsive and the descriptors stay bounded (3)
   whatever the number of greenlets -- even after ``monkey.patch_all()``, when
@@ -37,8 +41,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
+import re
 import shutil
 import sqlite3
+import stat
+import sys
 import tempfile
 import weakref
 from collections.abc import Callable, Iterable
@@ -69,6 +77,8 @@ __all__ = [
     "cached",
     "request_key",
     "call_key",
+    "cache_home",
+    "default_cache_dir",
 ]
 
 log = logging.getLogger("nexus_green.middleware.cache")
@@ -83,6 +93,7 @@ _ORDER_COLUMN = {
     "least-recently-stored": "store_time",
     "none": "rowid",
 }
+DEFAULT_SIZE_LIMIT = 256 * 1024 * 1024  # bytes on disk per L2 directory (diskcache's own default is 1 GiB)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,7 +177,16 @@ class TwoLevelStats:
 
 
 class _Counters:
-    __slots__ = ("hits", "misses", "evictions", "expirations", "errors", "bypassed", "reads", "read_time")
+    __slots__ = (
+        "hits",
+        "misses",
+        "evictions",
+        "expirations",
+        "errors",
+        "bypassed",
+        "reads",
+        "read_time",
+    )
 
     def __init__(self) -> None:
         self.hits = self.misses = self.evictions = self.expirations = self.errors = self.bypassed = self.reads = 0
@@ -190,7 +210,11 @@ class _Counters:
 
 # --- L1 -----------------------------------------------------------------------------------
 
-PolicyArg = Union[str, "cachetools.Cache[str, CacheEntry]", Callable[[int], "cachetools.Cache[str, CacheEntry]"]]
+PolicyArg = Union[
+    str,
+    "cachetools.Cache[str, CacheEntry]",
+    Callable[[int], "cachetools.Cache[str, CacheEntry]"],
+]
 
 
 class MemoryCache:
@@ -210,7 +234,12 @@ class MemoryCache:
     level = "l1"
 
     def __init__(
-        self, maxsize: int = 100, ttl: float = 60.0, policy: PolicyArg = "lru", *, clock: Clock = SYSTEM_CLOCK
+        self,
+        maxsize: int = 100,
+        ttl: float = 60.0,
+        policy: PolicyArg = "lru",
+        *,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if not isinstance(maxsize, int) or maxsize < 1:
             raise ConfigurationError(f"L1 maxsize must be an int >= 1, got {maxsize!r}")
@@ -284,6 +313,113 @@ class MemoryCache:
         return f"<MemoryCache {self.policy} {len(self._data)}/{self.maxsize} ttl={self.ttl:g}s>"
 
 
+# --- where L2 lives -------------------------------------------------------------------------
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def cache_home() -> str:
+    """The per-user cache base: ``$XDG_CACHE_HOME`` if set to an absolute path, else ``~/.cache``.
+
+    The XDG Base Directory convention (a relative ``XDG_CACHE_HOME`` is
+    ignored, as the specification says).
+
+    Example::
+
+        >>> import os
+        >>> os.environ["XDG_CACHE_HOME"] = "/srv/cache"
+        >>> cache_home()
+        '/srv/cache'
+        >>> del os.environ["XDG_CACHE_HOME"]
+    """
+    home = os.environ.get("XDG_CACHE_HOME", "")
+    if os.path.isabs(home):
+        return home
+    return os.path.join(os.path.expanduser("~"), ".cache")
+
+
+def _safe_name(name: str) -> str:
+    cleaned = _UNSAFE_NAME.sub("_", name).strip("._") or "default"
+    if len(cleaned) > 100:  # a path component is at most 255 bytes: keep it short and still unique
+        # the end names the function (module.qualname): keep it, and a hash of the whole for uniqueness
+        cleaned = hashlib.blake2b(name.encode(), digest_size=8).hexdigest() + "-" + cleaned[-80:].lstrip("._")
+    return cleaned
+
+
+def _default_app() -> str:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:  # python -m package: the package's name
+        return spec.name.removesuffix(".__main__")
+    argv0 = sys.argv[0] if sys.argv else ""
+    return os.path.splitext(os.path.basename(argv0))[0]
+
+
+def default_cache_dir(app: Optional[str] = None, name: str = "cache") -> str:
+    """Where a persistent L2 lives by default: ``<cache_home()>/nexus_green/<app>/<name>``.
+
+    ``app`` defaults to the running program's name (the script, or the
+    package of ``python -m``); pass it to get a namespace that does not
+    depend on how the process was started. Names are reduced to
+    ``[A-Za-z0-9._-]``. Nothing is created here (:class:`DiskCache` does it).
+
+    Example::
+
+        >>> import os
+        >>> os.environ["XDG_CACHE_HOME"] = "/srv/cache"
+        >>> default_cache_dir("billing", "users")
+        '/srv/cache/nexus_green/billing/users'
+        >>> del os.environ["XDG_CACHE_HOME"]
+    """
+    return os.path.join(cache_home(), "nexus_green", _safe_name(app or _default_app()), _safe_name(name))
+
+
+def _refuse_if_unsafe(path: str, st: os.stat_result) -> None:
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != os.geteuid():
+        raise ConfigurationError(
+            f"L2 cache directory {path} belongs to uid {st.st_uid}, not to this process's user ({os.geteuid()}): "
+            "its values are pickles, so its owner could make this process run code; use a directory of your own"
+        )
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigurationError(
+            f"L2 cache directory {path} is writable by group or others (mode {mode:#o}): its values are pickles, "
+            f"so another user could make this process run code; run chmod 700 {path} or use another directory"
+        )
+
+
+def _private_dir(path: str, *, owned_from: str) -> None:
+    """Make ``path`` with mode 0700 (missing parents too) and refuse any directory from ``owned_from`` down
+    that another user owns or that group or others can write. Other OS errors are left to the first L2
+    operation, which treats them as a fault (a miss, never a failed request).
+    """
+    path = os.path.abspath(path)
+    top = os.path.abspath(owned_from)
+    chain = [path]
+    while chain[-1] != top and os.path.dirname(chain[-1]) != chain[-1]:
+        chain.append(os.path.dirname(chain[-1]))
+    try:
+        os.makedirs(os.path.dirname(chain[-1]), 0o700, exist_ok=True)
+        for d in reversed(chain):
+            try:
+                os.mkdir(d, 0o700)
+            except FileExistsError:
+                pass
+            else:
+                os.chmod(d, 0o700)  # whatever the umask
+            st = os.stat(d)
+            if not stat.S_ISDIR(st.st_mode):
+                return
+            _refuse_if_unsafe(d, st)
+    except OSError as exc:
+        log.warning(
+            "cannot prepare L2 cache directory %s: %s: %s",
+            path,
+            type(exc).__name__,
+            exc,
+        )
+
+
 # --- L2 -----------------------------------------------------------------------------------
 
 
@@ -297,17 +433,29 @@ class _Failure:
 class DiskCache:
     """L2: a diskcache directory driven from one worker thread (see the module docstring).
 
-    ``directory`` None makes a private temporary directory, removed on
-    :meth:`close`. Values are pickled: keep the directory private to the
-    application (a writable cache directory lets others inject pickles).
-    Extra keyword ``settings`` go to ``diskcache.Cache`` (e.g. ``size_limit``,
-    ``sqlite_*`` pragmas).
+    Where it lives:
+
+    * by default, in the per-user cache directory
+      :func:`default_cache_dir` ``(app, name)``:
+      ``$XDG_CACHE_HOME/nexus_green/<app>/<name>`` (``~/.cache/...`` when
+      ``XDG_CACHE_HOME`` is unset), kept across restarts;
+    * ``directory=...``: that directory, kept;
+    * ``temporary=True``: a private temporary directory, removed on
+      :meth:`close` (what the default was before).
+
+    Directories it creates get mode 0700. Values are pickles, and unpickling
+    runs code: a directory that another user owns or that group or others
+    can write (for the default location: any of ``nexus_green/<app>/<name>``)
+    is refused with a :class:`~nexus_green.errors.ConfigurationError` that
+    names it. ``size_limit`` caps the bytes on disk (diskcache culls past it),
+    ``max_items`` the entries. Extra keyword ``settings`` go to
+    ``diskcache.Cache`` (e.g. ``sqlite_*`` pragmas).
 
     Example::
 
         >>> from nexus_green.clock import FakeClock
         >>> clock = FakeClock()
-        >>> l2 = DiskCache(clock=clock)
+        >>> l2 = DiskCache(temporary=True, clock=clock)
         >>> l2.set("k", CacheEntry(value=b"v", expires=clock.wall() + 5, stale_until=clock.wall() + 5))
         True
         >>> l2.get("k").value, l2.stats().size
@@ -321,7 +469,11 @@ class DiskCache:
         self,
         directory: Optional[str] = None,
         *,
+        temporary: bool = False,
+        app: Optional[str] = None,
+        name: str = "cache",
         max_items: int = 10_000,
+        size_limit: int = DEFAULT_SIZE_LIMIT,
         ttl: float = 86_400.0,
         eviction_policy: str = "least-frequently-used",
         busy_timeout: float = 0.05,
@@ -339,13 +491,25 @@ class DiskCache:
             raise ConfigurationError(f"L2 max_items must be an int >= 1, got {max_items!r}")
         if not ttl > 0:
             raise ConfigurationError(f"L2 ttl must be positive, got {ttl!r}")
-        self._own_dir = directory is None
-        self.directory = directory if directory is not None else tempfile.mkdtemp(prefix="nexus_green-cache-")
+        if not isinstance(size_limit, int) or size_limit < 1:
+            raise ConfigurationError(f"L2 size_limit must be an int >= 1 (bytes), got {size_limit!r}")
+        if temporary and directory is not None:
+            raise ConfigurationError("pass either directory= or temporary=True to DiskCache, not both")
+        self._own_dir = temporary
+        if temporary:
+            self.directory = tempfile.mkdtemp(prefix="nexus_green-cache-")  # mode 0700, ours
+        elif directory is None:
+            self.directory = default_cache_dir(app, name)
+            _private_dir(self.directory, owned_from=os.path.join(cache_home(), "nexus_green"))
+        else:
+            self.directory = os.fspath(directory)
+            _private_dir(self.directory, owned_from=self.directory)
         if self._own_dir:
             self._finalizer: Optional[weakref.finalize] = weakref.finalize(self, shutil.rmtree, self.directory, True)
         else:
             self._finalizer = None
         self.max_items = max_items
+        self.size_limit = size_limit
         self.ttl = float(ttl)
         self.eviction_policy = eviction_policy
         self.busy_timeout = busy_timeout
@@ -371,7 +535,11 @@ class DiskCache:
             cache = diskcache.Cache.__new__(diskcache.Cache)
             try:
                 cache.__init__(
-                    self.directory, timeout=self.busy_timeout, eviction_policy=self.eviction_policy, **self.settings
+                    self.directory,
+                    timeout=self.busy_timeout,
+                    eviction_policy=self.eviction_policy,
+                    size_limit=self.size_limit,
+                    **self.settings,
                 )
             except BaseException:
                 try:
@@ -406,7 +574,8 @@ class DiskCache:
             return 0
         column = _ORDER_COLUMN[self.eviction_policy]
         rows = cache._sql(  # diskcache culls by bytes only; count-based eviction reads its table
-            f"SELECT key FROM Cache WHERE raw = 1 AND key != ? ORDER BY {column} LIMIT ?", (_GENS_KEY, excess)
+            f"SELECT key FROM Cache WHERE raw = 1 AND key != ? ORDER BY {column} LIMIT ?",
+            (_GENS_KEY, excess),
         ).fetchall()
         evicted = 0
         for (k,) in rows:
@@ -434,7 +603,10 @@ class DiskCache:
         except gevent.Timeout as exc:
             if exc is not timer:
                 raise
-            self._fault(f"L2 operation did not finish within {self.op_timeout}s (disk stalled or database locked)", exc)
+            self._fault(
+                f"L2 operation did not finish within {self.op_timeout}s (disk stalled or database locked)",
+                exc,
+            )
         except _L2_FAULTS as exc:
             self._fault(f"L2 cache at {self.directory} failed: {type(exc).__name__}: {exc}", exc)
         except Exception as exc:  # e.g. a value that cannot be pickled: this call fails, the level is fine
@@ -559,7 +731,8 @@ class DiskCache:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("available" if self.available else "bypassed")
-        return f"<DiskCache {self.directory} {state} max_items={self.max_items} ttl={self.ttl:g}s>"
+        kind = " temporary" if self._own_dir else ""
+        return f"<DiskCache{kind} {self.directory} {state} max_items={self.max_items} ttl={self.ttl:g}s>"
 
 
 # --- both levels ----------------------------------------------------------------------------
@@ -576,6 +749,16 @@ def _level(value: Any, kind: type[L]) -> Optional[L]:
     return value
 
 
+def _l2_level(l2: Any, *, app: Optional[str], name: str, clock: Clock) -> Optional[DiskCache]:
+    if l2 is True:
+        return DiskCache(app=app, name=name, clock=clock)
+    if l2 == "temporary":
+        return DiskCache(temporary=True, clock=clock)
+    if isinstance(l2, str):
+        raise ConfigurationError(f"l2 takes a DiskCache, True, 'temporary' or None, got {l2!r}")
+    return _level(l2, DiskCache)
+
+
 class _Flight:
     __slots__ = ("event", "done", "value", "error")
 
@@ -590,7 +773,9 @@ class TwoLevelCache:
     """L1 + L2 + loader, with stampede protection and invalidation.
 
     ``l1``/``l2`` take a level, ``True`` for the default one, or ``None`` to
-    turn it off. ``stale_while_revalidate`` (seconds, default 0 = off) serves
+    turn it off. The default L2 persists in the per-user cache directory
+    ``$XDG_CACHE_HOME/nexus_green/<app>/<name>`` (see :class:`DiskCache`);
+    ``l2="temporary"`` gives a private one removed on :meth:`close`. ``stale_while_revalidate`` (seconds, default 0 = off) serves
     an expired entry for that long while one background greenlet reloads it.
     Callers waiting for another caller's load wait at most ``load_wait``
     seconds (and never past the deadline in force), then load themselves.
@@ -612,17 +797,18 @@ class TwoLevelCache:
     def __init__(
         self,
         l1: Union[MemoryCache, bool, None] = True,
-        l2: Union[DiskCache, bool, None] = True,
+        l2: Union[DiskCache, bool, str, None] = True,
         *,
         stale_while_revalidate: float = 0.0,
         load_wait: float = 30.0,
         clock: Clock = SYSTEM_CLOCK,
         name: str = "cache",
+        app: Optional[str] = None,
     ) -> None:
         self.clock = clock
         # Levels define __len__, so test their type, never their truth.
         self.l1: Optional[MemoryCache] = MemoryCache(clock=clock) if l1 is True else _level(l1, MemoryCache)
-        self.l2: Optional[DiskCache] = DiskCache(clock=clock) if l2 is True else _level(l2, DiskCache)
+        self.l2: Optional[DiskCache] = _l2_level(l2, app=app, name=name, clock=clock)
         if stale_while_revalidate < 0:
             raise ConfigurationError(f"stale_while_revalidate must be >= 0, got {stale_while_revalidate!r}")
         self.stale_while_revalidate = float(stale_while_revalidate)
@@ -706,7 +892,14 @@ class TwoLevelCache:
         fresh, _, _ = self.lookup(key)
         return default if fresh is None else fresh.value
 
-    def set(self, key: str, value: Any, *, ttl: Optional[float] = None, tags: Iterable[str] = ()) -> None:
+    def set(
+        self,
+        key: str,
+        value: Any,
+        *,
+        ttl: Optional[float] = None,
+        tags: Iterable[str] = (),
+    ) -> None:
         """Store in both levels; each keeps it for ``min(ttl, its own ttl)`` (its own ttl if None)."""
         now = self.clock.wall()
         if self.l2 is not None:
@@ -715,10 +908,26 @@ class TwoLevelCache:
         swr = self.stale_while_revalidate
         if self.l1 is not None:
             life = self.l1.ttl if ttl is None else min(ttl, self.l1.ttl)
-            self.l1.set(key, CacheEntry(value=value, expires=now + life, stale_until=now + life + swr, tags=tagged))
+            self.l1.set(
+                key,
+                CacheEntry(
+                    value=value,
+                    expires=now + life,
+                    stale_until=now + life + swr,
+                    tags=tagged,
+                ),
+            )
         if self.l2 is not None:
             life = self.l2.ttl if ttl is None else min(ttl, self.l2.ttl)
-            self.l2.set(key, CacheEntry(value=value, expires=now + life, stale_until=now + life + swr, tags=tagged))
+            self.l2.set(
+                key,
+                CacheEntry(
+                    value=value,
+                    expires=now + life,
+                    stale_until=now + life + swr,
+                    tags=tagged,
+                ),
+            )
 
     def get_or_load(
         self,
@@ -741,7 +950,15 @@ class TwoLevelCache:
         if stale is not None and self.stale_while_revalidate > 0:
             self.stale_served += 1
             if key not in self._inflight:
-                spawn(self._refresh, key, loader, ttl, tags, should_cache, name="cache-refresh")
+                spawn(
+                    self._refresh,
+                    key,
+                    loader,
+                    ttl,
+                    tags,
+                    should_cache,
+                    name="cache-refresh",
+                )
             return stale.value, level + ":stale"
         return self._load(key, loader, ttl, tags, should_cache), ""
 
@@ -770,7 +987,12 @@ class TwoLevelCache:
         flight = self._inflight.get(key)
         if flight is not None:
             self.coalesced += 1
-            flight.event.wait(max(0.0, cast(float, effective_timeout(self.load_wait, clock=self.clock))))
+            flight.event.wait(
+                max(
+                    0.0,
+                    cast(float, effective_timeout(self.load_wait, clock=self.clock)),
+                )
+            )
             if flight.done:
                 if flight.error is not None:
                     raise flight.error
@@ -898,7 +1120,10 @@ def request_key(request: Request, headers: Iterable[str] = ()) -> str:
     _part(h, str(request.fid).encode())
     for name in sorted(set(headers)):
         value = request.headers.get(name)
-        _part(h, name.encode() + (b"\x00-" if value is None else b"\x00=" + value.encode()))
+        _part(
+            h,
+            name.encode() + (b"\x00-" if value is None else b"\x00=" + value.encode()),
+        )
     _part(h, bytes(request.body))
     return "req:" + h.hexdigest()
 
@@ -954,6 +1179,10 @@ class CacheMiddleware:
     ``response.cached`` set to the level (``"l1"``, ``"l2"``, or
     ``"l1:stale"``/``"l2:stale"``) and ``latency`` 0.
 
+    Without ``cache`` it makes a :class:`TwoLevelCache` whose L2 persists in
+    ``$XDG_CACHE_HOME/nexus_green/<app>/<name>``; pass ``l2="temporary"``
+    for a private one removed on close, or ``l2=None`` for memory only.
+
     Example::
 
         >>> mw = CacheMiddleware(TwoLevelCache(l2=None), when={1})
@@ -976,10 +1205,12 @@ class CacheMiddleware:
         cache_errors: bool = False,
         should_cache: Optional[Callable[[Response], bool]] = None,
         name: str = "cache",
+        app: Optional[str] = None,
+        l2: Union[DiskCache, bool, str, None] = True,
     ) -> None:
         if when is None:
             raise ConfigurationError("caching is opt-in: pass when= a Fid, Fids or a predicate")
-        self.cache = cache if cache is not None else TwoLevelCache()
+        self.cache = cache if cache is not None else TwoLevelCache(l2=l2, name=name, app=app)
         self._match = request_matcher(when)
         header_names = tuple(headers)
         self._key: Callable[[Request], str] = key if key is not None else (lambda r: request_key(r, header_names))
@@ -993,7 +1224,11 @@ class CacheMiddleware:
             return call_next(request)
         tags = (f"fid:{request.fid}",) + (tuple(self._tags(request)) if self._tags is not None else ())
         response, level = self.cache.get_or_load(
-            self._key(request), lambda: call_next(request), ttl=self.ttl, tags=tags, should_cache=self._should_cache
+            self._key(request),
+            lambda: call_next(request),
+            ttl=self.ttl,
+            tags=tags,
+            should_cache=self._should_cache,
         )
         if level:
             return cast(Response, response).replace(cached=level, latency=0.0)
@@ -1011,14 +1246,18 @@ def cached(
     tags: Iterable[str] = (),
     should_cache: Optional[Callable[[Any], bool]] = None,
     l1: Union[MemoryCache, bool, None] = True,
-    l2: Union[DiskCache, bool, None] = True,
+    l2: Union[DiskCache, bool, str, None] = True,
     directory: Optional[str] = None,
+    app: Optional[str] = None,
     stale_while_revalidate: float = 0.0,
 ) -> Callable[[F], F]:
     """Cache any function's results in two levels; the arguments form the key (:func:`call_key`).
 
     Without ``cache`` it builds a :class:`TwoLevelCache` from ``l1``, ``l2``
-    and ``directory`` (L2 in a private temporary directory if none is given).
+    and ``directory``. L2 persists: in ``directory`` if given, else in
+    ``$XDG_CACHE_HOME/nexus_green/<app>/<module.function>`` (one namespace
+    per function); ``l2="temporary"`` gives a private directory removed when
+    ``wrapper.cache.close()`` runs or the cache is collected.
     The wrapper has ``cache``, ``cache_key(*args, **kwargs)`` and
     ``invalidate(*args, **kwargs)``; exceptions are never cached.
 
@@ -1036,12 +1275,18 @@ def cached(
     """
 
     def decorate(fn: F) -> F:
+        prefix = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
         if cache is not None:
             store = cache
         else:
-            level2: Union[DiskCache, bool, None] = DiskCache(directory) if l2 is True and directory else l2
-            store = TwoLevelCache(l1=l1, l2=level2, stale_while_revalidate=stale_while_revalidate)
-        prefix = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
+            level2: Union[DiskCache, bool, str, None] = DiskCache(directory) if l2 is True and directory else l2
+            store = TwoLevelCache(
+                l1=l1,
+                l2=level2,
+                stale_while_revalidate=stale_while_revalidate,
+                name=prefix,
+                app=app,
+            )
         fixed_tags = tuple(tags)
 
         def make_key(*args: Any, **kwargs: Any) -> str:

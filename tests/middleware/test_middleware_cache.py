@@ -371,8 +371,8 @@ def test_cached_never_caches_exceptions_and_accepts_shared_cache(clock: FakeCloc
     assert shared.get("k1") == 1
 
 
-def test_cached_default_l2_is_private_tempdir() -> None:
-    @cached()
+def test_cached_temporary_l2_is_private_and_removed() -> None:
+    @cached(l2="temporary")
     def g(x: int) -> int:
         return x * 2
 
@@ -380,6 +380,6 @@ def test_cached_default_l2_is_private_tempdir() -> None:
     l2 = g.cache.l2  # type: ignore[attr-defined]
     import os
 
-    assert os.path.isdir(l2.directory)
+    assert os.path.isdir(l2.directory) and "temporary" in repr(l2)
     g.cache.close()  # type: ignore[attr-defined]
     assert not os.path.exists(l2.directory)
