@@ -1,7 +1,16 @@
 """Monitoring (layer L4): metrics, history, per-connection figures, health and export, from the event stream.
 
 Everything here subscribes to :mod:`nexus_green.events`; the transport and
-the connection never import it. Start with :class:`PerformanceMonitor`:
+the connection never import it. One call turns everything on for the
+process (the monitor on ``default_bus``, health checks, StatsD), and one
+turns it off again::
+
+    >>> m = enable()                       # enable(statsd="127.0.0.1:8125", prefix="shop", interval=10)
+    >>> m.health().status
+    'healthy'
+    >>> disable()
+
+Or build the pieces yourself, starting with :class:`PerformanceMonitor`:
 
 Example::
 
@@ -15,11 +24,13 @@ Example::
 
 from .config import MonitoringConfiguration
 from .decorators import counted, timed
+from .enabling import Monitoring, disable, enable, enabled
 from .export import statsd_stats, to_csv, to_json, to_prometheus
 from .health import (
     DEGRADED,
     HEALTHY,
     UNHEALTHY,
+    BreakerCheck,
     CheckResult,
     ErrorRateCheck,
     FunctionCheck,
@@ -36,6 +47,11 @@ from .statsd_sink import StatsDSink
 from .tracker import ConnectionInfo, ConnectionTracker
 
 __all__ = [
+    "enable",
+    "disable",
+    "enabled",
+    "Monitoring",
+    "BreakerCheck",
     "MonitoringConfiguration",
     "PerformanceMonitor",
     "SNAPSHOT_SCHEMA",

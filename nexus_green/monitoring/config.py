@@ -71,12 +71,16 @@ class MonitoringConfiguration:
     * ``pool_utilisation_degraded`` 0.9 (pool unhealthy when it has waiters
       and no capacity left, or refused a checkout in the last interval)
 
-    StatsD (off unless ``statsd_enabled``):
+    StatsD (:func:`nexus_green.monitoring.enable` starts a sink when
+    ``statsd_enabled``; ``enable(statsd="host:port")`` sets it):
 
     * ``statsd_host`` "127.0.0.1", ``statsd_port`` 8125, ``statsd_prefix``
       "nexus_green", ``statsd_sample_rate`` 1.0 (applied to counters),
       ``statsd_interval`` 10.0 s, ``statsd_max_udp_size`` 512 bytes,
       ``statsd_ipv6`` False.
+    * ``statsd_timer_samples`` 100 -- raw values sent per histogram per flush
+      as StatsD timers (``|ms|@rate``); ``statsd_max_timer_lines`` 2000 --
+      timer lines per flush over all histograms.
 
     Example::
 
@@ -111,6 +115,8 @@ class MonitoringConfiguration:
     statsd_interval: float = 10.0
     statsd_max_udp_size: int = 512
     statsd_ipv6: bool = False
+    statsd_timer_samples: int = 100
+    statsd_max_timer_lines: int = 2000
 
     def __post_init__(self) -> None:
         for name in ("history_interval", "history_seconds", "rate_window", "hub_probe_interval", "statsd_interval"):
@@ -127,7 +133,13 @@ class MonitoringConfiguration:
             raise ConfigurationError(
                 f"quantiles must be a non-empty tuple of numbers in [0, 1], got {self.quantiles!r}"
             )
-        for name in ("max_series", "max_tracked_connections", "statsd_max_udp_size"):
+        for name in (
+            "max_series",
+            "max_tracked_connections",
+            "statsd_max_udp_size",
+            "statsd_timer_samples",
+            "statsd_max_timer_lines",
+        ):
             _positive_int(name, getattr(self, name), minimum=1)
         _positive_int("closed_connections_kept", self.closed_connections_kept, minimum=0)
         if not (isinstance(self.statsd_port, int) and 0 < self.statsd_port < 65536):

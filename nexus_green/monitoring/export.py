@@ -237,8 +237,13 @@ def counter_state(snapshot: Snapshot) -> dict[str, float]:
     return state
 
 
-def statsd_stats(snapshot: Snapshot, previous: Optional[Mapping[str, float]] = None) -> list[tuple[str, Any, str]]:
+def statsd_stats(
+    snapshot: Snapshot, previous: Optional[Mapping[str, float]] = None, *, histograms: bool = True
+) -> list[tuple[str, Any, str]]:
     """``(stat, value, "c" | "g")`` for every figure of the snapshot.
+
+    ``histograms=False`` leaves histograms out: the StatsD sink sends them as
+    timers, from raw samples, instead of these cumulative summaries.
 
     Counters (and histogram counts) are sent as the increase since
     ``previous`` (a :func:`counter_state`); a zero increase is not sent.
@@ -267,7 +272,7 @@ def statsd_stats(snapshot: Snapshot, previous: Optional[Mapping[str, float]] = N
             v = m["value"]
             if v is not None and not (isinstance(v, float) and not math.isfinite(v)):
                 out.append((stat, v, "g"))
-        else:
+        elif histograms:
             delta = m["count"] - previous.get(stat + ".count", 0)
             if delta > 0:
                 out.append((stat + ".count", delta, "c"))

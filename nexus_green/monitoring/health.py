@@ -15,6 +15,13 @@ built-in checks (thresholds from
   connections against ``heartbeat_rtt_degraded`` / ``_unhealthy``.
 * :class:`HubBlockedCheck` -- the worst hub lag of the last interval against
   ``hub_lag_degraded`` / ``hub_lag_unhealthy``.
+* :class:`BreakerCheck` -- degraded while a circuit breaker seen on the bus is
+  open or half-open (a dependency is refused or on trial).
+
+During an outage the error rate (failed calls, wherever they failed, over
+``rate_window``) makes the report unhealthy and an open breaker degraded;
+once calls succeed again and the breakers close, it is healthy after at most
+one ``rate_window``.
 
 The overall status is the worst check's. A check that raises makes the report
 unhealthy with the exception as its reason: a broken check must not look
@@ -53,6 +60,7 @@ __all__ = [
     "ErrorRateCheck",
     "HeartbeatRTTCheck",
     "HubBlockedCheck",
+    "BreakerCheck",
     "HealthChecker",
 ]
 
@@ -212,7 +220,32 @@ class HubBlockedCheck:
         self.degraded, self.unhealthy = degraded, unhealthy
 
     def __call__(self, monitor: PerformanceMonitor) -> CheckResult:
-        return _grade(self.name, monitor.value("hub.lag.max"), self.degraded, self.unhealthy, "hub lag", "s")
+        return _grade(self.name, monitor.value("hub.lag.worst"), self.degraded, self.unhealthy, "hub lag", "s")
+
+
+class BreakerCheck:
+    """Degraded while any circuit breaker is open or half-open (breakers on the monitor's bus).
+
+    Example::
+
+        >>> from nexus_green.events import EventBus
+        >>> from nexus_green.monitoring.monitor import PerformanceMonitor
+        >>> bus = EventBus()
+        >>> with PerformanceMonitor(bus) as mon:
+        ...     bus.emit("breaker.state", breaker="db", old="closed", new="open", reason="failure_rate")
+        ...     BreakerCheck()(mon).reason
+        'breaker db is open'
+    """
+
+    name = "breakers"
+
+    def __call__(self, monitor: PerformanceMonitor) -> CheckResult:
+        states = monitor.outages.breaker_states()
+        bad = sorted((name, state) for name, state in states.items() if state != "closed")
+        if not bad:
+            return CheckResult(name=self.name, status=HEALTHY, value=0)
+        reason = ", ".join(f"breaker {name} is {state}" for name, state in bad)
+        return CheckResult(name=self.name, status=DEGRADED, reason=reason, value=len(bad))
 
 
 class PoolCapacityCheck:
@@ -255,7 +288,7 @@ class PoolCapacityCheck:
 class HealthChecker:
     """Runs checks against a monitor and combines them (worst wins).
 
-    ``checks`` defaults to the four built-in ones with thresholds from the
+    ``checks`` defaults to the five built-in ones with thresholds from the
     monitor's configuration; :meth:`add` plugs in more.
 
     Example::
@@ -281,6 +314,7 @@ class HealthChecker:
                 ErrorRateCheck(degraded=cfg.error_rate_degraded, unhealthy=cfg.error_rate_unhealthy),
                 HeartbeatRTTCheck(degraded=cfg.heartbeat_rtt_degraded, unhealthy=cfg.heartbeat_rtt_unhealthy),
                 HubBlockedCheck(degraded=cfg.hub_lag_degraded, unhealthy=cfg.hub_lag_unhealthy),
+                BreakerCheck(),
             ]
         )
 

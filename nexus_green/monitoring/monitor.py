@@ -66,6 +66,7 @@ from ..errors import NexusTimeout, UsageError
 from ..events import Event, EventBus, default_bus
 from ..greenlets import live_greenlets, spawn
 from .config import MonitoringConfiguration
+from .outages import OutageMetrics
 from .registry import Counter, Gauge, MetricsRegistry, Tags, quantile_label, series_fields
 from .resources import ResourceSampler
 from .sketch import DDSketch
@@ -137,8 +138,13 @@ class PerformanceMonitor:
         self.bus = bus
         self.clock = clock
         self.rng = rng or random.Random()
-        self.registry = registry or MetricsRegistry(
-            max_series=cfg.max_series, relative_accuracy=cfg.relative_accuracy, quantiles=cfg.quantiles
+        # "is not None": an empty registry has len() 0 and must still be used.
+        self.registry = (
+            registry
+            if registry is not None
+            else MetricsRegistry(
+                max_series=cfg.max_series, relative_accuracy=cfg.relative_accuracy, quantiles=cfg.quantiles
+            )
         )
         self.tracker = ConnectionTracker(
             clock=clock, max_tracked=cfg.max_tracked_connections, closed_kept=cfg.closed_connections_kept
@@ -168,6 +174,7 @@ class PerformanceMonitor:
         self._owns_sampling = False
         self._skip = 0  # latencies to skip at the start of the next batch (every k-th sampled)
         self._declare()
+        self.outages = OutageMetrics(self)
         self._latency_prev: DDSketch = self.latency.sketch.copy()
         self._subscribe()
 
@@ -238,7 +245,8 @@ class PerformanceMonitor:
         self.buffers_capacity = g("buffers.capacity", unit="buffers", help="buffer-pool capacity")
         self.buffers_utilisation = g("buffers.utilisation", unit="ratio", help="buffers in use / capacity")
         self.hub_lag = h("hub.lag", help="lag probe oversleep: how late the hub ran a ready greenlet")
-        self.hub_lag_max = g("hub.lag.max", unit="seconds", help="worst hub lag in the last interval")
+        # Not "hub.lag.max": StatsD backends derive <timer>.max from the hub.lag timer.
+        self.hub_lag_max = g("hub.lag.worst", unit="seconds", help="worst hub lag in the last interval")
         r.declare("counter", "hub.blocked", unit="events", help="times the hub was blocked past hub_lag_degraded")
         self.hub_blocked_probe = c("hub.blocked", {"source": "probe"})
         self.hub_blocked_gevent = c("hub.blocked", {"source": "gevent_monitor"})
@@ -282,6 +290,7 @@ class PerformanceMonitor:
             sub(self._on_other, prefix="protocol.error"),
             sub(self._on_other, prefix="push.received"),
             sub(self._on_other, prefix="buffers.state"),
+            *self.outages.subscribe(),
         ]
         self.tracker.attach(self.bus, hot=False)
         if not self._sample_all and self.bus.latency_sample_every == 1:
@@ -328,7 +337,11 @@ class PerformanceMonitor:
         self.msgs_sent.value += a.get("frames_sent", 0)
         self.bytes_received.value += a.get("bytes_received", 0)
         self.msgs_received.value += a.get("frames_received", 0)
-        self.requests_completed.value += a.get("completed", 0)
+        completed = a.get("completed", 0)
+        self.requests_completed.value += completed
+        samples = self.latency.samples
+        if samples is not None and completed:
+            samples.note_seen(completed)  # the latencies below stand for every completed request
         non_ok = a.get("non_ok", 0)
         if non_ok:
             self.requests_non_ok.value += non_ok
@@ -350,19 +363,28 @@ class PerformanceMonitor:
                 self._flush_latencies()
 
     def _flush_latencies(self) -> None:
+        samples = self.latency.samples
         pending = self._pending_latencies
         if pending:
             self._pending_latencies = array("f")
             self.latency.sketch.add_many(pending, numpy=self._numpy)
+            if samples is not None:
+                samples.add_many(pending, seen=0)
         exact = self._pending_exact
         if exact:
             self._pending_exact = array("d")
             self.latency.sketch.add_many(exact, numpy=self._numpy)
+            if samples is not None:
+                samples.add_many(exact, seen=0)
 
     def _on_request_failed(self, event: Event) -> None:
-        a = event.attrs
+        error = event.attrs.get("error")
+        self.outages.wire_failed(error)
+        self.count_request_failure(error)
+
+    def count_request_failure(self, error: object) -> None:
+        """Count one failed request: ``requests.failed``, ``errors.timeouts``, ``errors{kind=request}``."""
         self.requests_failed.value += 1
-        error = a.get("error")
         if _is_timeout(error):
             self.timeouts.value += 1
         self._count_error("request", error)
@@ -450,6 +472,7 @@ class PerformanceMonitor:
         self._pool_metric("counter", "pool.exhausted", pool).value += 1
         self._pool_metric("histogram", "pool.checkout.wait", pool).record(a.get("wait", 0.0))
         self._count_error("pool", "PoolExhausted")
+        self.outages.rejected("pool")
 
     def _pool_opened(self, a: Mapping[str, Any]) -> None:
         self._pool_metric("counter", "pool.connections.opened", str(a.get("pool", ""))).value += 1
@@ -737,7 +760,7 @@ class PerformanceMonitor:
             self.clock.sleep(probe)
             now = self.clock.now()
             lag = max(0.0, now - t0 - probe)
-            self.hub_lag.sketch.add(lag)
+            self.hub_lag.record(lag)
             if lag > self._lag_max:
                 self._lag_max = lag
             if lag >= blocked:

@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional, Union
 
 from ..errors import MetricError
+from .samples import TimerSamples
 from .sketch import DEFAULT_RELATIVE_ACCURACY, DDSketch
 
 __all__ = [
@@ -217,7 +218,7 @@ class Histogram(_Base):
         (4, 0.002, 0.004)
     """
 
-    __slots__ = ("sketch",)
+    __slots__ = ("sketch", "samples")
     kind = "histogram"
 
     def __init__(
@@ -230,10 +231,16 @@ class Histogram(_Base):
     ) -> None:
         super().__init__(name, tags, unit, help)
         self.sketch = DDSketch(relative_accuracy)
+        # Raw values since the last StatsD flush, kept only while a sink asks
+        # for them (MetricsRegistry.keep_samples).
+        self.samples: Optional[TimerSamples] = None
 
     def record(self, value: float) -> None:
         """Add one observation."""
         self.sketch.add(value)
+        samples = self.samples
+        if samples is not None:
+            samples.add(value)
 
     @property
     def count(self) -> int:
@@ -298,6 +305,7 @@ class MetricsRegistry:
         self._names: dict[str, tuple[str, str, str]] = {}  # name -> (kind, unit, help)
         self._sorted: Optional[list[Metric]] = None
         self.dropped: dict[str, int] = {}
+        self.sample_cap: Optional[int] = None
 
     # ------------------------------------------------------------------ declaring
     def counter(
@@ -360,6 +368,8 @@ class MetricsRegistry:
             metric = Gauge(name, tag_key, unit, help, fn)
         else:
             metric = Histogram(name, tag_key, unit, help, self.relative_accuracy)
+            if self.sample_cap is not None:
+                metric.samples = TimerSamples(self.sample_cap)
         if len(self._series) >= self.max_series:
             if name not in self.dropped:
                 log.warning("metrics: series limit %d reached, dropping new series of %r", self.max_series, name)
@@ -402,6 +412,22 @@ class MetricsRegistry:
         if help and not known[2]:
             self._names[name] = known = (kind, known[1], help)
         return known
+
+    def keep_samples(self, cap: Optional[int]) -> None:
+        """Keep up to ``cap`` raw values per histogram between drains (StatsD timers); None stops it.
+
+        Applies to every histogram, now and created later. Example::
+
+            >>> reg = MetricsRegistry(); reg.keep_samples(10)
+            >>> h = reg.histogram("step"); h.record(0.5); h.samples.drain()
+            ([0.5], 1.0)
+            >>> reg.keep_samples(None); reg.histogram("step").samples is None
+            True
+        """
+        self.sample_cap = cap
+        for m in self._series.values():
+            if isinstance(m, Histogram):
+                m.samples = None if cap is None else TimerSamples(cap)
 
     # ------------------------------------------------------------------ reading
     def get(self, name: str, tags: Optional[Mapping[str, object]] = None) -> Optional[Metric]:

@@ -1,12 +1,24 @@
 """StatsDSink: ships the aggregated registry to StatsD on an interval, as pipelined UDP packets.
 
-This module owns the StatsD delivery. Every ``statsd_interval`` (default
-10 s) a background greenlet takes one snapshot, turns it into stats with
+This module owns the StatsD delivery. Nothing is sent until the flusher
+runs: :meth:`StatsDSink.start` (or the ``with`` block, or
+:func:`nexus_green.monitoring.enable`, which does both for you) starts it, and
+:meth:`StatsDSink.flush` sends at once. Every ``statsd_interval`` (default
+10 s) the background greenlet takes one snapshot, turns it into stats with
 :func:`~nexus_green.monitoring.export.statsd_stats` (counter deltas since the
-previous flush, gauges, histogram summaries) and sends them through the
-``statsd`` package's ``StatsClient.pipeline()``, which packs many lines into
-each datagram of at most ``statsd_max_udp_size`` bytes. Nothing is sent per
-request.
+previous flush, gauges) and sends them through the ``statsd`` package's
+``StatsClient.pipeline()``, which packs many lines into each datagram of at
+most ``statsd_max_udp_size`` bytes. Nothing is sent per request.
+
+Histograms (latencies, durations) go out in StatsD's own timer form when the
+source is a monitor: while the sink runs, each histogram keeps a uniform
+sample of the raw values it recorded since the previous flush
+(:class:`~nexus_green.monitoring.samples.TimerSamples`), and each flush sends
+at most ``statsd_timer_samples`` of them per histogram, and
+``statsd_max_timer_lines`` in all, as ``name:12.500000|ms|@0.25`` (the rate
+is values sent / values recorded, so StatsD's counts are right). A bare
+snapshot callable has no raw values; its histograms go out as summaries
+(``.count`` and ``.p99``-style gauges), as does ``timers=False``.
 
 Why it cannot break or slow the application:
 
@@ -18,6 +30,8 @@ Why it cannot break or slow the application:
   datagram instead of waiting, and an unreachable host (ICMP refusals) is
   swallowed by the ``statsd`` client.
 * A failing snapshot or send is logged and counted; the greenlet keeps going.
+  A failure that repeats is logged once a minute with a count
+  (:class:`~nexus_green.logs.RepeatedLog`).
 
 Stop it with :meth:`StatsDSink.close` (or use it as a context manager): the
 greenlet stops, a last flush goes out, and the socket is closed.
@@ -47,8 +61,10 @@ from statsd import StatsClient
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import UsageError
 from ..greenlets import spawn
+from ..logs import RepeatedLog
 from .config import MonitoringConfiguration
-from .export import counter_state, statsd_stats
+from .export import counter_state, statsd_name, statsd_stats
+from .registry import Histogram, MetricsRegistry
 
 __all__ = ["StatsDSink", "hub_resolve"]
 
@@ -88,7 +104,10 @@ class StatsDSink:
     ``source`` is a :class:`~nexus_green.monitoring.monitor.PerformanceMonitor`
     (its ``snapshot``) or any callable returning a snapshot dict. Options come
     from ``config`` (host, port, prefix, sample rate, interval, max UDP size,
-    IPv6); ``resolve`` is injectable for tests.
+    IPv6, timer samples); ``resolve`` is injectable for tests. ``timers``
+    (default: True for a monitor, False for a callable) sends histograms as
+    StatsD timers from raw samples instead of summaries. Nothing is sent
+    before :meth:`start` or :meth:`flush`.
 
     Example::
 
@@ -105,12 +124,22 @@ class StatsDSink:
         config: Optional[MonitoringConfiguration] = None,
         clock: Clock = SYSTEM_CLOCK,
         resolve: Callable[[str, int, bool], str] = hub_resolve,
+        timers: Optional[bool] = None,
     ) -> None:
         self.config = config or MonitoringConfiguration()
         snapshot = getattr(source, "snapshot", None)
         self._source: SnapshotSource = snapshot if callable(snapshot) else source
         if not callable(self._source):
             raise UsageError(f"StatsDSink needs a monitor or a callable returning a snapshot, got {source!r}")
+        registry = getattr(source, "registry", None)
+        self.registry: Optional[MetricsRegistry] = registry if isinstance(registry, MetricsRegistry) else None
+        if timers and self.registry is None:
+            raise UsageError("StatsDSink(timers=True) needs a monitor (raw values come from its registry)")
+        self.timers = self.registry is not None if timers is None else timers
+        if self.timers:
+            assert self.registry is not None
+            self.registry.keep_samples(self.config.statsd_timer_samples)
+        self._log = RepeatedLog(log, clock=clock)
         self.clock = clock
         self._resolve = resolve
         self._client: Optional[StatsClient] = None
@@ -138,7 +167,9 @@ class StatsDSink:
             )
         except Exception as exc:
             self.errors += 1
-            log.warning("statsd: cannot use %s:%s (%s); will retry", cfg.statsd_host, cfg.statsd_port, exc)
+            self._log.warning(
+                "connect", "statsd: cannot use %s:%s (%s); will retry", cfg.statsd_host, cfg.statsd_port, exc
+            )
             return None
         sock = getattr(client, "_sock", None)
         if sock is not None:
@@ -157,7 +188,7 @@ class StatsDSink:
             return 0
         try:
             snap = self._source()
-            stats = statsd_stats(snap, self._previous)
+            stats = statsd_stats(snap, self._previous, histograms=not self.timers)
             rate = self.config.statsd_sample_rate
             with client.pipeline() as pipe:
                 for stat, value, kind in stats:
@@ -165,14 +196,59 @@ class StatsDSink:
                         pipe.incr(stat, value, rate)
                     else:
                         pipe.gauge(stat, value)
+                lines = len(stats)
+                for line in self.timer_lines():
+                    # Pre-formatted with its own rate: the client's rate argument would drop lines at random.
+                    pipe._send_stat(*line, 1)
+                    lines += 1
             self._previous = counter_state(snap)
         except Exception:
             self.errors += 1
-            log.exception("statsd: flush failed")
+            self._log.exception("flush", "statsd: flush failed")
             return 0
         self.flushes += 1
-        self.lines_sent += len(stats)
-        return len(stats)
+        self.lines_sent += lines
+        return lines
+
+    def timer_lines(self) -> list[tuple[str, str]]:
+        """``(stat, "12.500000|ms|@0.25")`` for the raw values every histogram kept since the last call.
+
+        Takes the samples (the next call starts a new interval). At most
+        ``statsd_timer_samples`` per histogram and ``statsd_max_timer_lines``
+        in all; a histogram cut short by the total sends its values with the
+        lower rate they then stand for. Seconds go out as milliseconds
+        (``|ms``), other units as they are (``|h``).
+        """
+        if not self.timers or self.registry is None:
+            return []
+        room = self.config.statsd_max_timer_lines
+        out: list[tuple[str, str]] = []
+        for m in self.registry.series():
+            samples = m.samples if isinstance(m, Histogram) else None
+            if samples is None or not samples.seen:
+                continue
+            values, rate = samples.drain()
+            if len(values) > room:
+                rate *= room / len(values)
+                values = values[:room]
+            room -= len(values)
+            stat = statsd_name(m.name, dict(m.tags))
+            if m.unit == "seconds":
+                out.extend((stat, f"{v * 1000.0:0.6f}|ms|@{rate:.6g}") for v in values)
+            else:
+                out.extend((stat, f"{v:.6g}|h|@{rate:.6g}") for v in values)
+        return out
+
+    def mark(self) -> StatsDSink:
+        """Take the counters as they are now as the baseline: the next flush sends only what happens after.
+
+        For a sink on a registry that counted before it (``enable()`` after
+        ``disable()``): without it the first flush sends every count so far.
+        """
+        self._previous = counter_state(self._source())
+        if self.registry is not None and self.timers:
+            self.registry.keep_samples(self.config.statsd_timer_samples)
+        return self
 
     def start(self) -> StatsDSink:
         """Start the background flusher greenlet (idempotent)."""
@@ -204,6 +280,8 @@ class StatsDSink:
             self._client.close()
         self._closed = True
         self._client = None
+        if self.timers and self.registry is not None:
+            self.registry.keep_samples(None)  # histograms stop keeping raw values
 
     def __enter__(self) -> StatsDSink:
         return self.start()

@@ -44,18 +44,35 @@ __all__ = ["ConnectionInfo", "ConnectionTracker", "error_name"]
 
 
 def error_name(error: object) -> str:
-    """A short, bounded label for an error attribute: its class name.
+    """A short, bounded label for an error attribute: its public class name.
+
+    Internal classes (the timer machinery's ``Interrupt``, private ``_``
+    classes) are named by their first public base: an Interrupt is a
+    ``Timeout``.
 
     Example::
 
         >>> error_name(TimeoutError("x")), error_name("ConnectionRefused"), error_name(None)
         ('TimeoutError', 'ConnectionRefused', 'none')
+        >>> from nexus_green.timers import Interrupt, Timer
+        >>> error_name(Interrupt(Timer(None, 1.0, print, None)))
+        'Timeout'
     """
     if error is None:
         return "none"
     if isinstance(error, BaseException):
-        return type(error).__name__
+        return _public_name(type(error))
     return str(error)[:64]
+
+
+_INTERNAL_MODULES = frozenset({"nexus_green.timers", "nexus_green.deadline", "nexus_green.greenlets"})
+
+
+def _public_name(cls: type) -> str:
+    for klass in cls.__mro__:
+        if klass.__module__ not in _INTERNAL_MODULES and not klass.__name__.startswith("_"):
+            return klass.__name__
+    return cls.__name__  # pragma: no cover - BaseException is public
 
 
 def _error_text(error: object) -> Optional[str]:

@@ -26,7 +26,9 @@ def statuses(report) -> dict:  # type: ignore[no-untyped-def]
 def test_everything_healthy_by_default(monitor: PerformanceMonitor) -> None:
     report = HealthChecker(monitor).check()
     assert report.status == HEALTHY and report.reasons == []
-    assert statuses(report) == {n: HEALTHY for n in ("pool_capacity", "error_rate", "heartbeat_rtt", "hub_blocked")}
+    assert statuses(report) == {
+        n: HEALTHY for n in ("pool_capacity", "error_rate", "heartbeat_rtt", "hub_blocked", "breakers")
+    }
     assert report.to_dict()["status"] == "healthy"
 
 

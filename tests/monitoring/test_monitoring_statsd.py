@@ -66,7 +66,7 @@ def test_flush_sends_pipelined_packets_that_match_the_snapshot(receiver: socket.
     cfg = config_for(receiver)
     with PerformanceMonitor(bus, config=cfg) as mon:
         busy(mon, bus)
-        sink = StatsDSink(mon, config=cfg)
+        sink = StatsDSink(mon, config=cfg, timers=False)  # the summary form; timers: test_monitoring_enable.py
         sent = sink.flush()
         snap = mon.snapshot()
         packets = receive_all(receiver)
@@ -106,7 +106,7 @@ def test_background_flusher_runs_on_interval_and_stops_cleanly(receiver: socket.
     bus, clock = EventBus(), FakeClock(autojump=False)
     cfg = config_for(receiver, statsd_interval=10.0)
     mon = PerformanceMonitor(bus, config=cfg, clock=clock)
-    with StatsDSink(mon, config=cfg, clock=clock) as sink:
+    with StatsDSink(mon, config=cfg, clock=clock, timers=False) as sink:
         assert sink.running and sink.start() is sink
         busy(mon, bus, n=10)
         gevent.sleep(0)
@@ -129,7 +129,7 @@ def test_sample_rate_is_applied_to_counters(receiver: socket.socket) -> None:
     cfg = config_for(receiver, statsd_sample_rate=0.5)
     with PerformanceMonitor(bus, config=cfg) as mon:
         busy(mon, bus)
-        sink = StatsDSink(mon, config=cfg)
+        sink = StatsDSink(mon, config=cfg, timers=False)  # the summary form; timers: test_monitoring_enable.py
         counter_lines = 0
         for _ in range(10):
             mon.registry.counter("requests.completed").inc()
