@@ -1,8 +1,9 @@
 """``@timed(name)`` and ``@counted(name)``: measure any call site into a metrics registry.
 
 This module owns the two measuring decorators. Each works on any callable
-(not only nexus_green calls), bare (``@timed``: the metric is named after the
-function, see :func:`metric_name_for`) or called (``@timed("db.query")``,
+(not only nexus_green calls), bare (``@timed``: the histogram is named after
+the function, see :func:`metric_name_for`; ``@counted``: the counter is that
+name plus ``.calls``, so both can decorate one function) or called (``@timed("db.query")``,
 ``@timed(registry=...)``), and, given a name, as a context manager on any block:
 
 * :class:`timed` records the duration of every call (including calls that
@@ -205,7 +206,7 @@ class counted:
                 raise TypeError(
                     'counted(fn, ...) is not a form: write @counted, @counted("name") or @counted(registry=...)'
                 )
-            return cls(metric_name_for(name))(name)
+            return cls(metric_name_for(name) + ".calls")(name)
         return super().__new__(cls)
 
     def __init__(
@@ -231,7 +232,7 @@ class counted:
 
     def __call__(self, fn: F) -> F:
         if self.counter is None:  # @counted() or @counted(registry=...): named after the function
-            return counted(metric_name_for(fn), registry=self.registry, tags=self.tags)(fn)
+            return counted(metric_name_for(fn) + ".calls", registry=self.registry, tags=self.tags)(fn)
         counter = self.counter
 
         @functools.wraps(fn)
