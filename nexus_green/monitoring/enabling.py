@@ -130,18 +130,12 @@ def enable(
             f"quantiles {cfg.quantiles} differ from the registry's {reg.quantiles}: pass a registry made with them"
         )
     monitor = PerformanceMonitor(bus, config=cfg, registry=reg, clock=clock)
-    sink: Optional[StatsDSink] = None
-    try:
-        if cfg.statsd_enabled:
-            sink = StatsDSink(monitor, config=cfg, clock=clock).mark().start()
-        monitor.start()
-    except BaseException:
-        if sink is not None:
-            sink.close()
-        monitor.close()
-        raise
+    sink = StatsDSink(monitor, config=cfg, clock=clock).mark().start() if cfg.statsd_enabled else None
+    monitor.start()
+    checker = HealthChecker(monitor)
+    checker.check()  # the baseline: refusals counted on this registry before now are not news
     global _current
-    _current = Monitoring(monitor=monitor, checker=HealthChecker(monitor), sink=sink)
+    _current = Monitoring(monitor=monitor, checker=checker, sink=sink)
     return _current
 
 

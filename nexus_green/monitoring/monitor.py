@@ -174,6 +174,19 @@ class PerformanceMonitor:
         self._owns_sampling = False
         self._skip = 0  # latencies to skip at the start of the next batch (every k-th sampled)
         self._declare()
+        # On a registry an earlier monitor used (enable() after disable()), the tick's figures start afresh.
+        for gauge in (
+            self.error_rate,
+            self.error_per_s,
+            self.hub_lag_max,
+            self.rate_requests,
+            self.rate_msgs_sent,
+            self.rate_msgs_received,
+            self.rate_bytes_sent,
+            self.rate_bytes_received,
+            *self.recent.values(),
+        ):
+            gauge.value = 0
         self.outages = OutageMetrics(self)
         self._latency_prev: DDSketch = self.latency.sketch.copy()
         self._subscribe()
