@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping
+from time import monotonic as _monotonic
 from typing import Any, Optional
 
 from gevent.hub import get_hub
@@ -27,7 +28,13 @@ from .clock import SYSTEM_CLOCK, Clock
 from .connection.connection import ConnectionOptions
 from .connection.pool import ConnectionPool
 from .deadline import DEFAULT, budget, deadline_var
-from .errors import ClientClosed, CompressionError, ConfigurationError, RemoteError, UsageError
+from .errors import (
+    ClientClosed,
+    CompressionError,
+    ConfigurationError,
+    RemoteError,
+    UsageError,
+)
 from .events import EventBus, default_bus
 from .middleware.compression import DictionaryRegistry
 from .middleware.offload import decode_off_hub
@@ -167,6 +174,7 @@ class Client:
         wrap = _pipeline_wrap(middlewares, bus) if middlewares else None  # checked before the pool opens anything
         self.timeout = timeout
         self._hub = get_hub()  # calls from another OS thread get a UsageError, not a hang
+        self._now = _monotonic if clock is SYSTEM_CLOCK else clock.now  # the budget's start, once per call
         self.raise_for_code = raise_for_code
         self.bus = bus
         self.clock = clock
@@ -261,7 +269,7 @@ class Client:
         limit = self.timeout if timeout is DEFAULT else timeout
         d = _DEADLINE.get()
         if d is None and limit is not None:
-            until: Optional[float] = self.clock.now() + limit
+            until: Optional[float] = self._now() + limit
             by_deadline = False
         else:
             until, by_deadline = budget(limit, clock=self.clock)

@@ -64,6 +64,7 @@ from greenlet import getcurrent
 __all__ = ["Timer", "TimerScheduler", "Interrupt", "arm", "wait_until", "hub_scheduler", "run_timer", "FIRED"]
 
 _INF_TICK = 1 << 62
+_new = object.__new__
 _monotonic = time.monotonic
 _heappush = heapq.heappush
 _heappop = heapq.heappop
@@ -111,6 +112,19 @@ class Timer:
     def cancel(self) -> None:
         """Disarm; the function never runs afterwards."""
         owner = self._owner
+        if owner.__class__ is TimerScheduler:
+            # The real clock's case, once per request: its bookkeeping inline.
+            self._owner = None
+            tick = self.tick
+            buckets = owner._buckets
+            bucket = buckets.get(tick)
+            if bucket is not None and bucket.pop(self, 0) is None:
+                owner.armed -= 1
+                if not owner.armed:
+                    owner._timer.ref = False
+                if not bucket and tick != owner._last_tick:
+                    del buckets[tick]
+            return
         if owner is None or owner is _FIRED:
             return
         self._owner = None
@@ -237,7 +251,13 @@ class TimerScheduler:
     def call_at(self, when: float, fn: Callable[[Any], Any], arg: Any = None) -> Timer:
         """Run ``fn(arg)`` in the hub at monotonic time ``when`` (unless cancelled first)."""
         tick = int(when * 1000.0) + 1
-        t = Timer(self, when, fn, arg, tick)
+        # Slots set here rather than through __init__: this runs once per request.
+        t = _new(Timer)
+        t._owner = self
+        t.when = when
+        t.tick = tick
+        t.fn = fn
+        t.arg = arg
         if tick == self._last_tick:
             self._last_bucket[t] = None
         else:

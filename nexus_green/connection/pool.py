@@ -239,7 +239,15 @@ class ConnectionPool:
             ...     pool.request_until(b"x", 1, None, 0, pool.clock.now() + 5).code
             200
         """
-        conn = self.checkout(until, by_deadline)
+        conns = self._conns
+        if len(conns) == 1 and not self._closed:  # checkout's common case, without its call
+            conn = conns[0]
+            if not (conn.connected and conn.in_flight < self.max_in_flight):
+                conn = self.checkout(until, by_deadline)
+            else:
+                self.checkouts += 1
+        else:
+            conn = self.checkout(until, by_deadline)
         try:
             return conn.request_until(body, fid, headers, tp, until, by_deadline)
         finally:
