@@ -194,6 +194,6 @@ def _rebuild_response(
         cached,
         tp,
     )
-    for setter, value in zip(_RESPONSE_SETTERS, values):
+    for setter, value in zip(_RESPONSE_SETTERS, values, strict=True):
         setter(r, value)
     return r
