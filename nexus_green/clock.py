@@ -7,7 +7,7 @@ breaker window) takes a :class:`Clock`, so tests can swap in a
 ``SystemClock.sleep`` is ``gevent.sleep``: a clock that slept with
 ``time.sleep`` would freeze the hub in an application that has not
 monkey-patched, and the library must behave the same patched or not. This is
-the one gevent import L0 allows (see DESIGN.md).
+the one gevent import L0 allows (see docs/design.md).
 
 A clock also schedules: ``call_at(when, fn, arg)`` runs ``fn(arg)`` in the
 hub at time ``when`` of that clock and returns a cancellable

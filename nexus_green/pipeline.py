@@ -1,7 +1,7 @@
 """The request pipeline contract (layer L0): Handler, the Middleware protocol, the orders, Pipeline.
 
 Both ``middleware/`` and ``resilience/`` implement this contract, so it lives
-below both of them (DESIGN.md, layer L0) and imports only the stdlib and
+below both of them (layer L0, docs/design.md) and imports only the stdlib and
 :mod:`nexus_green.errors`. It is typed on plain objects, not on
 :class:`~nexus_green.protocol.messages.Request`: anything a middleware knows
 about requests it learns from its own layer.

@@ -1,7 +1,7 @@
 """Run a test module again after ``gevent.monkey.patch_all()``: the harness behind "plain and patched".
 
 nexus_green must behave the same whether or not the application patched
-(DESIGN.md, principle 15). A test module proves it by rerunning itself in a
+(docs/design.md: every seam test runs both ways). A test module proves it by rerunning itself in a
 fresh interpreter that calls ``gevent.monkey.patch_all()`` before anything
 else is imported, then ``pytest.main`` on the same file. The pattern, one
 test at the end of the module::
