@@ -1259,7 +1259,8 @@ def cached(
     per function); ``l2="temporary"`` gives a private directory removed when
     ``wrapper.cache.close()`` runs or the cache is collected.
     The wrapper has ``cache``, ``cache_key(*args, **kwargs)`` and
-    ``invalidate(*args, **kwargs)``; exceptions are never cached.
+    ``invalidate(*args, **kwargs)``; exceptions are never cached. Bare
+    ``@cached`` uses every default.
 
     Example::
 
@@ -1273,6 +1274,10 @@ def cached(
         >>> square.invalidate(4); square(4), calls
         (16, [4, 4])
     """
+
+    if callable(cache) and not isinstance(cache, TwoLevelCache):  # bare @cached: the function itself
+        fn, cache = cache, None
+        return cached()(fn)
 
     def decorate(fn: F) -> F:
         prefix = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"

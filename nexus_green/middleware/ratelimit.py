@@ -591,6 +591,7 @@ def rate_limited(
     """Decorate any callable with a rate limit; ``key(*args, **kwargs)`` picks the bucket.
 
     The wrapper's ``limiter`` attribute is the :class:`RateLimiter` used.
+    Bare ``@rate_limited`` uses the default policy (a :class:`TokenBucket`).
 
     Example::
 
@@ -605,6 +606,9 @@ def rate_limited(
         ...
         nexus_green.errors.RateLimited: rate limit 'fetch' reached for key 'ann'; next slot in 1.000s
     """
+
+    if callable(policy) and not isinstance(policy, RateLimiter) and not hasattr(policy, "fresh"):  # bare: the function
+        return rate_limited()(policy)
 
     def decorate(fn: F) -> F:
         if isinstance(policy, RateLimiter):

@@ -40,10 +40,7 @@ FORMS: dict[str, tuple[dict[str, Any], str | None]] = {
 }
 
 # cached and rate_limited live in middleware/, which another part of issue 13 owns: recorded, not hidden.
-NOT_YET = {
-    "cached": "middleware/cache.py: @cached bare returns its inner decorator (it takes the function as the cache)",
-    "rate_limited": "middleware/ratelimit.py: @rate_limited bare takes the function as the policy",
-}
+NOT_YET: dict[str, str] = {}  # every public decorator works bare (or refuses, saying what to pass)
 
 PUBLIC_DECORATORS = sorted(FORMS)
 
