@@ -9,10 +9,13 @@ Example::
     b'ping'
 """
 
+from typing import Any
+
 from .client import Client
 from .clock import SYSTEM_CLOCK, Clock, FakeClock, SystemClock
 from .connection import Connection, ConnectionOptions, ConnectionPool
-from .deadline import deadline, remaining
+from .connection.backoff import CallableStrategy, ExponentialBackoff, FixedInterval
+from .deadline import DEFAULT, deadline, remaining
 from .errors import (
     BulkheadFull,
     CircuitOpen,
@@ -46,11 +49,32 @@ from .errors import (
     UsageError,
 )
 from .events import Event, EventBus, default_bus
-from .middleware import Pipeline, cached, rate_limited
-from .monitoring import MonitoringConfiguration, PerformanceMonitor, counted, timed
+from .middleware import (
+    CacheMiddleware,
+    CompressionMiddleware,
+    LeakyBucket,
+    Pipeline,
+    RateLimiter,
+    RateLimitMiddleware,
+    SlidingWindow,
+    TokenBucket,
+    cached,
+    rate_limited,
+)
+from .monitoring import MonitoringConfiguration, PerformanceMonitor, StatsDSink, counted, timed
 from .protocol import Frame, Request, Response
 from .resilience import (
+    BreakerConfig,
+    BudgetConfig,
+    BulkheadConfig,
+    CircuitBreaker,
+    FailoverConfig,
+    FallbackConfig,
+    HedgeConfig,
     ResilienceConfiguration,
+    ResilienceMiddleware,
+    RetryConfig,
+    TimeoutConfig,
     bulkhead,
     circuit_breaker,
     failover,
@@ -62,6 +86,22 @@ from .resilience import (
 )
 
 __version__ = "0.1.0"
+
+# Importing these loads ssl and the SOCKS5 driver; resolved on first use (PEP 562)
+# so an application that uses neither pays nothing for them.
+_LAZY = {"TLSConfig": "nexus_green.transport.tls", "ProxyConfig": "nexus_green.transport.socks5"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nexus_green' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Client",
@@ -126,5 +166,29 @@ __all__ = [
     "fallback",
     "failover",
     "hedge",
+    "DEFAULT",
+    "TLSConfig",
+    "ProxyConfig",
+    "ExponentialBackoff",
+    "FixedInterval",
+    "CallableStrategy",
+    "CacheMiddleware",
+    "CompressionMiddleware",
+    "RateLimitMiddleware",
+    "ResilienceMiddleware",
+    "RateLimiter",
+    "TokenBucket",
+    "LeakyBucket",
+    "SlidingWindow",
+    "StatsDSink",
+    "CircuitBreaker",
+    "RetryConfig",
+    "BreakerConfig",
+    "BudgetConfig",
+    "TimeoutConfig",
+    "BulkheadConfig",
+    "FallbackConfig",
+    "FailoverConfig",
+    "HedgeConfig",
     "__version__",
 ]
