@@ -36,6 +36,7 @@ from .errors import (
     UsageError,
 )
 from .events import EventBus, default_bus
+from .logs import RepeatedLog
 from .middleware.compression import DictionaryRegistry
 from .middleware.offload import decode_off_hub
 from .pipeline import Pipeline, bus_of
@@ -49,6 +50,7 @@ __all__ = ["Client"]
 _DEADLINE = deadline_var()
 
 log = logging.getLogger("nexus_green.client")
+_rlog = RepeatedLog(log)  # a push flood that fails the same way writes one line a minute, with a count
 
 _CODEC_BITS = TP_GZIP | TP_CODEC_MASK
 _OFFLOAD_BYTES = 64 * 1024  # compressed bodies of this size or more are decoded in gevent's threadpool, off the hub
@@ -336,7 +338,9 @@ class Client:
             except CompressionError as exc:
                 # A push nobody asked for must not break the link: drop and count it.
                 self.push_errors += 1
-                log.warning("dropped a push from %s (fid=%d): %s", self.endpoint, frame.fid, exc)
+                _rlog.warning(
+                    ("push-dropped", self._url), "dropped a push from %s (fid=%d): %s", self.endpoint, frame.fid, exc
+                )
                 return
         try:
             self._pushes.put_nowait(resp)
@@ -351,7 +355,7 @@ class Client:
             try:
                 cb(resp)
             except Exception:
-                log.exception("push callback %r failed", cb)
+                _rlog.exception(("push-callback", id(cb)), "push callback %r failed", cb)
 
     def on_push(self, callback: Callable[[Response], None]) -> Callable[[], None]:
         """Call ``callback(response)`` for every frame the server sends on its own.

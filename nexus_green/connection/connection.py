@@ -72,6 +72,7 @@ from ..errors import (
 )
 from ..events import EventBus, default_bus
 from ..greenlets import spawn
+from ..logs import RepeatedLog
 from ..protocol.frames import (
     Frame,
     FrameDecoder,
@@ -94,6 +95,7 @@ from .state import CLOSED, CLOSING, CONNECTED, CONNECTING, IDLE, RECONNECTING, L
 __all__ = ["Connection", "ConnectionOptions", "live_connections", "STATS_MAX_LATENCIES"]
 
 log = logging.getLogger("nexus_green.connection")
+_rlog = RepeatedLog(log)
 
 _ids = itertools.count(1)
 _DEADLINE = deadline_var()
@@ -1058,7 +1060,7 @@ class Connection:
             try:
                 self.on_push(frame)
             except Exception:
-                log.exception("%s: push callback failed", self.conn_id)
+                _rlog.exception(("push-callback", self.conn_id), "%s: push callback failed", self.conn_id)
 
     def _heartbeat_loop(self, stream: Stream) -> None:
         hb = self.heartbeat

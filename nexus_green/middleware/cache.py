@@ -63,6 +63,7 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..deadline import effective_timeout
 from ..errors import ConfigurationError
 from ..greenlets import spawn
+from ..logs import RepeatedLog
 from ..protocol.messages import Request, Response
 from .pipeline import ORDER_CACHE, FidsOrPredicate, Handler, request_matcher
 
@@ -82,6 +83,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("nexus_green.middleware.cache")
+_rlog = RepeatedLog(log)  # a failing L2 writes one line a minute per kind of failure, with a count
 F = TypeVar("F", bound=Callable[..., Any])
 
 _L2_FAULTS = (sqlite3.Error, diskcache.Timeout, OSError, gevent.Timeout)
@@ -612,7 +614,7 @@ class DiskCache:
         except Exception as exc:  # e.g. a value that cannot be pickled: this call fails, the level is fine
             c.errors += 1
             self.last_error = exc
-            log.warning("L2 cache operation failed: %s: %s", type(exc).__name__, exc)
+            _rlog.warning(("l2-op", type(exc)), "L2 cache operation failed: %s: %s", type(exc).__name__, exc)
         finally:
             timer.close()
             self._pending -= 1
@@ -622,7 +624,7 @@ class DiskCache:
         self.counters.errors += 1
         self.last_error = exc
         self._broken_until = self.clock.now() + self.fault_cooldown
-        log.warning("%s; bypassing L2 for %.1fs", message, self.fault_cooldown)
+        _rlog.warning(("l2-fault", self.directory), "%s; bypassing L2 for %.1fs", message, self.fault_cooldown)
 
     @property
     def available(self) -> bool:
@@ -974,7 +976,9 @@ class TwoLevelCache:
             self._load(key, loader, ttl, tags, should_cache)
         except Exception as exc:
             self.refresh_errors += 1
-            log.warning("background refresh of %s failed: %s: %s", key, type(exc).__name__, exc)
+            _rlog.warning(
+                ("refresh", type(exc)), "background refresh of %s failed: %s: %s", key, type(exc).__name__, exc
+            )
 
     def _load(
         self,
