@@ -1,13 +1,17 @@
-"""The ``nexus-green`` command line: ``serve`` and ``demo``.
+"""The ``nexus-green`` command line: ``serve``, ``demo`` and ``workload``.
 
 * ``nexus-green serve --port N`` runs the embedded NexusKit server (port 0:
   the OS chooses; the chosen port is printed as ``listening on HOST:PORT``).
-* ``nexus-green demo`` starts an embedded server, runs a short concurrent
+* ``nexus-green demo`` (``make demo``) runs the legacy app of
+  docs/legacy-apps.md: a monkey-patched pywsgi app whose decorated call sites
+  ride out a backend killed for 4 s and restarted, and prints the story
+  (:mod:`nexus_green.testing.legacy_app`).
+* ``nexus-green workload`` starts an embedded server, runs a short concurrent
   workload through a Client and prints what it did.
 
 Example::
 
-    >>> main(["demo", "--requests", "200", "--concurrency", "10"])  # doctest: +ELLIPSIS
+    >>> main(["workload", "--requests", "200", "--concurrency", "10"])  # doctest: +ELLIPSIS
     nexus_green demo against tcp://127.0.0.1:...
     ...
     0
@@ -64,6 +68,28 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    # The demo's own process is not patched: the scenario starts the patched
+    # app, and the backend, as child processes (see nexus_green.testing.legacy_app).
+    from .testing.legacy_app import run_scenario, story
+
+    print(
+        f"nexus_green legacy app demo: {args.greenlets} greenlets; "
+        f"the backend is killed after {args.warmup:g}s, for {args.outage:g}s",
+        flush=True,
+    )
+    result = run_scenario(
+        greenlets=args.greenlets,
+        warmup=args.warmup,
+        outage=args.outage,
+        recovery=args.recovery,
+        log=lambda line: print(f"  {line}", flush=True),
+    )
+    for line in story(result):
+        print(line)
+    return 0
+
+
+def _workload(args: argparse.Namespace) -> int:
     from .client import Client
     from .errors import RemoteError, RequestTimeout
     from .testing import FID_DELAY, FID_ERROR, FID_SILENT, EmbeddedServer
@@ -120,11 +146,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     s.add_argument("--welcome", default="", help="push this text to every new connection")
     s.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until killed)")
     s.set_defaults(fn=_serve)
-    d = sub.add_parser("demo", help="run a short workload against an embedded server")
-    d.add_argument("--requests", type=int, default=20000)
-    d.add_argument("--concurrency", type=int, default=50)
-    d.add_argument("--size", type=int, default=64)
+    d = sub.add_parser("demo", help="the legacy app through a backend outage (docs/legacy-apps.md)")
+    d.add_argument("--greenlets", type=int, default=50)
+    d.add_argument("--warmup", type=float, default=3.0, help="seconds of load before the backend is killed")
+    d.add_argument("--outage", type=float, default=4.0, help="seconds the backend stays down")
+    d.add_argument("--recovery", type=float, default=12.0, help="at most this long to wait for recovery")
     d.set_defaults(fn=_demo)
+    w = sub.add_parser("workload", help="run a short workload against an embedded server")
+    w.add_argument("--requests", type=int, default=20000)
+    w.add_argument("--concurrency", type=int, default=50)
+    w.add_argument("--size", type=int, default=64)
+    w.set_defaults(fn=_workload)
     args = ap.parse_args(argv)
     return int(args.fn(args))
 

@@ -98,7 +98,7 @@ def test_unknown_command(capsys: Any) -> None:
 
 # --------------------------------------------------------------------- demo
 def test_demo_output(capsys: Any) -> None:
-    assert main(["demo", "--requests", "300", "--concurrency", "12", "--size", "16"]) == 0
+    assert main(["workload", "--requests", "300", "--concurrency", "12", "--size", "16"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert re.match(r"^nexus_green demo against tcp://127\.0\.0\.1:\d+$", lines[0])
@@ -122,8 +122,8 @@ def test_demo_defaults_parse(capsys: Any, monkeypatch: pytest.MonkeyPatch) -> No
     import nexus_green.cli as cli
 
     seen: list[Any] = []
-    monkeypatch.setattr(cli, "_demo", lambda args: seen.append(args) or 0)
-    assert main(["demo"]) == 0
+    monkeypatch.setattr(cli, "_workload", lambda args: seen.append(args) or 0)
+    assert main(["workload"]) == 0
     assert (seen[0].requests, seen[0].concurrency, seen[0].size) == (20000, 50, 64)
 
 
