@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -299,7 +300,17 @@ class _Child:
             raise RuntimeError(f"unexpected first line from {argv}: {line!r}")
         self.port = int(line.rsplit(":", 1)[1])
 
-    def close(self) -> None:
+    def close(self, grace: float = 0.0) -> None:
+        """Kill the process; with ``grace``, first ask it to stop (stdin closed, SIGINT) and wait that long."""
+        if grace and self.proc.poll() is None:
+            # The app stops when its stdin closes, ``serve`` on SIGINT; both exit normally
+            # (so coverage, when it runs them, saves its data).
+            self.proc.stdin.close()
+            self.proc.send_signal(signal.SIGINT if "serve" in self.argv else 0)
+            try:
+                self.proc.wait(timeout=grace)
+            except gsubprocess.TimeoutExpired:  # pragma: no cover - it did not stop in time
+                pass
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
@@ -403,7 +414,7 @@ def run_scenario(
 
         def close_children() -> None:
             for child in children:
-                child.close()
+                child.close(grace=3.0)
 
         stack.callback(close_children)
         say(f"backend: nexus-green serve on 127.0.0.1:{port} (pid {backend.proc.pid})")
