@@ -164,7 +164,7 @@ elif scenario in ("tls_stall", "tls_stall_deadline"):
     if scenario == "tls_stall":
         out["seconds"], out["error"] = timed(lambda: c.request(b"x", timeout=1))
     else:
-        from nexus_green.deadline import deadline
+        from nexus_green.deadlines import deadline
 
         def call():
             with deadline(1):
@@ -178,7 +178,7 @@ elif scenario in ("checkout_deadline", "checkout_timeout"):
     holder = gevent.spawn(c.request, b"", FID_SILENT, timeout=30)
     gevent.sleep(0.1)
     if scenario == "checkout_deadline":
-        from nexus_green.deadline import deadline
+        from nexus_green.deadlines import deadline
 
         def call():
             with deadline(0.5):

@@ -15,7 +15,7 @@ from .client import Client
 from .clock import SYSTEM_CLOCK, Clock, FakeClock, SystemClock
 from .connection import Connection, ConnectionOptions, ConnectionPool
 from .connection.backoff import CallableStrategy, ExponentialBackoff, FixedInterval
-from .deadline import DEFAULT, deadline, remaining
+from .deadlines import DEFAULT, deadline, remaining
 from .errors import (
     BulkheadFull,
     CircuitOpen,

@@ -27,7 +27,7 @@ from gevent.queue import Empty, Full, Queue
 from .clock import SYSTEM_CLOCK, Clock
 from .connection.connection import ConnectionOptions
 from .connection.pool import ConnectionPool
-from .deadline import DEFAULT, budget, deadline_var
+from .deadlines import DEFAULT, budget, deadline_var
 from .errors import (
     ClientClosed,
     CompressionError,
@@ -218,7 +218,7 @@ class Client:
         """Send ``body`` to function ``fid`` and return the :class:`Response`.
 
         ``timeout`` is the call's budget in seconds: it defaults
-        (:data:`~nexus_green.deadline.DEFAULT`) to the client's ``timeout``,
+        (:data:`~nexus_green.deadlines.DEFAULT`) to the client's ``timeout``,
         and ``None`` sets no limit of its own. An overall deadline set by an
         outer ``@timeout``/``deadline()`` shortens it. The one budget covers
         every phase: waiting for a connection or a connect attempt (DNS, TCP,

@@ -173,7 +173,7 @@ class RequestTimeout(NexusTimeout):
 
 
 class DeadlineExceeded(NexusTimeout):
-    """An overall deadline set by :func:`nexus_green.deadline.deadline` ran out.
+    """An overall deadline set by :func:`nexus_green.deadlines.deadline` ran out.
 
     Not retryable: by definition no time is left for another attempt.
     """

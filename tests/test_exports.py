@@ -104,3 +104,11 @@ def test_importing_the_package_loads_neither_ssl_nor_socks5() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.split() == ["False", "False", "True"]
+
+
+def test_the_deadline_function_does_not_shadow_its_module() -> None:
+    import nexus_green.deadlines as module
+
+    assert callable(nexus_green.deadline) and nexus_green.deadline is module.deadline
+    assert isinstance(nexus_green.deadlines, types.ModuleType)
+    assert {"budget", "deadline", "remaining", "DEFAULT"} <= set(module.__all__)

@@ -19,7 +19,7 @@ from gevent.event import Event
 from greenlet import getcurrent
 
 from nexus_green.clock import SYSTEM_CLOCK, FakeClock
-from nexus_green.deadline import deadline
+from nexus_green.deadlines import deadline
 from nexus_green.errors import DeadlineExceeded, RequestTimeout
 from nexus_green.resilience.timeouts import run_with_timeout
 from nexus_green.timers import Interrupt, Timer, TimerScheduler, arm, hub_scheduler

@@ -35,7 +35,7 @@ from gevent import monkey
 
 from nexus_green import Client
 from nexus_green.connection.backoff import FixedInterval
-from nexus_green.deadline import deadline
+from nexus_green.deadlines import deadline
 from nexus_green.errors import DeadlineExceeded, RemoteError, RequestTimeout
 from nexus_green.testing import FID_DELAY, FID_ECHO, FID_ERROR, FID_PUSH, FID_SILENT, EmbeddedServer
 

@@ -14,7 +14,7 @@ How the hot path works (and why it beats one socket per greenlet):
   buckets under one hub timer on the real clock; a FakeClock drives them in
   tests). An expired request abandons only its own Qid (a late response is
   discarded and counted); the socket stays usable. Each call has one budget
-  (:func:`nexus_green.deadline.budget`): waiting for the link, writing and
+  (:func:`nexus_green.deadlines.budget`): waiting for the link, writing and
   the answer all draw on it. Because callers never write to the socket, a
   timeout (ours or a ``gevent.Timeout`` around the call) can never leave a
   frame half-written.
@@ -58,7 +58,7 @@ from gevent.event import Event
 from gevent.hub import Waiter, get_hub
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..deadline import DEFAULT, budget, deadline_var, timeout_error
+from ..deadlines import DEFAULT, budget, deadline_var, timeout_error
 from ..errors import (
     ConnectionClosed,
     ConnectionLost,
@@ -687,7 +687,7 @@ class Connection:
     ) -> Response:
         """Send one request and block this greenlet until its response arrives.
 
-        ``timeout`` defaults (:data:`~nexus_green.deadline.DEFAULT`) to
+        ``timeout`` defaults (:data:`~nexus_green.deadlines.DEFAULT`) to
         ``options.request_timeout``; ``None`` sets no limit of its own. The
         deadline in force, if sooner, is the limit. The budget covers waiting
         for the link, writing and the answer. On timeout only this Qid is
@@ -719,7 +719,7 @@ class Connection:
 
         The pool and the Client call this, so one budget computed at the
         call's entry covers every phase below it (see
-        :func:`nexus_green.deadline.budget`).
+        :func:`nexus_green.deadlines.budget`).
 
         Example::
 

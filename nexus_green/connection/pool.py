@@ -56,7 +56,7 @@ import gevent
 from gevent.event import Event
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..deadline import DEFAULT, budget, deadline_var, timeout_error
+from ..deadlines import DEFAULT, budget, deadline_var, timeout_error
 from ..errors import (
     ClientClosed,
     ConfigurationError,

@@ -44,7 +44,7 @@ from typing import Optional, Union
 from gevent.event import Event
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..deadline import effective_timeout
+from ..deadlines import effective_timeout
 from ..errors import ConfigurationError, Overloaded, UsageError
 from ..events import EventBus, default_bus
 from ..pipeline import ORDER_BACKPRESSURE, Handler

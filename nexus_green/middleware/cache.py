@@ -60,7 +60,7 @@ from gevent.event import Event
 from gevent.threadpool import ThreadPool
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..deadline import effective_timeout
+from ..deadlines import effective_timeout
 from ..errors import ConfigurationError
 from ..greenlets import spawn
 from ..logs import RepeatedLog

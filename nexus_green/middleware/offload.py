@@ -36,7 +36,7 @@ import gevent
 import gevent.lock
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..deadline import timeout_error
+from ..deadlines import timeout_error
 from ..protocol.compression import DECODE_CHUNK, BodyDecoder
 from ..timers import wait_until
 
@@ -236,7 +236,7 @@ def decode_off_hub(
     """Run ``decoder`` to its end in gevent's threadpool, ``chunk`` bytes a step, within the call's budget.
 
     ``until`` is the call's budget, an absolute time on ``clock`` (what
-    :func:`~nexus_green.deadline.budget` returns, with ``by_deadline``);
+    :func:`~nexus_green.deadlines.budget` returns, with ``by_deadline``);
     None sets no limit. The worker thread checks it before every step:
     running out while waiting for a slot or while decoding raises
     :class:`~nexus_green.errors.RequestTimeout`, or

@@ -53,7 +53,7 @@ from typing import Any, Optional, Protocol, TypeVar, Union, cast
 import cachetools
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..deadline import effective_timeout
+from ..deadlines import effective_timeout
 from ..errors import ConfigurationError, RateLimited
 from ..events import EventBus, default_bus
 from ..pipeline import ORDER_RATE_LIMIT, Handler

@@ -65,7 +65,7 @@ def error_name(error: object) -> str:
     return str(error)[:64]
 
 
-_INTERNAL_MODULES = frozenset({"nexus_green.timers", "nexus_green.deadline", "nexus_green.greenlets"})
+_INTERNAL_MODULES = frozenset({"nexus_green.timers", "nexus_green.deadlines", "nexus_green.greenlets"})
 
 
 def _public_name(cls: type) -> str:

@@ -32,7 +32,7 @@ from typing import Any, Optional, TypeVar, overload
 import gevent.lock
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..deadline import effective_timeout
+from ..deadlines import effective_timeout
 from ..decorating import check_options, config_fields, is_bare
 from ..errors import BulkheadFull, ConfigurationError
 from ..events import EventBus, default_bus

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar, Union, overload
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..deadline import deadline_var
+from ..deadlines import deadline_var
 from ..decorating import check_options, config_fields, is_bare
 from ..errors import ConfigurationError
 from ..events import EventBus, default_bus

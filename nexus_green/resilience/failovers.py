@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, TypeVar
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..deadline import remaining
+from ..deadlines import remaining
 from ..decorating import bare_refused, check_options, config_fields
 from ..errors import ConfigurationError, ConnectError
 from ..events import EventBus, default_bus

@@ -42,7 +42,7 @@ import gevent
 from gevent.queue import Empty, Queue
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..deadline import remaining
+from ..deadlines import remaining
 from ..decorating import is_bare
 from ..errors import ConfigurationError, DeadlineExceeded
 from ..events import EventBus, default_bus

@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, TypeVar, Union, overload
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..deadline import remaining
+from ..deadlines import remaining
 from ..decorating import is_bare
 from ..errors import (
     ConfigurationError,

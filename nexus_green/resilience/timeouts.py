@@ -13,7 +13,7 @@
   BaseException: an outer one, or anyone's ``gevent.Timeout``, passes
   through untouched). The limit is
   ``min(own timeout, remaining overall deadline)`` and the call runs with that
-  deadline in force (:mod:`nexus_green.deadline`), so nested calls and retries
+  deadline in force (:mod:`nexus_green.deadlines`), so nested calls and retries
   never outlive it. When the outer deadline is what ran out, the error is
   DeadlineExceeded. Either error has ``phase="call"``.
 * :class:`AdaptiveTimeout`: ``P95(recent latencies) * 2 + buffer`` clamped to
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Protocol, TypeVar, overload, runtime_checkable
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..deadline import deadline_var
+from ..deadlines import deadline_var
 from ..errors import ConfigurationError, ConnectTimeout, DeadlineExceeded, NexusTimeout, RequestTimeout
 from ..timers import Interrupt, arm
 
@@ -98,7 +98,7 @@ def run_with_timeout(
 
     Example::
 
-        >>> from nexus_green.deadline import deadline
+        >>> from nexus_green.deadlines import deadline
         >>> with deadline(0.0):
         ...     run_with_timeout(lambda: 1, 5.0)
         Traceback (most recent call last):

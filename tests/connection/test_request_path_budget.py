@@ -24,7 +24,7 @@ from nexus_green import Client
 from nexus_green.clock import FakeClock
 from nexus_green.connection import Connection, ConnectionOptions
 from nexus_green.connection.backoff import FixedInterval
-from nexus_green.deadline import deadline
+from nexus_green.deadlines import deadline
 from nexus_green.errors import (
     ConnectError,
     ConnectionClosed,

@@ -30,7 +30,7 @@ import pytest
 from gevent.monkey import get_original
 
 from nexus_green import Client
-from nexus_green.deadline import deadline
+from nexus_green.deadlines import deadline
 from nexus_green.errors import CompressionError, DeadlineExceeded, NexusTimeout, RequestTimeout
 from nexus_green.protocol import compression as compression_module
 from nexus_green.protocol.frames import DEFAULT_MAX_FRAME_SIZE, Frame

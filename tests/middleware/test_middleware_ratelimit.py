@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nexus_green.clock import FakeClock
-from nexus_green.deadline import deadline
+from nexus_green.deadlines import deadline
 from nexus_green.errors import ConfigurationError, RateLimited
 from nexus_green.events import EventBus
 from nexus_green.middleware import (

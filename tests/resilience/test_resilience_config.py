@@ -9,7 +9,7 @@ import gevent
 import pytest
 
 from nexus_green.clock import FakeClock
-from nexus_green.deadline import remaining
+from nexus_green.deadlines import remaining
 from nexus_green.errors import (
     CircuitOpen,
     ConfigurationError,

@@ -7,7 +7,7 @@ from typing import Any, Optional
 import pytest
 
 from nexus_green.clock import FakeClock
-from nexus_green.deadline import deadline
+from nexus_green.deadlines import deadline
 from nexus_green.errors import ConfigurationError, ConnectError, ConnectionLost, ConnectionRefused, RemoteProtocolError
 from nexus_green.events import EventBus
 from nexus_green.resilience.failovers import Failover, FailoverConfig, FailoverPolicy, failover

@@ -9,7 +9,7 @@ import pytest
 from gevent.event import Event as GEvent
 
 from nexus_green.clock import FakeClock
-from nexus_green.deadline import deadline
+from nexus_green.deadlines import deadline
 from nexus_green.errors import ConfigurationError, ConnectionLost, DeadlineExceeded
 from nexus_green.events import EventBus
 from nexus_green.greenlets import spawn

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from nexus_green.clock import FakeClock
-from nexus_green.deadline import deadline
+from nexus_green.deadlines import deadline
 from nexus_green.errors import (
     BulkheadFull,
     ConfigurationError,

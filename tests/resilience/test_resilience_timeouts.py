@@ -9,7 +9,7 @@ import pytest
 from gevent.event import Event
 
 from nexus_green.clock import FakeClock
-from nexus_green.deadline import deadline, remaining
+from nexus_green.deadlines import deadline, remaining
 from nexus_green.errors import ConfigurationError, ConnectTimeout, DeadlineExceeded, RequestTimeout
 from nexus_green.resilience.retrying import Retry
 from nexus_green.resilience.timeouts import (

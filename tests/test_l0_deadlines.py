@@ -6,7 +6,7 @@ import gevent
 import pytest
 
 from nexus_green.clock import FakeClock
-from nexus_green.deadline import check_deadline, current_deadline, deadline, effective_timeout, remaining
+from nexus_green.deadlines import check_deadline, current_deadline, deadline, effective_timeout, remaining
 from nexus_green.errors import DeadlineExceeded, NexusTimeout
 from nexus_green.greenlets import spawn
 
