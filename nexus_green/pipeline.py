@@ -95,6 +95,8 @@ __all__ = [
     "bus_of",
     "order_of",
     "request_matcher",
+    "FidsOrPredicate",
+    "Predicate",
 ]
 
 Handler = Callable[[Any], Any]

@@ -36,6 +36,7 @@ from .hostile import (
     refusing_port,
     response_to,
     scripted_peer,
+    settle_io,
     silent_peer,
     slow_reader,
 )
@@ -56,6 +57,7 @@ from .socks5_proxy import ProxyRequest, Socks5Proxy
 from .tls import CertificateKit, TLSEchoServer, make_test_certificates
 
 __all__ = [
+    "settle_io",
     "Socks5Proxy",
     "ProxyRequest",
     "make_test_certificates",

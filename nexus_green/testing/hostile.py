@@ -101,9 +101,35 @@ __all__ = [
     "CLOSE",
     "RESET",
     "response_to",
+    "settle_io",
 ]
 
 log = logging.getLogger("nexus_green.testing.hostile")
+
+
+def settle_io(check: Callable[[], Any], timeout: float = 5.0) -> bool:
+    """Yield until ``check()`` is true or ``timeout`` real seconds pass; True if it became true.
+
+    For tests on a :class:`~nexus_green.clock.FakeClock`: it yields with
+    ``gevent.sleep(0)``, never a real sleep, so the hub never idles and the
+    FakeClock holds still while loopback I/O (a peer closing, a reader
+    noticing) takes effect. A real sleep would let the clock jump.
+
+    Example::
+
+        >>> import gevent
+        >>> done = []
+        >>> _ = gevent.spawn(done.append, 1)
+        >>> settle_io(lambda: done == [1], timeout=1), settle_io(lambda: False, timeout=0.01)
+        (True, False)
+    """
+    end = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > end:
+            return False
+        gevent.sleep(0)
+    return True
+
 
 _P = TypeVar("_P", bound="HostilePeer")
 _LOOPBACK = "127.0.0.1"

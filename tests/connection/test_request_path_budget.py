@@ -46,6 +46,7 @@ from nexus_green.testing import (
     refusing_port,
     run_module_patched,
     scripted_peer,
+    settle_io,
 )
 
 pytestmark = pytest.mark.usefixtures("leakcheck")
@@ -178,29 +179,15 @@ def test_standalone_connection_connect_is_bounded_by_its_budget() -> None:
 def _fill_the_pool(client: Client) -> gevent.Greenlet:
     """One request that holds the only slot of a max_size=1, max_in_flight=1 pool."""
     holder = gevent.spawn(client.request, b"30", FID_DELAY, timeout=None)
-    assert _wait(lambda: client.pool.stats()["in_flight"] == 1)
+    assert settle_io(lambda: client.pool.stats()["in_flight"] == 1)
     return holder
-
-
-def _wait(check, limit: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    """Wait for loopback I/O to have its effect, bounded in real time.
-
-    It yields with ``sleep(0)``, never a real sleep: while callbacks are ready the
-    hub never idles, so a FakeClock holds still until the I/O is done.
-    """
-    end = time.monotonic() + limit
-    while not check():
-        if time.monotonic() > end:
-            return False
-        gevent.sleep(0)
-    return True
 
 
 def _kill(server: RestartableServer, client: Client) -> None:
     """Kill the server once it has accepted the client's link; wait until the client saw the link die."""
     server.wait_for(lambda s: s.connections >= 1)
     server.kill()
-    assert _wait(lambda: client.pool.stats()["connected"] == 0), client.pool
+    assert settle_io(lambda: client.pool.stats()["connected"] == 0), client.pool
 
 
 @pytest.mark.parametrize("limit", ["timeout", "deadline"])
@@ -263,7 +250,7 @@ def test_time_spent_waiting_for_a_reconnect_comes_out_of_the_same_budget() -> No
         options = ConnectionOptions(reconnect=FixedInterval(1.5), heartbeat_interval=None)
         conn = Connection(f"tcp://{host}:{port}", clock=clock, options=options)
         conn.connect(timeout=1)
-        assert _wait(lambda: conn.state != "connected")
+        assert settle_io(lambda: conn.state != "connected")
         out, fake, _ = _elapsed(clock, lambda: conn.request(b"x", fid=1, timeout=2))
         assert isinstance(out, RequestTimeout) and out.phase == "response", out
         assert fake == pytest.approx(2.0, abs=0.002), "the wait for the reconnect (1.5 s) came out of the 2 s budget"
@@ -313,7 +300,7 @@ def test_close_with_drain_lets_requests_in_flight_finish_and_fails_the_rest() ->
         client.connect(timeout=5)
         quick = gevent.spawn(client.request, b"0.05", FID_DELAY, timeout=5)
         slow = gevent.spawn(client.request, b"30", FID_DELAY, timeout=60)
-        assert _wait(lambda: client.pool.stats()["in_flight"] == 2)
+        assert settle_io(lambda: client.pool.stats()["in_flight"] == 2)
         t0 = time.monotonic()
         client.close(drain=0.5)
         assert time.monotonic() - t0 < 2.0

@@ -33,15 +33,6 @@ from nexus_green.testing import (
 pytestmark = pytest.mark.usefixtures("leakcheck")
 
 
-def _wait(check, limit: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + limit
-    while not check():
-        if time.monotonic() > end:
-            return False
-        gevent.sleep(0)  # never a real sleep: a FakeClock holds still while I/O is ready
-    return True
-
-
 # ---------------------------------------------------------------- observation 2: reconnect storms
 def test_a_peer_that_accepts_then_closes_does_not_reset_the_backoff() -> None:
     """Before: each TCP accept reset the backoff, 3.5 reconnects a second forever."""

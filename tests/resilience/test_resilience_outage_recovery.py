@@ -7,10 +7,8 @@ figure is exact; loopback I/O is waited for with bounded real-time loops.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-import gevent
 import pytest
 
 from nexus_green import Client
@@ -26,24 +24,15 @@ from nexus_green.errors import (
 )
 from nexus_green.events import EventBus
 from nexus_green.resilience import BreakerConfig, CircuitBreaker, FallbackConfig, fallback, resilient
-from nexus_green.testing import FID_ECHO, RestartableServer, run_module_patched
+from nexus_green.testing import FID_ECHO, RestartableServer, run_module_patched, settle_io
 
 FALLBACK = b"fallback"
-
-
-def _wait(check: Any, limit: float = 5.0) -> bool:
-    end = time.monotonic() + limit
-    while not check():
-        if time.monotonic() > end:
-            return False
-        gevent.sleep(0)
-    return True
 
 
 def _kill(server: RestartableServer, client: Client) -> None:
     server.wait_for(lambda s: s.connections >= 1)
     server.kill()
-    assert _wait(lambda: client.pool.stats()["connected"] == 0), client.pool
+    assert settle_io(lambda: client.pool.stats()["connected"] == 0), client.pool
 
 
 def _states(bus: EventBus) -> list[tuple[float, str]]:
