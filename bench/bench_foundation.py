@@ -20,18 +20,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import struct
-import subprocess
 import sys
 import time
-from pathlib import Path
 from socket import IPPROTO_TCP, TCP_NODELAY
-from typing import Any, Optional
+from typing import Any
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-PREFIX = struct.Struct(">IHHBBIIIH")
+# Shared helpers live in bench/common.py; the names other scripts import from here stay importable.
+from common import PREFIX as PREFIX
+from common import RESULTS as RESULTS
+from common import cpu_seconds as cpu_seconds
+from common import percentile as percentile
+from common import recv_exact as recv_exact
+from common import run_rounds as run_rounds
+
 CONCURRENCY = 50
 BODY = b"x" * 64
 
@@ -40,22 +42,7 @@ def frame(qid: int) -> bytes:
     return PREFIX.pack(20 + len(BODY), 0x7A5A, 1, 0, 0, qid, 1, 0, 0) + BODY
 
 
-def percentile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    if not values:
-        return 0.0
-    return values[max(0, min(len(values) - 1, int(q * len(values) + 0.5) - 1))]
-
-
 # ---------------------------------------------------------------- workloads (child processes)
-def recv_exact(sock: Any, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("peer closed")
-        buf += chunk
-    return buf
 
 
 def run_client(port: int, seconds: float, with_timeout: bool) -> dict[str, Any]:
@@ -203,56 +190,7 @@ def child(name: str, port: int, seconds: float) -> None:
     print(json.dumps(res))
 
 
-# ---------------------------------------------------------------- orchestration
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def run_rounds(
-    script: str, variants: list[str], seconds: float, rounds: int, extra: Optional[list[str]] = None
-) -> dict[str, list[dict[str, Any]]]:
-    """Run ``script --child VARIANT`` for every variant, ``rounds`` times interleaved, against one echo peer.
-
-    Each child prints one JSON line of results; ``server_cpu`` (the peer's CPU
-    share during that child) is added so a run can show the peer was not the
-    bottleneck. ``extra`` arguments are passed to every child. Shared by
-    every client-side comparison in bench/.
-    """
-    peer = subprocess.Popen([sys.executable, str(HERE / "echo_peer.py")], stdout=subprocess.PIPE, text=True)
-    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-    try:
-        assert peer.stdout is not None
-        port = int(peer.stdout.readline().rsplit(":", 1)[1])
-        for _ in range(rounds):
-            for variant in variants:
-                cpu0, t0 = cpu_seconds(peer.pid), time.perf_counter()
-                out = subprocess.run(
-                    [
-                        sys.executable,
-                        script,
-                        "--child",
-                        variant,
-                        "--port",
-                        str(port),
-                        "--seconds",
-                        str(seconds),
-                        *(extra or []),
-                    ],
-                    capture_output=True,
-                    text=True,
-                    timeout=seconds * 10 + 60,
-                    check=True,
-                )
-                res = json.loads(out.stdout.strip().splitlines()[-1])
-                res["server_cpu"] = (cpu_seconds(peer.pid) - cpu0) / (time.perf_counter() - t0)
-                runs[variant].append(res)
-    finally:
-        peer.terminate()
-        peer.wait(10)
-    return runs
-
-
+# ---------------------------------------------------------------- orchestration: common.run_rounds
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5.0)
