@@ -157,6 +157,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     w.add_argument("--concurrency", type=int, default=50)
     w.add_argument("--size", type=int, default=64)
     w.set_defaults(fn=_workload)
+    from .chaos.cli import add_commands as add_chaos_commands  # nexus-green chaos proxy|scenarios (docs/chaos.md)
+
+    add_chaos_commands(sub)
     args = ap.parse_args(argv)
     return int(args.fn(args))
 

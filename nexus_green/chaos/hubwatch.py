@@ -1,0 +1,119 @@
+"""HubWatch: how long the gevent hub was held during a chaos run, told apart from the machine being busy.
+
+The probe is the one of :class:`~nexus_green.monitoring.PerformanceMonitor`
+(a greenlet sleeps ``interval``; oversleeping is lag), plus one figure: how
+long the hub's thread sat runnable in the kernel's run queue during each
+probe (Linux ``/proc/thread-self/schedstat``, second field). On a shared
+machine the OS may leave the process waiting for a core for tens of
+milliseconds; the probe then oversleeps although nothing in the process held
+the hub. A *stall* is the lag minus that run-queue wait: what the process
+itself did (a greenlet that never yields, a blocking call on the hub, a
+sleep in C). ``worst_lag`` is the raw figure. Where schedstat is missing,
+a stall is the whole lag.
+
+Example::
+
+    >>> import gevent
+    >>> with HubWatch(interval=0.005) as watch:
+    ...     gevent.sleep(0.05)
+    >>> watch.samples > 0, watch.worst_stall < 0.05
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import gevent
+
+from ..greenlets import spawn
+
+__all__ = ["HubWatch", "run_queue_wait"]
+
+_SCHEDSTAT = "/proc/thread-self/schedstat"
+
+
+def run_queue_wait() -> Optional[float]:
+    """Seconds the calling thread has spent runnable but waiting for a CPU (None where the kernel does not say).
+
+    >>> w = run_queue_wait()
+    >>> w is None or w >= 0
+    True
+    """
+    try:
+        with open(_SCHEDSTAT, "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):  # pragma: no cover - a kernel without CONFIG_SCHED_INFO
+        return None
+
+
+class HubWatch:
+    """Probe the hub every ``interval`` seconds from :meth:`start` to :meth:`stop` (or a ``with`` block).
+
+    Figures: ``samples``, ``worst_lag`` (seconds the probe overslept, worst
+    case), ``worst_stall`` (a lag less the thread's wait for a CPU, worst
+    case) and ``stalls_over(threshold)`` from the kept samples.
+
+    Example::
+
+        >>> watch = HubWatch(interval=0.005).start()
+        >>> gevent.sleep(0.01); time.sleep(0.06)  # a blocking call on the hub: every greenlet waits
+        >>> gevent.sleep(0.02); watch.stop()
+        >>> watch.worst_stall >= 0.05, watch.stalls_over(0.05) >= 1
+        (True, True)
+    """
+
+    def __init__(self, *, interval: float = 0.005, keep: int = 100_000) -> None:
+        if interval <= 0:
+            raise ValueError(f"interval must be positive, got {interval!r}")
+        self.interval = interval
+        self.keep = keep
+        self.samples = 0
+        self.worst_lag = 0.0
+        self.worst_stall = 0.0
+        self._stalls: list[float] = []
+        self._greenlet: Optional[gevent.Greenlet] = None
+
+    def start(self) -> HubWatch:
+        """Start probing (idempotent); returns self."""
+        if self._greenlet is None:
+            self._greenlet = spawn(self._run, name="chaos.hubwatch")
+        return self
+
+    def stop(self) -> None:
+        """Stop probing (idempotent); the figures stay."""
+        greenlet, self._greenlet = self._greenlet, None
+        if greenlet is not None:
+            greenlet.kill(block=True, timeout=1)
+
+    def _run(self) -> None:
+        interval = self.interval
+        while True:
+            t0, w0 = time.monotonic(), run_queue_wait()
+            gevent.sleep(interval)
+            lag = max(0.0, time.monotonic() - t0 - interval)
+            w1 = run_queue_wait()
+            waited = w1 - w0 if w0 is not None and w1 is not None else 0.0
+            stall = max(0.0, lag - waited)
+            self.samples += 1
+            self.worst_lag = max(self.worst_lag, lag)
+            self.worst_stall = max(self.worst_stall, stall)
+            if stall > 0.001 and len(self._stalls) < self.keep:
+                self._stalls.append(stall)
+
+    def stalls_over(self, threshold: float) -> int:
+        """How many probes saw a stall longer than ``threshold`` seconds."""
+        return sum(1 for s in self._stalls if s > threshold)
+
+    def __enter__(self) -> HubWatch:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return (
+            f"<HubWatch samples={self.samples} worst_lag={self.worst_lag * 1000:.1f}ms "
+            f"worst_stall={self.worst_stall * 1000:.1f}ms>"
+        )
