@@ -43,25 +43,35 @@ def compiler() -> Optional[str]:
     return None
 
 
-def build_c_peer(force: bool = False) -> Optional[Path]:
-    """Build bench/.build/epoll_echo from bench/peer/epoll_echo.c; None when no C compiler exists.
+def build_native(source: Path, output: Path, *, shared: bool = False, force: bool = False) -> Optional[Path]:
+    """Compile ``source`` into ``output`` with ``cc -O2`` (a shared library when ``shared``); None without a compiler.
 
-    A failing compile raises RuntimeError with the compiler's output.
+    Rebuilt only when the source is newer than the output. A failing compile
+    raises RuntimeError with the compiler's output.
     """
     cc = compiler()
     if cc is None:
         return None
-    if not force and BINARY.exists() and BINARY.stat().st_mtime >= SOURCE.stat().st_mtime:
-        return BINARY
-    BUILD.mkdir(exist_ok=True)
-    tmp = BUILD / f"epoll_echo.{os.getpid()}.tmp"
+    if not force and output.exists() and output.stat().st_mtime >= source.stat().st_mtime:
+        return output
+    output.parent.mkdir(exist_ok=True)
+    tmp = output.with_name(f"{output.name}.{os.getpid()}.tmp")
+    flags = ["-shared", "-fPIC"] if shared else []
     out = subprocess.run(
-        [cc, "-O2", "-Wall", "-Wextra", "-o", str(tmp), str(SOURCE)], capture_output=True, text=True, timeout=120
+        [cc, "-O2", "-Wall", "-Wextra", *flags, "-o", str(tmp), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     if out.returncode != 0:
-        raise RuntimeError(f"building {SOURCE} with {cc} failed:\n{out.stderr}")
-    os.replace(tmp, BINARY)  # atomic: concurrent builders never run a half-written binary
-    return BINARY
+        raise RuntimeError(f"building {source} with {cc} failed:\n{out.stderr}")
+    os.replace(tmp, output)  # atomic: concurrent builders never run a half-written binary
+    return output
+
+
+def build_c_peer(force: bool = False) -> Optional[Path]:
+    """Build bench/.build/epoll_echo from bench/peer/epoll_echo.c; None when no C compiler exists."""
+    return build_native(SOURCE, BINARY, force=force)
 
 
 class Peer:
