@@ -98,7 +98,7 @@ class Peer:
         return cpu_seconds(self.pid)
 
     def stop(self) -> str:
-        """Stop the peer (SIGINT, then kill after 5 s); returns the C peer's stats line ("" otherwise)."""
+        """Stop the peer (SIGINT, then kill after 5 s); returns the C peer's stats line ("" otherwise). Idempotent."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
@@ -106,11 +106,11 @@ class Peer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        if self.proc.stderr is not None:
+        if self.proc.stderr is not None and not self.proc.stderr.closed:  # stop() may be called again
             err = self.proc.stderr.read()
             self.proc.stderr.close()
             self.stats = next((line for line in err.splitlines() if line.startswith("stats ")), "")
-        if self.proc.stdout is not None:
+        if self.proc.stdout is not None and not self.proc.stdout.closed:
             self.proc.stdout.close()
         return self.stats
 
