@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 RUFF_OPTS := --line-length 120 --target-version py310
 
-.PHONY: install test lint demo bench chaos serve clean
+.PHONY: install test lint demo bench chaos serve clean browser
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,12 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy nexus_green
 	$(VENV)/bin/lint-imports
 
-test: $(STAMP) lint
+# The dashboard's browser test drives Debian's headless chromium (CI runs as root on Debian).
+browser:
+	test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
+
+test: $(STAMP) lint browser
 	rm -f .coverage .coverage.*
 	$(PY) -m coverage run -m pytest tests nexus_green
 	$(PY) -m coverage combine -q

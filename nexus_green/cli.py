@@ -160,6 +160,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     from .chaos.cli import add_commands as add_chaos_commands  # nexus-green chaos proxy|scenarios (docs/chaos.md)
 
     add_chaos_commands(sub)
+    from .dashboard.cli import add_commands as add_dashboard_commands
+
+    add_dashboard_commands(sub)
     args = ap.parse_args(argv)
     return int(args.fn(args))
 

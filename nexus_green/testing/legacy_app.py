@@ -179,19 +179,28 @@ def app_main(argv: list[str]) -> int:
     ap.add_argument("--request-timeout", type=float, default=0.4)
     ap.add_argument("--cache-ttl", type=float, default=2.0)
     ap.add_argument("--interval", type=float, default=0.5)
+    ap.add_argument("--dashboard-port", type=int, default=-1, help="serve the live dashboard here (0: any port)")
     args = ap.parse_args(argv)
     # A short rate window and tick, so that health follows a short outage.
-    enable(statsd=args.statsd, prefix="legacy", interval=args.interval, history_interval=0.5)
+    running = enable(statsd=args.statsd, prefix="legacy", interval=args.interval, history_interval=0.5)
     app, close = make_app(args.backend, args.dependency, request_timeout=args.request_timeout, cache_ttl=args.cache_ttl)
     server = WSGIServer(("127.0.0.1", 0), app, log=None, error_log=None)
     server.start()
     print(f"listening on 127.0.0.1:{server.server_port}", flush=True)
+    dashboard = None
+    if args.dashboard_port >= 0:  # the second line: where the dashboard is (docs/dashboard.md)
+        from nexus_green.dashboard import serve
+
+        dashboard = serve(running.monitor, port=args.dashboard_port)
+        print(f"dashboard on {dashboard.url}", flush=True)
     try:
         # The demo closes our stdin (or kills us) to stop us; a plain read would block the hub.
         os.set_blocking(0, False)
         while gevent.os.nb_read(0, 4096):
             pass
     finally:
+        if dashboard is not None:
+            dashboard.stop()
         server.stop(timeout=1)
         close()
         disable()
@@ -354,6 +363,7 @@ class ScenarioResult:
     statsd_fallbacks: float = 0.0
     statsd_completed_after_restart: float = 0.0
     statsd_breaker_transitions: dict[str, float] = field(default_factory=dict)
+    dashboard_url: str = ""
 
     @property
     def status_counts(self) -> dict[int, int]:
@@ -390,6 +400,7 @@ def run_scenario(
     cache_ttl: float = 2.0,
     think: float = 0.02,
     items: int = 300,
+    dashboard_port: Optional[int] = 0,
     log: Optional[Callable[[str], None]] = None,
 ) -> ScenarioResult:
     """Run the whole scenario (see the module docstring) and return what it saw.
@@ -397,7 +408,9 @@ def run_scenario(
     Load runs for ``warmup`` seconds, then the backend is killed for
     ``outage`` seconds and restarted on its port; the load goes on until
     health is healthy again after a live answer (at most ``recovery``
-    seconds after the restart), then one more second.
+    seconds after the restart), then one more second. The app serves the
+    live dashboard on ``dashboard_port`` (0: a port the OS chooses; None: no
+    dashboard) and the log says its URL.
     """
     say = log or (lambda _: None)
     budget = 2 * request_timeout  # two dependencies, each within request_timeout
@@ -423,9 +436,16 @@ def run_scenario(
         app_argv = [sys.executable, "-c", APP_BOOTSTRAP, "--backend", f"tcp://127.0.0.1:{port}"]
         app_argv += ["--dependency", f"http://127.0.0.1:{dependency.server_port}", "--statsd", statsd.address]
         app_argv += ["--request-timeout", str(request_timeout), "--cache-ttl", str(cache_ttl)]
+        if dashboard_port is not None:
+            app_argv += ["--dashboard-port", str(dashboard_port)]
         app = _Child(app_argv, env=env)
         children.append(app)
         say(f"app: patched gevent.pywsgi on 127.0.0.1:{app.port} (pid {app.proc.pid}); StatsD on {statsd.address}")
+        if dashboard_port is not None:
+            with gevent.Timeout(20.0, RuntimeError("the app did not say where its dashboard is")):
+                line = app.proc.stdout.readline().decode().strip()
+            result.dashboard_url = line.removeprefix("dashboard on ")
+            say(f"dashboard: {result.dashboard_url} (live while the demo runs)")
         stop = Event()
 
         def load(n: int) -> None:
