@@ -349,6 +349,7 @@ class ChaosProxy(ListeningPeer):
         self.upstream_failures = 0
         self.protocol_errors = 0
         self._placeholder: Optional[RefusingPort] = None
+        self._down = False
         self._unsubscribe: Optional[Callable[[], None]] = None
 
     @property
@@ -360,7 +361,7 @@ class ChaosProxy(ListeningPeer):
     @property
     def down(self) -> bool:
         """True while a service-down fault keeps the port refusing."""
-        return self._placeholder is not None
+        return self._down
 
     def counters(self) -> dict[str, int]:
         """Every counter by name (see the class docstring)."""
@@ -397,9 +398,9 @@ class ChaosProxy(ListeningPeer):
         """Bring the link faults in line with the injector: service down/up, freeze links."""
         if self._state == "closed":
             return
-        if self.injector.down() and self._placeholder is None:
+        if self.injector.down() and not self._down:
             self._go_down()
-        elif not self.injector.down() and self._placeholder is not None:
+        elif not self.injector.down() and self._down:
             self._come_up()
         if self.injector.link_frozen():
             for link in list(self.links):
@@ -407,19 +408,26 @@ class ChaosProxy(ListeningPeer):
 
     def _go_down(self) -> None:
         self.refusals += 1
+        self._down = True
         if self._acceptor is not None:
-            self._acceptor.kill(block=False)
+            self._acceptor.kill(block=True, timeout=2)
             self._acceptor = None
-        self._listener.close()
-        self._placeholder = RefusingPort(host=self.host, port=self.port).start()
         for link in list(self.links):
             link.close()
+        for sock in list(self._conns):  # accepted, not linked yet
+            _close(sock, reset=True)
+        self._listener.close()
+        try:
+            self._placeholder = RefusingPort(host=self.host, port=self.port).start()
+        except OSError as exc:  # pragma: no cover - the port is still refused (nothing listens), just not held
+            log.warning("%r: cannot hold port %d while down: %s", self, self.port, exc)
         self._notify()
 
     def _come_up(self) -> None:
+        self._down = False
         placeholder, self._placeholder = self._placeholder, None
-        assert placeholder is not None
-        placeholder.close()
+        if placeholder is not None:
+            placeholder.close()
         super()._start()
         self._notify()
 

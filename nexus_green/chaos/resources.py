@@ -33,6 +33,7 @@ import resource
 import time
 from typing import Any, Optional
 
+import gevent
 from gevent import monkey
 
 __all__ = ["ResourceFault", "MemoryPressure", "CpuSaturation", "FdExhaustion", "open_fds"]
@@ -124,6 +125,7 @@ class MemoryPressure(ResourceFault):
             block = bytearray(_MB)
             block[::_PAGE] = b"\x01" * (_MB // _PAGE)  # touch each page: calloc'd memory is not resident yet
             self._blocks.append(block)
+            gevent.sleep(1e-6)  # a megabyte at a time: taking the memory must not hold the hub
 
     def _stop(self) -> None:
         self._blocks.clear()

@@ -133,7 +133,8 @@ class ChaosScenario:
 class ScenarioRun:
     """A running (or finished) scenario: ``windows`` of ``(start, end)`` monotonic times, one per step.
 
-    ``fault_end`` is when the last fault was removed (None while running).
+    ``fault_end`` is when the last fault was removed (None while running);
+    ``resources`` every resource fault it started (released by then).
     :meth:`stop` ends it early and removes everything it added.
     """
 
@@ -146,6 +147,7 @@ class ScenarioRun:
         self._greenlet: Optional[gevent.Greenlet] = None
         self._ids: list[int] = []
         self._resources: list[ResourceFault] = []
+        self.resources: list[ResourceFault] = []
 
     def start(self) -> ScenarioRun:
         self.started_at = time.monotonic()
@@ -159,6 +161,7 @@ class ScenarioRun:
                 begin = time.monotonic()
                 self._ids = [self.injector.add(f) for f in step.faults]
                 self._resources = [make() for make in step.resources]
+                self.resources.extend(self._resources)
                 for res in self._resources:
                     res.start()
                 gevent.sleep(max(0.0, begin + step.duration - time.monotonic()))
@@ -234,9 +237,9 @@ _LIBRARY = [
     ),
     scenario(
         "partial-outage",
-        "30% of requests fail with 500 for 3 s (a fraction of the backend is broken).",
-        "idempotent calls retry within the retry budget; the breaker may stay closed",
-        Step(duration=3.0, faults=(partial_failure(0.3, code=500, seed=2),)),
+        "30% of requests fail with 503 for 3 s (a fraction of the backend is broken).",
+        "idempotent calls are retried, never beyond the retry budget",
+        Step(duration=3.0, faults=(partial_failure(0.3, code=503, seed=2),)),
         tags=("service",),
     ),
     scenario(
