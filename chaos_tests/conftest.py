@@ -15,6 +15,7 @@ end of the run (and by each test).
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections import Counter
@@ -84,6 +85,16 @@ class Run:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+def fd_targets() -> dict[str, str]:
+    targets = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            targets[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed in between (the listing's own descriptor)
+            pass
+    return targets
 
 
 class Harness:
@@ -197,11 +208,24 @@ class Harness:
         return None
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """``@cached`` keeps its L2 under ``$XDG_CACHE_HOME``: never the real user's cache (children inherit it)."""
+    saved = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = saved
+
+
 @pytest.fixture
 def chaos(request: pytest.FixtureRequest) -> Iterator[Harness]:
     """A :class:`Harness`; asserts no leaks and no hub stall over 50 ms around the test."""
     gevent.sleep(0)
     fds_before = open_fds()
+    targets_before = fd_targets()
     greenlets_before = set(live_greenlets())
     harness = Harness(request.node.name)
     watch = HubWatch(interval=0.005).start()
@@ -210,6 +234,7 @@ def chaos(request: pytest.FixtureRequest) -> Iterator[Harness]:
     finally:
         harness.close()
         watch.stop()
+    gc.collect()  # what the test dropped (a decorated function's disk cache) is released with it
     deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline:
         leaked = set(live_greenlets()) - greenlets_before
@@ -218,7 +243,8 @@ def chaos(request: pytest.FixtureRequest) -> Iterator[Harness]:
         gevent.sleep(0.02)
     leaked = set(live_greenlets()) - greenlets_before
     assert not leaked, f"greenlets leaked: {sorted(g.name for g in leaked)}"
-    assert open_fds() <= fds_before, f"fds leaked: {fds_before} -> {open_fds()}"
+    new = {fd: t for fd, t in fd_targets().items() if targets_before.get(fd) != t}
+    assert open_fds() <= fds_before, f"fds leaked: {fds_before} -> {open_fds()}: {new}"
     print(f"[chaos] {request.node.name}: {watch!r}")
     for row in RESULTS:
         if row["test"] == request.node.name:

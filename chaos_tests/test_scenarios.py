@@ -180,7 +180,11 @@ def test_non_idempotent_requests_are_never_resent_once_possibly_sent(chaos: Harn
             assert n == 1 and chaos.applied[frame_body] <= 1, (frame_body, n, errors.get(frame_body))
         else:  # idempotent: resent as needed, applied at most once; exactly once when the call succeeded
             expected = {0, 1} if frame_body in errors else {1}
-            assert chaos.applied[frame_body] in expected, (frame_body, chaos.applied[frame_body], errors.get(frame_body))
+            assert chaos.applied[frame_body] in expected, (
+                frame_body,
+                chaos.applied[frame_body],
+                errors.get(frame_body),
+            )
     assert any(n > 1 for body, n in sent.items() if int(body.split(b"-")[1]) % 2 == 0)  # idempotent ones were resent
     assert_recovered(run)
 
