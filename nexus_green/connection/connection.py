@@ -77,7 +77,7 @@ from ..protocol.frames import (
     Frame,
     FrameDecoder,
     RawFrame,
-    encode_request,
+    encode_request_parts,
     heartbeat_frame,
 )
 from ..protocol.headers import encode_header_block
@@ -85,7 +85,7 @@ from ..protocol.heartbeat import HeartbeatMonitor
 from ..protocol.messages import Response, make_response
 from ..timers import hub_scheduler, wait_until
 from ..transport.endpoint import Endpoint
-from ..transport.stream import ConnectInfo, Stream, open_stream
+from ..transport.stream import IOV_MAX, ConnectInfo, Stream, open_stream
 from .backoff import ExponentialBackoff, ReconnectStrategy
 from .iostats import STATS_MAX_LATENCIES, IOStats
 from .options import ConnectionOptions
@@ -105,6 +105,59 @@ _WRITE_SLICE = 256 * 1024  # larger writes report their progress as they go (liv
 _EAGER_FLUSH = 16  # fewest queued frames a caller hands to the kernel itself (see _flush_eagerly)
 
 _LIVE: weakref.WeakSet[Connection] = weakref.WeakSet()
+# One receive scratch buffer per hub serves every plain-TCP connection of that
+# thread: reads run in the hub one at a time and copy each body out before the
+# next, so an idle connection holds no receive buffer of its own.
+_SCRATCH_SIZE = 256 * 1024
+_scratch: weakref.WeakKeyDictionary[Any, bytearray] = weakref.WeakKeyDictionary()
+
+# A queued frame is bytes (a small frame, whole), a tuple (prefix, body) of a
+# frame whose body is sent from the caller's object, or a list of memoryviews:
+# what is left of a frame the kernel took part of (it can no longer be taken back).
+QueuedFrame = Any
+
+
+def _entry_len(entry: QueuedFrame) -> int:
+    if type(entry) is bytes:
+        return len(entry)
+    return sum(map(len, entry))
+
+
+def _flatten(entries: list[QueuedFrame], limit: int) -> list[Any]:
+    """The buffers of ``entries``, in order, at most ``limit`` of them."""
+    bufs: list[Any] = []
+    for e in entries:
+        if type(e) is bytes:
+            bufs.append(e)
+        else:
+            bufs.extend(e)
+        if len(bufs) >= limit:
+            return bufs[:limit]
+    return bufs
+
+
+def _consume(wbuf: list[QueuedFrame], n: int) -> int:
+    """Take ``n`` sent bytes off the front of ``wbuf``; return how many frames left whole."""
+    i = frames = 0
+    while n:
+        e = wbuf[i]
+        size = _entry_len(e)
+        if n >= size:
+            n -= size
+            i += 1
+            frames += 1
+            continue
+        rest: list[Any] = []
+        for b in e if type(e) is not bytes else (e,):
+            if n >= len(b):
+                n -= len(b)
+            else:
+                rest.append(memoryview(b)[n:] if n else b)
+                n = 0
+        wbuf[i] = rest
+        break
+    del wbuf[:i]
+    return frames
 
 
 def live_connections(bus: Optional[EventBus] = None) -> list[Connection]:
@@ -158,10 +211,9 @@ class Connection:
         self._stream: Optional[Stream] = None
         self._reader: Optional[gevent.Greenlet] = None
         self._writer: Optional[gevent.Greenlet] = None
-        self._heartbeat: Optional[gevent.Greenlet] = None
         self._reconnector: Optional[gevent.Greenlet] = None
         self._ready = Event()
-        self._wbuf: list[bytes] = []
+        self._wbuf: list[QueuedFrame] = []
         # Bytes queued for the writer or in its batch, bounded by options.max_write_buffer:
         # callers past the bound wait for room within their budget (_wait_for_room).
         self._wbytes = 0
@@ -172,6 +224,16 @@ class Connection:
         self._flush_at = 1 << 30  # queued frames that trigger an eager flush; tuned from _peak_in_flight
         self._peak_in_flight = 0
         self._wevent = Event()
+        # Plain TCP runs on hub callbacks, not greenlets (see _open): a read
+        # watcher, a write watcher started only while the kernel is full, and
+        # one flush callback per batch of queued frames.
+        self._event_io = False
+        self._wwatch: Any = None
+        self._flush_pending = False
+        self._scratch: bytearray = bytearray()
+        self._hb_timer: Any = None
+        self._run_callback: Callable[..., Any] = get_hub().loop.run_callback
+        self._hb_progress: Optional[tuple[int, int]] = None
         # The Qid table, pending requests and late-reply memory (sans-IO).
         self.session = Session()
         # Request deadlines are timers on the clock's scheduler (one hub timer
@@ -401,6 +463,7 @@ class Connection:
         if self._hub is not None and hub is not self._hub:
             raise UsageError(f"{self.conn_id} belongs to another thread's hub; use one Client per OS thread")
         self._hub = hub
+        self._run_callback = hub.loop.run_callback
         if self.clock is SYSTEM_CLOCK:
             self._call_at = hub_scheduler().call_at  # skip the clock's lookup of the hub per request
         info = self._connecting = ConnectInfo(endpoint=self.endpoint)
@@ -450,12 +513,28 @@ class Connection:
         self.heartbeat.reset(self.clock.now())
         decoder = self._decoder = FrameDecoder(max_frame_size=self.options.max_frame_size, strict=self.options.strict)
         self._wevent.clear()
-        self._reader = spawn(self._read_loop, stream, decoder, name=f"{self.conn_id}:reader")
-        self._writer = spawn(self._write_loop, stream, name=f"{self.conn_id}:writer")
+        self._flush_pending = False
+        if stream.nonblocking and not opts.io_greenlets:
+            # Plain TCP: reads and writes are hub callbacks. A response reaches
+            # its caller in one switch (hub to caller), as a raw gevent recv
+            # would, and an idle connection holds no greenlet.
+            self._event_io = True
+            sc = _scratch.get(hub)
+            if sc is None:
+                sc = _scratch[hub] = bytearray(_SCRATCH_SIZE)
+            self._scratch = sc
+            stream.watch().start(self._on_readable, stream, decoder)
+            self._wwatch = stream.watch(write=True)
+        else:
+            # TLS: an SSL read can need a write and the reverse; greenlets wait for either.
+            self._event_io = False
+            self._reader = spawn(self._read_loop, stream, decoder, name=f"{self.conn_id}:reader")
+            self._writer = spawn(self._write_loop, stream, name=f"{self.conn_id}:writer")
         if self.options.heartbeat_interval is not None:
-            self._heartbeat = spawn(self._heartbeat_loop, stream, name=f"{self.conn_id}:heartbeat")
+            self._hb_progress = stream.send_progress()
+            self._hb_timer = self.clock.call_at(self.clock.now(), self._heartbeat_tick, stream)
         if self._wbuf:
-            self._wevent.set()
+            self._wake_writer()
 
     def _transport_hooks(self) -> tuple[Any, Any, Optional[Endpoint]]:
         tunnel = secure = proxy_ep = None
@@ -528,9 +607,12 @@ class Connection:
     def _stop_greenlets(self) -> None:
         """Kill this connection's background greenlets, except the one calling (it is finishing)."""
         current = gevent.getcurrent()
-        for g in (self._reconnector, self._heartbeat, self._writer, self._reader):
+        for g in (self._reconnector, self._writer, self._reader):
             if g is not None and g is not current:
                 g.kill(block=False)
+        timer, self._hb_timer = self._hb_timer, None
+        if timer is not None:
+            timer.cancel()
 
     def _emit_closed(self, error: Optional[BaseException]) -> None:
         self.flush_stats()
@@ -734,16 +816,17 @@ class Connection:
         if headers:
             if self.options.strict:
                 raise LocalProtocolError(f"{self.conn_id}: strict mode cannot send headers {sorted(headers)}")
-            data = encode_request(
+            data = encode_request_parts(
                 qid := session.take_qid(), fid, body, tp=tp, header_block=encode_header_block(headers)
             )
         else:
-            data = encode_request(qid := session.take_qid(), fid, body, tp=tp)
+            data = encode_request_parts(qid := session.take_qid(), fid, body, tp=tp)
+        size = len(data) if isinstance(data, bytes) else len(data[0]) + len(body)
         st = self.iostats
         if self.bus.version != st.bus_version:
             st.refresh(self.bus)  # someone (un)subscribed, or this is another bus
-        if self._wbytes and self._wbytes + len(data) > self._max_wbytes:
-            self._wait_for_room(len(data), fid, until, by_deadline)  # before it is pending: nothing to undo
+        if self._wbytes and self._wbytes + size > self._max_wbytes:
+            self._wait_for_room(size, fid, until, by_deadline)  # before it is pending: nothing to undo
         pending = session.pending  # the request joins the session's table by one dict store
         waiter = Waiter()
         now = _monotonic() if self._real_clock else self.clock.now()
@@ -759,9 +842,21 @@ class Connection:
             )
         wbuf = self._wbuf
         wbuf.append(data)
-        self._wbytes += len(data)
+        self._wbytes += size
         if len(wbuf) >= self._flush_at and not self._writing:
             self._flush_eagerly()
+        elif self._event_io:
+            if self._flush_pending:
+                pass
+            elif len(pending) == 1 and len(wbuf) == 1 and not self._wwatch.active:
+                # Alone on the link: nobody will join a batch, send now (a non-blocking
+                # send, which cannot yield, so no timeout can cut the frame).
+                self._flush()
+            else:
+                # One flush per batch: it runs once every caller ready in this
+                # turn of the loop has queued its frame, so they share a sendmsg.
+                self._flush_pending = True
+                self._run_callback(self._flush_callback)
         elif not self._wevent.is_set():
             self._wevent.set()
         inflight = len(pending)
@@ -798,7 +893,7 @@ class Connection:
                 qid=qid,
                 fid=fid,
                 latency=latency,
-                bytes_out=len(data),
+                bytes_out=size,
                 bytes_in=len(raw[6]) + 24,
                 code=raw[2],
             )
@@ -817,23 +912,92 @@ class Connection:
         yield, so no timeout can cut a frame); whatever the kernel does not
         take stays first in the buffer for the writer greenlet.
         """
+        if self._event_io:
+            self._flush()
+            return
         stream = self._stream
         chunks, self._wbuf = self._wbuf, []
-        data = b"".join(chunks)
+        data = b"".join(_flatten(chunks, len(chunks) * 2))
         try:
             n = stream.try_send(data) if stream is not None else 0
         except NexusError:
             n = 0  # the writer will meet the same error and report the loss
         if n < len(data):
-            self._wbuf.insert(0, data[n:] if n else data)
+            self._wbuf.insert(0, [memoryview(data)[n:]] if n else data)
             self._wevent.set()
         if n:
-            self._sent_progress(n)
-            st = self.iostats
-            st.bytes_sent += n
-            st.frames_sent += len(chunks)
-            if st.emit_io:
-                self.bus.emit("io.sent", conn_id=self.conn_id, nbytes=n, frames=len(chunks))
+            self._sent(n, len(chunks) if n == len(data) else 0)
+
+    def _sent(self, n: int, frames: int) -> None:
+        """``n`` bytes (``frames`` whole frames) left the queue for the kernel."""
+        self._sent_progress(n)
+        st = self.iostats
+        st.bytes_sent += n
+        st.frames_sent += frames
+        if st.emit_io:
+            self.bus.emit("io.sent", conn_id=self.conn_id, nbytes=n, frames=frames)
+
+    def _wake_writer(self) -> None:
+        if not self._event_io:
+            self._wevent.set()
+        elif not self._flush_pending:
+            self._flush_pending = True
+            self._run_callback(self._flush_callback)
+
+    def _flush_callback(self) -> None:
+        """Hub callback: the batch queued in this turn of the loop goes out."""
+        self._flush_pending = False
+        self._flush()
+
+    def _flush(self) -> None:
+        """Hand the kernel what it takes of the queue now, in one scatter/gather send, never blocking.
+
+        Runs in the hub (the flush callback, the write watcher) or in a caller
+        (an eager flush): it cannot yield, so no timeout can cut a frame. What
+        the kernel does not take stays first in the queue and the write
+        watcher sends it when the socket can take more.
+        """
+        stream = self._stream
+        wbuf = self._wbuf
+        if stream is None or not wbuf or not self._event_io:
+            return
+        wwatch = self._wwatch
+        waiting = wwatch.active  # the kernel was full: what it takes now proves the peer reads
+        try:
+            if len(wbuf) <= IOV_MAX and type(wbuf[-1]) is bytes and type(wbuf[0]) is bytes and self._wflat():
+                n = stream.sendmsg_nowait(wbuf)
+                if n == self._wbytes:
+                    frames = len(wbuf)
+                    wbuf.clear()
+                else:
+                    frames = _consume(wbuf, n)
+            else:
+                n = stream.sendmsg_nowait(_flatten(wbuf, IOV_MAX))
+                frames = _consume(wbuf, n)
+        except NexusError as exc:
+            self._run_callback(self._lost, stream, exc)
+            return
+        except Exception as exc:  # a bug must fail the requests, never leave them hanging
+            self._run_callback(self._internal_error, stream, "writer", exc)
+            return
+        if n:
+            self._sent(n, frames)
+            now = self.clock.now()
+            if waiting:
+                self.heartbeat.on_progress(now)
+            self.heartbeat.on_activity(now)
+        if wbuf:
+            if not waiting:
+                wwatch.start(self._flush)
+        elif waiting:
+            wwatch.stop()
+
+    def _wflat(self) -> bool:
+        """True when every queued frame is one ``bytes`` (small frames only): the queue is its own buffer list."""
+        for e in self._wbuf:
+            if type(e) is not bytes:
+                return False
+        return True
 
     def send(self, body: bytes = b"", fid: int = 0, *, headers: Optional[Mapping[str, str]] = None, tp: int = 0) -> int:
         """Fire and forget: queue one frame and return its Qid without waiting.
@@ -846,24 +1010,24 @@ class Connection:
             self._wait_ready(until, by_deadline)
         qid = self.session.take_qid()
         block = encode_header_block(headers) if headers else b""
-        data = encode_request(qid, fid, body, tp=tp, header_block=block)
-        if self._wbytes and self._wbytes + len(data) > self._max_wbytes:
-            self._wait_for_room(len(data), fid, until, by_deadline)
+        data = encode_request_parts(qid, fid, body, tp=tp, header_block=block)
+        size = _entry_len(data)
+        if self._wbytes and self._wbytes + size > self._max_wbytes:
+            self._wait_for_room(size, fid, until, by_deadline)
         self._wbuf.append(data)
-        self._wbytes += len(data)
+        self._wbytes += size
         self.session.forget(qid)
-        if not self._wevent.is_set():
-            self._wevent.set()
+        self._wake_writer()
         return qid
 
     # ------------------------------------------------------------------ deadlines
-    def _unqueue(self, data: bytes) -> bool:
+    def _unqueue(self, data: QueuedFrame) -> bool:
         """Take a frame back out of the write queue if it is still whole there (then it was never sent)."""
         wbuf = self._wbuf
         for i, chunk in enumerate(wbuf):
             if chunk is data:
                 del wbuf[i]
-                self._sent_progress(len(data))
+                self._sent_progress(_entry_len(data))
                 return True
         return False
 
@@ -871,7 +1035,7 @@ class Connection:
         """Queue a heartbeat or heartbeat reply: tiny, never waits for room."""
         self._wbuf.append(frame)
         self._wbytes += len(frame)
-        self._wevent.set()
+        self._wake_writer()
 
     def _sent_progress(self, n: int) -> None:
         """``n`` queued bytes left the queue (handed to the kernel, or taken back): room for waiting callers."""
@@ -925,7 +1089,8 @@ class Connection:
                 wevent.clear()
                 while self._wbuf and stream is self._stream:
                     chunks, self._wbuf = self._wbuf, []
-                    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                    first = chunks[0]
+                    data = first if len(chunks) == 1 and type(first) is bytes else b"".join(_flatten(chunks, 1 << 30))
                     self._writing = True
                     try:
                         if len(data) <= _WRITE_SLICE:
@@ -1005,6 +1170,64 @@ class Connection:
         except Exception as exc:  # a bug must fail the requests, never leave them hanging
             self._internal_error(stream, "reader", exc)
 
+    def _on_readable(self, stream: Stream, decoder: FrameDecoder) -> None:
+        """Read watcher callback (in the hub): receive, decode, and switch each answered caller in.
+
+        Reads until the kernel has no more or ``_READER_SLICE`` has passed
+        (the watcher is level-triggered: it runs again on the next turn of the
+        loop if bytes are left), so a flood of pushes cannot hold the hub.
+        Never blocks; errors end the link as the reader greenlet's do.
+        """
+        if stream is not self._stream:
+            return
+        scratch = self._scratch
+        bufsize = self.options.recv_buffer_size
+        st = self.iostats
+        hb = self.heartbeat
+        stop_at = _monotonic() + _READER_SLICE
+        try:
+            while True:
+                buf = decoder.get_buffer(scratch)
+                if len(buf) > bufsize:
+                    buf = buf[:bufsize]
+                n = stream.recv_into_nowait(buf)
+                if n <= 0:
+                    if n < 0:
+                        return
+                    raise ConnectionLost(
+                        f"{self.endpoint} closed the connection ({self.conn_id}, "
+                        f"{decoder.buffered} bytes of an incomplete frame pending)"
+                    )
+                st.bytes_received += n
+                frames = decoder.buffer_updated(n, scratch)
+                t = self.clock.now()
+                hb.on_activity(t, received=True)
+                if frames:
+                    st.frames_received += len(frames)
+                    if st.emit_io:
+                        self.bus.emit("io.received", conn_id=self.conn_id, nbytes=n, frames=len(frames))
+                    ready = self._dispatch(frames, t)
+                    if ready:
+                        _deliver(ready)  # we are the hub: switch each caller in now
+                        if stream is not self._stream:
+                            return  # a caller closed the connection
+                elif st.emit_io:
+                    self.bus.emit("io.received", conn_id=self.conn_id, nbytes=n, frames=0)
+                if n < len(buf) or _monotonic() >= stop_at:
+                    return
+        except RemoteProtocolError as exc:
+            if decoder.salvaged:
+                st.frames_received += len(decoder.salvaged)
+                answered = self._dispatch(decoder.salvaged, self.clock.now())
+                if answered:
+                    self._run_callback(_deliver, answered)
+            self.bus.emit("protocol.error", conn_id=self.conn_id, error=exc, offset=exc.offset)
+            self._lost(stream, exc)
+        except NexusError as exc:
+            self._lost(stream, exc)
+        except Exception as exc:  # a bug must fail the requests, never leave them hanging
+            self._internal_error(stream, "reader", exc)
+
     def _dispatch(self, frames: list[RawFrame], now: float) -> list[tuple[Waiter, RawFrame]]:
         """Hand one recv batch to the session; count its answers, act on the rest; return the answers to deliver."""
         st = self.iostats
@@ -1062,36 +1285,43 @@ class Connection:
             except Exception:
                 _rlog.exception(("push-callback", self.conn_id), "%s: push callback failed", self.conn_id)
 
-    def _heartbeat_loop(self, stream: Stream) -> None:
+    def _heartbeat_tick(self, stream: Stream) -> None:
+        """Timer function (in the hub): send a heartbeat when the link was idle, declare it dead when one went unanswered.
+
+        A timer on the clock's scheduler, not a greenlet: an idle connection
+        holds none, and it must not block.
+        """
+        self._hb_timer = None
+        if stream is not self._stream:
+            return
         hb = self.heartbeat
-        progress = stream.send_progress()
-        while stream is self._stream:
-            now = self.clock.now()
-            if hb.awaiting_answer:
-                # Liveness by progress: the peer acknowledging bytes that were
-                # waiting in our kernel queue (it reads a big upload, slowly) is
-                # an answer too, even while the ping waits behind that upload.
-                moved = stream.send_progress()
-                if moved is not None and progress is not None and progress[1] and moved[0] > progress[0]:
-                    hb.on_progress(now)
-                progress = moved
-            decision = hb.poll(now)
-            if decision.action == "send":
-                hb.on_sent(now)
-                self._hb_sent_at = now
-                progress = stream.send_progress()
-                self._queue_control(heartbeat_frame())
-                self.bus.emit("heartbeat.sent", conn_id=self.conn_id)
-            elif decision.action == "dead":
-                self.bus.emit("heartbeat.timeout", conn_id=self.conn_id)
-                self._lost(
-                    stream,
-                    HeartbeatTimeout(
-                        f"{self.endpoint} did not answer a heartbeat within {hb.timeout}s ({self.conn_id})"
-                    ),
-                )
-                return
-            self.clock.sleep(max(0.001, decision.next_check_at - now))
+        now = self.clock.now()
+        if hb.awaiting_answer:
+            # Liveness by progress: the peer acknowledging bytes that were
+            # waiting in our kernel queue (it reads a big upload, slowly) is
+            # an answer too, even while the ping waits behind that upload.
+            moved = stream.send_progress()
+            progress = self._hb_progress
+            if moved is not None and progress is not None and progress[1] and moved[0] > progress[0]:
+                hb.on_progress(now)
+            self._hb_progress = moved
+        decision = hb.poll(now)
+        if decision.action == "send":
+            hb.on_sent(now)
+            self._hb_sent_at = now
+            self._hb_progress = stream.send_progress()
+            self._queue_control(heartbeat_frame())
+            self.bus.emit("heartbeat.sent", conn_id=self.conn_id)
+        elif decision.action == "dead":
+            self.bus.emit("heartbeat.timeout", conn_id=self.conn_id)
+            self._lost(
+                stream,
+                HeartbeatTimeout(f"{self.endpoint} did not answer a heartbeat within {hb.timeout}s ({self.conn_id})"),
+            )
+            return
+        self._hb_timer = self.clock.call_at(
+            now + max(0.001, decision.next_check_at - now), self._heartbeat_tick, stream
+        )
 
     # ------------------------------------------------------------------ misc
     def __enter__(self) -> Connection:
@@ -1114,7 +1344,7 @@ class Connection:
             (0, 0)
         """
         decoder = self._decoder
-        return (decoder.buffered if decoder is not None else 0, sum(map(len, self._wbuf)))
+        return (decoder.buffered if decoder is not None else 0, sum(map(_entry_len, self._wbuf)))
 
     def __repr__(self) -> str:
         return (

@@ -48,6 +48,10 @@ class ConnectionOptions:
       than this is accepted when the queue is empty.
     * ``socket_options`` -- ``(level, option, value)`` triples set on every
       socket of the connection (for example ``TCP_USER_TIMEOUT``, keepalive).
+    * ``io_greenlets`` -- drive a plain TCP link with a reader and a writer
+      greenlet, as TLS links are, instead of hub callbacks (False; the
+      callbacks are faster and hold no greenlet per idle connection; the
+      option exists to compare the two and to rule one out when debugging).
 
     Example::
 
@@ -70,6 +74,7 @@ class ConnectionOptions:
     happy_eyeballs_delay: float = 0.25
     max_write_buffer: int = 4 * 1024 * 1024
     socket_options: tuple[tuple[int, int, Any], ...] = ()
+    io_greenlets: bool = False
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "request_timeout", "heartbeat_interval", "heartbeat_timeout"):

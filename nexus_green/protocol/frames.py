@@ -49,6 +49,8 @@ __all__ = [
     "Frame",
     "encode_frame",
     "encode_request",
+    "encode_request_parts",
+    "SEPARATE_BODY",
     "heartbeat_frame",
     "FrameDecoder",
     "make_frame",
@@ -177,10 +179,14 @@ def encode_frame(frame: Frame, *, strict: bool = False) -> bytes:
     return prefix + block + frame.body
 
 
-def encode_request(qid: int, fid: int, body: bytes, *, tp: int = 0, header_block: bytes = b"") -> bytes:
+def encode_request(
+    qid: int, fid: int, body: bytes, *, tp: int = 0, header_block: bytes = b"", body_length: int = 0
+) -> bytes:
     """Fast path for the per-request hot loop: no dataclass, values pre-validated.
 
-    ``header_block`` must come from :func:`encode_header_block`.
+    ``header_block`` must come from :func:`encode_header_block`. With
+    ``body_length`` the length field counts that many body bytes that the
+    caller sends after the returned prefix (see :func:`encode_request_parts`).
 
     Example::
 
@@ -189,16 +195,50 @@ def encode_request(qid: int, fid: int, body: bytes, *, tp: int = 0, header_block
     """
     try:
         if not header_block:
-            return _PREFIX.pack(HEADER_SIZE + len(body), TAG, VERSION, tp, 0, qid, fid, 0, 0) + body
+            return _PREFIX.pack(HEADER_SIZE + len(body) + body_length, TAG, VERSION, tp, 0, qid, fid, 0, 0) + body
         return (
             _PREFIX.pack(
-                HEADER_SIZE + len(header_block) + len(body), TAG, VERSION, tp, 0, qid, fid, 0, len(header_block)
+                HEADER_SIZE + len(header_block) + len(body) + body_length,
+                TAG,
+                VERSION,
+                tp,
+                0,
+                qid,
+                fid,
+                0,
+                len(header_block),
             )
             + header_block
             + body
         )
     except struct.error as exc:
         raise LocalProtocolError(f"cannot encode request qid={qid} fid={fid}: {exc}") from exc
+
+
+SEPARATE_BODY = 16 * 1024  # bodies at least this large are sent from the caller's object, not copied
+
+
+def encode_request_parts(
+    qid: int, fid: int, body: bytes, *, tp: int = 0, header_block: bytes = b""
+) -> bytes | tuple[bytes, bytes]:
+    """:func:`encode_request` for a scatter/gather writer: a large body is not copied.
+
+    A body of ``SEPARATE_BODY`` bytes or more comes back as ``(prefix, body)``,
+    the two pieces a ``sendmsg`` writes without joining them; a smaller one as
+    one ``bytes``, where a copy costs less than a second buffer.
+
+    Example::
+
+        >>> encode_request_parts(1, 2, b"ok") == encode_request(1, 2, b"ok")
+        True
+        >>> big = b"x" * 20_000
+        >>> prefix, body = encode_request_parts(1, 2, big)
+        >>> body is big, prefix + body == encode_request(1, 2, big)
+        (True, True)
+    """
+    if len(body) < SEPARATE_BODY:
+        return encode_request(qid, fid, body, tp=tp, header_block=header_block)
+    return encode_request(qid, fid, b"", tp=tp, header_block=header_block, body_length=len(body)), body
 
 
 def heartbeat_frame(*, response: bool = False) -> bytes:
@@ -220,6 +260,20 @@ class FrameDecoder:
     grow without limit. After an error the decoder stays failed and raises the
     same error again (the stream cannot be resynchronised).
 
+    Two ways in, one parser:
+
+    * :meth:`feed` / :meth:`feed_raw` take bytes a ``recv`` returned;
+    * :meth:`get_buffer` / :meth:`buffer_updated` let the reader ``recv_into``
+      memory the decoder chooses (as asyncio's BufferedProtocol does). Small
+      frames land in a scratch buffer the caller owns (one per thread serves
+      every connection, so an idle decoder holds no receive buffer), and a frame
+      whose payload is ``BIG_FRAME`` bytes or more gets a buffer of exactly its
+      size, so its body is copied once, from that buffer into the ``bytes``
+      handed to the caller.
+
+    Bodies are always ``bytes`` of their own: no memoryview or receive buffer
+    escapes the decoder.
+
     Example::
 
         >>> dec = FrameDecoder(max_frame_size=64)
@@ -229,13 +283,21 @@ class FrameDecoder:
         nexus_green.errors.FrameTooLarge: frame length 4096 exceeds max_frame_size 64 (at byte offset 0)
     """
 
+    BIG_FRAME = 64 * 1024  # payloads at least this large are received into a buffer of their own size
+
     def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, strict: bool = False) -> None:
         if max_frame_size < HEADER_SIZE:
             raise ValueError(f"max_frame_size must be at least {HEADER_SIZE}, got {max_frame_size}")
         self.max_frame_size = max_frame_size
         self.strict = strict
+        # The bytes of an incomplete small frame (a prefix, or less than BIG_FRAME of payload).
         self._buf = bytearray()
-        self._offset = 0  # stream offset of self._buf[0]
+        self._offset = 0  # stream offset of the first byte not yet consumed
+        # A big frame in progress: its payload buffer, bytes filled, and its header fields.
+        self._big: bytearray | None = None
+        self._big_fill = 0
+        self._big_hdr: tuple[int, int, int, int, int, int, int, int] = (0, 0, 0, 0, 0, 0, 0, 0)
+        self._scratch_used = 0  # bytes of _buf copied to the front of the scratch by get_buffer
         # The error that failed this decoder, None while it is healthy (see feed_raw).
         self.error: RemoteProtocolError | None = None
         # Frames completed by the failing feed before its malformed bytes.
@@ -245,6 +307,8 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet part of a whole frame."""
+        if self._big is not None:
+            return 24 + self._big_fill
         return len(self._buf)
 
     @property
@@ -255,6 +319,7 @@ class FrameDecoder:
     def _fail(self, exc: RemoteProtocolError) -> RemoteProtocolError:
         self.error = exc
         self._buf = bytearray()
+        self._big = None
         return exc
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
@@ -264,8 +329,8 @@ class FrameDecoder:
     def feed_raw(self, data: bytes | bytearray | memoryview) -> list[RawFrame]:
         """Like :meth:`feed` but returns plain tuples ``(qid, fid, code, tp, res, ver, body, headers)``.
 
-        The connection's reader uses this on the hot path: one ``unpack_from``
-        and one slice per frame, no object built until a caller needs it.
+        One ``unpack_from`` and one copy per body, no object built until a
+        caller needs it.
 
         When the bytes hold complete frames and then something malformed, the
         feed raises, ``error`` keeps the error (every later feed raises it
@@ -281,17 +346,93 @@ class FrameDecoder:
         """
         if self.error is not None:
             raise self.error
+        out: list[RawFrame] = []
+        mv = memoryview(data).cast("B") if not isinstance(data, bytes) else None
+        if self._big is not None:
+            view = mv if mv is not None else memoryview(data)
+            take = min(len(self._big) - self._big_fill, len(view))
+            self._big[self._big_fill : self._big_fill + take] = view[:take]
+            if not self._fill_big(take, out):
+                return out
+            if take == len(view):
+                return out
+            data = bytes(view[take:])  # the rest after a big frame: rare (a big frame ends mid-read)
+            mv = None
         if self._buf:
             self._buf += data
-            src: bytes | bytearray = self._buf
+            src: bytes | bytearray | memoryview = self._buf
         else:
-            src = data if isinstance(data, bytes) else bytes(data)
-        n = len(src)
-        pos = 0
+            src = data if mv is None else mv
+        self._parse(src, len(src), out)
+        return out
+
+    def get_buffer(self, scratch: bytearray) -> memoryview:
+        """Where the next ``recv_into`` should write: the scratch (after any partial frame), or a big frame's own buffer.
+
+        ``scratch`` is the caller's: it must be larger than ``BIG_FRAME`` + 24
+        and must not be touched between this call and :meth:`buffer_updated`.
+        Example::
+
+            >>> dec, scratch = FrameDecoder(), bytearray(256 * 1024)
+            >>> wire = encode_request(1, 2, b"x" * 100_000)
+            >>> buf = dec.get_buffer(scratch); buf[:30] = wire[:30]; dec.buffer_updated(30, scratch)
+            []
+            >>> buf = dec.get_buffer(scratch); len(buf)  # the rest of that frame's payload, exactly
+            99994
+            >>> buf[:] = wire[30:]; [f[6] == b"x" * 100_000 for f in dec.buffer_updated(len(buf), scratch)]
+            [True]
+        """
+        if self.error is not None:
+            raise self.error
+        if self._big is not None:
+            return memoryview(self._big)[self._big_fill :]
+        k = len(self._buf)
+        if k:
+            scratch[:k] = self._buf
+            self._buf = bytearray()
+        self._scratch_used = k
+        return memoryview(scratch)[k:]
+
+    def buffer_updated(self, nbytes: int, scratch: bytearray) -> list[RawFrame]:
+        """``nbytes`` were written into the buffer :meth:`get_buffer` returned; return the frames they complete."""
         out: list[RawFrame] = []
+        if self._big is not None:
+            self._fill_big(nbytes, out)
+            return out
+        n = self._scratch_used + nbytes
+        self._scratch_used = 0
+        self._parse(memoryview(scratch)[:n], n, out)
+        return out
+
+    def _fill_big(self, nbytes: int, out: list[RawFrame]) -> bool:
+        """Count ``nbytes`` more of the big frame; True (and the frame appended to ``out``) when it is whole."""
+        big = self._big
+        assert big is not None
+        self._big_fill += nbytes
+        if self._big_fill < len(big):
+            return False
+        self._big = None
+        length, tp, res, qid, fid, code, dh, ver = self._big_hdr
+        headers: Mapping[str, str] = NO_HEADERS
+        view = memoryview(big)
+        if dh:
+            headers = self._headers(view[:dh], self._offset)
+            body = bytes(view[dh:])
+        else:
+            body = bytes(big)
+        out.append((qid, fid, code, tp, res, ver, body, headers))
+        self._offset += 4 + length
+        self.frames_decoded += 1
+        return True
+
+    def _parse(self, src: bytes | bytearray | memoryview, n: int, out: list[RawFrame]) -> None:
+        """Decode every whole frame of ``src[:n]`` into ``out``; keep the partial rest (or start a big frame)."""
+        pos = 0
         unpack = _PREFIX.unpack_from
         maxsize = self.max_frame_size
         strict = self.strict
+        # Slicing a memoryview copies nothing; bytes(view) is then the body's one copy.
+        view = src if isinstance(src, memoryview) else memoryview(src)
         try:
             while n - pos >= 24:
                 length, tag, ver, tp, res, qid, fid, code, dh = unpack(src, pos)
@@ -303,15 +444,17 @@ class FrameDecoder:
                             f"res={res} is neither request (0) nor response (1) (at byte offset {at})", offset=at
                         )
                     )
-                end = pos + 4 + length
-                if end > n:
-                    break
                 start = pos + 24
-                headers: Mapping[str, str] = NO_HEADERS
                 if not strict:
-                    if dh:
-                        headers = self._headers(src, pos, start, dh, length)
-                        start += dh
+                    if dh and dh > length - HEADER_SIZE:
+                        at = self._offset + pos
+                        raise self._fail(
+                            RemoteProtocolError(
+                                f"header block of {dh} bytes is longer than the {length - HEADER_SIZE}-byte body "
+                                f"(at byte offset {at})",
+                                offset=at,
+                            )
+                        )
                     if tp & TP_GZIP and tp & TP_CODEC_MASK:
                         at = self._offset + pos
                         raise self._fail(
@@ -319,7 +462,28 @@ class FrameDecoder:
                                 f"tp=0x{tp:02x} sets both gzip and an extension codec (at byte offset {at})", offset=at
                             )
                         )
-                out.append((qid, fid, code, tp, res, ver, bytes(src[start:end]), headers))
+                else:
+                    dh = 0
+                end = pos + 4 + length
+                if end > n:
+                    if length - HEADER_SIZE >= self.BIG_FRAME:
+                        # A big frame: from here on its payload is received into a buffer of its own.
+                        big = self._big = bytearray(length - HEADER_SIZE)
+                        have = n - start
+                        big[:have] = view[start:n]
+                        self._big_fill = have
+                        self._big_hdr = (length, tp, res, qid, fid, code, dh, ver)
+                        self._offset += pos
+                        self.frames_decoded += len(out)
+                        view.release()
+                        self._buf = bytearray()
+                        return
+                    break
+                headers: Mapping[str, str] = NO_HEADERS
+                if dh:
+                    headers = self._headers(view[start : start + dh], self._offset + pos)
+                    start += dh
+                out.append((qid, fid, code, tp, res, ver, bytes(view[start:end]), headers))
                 pos = end
             if n - pos >= 4:
                 self._check_prefix(src, pos, n)
@@ -330,15 +494,15 @@ class FrameDecoder:
             self.salvaged = out
             raise
         if src is self._buf:
+            view.release()  # a bytearray with an exported view cannot be resized
             if pos:
                 del self._buf[:pos]
         elif pos < n:
-            self._buf = bytearray(src[pos:])
+            self._buf = bytearray(view[pos:n])
         self._offset += pos
         self.frames_decoded += len(out)
-        return out
 
-    def _check_prefix(self, src: bytes | bytearray, pos: int, n: int) -> None:
+    def _check_prefix(self, src: bytes | bytearray | memoryview, pos: int, n: int) -> None:
         """Validate the length prefix and tag of a (possibly partial) frame at ``pos``."""
         (length,) = _LEN.unpack_from(src, pos)
         at = self._offset + pos
@@ -364,20 +528,12 @@ class FrameDecoder:
                     )
                 )
 
-    def _headers(self, src: bytes | bytearray, pos: int, start: int, dh: int, length: int) -> Mapping[str, str]:
-        at = self._offset + pos
-        if dh > length - HEADER_SIZE:
-            raise self._fail(
-                RemoteProtocolError(
-                    f"header block of {dh} bytes is longer than the {length - HEADER_SIZE}-byte body (at byte offset {at})",
-                    offset=at,
-                )
-            )
+    def _headers(self, block: memoryview, at: int) -> Mapping[str, str]:
         try:
-            return decode_header_block(bytes(src[start : start + dh]))
+            return decode_header_block(bytes(block))
         except RemoteProtocolError as exc:
             raise self._fail(RemoteProtocolError(f"{exc} (in frame at byte offset {at})", offset=at)) from exc
 
     def __repr__(self) -> str:
         state = "failed" if self.error is not None else "ok"
-        return f"<FrameDecoder {state} offset={self._offset} buffered={len(self._buf)} frames={self.frames_decoded}>"
+        return f"<FrameDecoder {state} offset={self._offset} buffered={self.buffered} frames={self.frames_decoded}>"

@@ -28,6 +28,7 @@ from __future__ import annotations
 import _socket
 import errno
 import fcntl
+import os
 import socket as _stdsocket
 import struct
 import sys
@@ -56,6 +57,7 @@ from ..timers import Interrupt, arm
 from .endpoint import Endpoint
 
 __all__ = [
+    "IOV_MAX",
     "Stream",
     "open_stream",
     "ConnectInfo",
@@ -71,6 +73,10 @@ __all__ = [
 TunnelFn = Callable[[Any, Endpoint], None]
 SecureFn = Callable[[Any, Endpoint, Optional[float]], Any]
 _MAX_SEND = 1 << 20  # at most this much per send() call of send_reporting
+try:
+    IOV_MAX: int = max(16, min(1024, os.sysconf("SC_IOV_MAX")))  # buffers per sendmsg
+except (ValueError, OSError, AttributeError):  # pragma: no cover - every POSIX system we run on has it
+    IOV_MAX = 16
 _TIOCOUTQ: Optional[int] = getattr(termios, "TIOCOUTQ", None)  # SIOCOUTQ on Linux: bytes not yet acknowledged
 
 #: One ``getaddrinfo`` result: ``(family, type, proto, canonname, sockaddr)``.
@@ -230,7 +236,7 @@ class Stream:
         True
     """
 
-    __slots__ = ("_sock", "_raw", "label", "bytes_sent", "bytes_received")
+    __slots__ = ("_sock", "_raw", "label", "bytes_sent", "bytes_received", "_watchers")
 
     def __init__(self, sock: Any, label: str) -> None:
         self._sock = sock
@@ -241,6 +247,88 @@ class Stream:
         self.label = label
         self.bytes_sent = 0
         self.bytes_received = 0
+        self._watchers: list[Any] = []
+
+    @property
+    def nonblocking(self) -> bool:
+        """True for plain TCP: :meth:`recv_into_nowait`, :meth:`sendmsg_nowait` and :meth:`watch` work.
+
+        TLS streams say False: an SSL read can need a write and the reverse,
+        so they are driven by greenlets through :meth:`recv` and :meth:`sendall`.
+        """
+        return self._raw is not None
+
+    def watch(self, *, write: bool = False) -> Any:
+        """A hub I/O watcher for readability (or writability) of this stream, closed with it.
+
+        The connection starts it with a callback that runs in the hub: the
+        callback must not block. Example::
+
+            >>> import gevent.socket
+            >>> a, b = gevent.socket.socketpair()
+            >>> s = Stream(a, "pair"); w = s.watch()
+            >>> w.active
+            False
+            >>> s.close(); b.close()
+        """
+        if self._sock is None:
+            raise ConnectionLost(f"watch on closed stream to {self.label}")
+        watcher = gevent.get_hub().loop.io(self._sock.fileno(), 2 if write else 1)
+        self._watchers.append(watcher)
+        return watcher
+
+    def recv_into_nowait(self, buf: memoryview) -> int:
+        """Read what the kernel holds into ``buf``, never blocking: the byte count, 0 at EOF, -1 if nothing is there.
+
+        Plain TCP only (:attr:`nonblocking`). Example::
+
+            >>> import gevent.socket
+            >>> a, b = gevent.socket.socketpair()
+            >>> s, buf = Stream(a, "pair"), memoryview(bytearray(8))
+            >>> s.recv_into_nowait(buf)
+            -1
+            >>> b.sendall(b"hi"); s.recv_into_nowait(buf), bytes(buf[:2])
+            (2, b'hi')
+            >>> b.close(); s.recv_into_nowait(buf)
+            0
+            >>> s.close()
+        """
+        raw = self._raw
+        if raw is None:
+            raise ConnectionLost(f"recv on closed stream to {self.label}")
+        try:
+            n: int = raw.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            return -1
+        except OSError as exc:
+            raise map_os_error(exc, f"recv from {self.label}") from exc
+        self.bytes_received += n
+        return n
+
+    def sendmsg_nowait(self, buffers: Sequence[Any]) -> int:
+        """Write the buffers in order, as one scatter/gather ``sendmsg``, never blocking; the byte count the kernel took.
+
+        Nothing is joined or copied here. Plain TCP only (:attr:`nonblocking`);
+        at most ``IOV_MAX`` buffers per call. Example::
+
+            >>> import gevent.socket
+            >>> a, b = gevent.socket.socketpair()
+            >>> s = Stream(a, "pair")
+            >>> s.sendmsg_nowait([b"he", memoryview(b"llo")]), b.recv(5)
+            (5, b'hello')
+            >>> s.close(); b.close()
+        """
+        raw = self._raw
+        if raw is None:
+            raise ConnectionLost(f"send on closed stream to {self.label}")
+        try:
+            n: int = raw.sendmsg(buffers)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            raise map_os_error(exc, f"send to {self.label}") from exc
+        self.bytes_sent += n
+        return n
 
     @property
     def closed(self) -> bool:
@@ -351,10 +439,17 @@ class Stream:
             self.bytes_sent += n
             progress(n)
 
+    def _close_watchers(self) -> None:
+        watchers, self._watchers = self._watchers, []
+        for w in watchers:
+            w.stop()
+            w.close()
+
     def close(self) -> None:
-        """Close the socket (idempotent). Any greenlet blocked in recv wakes up."""
+        """Close the socket (idempotent). Any greenlet blocked in recv wakes up; watchers stop."""
         sock, self._sock = self._sock, None
         self._raw = None
+        self._close_watchers()
         if sock is not None:
             try:
                 sock.shutdown(_stdsocket.SHUT_RDWR)
@@ -367,6 +462,7 @@ class Stream:
         disturb the parent's connection); the descriptor is closed."""
         sock, self._sock = self._sock, None
         self._raw = None
+        self._close_watchers()
         if sock is not None:
             sock.close()
 

@@ -52,7 +52,19 @@ def server() -> Iterator[EmbeddedServer]:
         yield s
 
 
+IO_GREENLETS = [False]
+
+
+@pytest.fixture(autouse=True, params=["hub-callbacks", "greenlets"])
+def io_mode(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test here runs twice: plain TCP on hub callbacks (the default) and on reader/writer greenlets (as TLS)."""
+    IO_GREENLETS[0] = request.param == "greenlets"
+    yield request.param
+    IO_GREENLETS[0] = False
+
+
 def opts(**kw: Any) -> ConnectionOptions:
+    kw.setdefault("io_greenlets", IO_GREENLETS[0])
     kw.setdefault("heartbeat_interval", None)
     kw.setdefault("reconnect", False)
     return ConnectionOptions(**kw)
@@ -459,6 +471,7 @@ def test_a_bug_in_the_writer_fails_requests_instead_of_hanging(server: EmbeddedS
             raise RuntimeError("bug in sendall")
 
         monkeypatch.setattr(Stream, "sendall", broken)
+        monkeypatch.setattr(Stream, "sendmsg_nowait", broken)
         with pytest.raises(ConnectionLost, match="internal error in the writer"):
             conn.request(b"x", fid=1, timeout=5)
 
@@ -589,7 +602,15 @@ def test_callers_flush_full_batches_eagerly_and_responses_stay_matched(
         calls.append(len(data))
         return real(self, data)
 
+    real_sendmsg = Stream.sendmsg_nowait
+
+    def counting_sendmsg(self: Stream, buffers: Any) -> int:
+        if gevent.getcurrent() is not gevent.get_hub():  # a caller, not the flush callback
+            calls.append(len(buffers))
+        return real_sendmsg(self, buffers)
+
     monkeypatch.setattr(Stream, "try_send", counting)
+    monkeypatch.setattr(Stream, "sendmsg_nowait", counting_sendmsg)
     with Connection(server.url, options=opts()) as conn:
         assert conn._flush_at > 10**6  # no eager flush before the first tuning
         out = _hammer(conn, 4096, 64)

@@ -20,7 +20,7 @@ import pytest
 from nexus_green import Client
 from nexus_green.clock import FakeClock
 from nexus_green.connection import Connection, ConnectionOptions
-from nexus_green.errors import ConnectError, ConnectionLost, HeartbeatTimeout, NexusError, NexusTimeout
+from nexus_green.errors import ConnectError, ConnectionLost, ConnectTimeout, HeartbeatTimeout, NexusError, NexusTimeout
 from nexus_green.resilience.retrying import retry
 from nexus_green.testing import (
     accept_and_close,
@@ -67,8 +67,10 @@ def test_callers_during_a_storm_fail_within_their_budget_with_a_connect_error() 
         assert attempts <= 30 / 0.5 + 2, attempts
         # Requests that went out on a link that then died may have been sent (ConnectionLost);
         # callers that only waited for a link got a ConnectError: nothing was sent.
+        # (A request written to a link the peer had already closed meets a reset, not an EOF.)
+        assert all(isinstance(o, (ConnectError, ConnectionLost, ConnectTimeout)) for o in outcomes), outcomes[:3]
         assert any(isinstance(o, ConnectError) for o in outcomes) or any(
-            "closed the connection" in str(o) for o in outcomes
+            "closed the connection" in str(o) or "reset by peer" in str(o) for o in outcomes
         ), outcomes[:3]
 
 
