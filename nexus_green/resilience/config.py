@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextvars
 import functools
 import random
-import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar, Union, overload
@@ -47,19 +46,19 @@ from ..deadlines import deadline_var
 from ..decorating import check_options, config_fields, is_bare
 from ..errors import ConfigurationError
 from ..events import EventBus, default_bus
-from .breaker import STATE_CLOSED, BreakerConfig, CircuitBreaker
+from .breaker import BreakerConfig, CircuitBreaker
 from .budget import BudgetConfig, RetryBudget, options_into
 from .bulkheads import Bulkhead, BulkheadConfig
+from .composed import Runner, compose
 from .failovers import Failover, FailoverConfig
 from .fallbacks import Fallback, FallbackConfig, default_key
 from .hedging import Hedge, HedgeConfig
-from .idempotency import _KEY, _SEQ, enter_logical_request, exit_logical_request
-from .retrying import _SCOPE, Retry, RetryConfig, RetryScope
-from .timeouts import TimeoutConfig, TimeoutPolicy, timed_call, timeout_from_config
+from .idempotency import enter_logical_request, exit_logical_request
+from .retrying import Retry, RetryConfig
+from .timeouts import TimeoutConfig, TimeoutPolicy, timeout_from_config
 
 __all__ = ["ResilienceConfiguration", "Resilient", "resilient"]
 
-_monotonic = time.monotonic  # SYSTEM_CLOCK.now(), one frame less on the hot path
 _DEADLINE = deadline_var()
 
 T = TypeVar("T")
@@ -165,6 +164,26 @@ class Resilient:
         self.timeout: Optional[TimeoutPolicy] = timeout_from_config(cfg.timeout, clock=clock) if cfg.timeout else None
         self.fallback: Optional[Fallback] = Fallback(cfg.fallback, bus=bus) if cfg.fallback is not None else None
         self._overall = cfg.timeout.overall if cfg.timeout is not None else None
+        #: The composed runner of this configuration (built once; see :mod:`.composed`), or None
+        #: when fallback, failover, hedging, a bulkhead or an adaptive timeout need :meth:`run`.
+        self.runner: Optional[Runner] = None
+        #: The request timeout an attempt gets when the call names none (None: only the deadline).
+        self.request_seconds: Optional[float] = self.timeout.seconds if self.timeout is not None else None
+        if (
+            self.fallback is None
+            and self.failover is None
+            and self.hedge is None
+            and self.bulkhead is None
+            and (self.timeout is None or self.timeout.adaptive is None)
+        ):
+            self.runner = compose(
+                breaker=self.breaker,
+                retry=self.retry,
+                timeout=self.timeout,
+                keys=cfg.idempotency_keys,
+                overall=self._overall,
+                clock=clock,
+            )
 
     def run(
         self,
@@ -236,125 +255,24 @@ class Resilient:
         outer = _DEADLINE.get()
         return _DEADLINE.set(mine) if outer is None or mine < outer else None
 
-    def _fast_wrapper(
-        self, func: Callable[..., Any], idempotent: Union[bool, Callable[..., bool]]
+    def _run_through(
+        self, run: Runner, func: Callable[..., Any], idempotent: Union[bool, Callable[..., bool]]
     ) -> Callable[..., Any]:
-        # The composition without fallback, failover, hedging, bulkhead or an
-        # adaptive timeout (the defaults), with no closure made per call: key,
-        # overall deadline, breaker, retry, request timeout, the function.
-        breaker, retry_runner, policy = self.breaker, self.retry, self.timeout
-        keys = self.config.idempotency_keys
-        overall, clock = self._overall, self.clock
-        predicate = idempotent if callable(idempotent) else None
+        # The decorator's side of the composed runner: one frame that hands it the function and its arguments.
+        seconds = self.request_seconds
+        if callable(idempotent):
+            predicate = idempotent
+
+            @functools.wraps(func)
+            def per_call(*args: Any, **kwargs: Any) -> Any:
+                return run(func, seconds, predicate(*args, **kwargs), args, kwargs)
+
+            return per_call
         fixed = bool(idempotent)
-        leaf: Callable[..., Any]
-        if policy is not None:
-            # leaf(args, kwargs[, now]) runs one attempt under the request timeout.
-            leaf = functools.partial(timed_call, func, policy.seconds, clock, policy.error, policy._what)
-        else:
-
-            def leaf(args: tuple[Any, ...], kwargs: dict[str, Any], now: Optional[float] = None) -> Any:
-                return func(*args, **kwargs)
-
-        protect = breaker.call if breaker is not None else None
-        run_retry = retry_runner.run_args if retry_runner is not None else None
-        if breaker is not None and retry_runner is not None and retry_runner.config.attempt_timeout is None:
-            return self._composed_wrapper(func, predicate, fixed, leaf, breaker, retry_runner)
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            idem = predicate(*args, **kwargs) if predicate is not None else fixed
-            ktoken = enter_logical_request() if keys else None
-            dtoken = None
-            if overall is not None:
-                mine = (_monotonic() if clock is SYSTEM_CLOCK else clock.now()) + overall
-                outer = _DEADLINE.get()
-                if outer is None or mine < outer:
-                    dtoken = _DEADLINE.set(mine)
-            try:
-                if run_retry is not None:
-                    if protect is not None:
-                        return protect(run_retry, leaf, idem, args, kwargs)
-                    return run_retry(leaf, idem, args, kwargs)
-                if protect is not None:
-                    return protect(leaf, args, kwargs)
-                return leaf(args, kwargs)
-            finally:
-                if dtoken is not None:
-                    _DEADLINE.reset(dtoken)
-                if ktoken is not None:
-                    exit_logical_request(ktoken)
-
-        return wrapper
-
-    def _composed_wrapper(
-        self,
-        func: Callable[..., Any],
-        predicate: Optional[Callable[..., bool]],
-        fixed: bool,
-        leaf: Callable[..., Any],
-        breaker: CircuitBreaker,
-        retry_runner: Retry,
-    ) -> Callable[..., Any]:
-        # The defaults (key, overall deadline, breaker, retry + budget, request
-        # timeout) as one function, step for step what the general wrapper
-        # above does through breaker.call -> retry.run_args -> leaf, minus its
-        # frames and with one clock reading for the start of the call:
-        #   key          = enter_logical_request()
-        #   admission    = breaker.admit_closed(), else breaker.call (the general path)
-        #   retry scope  = Retry.run_args' outermost-layer branch
-        #   attempt 1    = leaf(args, kwargs); attempts 2.. = Retry.after_first_failure
-        #   recording    = breaker.record_closed_success, else breaker._record
-        # tests/resilience/test_resilience_config.py runs scenarios through both paths.
-        keys = self.config.idempotency_keys
-        overall, clock = self._overall, self.clock
-        now_fn = _monotonic if clock is SYSTEM_CLOCK else clock.now
-        budget = retry_runner.budget
-        retries = retry_runner.config.max_attempts - 1
-        admit_closed, record_success = breaker.admit_closed, breaker.record_closed_success
-        protect, run_retry, continue_retry = breaker.call, retry_runner.run_args, retry_runner.after_first_failure
-
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            idem = predicate(*args, **kwargs) if predicate is not None else fixed
-            now = now_fn()
-            ktoken = _KEY.set(next(_SEQ)) if keys and _KEY.get() is None else None
-            dtoken = None
-            if overall is not None:
-                mine = now + overall
-                outer = _DEADLINE.get()
-                if outer is None or mine < outer:
-                    dtoken = _DEADLINE.set(mine)
-            try:
-                generation = admit_closed()
-                if generation < 0:
-                    return protect(run_retry, leaf, idem, args, kwargs)
-                scope = _SCOPE.get()
-                stoken = None
-                try:
-                    if scope is None:
-                        scope = RetryScope(budget, retries)
-                        if budget is not None:
-                            budget.record_request(now)
-                        stoken = _SCOPE.set(scope)
-                    try:
-                        result = leaf(args, kwargs, now)  # the clock reading of this call's start
-                    except Exception as exc:
-                        result = continue_retry(exc, leaf, idem, scope, args, kwargs)
-                except BaseException as exc:
-                    breaker.record_failure(generation, exc)
-                    raise
-                finally:
-                    if stoken is not None:
-                        _SCOPE.reset(stoken)
-                if not record_success(generation):
-                    breaker._record(generation, STATE_CLOSED, None, None)
-                return result
-            finally:
-                if dtoken is not None:
-                    _DEADLINE.reset(dtoken)
-                if ktoken is not None:
-                    _KEY.reset(ktoken)
+            return run(func, seconds, fixed, args, kwargs)
 
         return wrapper
 
@@ -366,14 +284,8 @@ class Resilient:
         keyfn = (fb.key or default_key) if fb is not None else None
         backup = fb.backup if fb is not None else None
         endpoint_arg = "endpoint" if self.failover is not None else None
-        if (
-            fb is None
-            and self.failover is None
-            and self.hedge is None
-            and self.bulkhead is None
-            and (self.timeout is None or self.timeout.adaptive is None)
-        ):
-            fast = self._fast_wrapper(func, idempotent)
+        if self.runner is not None:
+            fast = self._run_through(self.runner, func, idempotent)
             fast.resilient = self  # type: ignore[attr-defined]
             return fast  # type: ignore[return-value]
 

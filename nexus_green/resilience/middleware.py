@@ -6,8 +6,12 @@ applies a whole :class:`~nexus_green.resilience.config.ResilienceConfiguration`
 in the recommended order; the others apply one policy each. They all use
 ``request.idempotent`` for retry and hedging eligibility, ``request.timeout``
 as the request timeout when set, and put the logical request's idempotency
-key in the ``idempotency-key`` header of every attempt (a key the caller
-already set in that header is kept and reused).
+key in the ``idempotency-key`` header of every attempt when a copy of the
+request may reach the server twice: it is idempotent (and so may be resent
+after it may have been sent), an outer layer started the logical request, or
+the caller set the header (that key is kept and reused). A request that is
+not idempotent is resent only when nothing of it was sent (DESIGN principle
+12): its key could never match a copy the server saw, so it is not sent.
 
 Example::
 
@@ -54,7 +58,7 @@ from .config import ResilienceConfiguration, Resilient
 from .failovers import Failover
 from .fallbacks import Fallback
 from .hedging import Hedge
-from .idempotency import HEADER, current_idempotency_key, idempotency_key
+from .idempotency import _KEY, HEADER, current_idempotency_key, idempotency_key
 from .retrying import Retry
 from .timeouts import TimeoutPolicy
 
@@ -74,6 +78,8 @@ __all__ = [
 
 CallNext = Handler
 
+_NO_KWARGS: dict[str, Any] = {}
+
 
 def request_key(request: Request) -> Hashable:
     """The default fallback cache key of a request: (endpoint, fid, body).
@@ -86,11 +92,36 @@ def request_key(request: Request) -> Hashable:
     return (request.endpoint, request.fid, request.body)
 
 
+# Request's fields but headers, as (get, set) pairs of their slots: a copy with other headers for a
+# third of what dataclasses.replace costs (it runs the frozen __init__), on every keyed attempt.
+_OTHER_FIELDS = tuple(
+    (Request.__dict__[n].__get__, Request.__dict__[n].__set__) for n in Request.__dataclass_fields__ if n != "headers"
+)
+_SET_HEADERS = Request.__dict__["headers"].__set__
+_new = object.__new__
+
+
 def _with_key(request: Request) -> Request:
+    # The request with the logical request's key in its header (itself when there is none, or it is there).
     key = current_idempotency_key()
-    if key is None or request.headers.get(HEADER) == key:
+    headers = request.headers
+    if key is None or headers.get(HEADER) == key:
         return request
-    return request.with_headers({HEADER: key})
+    keyed = _new(Request)
+    for get, set_ in _OTHER_FIELDS:
+        set_(keyed, get(request))
+    _SET_HEADERS(keyed, {**headers, HEADER: key} if headers else {HEADER: key})
+    return keyed
+
+
+def _send(call_next: CallNext, request: Request) -> Response:
+    # One attempt as it is.
+    return call_next(request)
+
+
+def _send_keyed(call_next: CallNext, request: Request) -> Response:
+    # One attempt carrying the logical request's key (spelled out here, at the first attempt).
+    return call_next(_with_key(request))
 
 
 def _as_response(request: Request, level: str, value: Any) -> Response:
@@ -110,17 +141,43 @@ def _backup(request: Request, backup: Any, call_next: CallNext) -> Optional[Call
 
 
 class _Keyed:
-    """Runs the middleware's work as one logical request with one idempotency key."""
+    """Runs the middleware's work as one logical request with one idempotency key, when a key can matter.
+
+    A key matters when a copy of the request may reach the server twice
+    (DESIGN principle 12): the caller set one, an outer layer started the
+    logical request, or the request is idempotent (retries, failover and
+    hedges may resend it after it may have been sent). A request that is not
+    idempotent is resent only when nothing of it was sent: it goes without.
+    """
+
+    #: Every request gets a key (IdempotencyMiddleware), not only those this middleware may resend.
+    every_request = False
 
     def _logical(self, request: Request, work: Callable[[], Response]) -> Response:
-        with idempotency_key(request.headers.get(HEADER)):
+        key = request.headers.get(HEADER)
+        if key is None and not (request.idempotent or self.every_request) and _KEY.get() is None:
+            return work()
+        with idempotency_key(key):
             return work()
 
 
-class ResilienceMiddleware(_Keyed):
+class ResilienceMiddleware:
     """Every configured policy around ``call_next``, in the order of :class:`Resilient`.
 
-    A backup given as an endpoint name re-sends the request to that endpoint.
+    With the defaults (no fallback, failover, hedging, bulkhead or adaptive
+    timeout) a call runs through the configuration's composed runner
+    (:mod:`.composed`), the same one ``@resilient`` uses, built once: nothing
+    is built per call. A backup given as an endpoint name re-sends the
+    request to that endpoint.
+
+    The ``idempotency-key`` header goes on the wire when a copy of the request
+    may reach the server twice: the caller set it (kept), an outer layer
+    started the logical request (its key), the request is idempotent and this
+    configuration may resend it (retries, failover, hedging), or a backup
+    endpoint is configured (it is sent whatever happened to the first copy).
+    A request that is not idempotent is resent only when nothing of it was
+    sent, so it goes without a key (docs/resilience.md, "Idempotency keys on
+    the wire").
     """
 
     order = ORDER_RESILIENCE
@@ -137,33 +194,70 @@ class ResilienceMiddleware(_Keyed):
         **overrides: Any,
     ) -> None:
         self.name = name
-        self.resilient = (
+        r = self.resilient = (
             resilient if resilient is not None else Resilient(config, clock=clock, rng=rng, bus=bus, **overrides)
         )
         # The bus its policies emit on (None: a given Resilient's, not known here); see pipeline.bus_of.
         self.bus: Optional[EventBus] = bus if resilient is None else None
+        cfg = r.config
+        fb = cfg.fallback
+        self._run = r.runner
+        self._seconds = r.request_seconds
+        self._keys = cfg.idempotency_keys
+        resends = (
+            r.failover is not None or r.hedge is not None or (r.retry is not None and r.retry.config.max_attempts > 1)
+        )
+        #: Which requests get a key of their own: every one (a backup endpoint resends any request),
+        #: the idempotent ones (this configuration may resend them), or none.
+        self._key_any = self._keys and fb is not None and isinstance(fb.backup, str)
+        self._key_idempotent = self._keys and (resends or self._key_any)
 
     def __call__(self, request: Request, call_next: CallNext) -> Response:
+        send: Callable[[CallNext, Request], Response] = _send
+        token = None
+        if self._keys:
+            headers = request.headers
+            if headers and HEADER in headers:
+                # The caller's key is the logical request's key (inner layers see it too).
+                token = _KEY.set(headers[HEADER])
+            elif (request.idempotent and self._key_idempotent) or self._key_any or _KEY.get() is not None:
+                send = _send_keyed
+        try:
+            run = self._run
+            if run is None:
+                return self._general(send, request, call_next)
+            seconds = request.timeout
+            return run(
+                send,
+                self._seconds if seconds is None else seconds,
+                request.idempotent,
+                (call_next, request),
+                _NO_KWARGS,
+            )
+        finally:
+            if token is not None:
+                _KEY.reset(token)
+
+    def _general(
+        self, send: Callable[[CallNext, Request], Response], request: Request, call_next: CallNext
+    ) -> Response:
+        # Fallback, failover, hedging, a bulkhead or an adaptive timeout: Resilient.run's layers.
         r = self.resilient
         fb = r.config.fallback
 
         def call(endpoint: Optional[str]) -> Response:
-            req = request if endpoint is None else request.replace(endpoint=endpoint)
-            return call_next(_with_key(req))
+            return send(call_next, request if endpoint is None else request.replace(endpoint=endpoint))
 
-        def work() -> Response:
-            return r.run(
-                call,
-                idempotent=request.idempotent,
-                key=(fb.key or request_key)(request) if fb is not None else None,
-                backup=_backup(request, fb.backup, call_next) if fb is not None else None,
-                adapt=lambda level, value: _as_response(request, level, value),
-                timeout=request.timeout,
-            )
-
-        if not r.config.idempotency_keys:
-            return work()
-        return self._logical(request, work)
+        if fb is None:
+            return r.run(call, idempotent=request.idempotent, timeout=request.timeout)
+        return r.run(
+            call,
+            idempotent=request.idempotent,
+            key=(fb.key or request_key)(request),
+            backup=_backup(request, fb.backup, call_next),
+            adapt=lambda level, value: _as_response(request, level, value),
+            timeout=request.timeout,
+        )
 
 
 class CircuitBreakerMiddleware:
@@ -279,6 +373,7 @@ class IdempotencyMiddleware(_Keyed):
     """Gives every request an idempotency key (kept through all attempts below it)."""
 
     order = ORDER_IDEMPOTENCY
+    every_request = True
 
     def __init__(self, *, name: str = "idempotency") -> None:
         self.name = name

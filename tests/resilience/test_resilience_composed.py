@@ -1,8 +1,9 @@
-"""The composed fast path of @resilient (one wrapper for the defaults) against the general path.
+"""The composed runner (one function for the defaults) against the general path.
 
-Every scenario runs twice, on identical fresh policies: once through the
-decorator (which picks ``Resilient._composed_wrapper`` for the defaults) and
-once through ``Resilient.run`` (the closure-per-layer composition), and every
+Every scenario runs three times, on identical fresh policies: through the
+decorator and through ResilienceMiddleware (both use the configuration's
+composed runner, ``Resilient.runner``: the flat one for the defaults) and
+through ``Resilient.run`` (the closure-per-layer composition), and every
 observable result must be the same: values and errors, attempts, breaker state
 and window figures, budget figures, idempotency keys seen, events.
 """
@@ -19,10 +20,13 @@ import pytest
 from nexus_green.clock import FakeClock
 from nexus_green.errors import ConnectionLost, RemoteError
 from nexus_green.events import EventBus
+from nexus_green.protocol.messages import Request, Response
 from nexus_green.resilience import (
     BreakerConfig,
+    BulkheadConfig,
     CircuitBreakerListener,
     ResilienceConfiguration,
+    ResilienceMiddleware,
     Resilient,
     RetryConfig,
     TimeoutConfig,
@@ -34,7 +38,12 @@ from nexus_green.resilience.retrying import current_retry_scope
 Outcome = Any
 
 
-def _run_scenario(composed: bool, script: list[Outcome], *, calls: int, subscribe: bool, **cfg: Any) -> dict[str, Any]:
+PATHS = ("decorator", "middleware", "general")
+
+
+def _run_scenario(
+    path: str, script: list[Outcome], *, calls: int, subscribe: bool, predicate: bool = False, **cfg: Any
+) -> dict[str, Any]:
     clock = FakeClock()
     bus = EventBus()
     events: list[tuple[str, Any]] = []
@@ -55,9 +64,19 @@ def _run_scenario(composed: bool, script: list[Outcome], *, calls: int, subscrib
         return x * 2
 
     fn: Callable[[int], int]
-    if composed:
-        fn = r.decorate(target, idempotent=True)
-        assert "_composed_wrapper" in fn.__code__.co_qualname
+    if path == "decorator":
+        fn = r.decorate(target, idempotent=(lambda x: x >= 0) if predicate else True)
+        assert r.runner is not None and fn.__wrapped__ is target  # type: ignore[attr-defined]
+    elif path == "middleware":
+        mw = ResilienceMiddleware(resilient=r)
+        assert mw._run is r.runner is not None
+
+        def call_next(request: Request) -> Response:
+            return Response(body=b"%d" % target(int(request.body)))
+
+        def fn(x: int) -> int:
+            return int(mw(Request(body=b"%d" % x, idempotent=True), call_next).body)
+
     else:
 
         def fn(x: int) -> int:
@@ -71,15 +90,14 @@ def _run_scenario(composed: bool, script: list[Outcome], *, calls: int, subscrib
             results.append(type(exc).__name__)
         clock.advance(0.25)
     breaker, budget = r.breaker, r.budget
-    assert breaker is not None and budget is not None
     return {
         "results": results,
         "seen": seen,
-        "state": breaker.current_state,
-        "generation": breaker.generation,
-        "figures": breaker.figures(),
-        "counter": breaker.fail_counter,
-        "budget": budget.figures(),
+        "state": breaker.current_state if breaker is not None else None,
+        "generation": breaker.generation if breaker is not None else None,
+        "figures": breaker.figures() if breaker is not None else None,
+        "counter": breaker.fail_counter if breaker is not None else None,
+        "budget": budget.figures() if budget is not None else None,
         "events": events,
     }
 
@@ -103,18 +121,63 @@ def test_composed_path_matches_general_path(name: str, subscribe: bool) -> None:
         "breaker": BreakerConfig(minimum_calls=4, reset_timeout=1.0, reset_jitter=0),
     }
     script = SCENARIOS[name]
-    composed = _run_scenario(True, script, calls=40, subscribe=subscribe, **cfg)
-    general = _run_scenario(False, script, calls=40, subscribe=subscribe, **cfg)
-    assert composed == general
-    assert all(key and scope for key, scope in composed["seen"])
+    decorator, middleware, general = (_run_scenario(p, script, calls=40, subscribe=subscribe, **cfg) for p in PATHS)
+    assert decorator == general
+    assert middleware == general
+    assert all(key and scope for key, scope in decorator["seen"])
+
+
+MIXES: dict[str, dict[str, Any]] = {
+    "no breaker": {"breaker": None},
+    "no retry": {"retry": None},
+    "neither": {"breaker": None, "retry": None},
+    "attempt timeout": {"retry": RetryConfig(base_delay=0.01, attempt_timeout=5.0)},
+    "no budget, no overall deadline": {"budget": None, "timeout": TimeoutConfig(overall=None)},
+    "no keys": {"idempotency_keys": False},
+}
+
+
+@pytest.mark.parametrize("timeout", [True, False], ids=["request-timeout", "no-timeout"])
+@pytest.mark.parametrize("mix", list(MIXES))
+def test_every_mix_of_the_default_policies_matches_the_general_path(mix: str, timeout: bool) -> None:
+    # Whatever the composed runner leaves out (the flat one or the layered one), it acts as Resilient.run.
+    cfg: dict[str, Any] = {"retry": RetryConfig(base_delay=0.01), **MIXES[mix]}
+    if not timeout:
+        cfg["timeout"] = None
+    script = [ConnectionLost("x"), "ok", RemoteError("no", code=404), ConnectionLost("x"), ConnectionLost("x")] * 3
+    runs = [_run_scenario(p, script, calls=12, subscribe=True, **cfg) for p in PATHS]
+    runs.append(_run_scenario("decorator", script, calls=12, subscribe=True, predicate=True, **cfg))
+    assert runs[0] == runs[1] == runs[2] == runs[3]
+    assert any(isinstance(r, int) for r in runs[0]["results"]) and "ConnectionLost" in runs[0]["results"]
+
+
+def test_an_adaptive_timeout_is_not_composed() -> None:
+    from nexus_green.resilience.composed import compose
+    from nexus_green.resilience.timeouts import AdaptiveTimeout, TimeoutPolicy
+
+    with pytest.raises(ValueError, match="adaptive"):
+        compose(breaker=None, retry=None, timeout=TimeoutPolicy(adaptive=AdaptiveTimeout()), keys=True, overall=None)
+
+
+def test_the_decorator_and_the_middleware_share_one_runner_built_once() -> None:
+    r = Resilient(bus=EventBus())
+    run = r.runner
+    assert run is not None and ResilienceMiddleware(resilient=r)._run is run
+
+    @r
+    def f() -> int:
+        return 1
+
+    assert f() == 1 and r.runner is run  # calls build nothing new
+    for policy in ({"bulkhead": BulkheadConfig(name="composed-test")}, {"timeout": TimeoutConfig(adaptive=True)}):
+        assert Resilient(bus=EventBus(), **policy).runner is None  # those take Resilient.run
 
 
 def test_composed_path_without_timeout_matches() -> None:
     cfg: dict[str, Any] = {"retry": RetryConfig(base_delay=0.01), "timeout": None}
     script = SCENARIOS["retried then succeed"]
-    assert _run_scenario(True, script, calls=20, subscribe=False, **cfg) == _run_scenario(
-        False, script, calls=20, subscribe=False, **cfg
-    )
+    decorator, middleware, general = (_run_scenario(p, script, calls=20, subscribe=False, **cfg) for p in PATHS)
+    assert decorator == middleware == general
 
 
 def test_composed_path_hands_over_when_not_closed_or_observed() -> None:

@@ -34,12 +34,13 @@ from nexus_green.resilience import (
     ResilienceConfiguration,
     ResilienceMiddleware,
     Retry,
+    RetryConfig,
     RetryMiddleware,
     TimeoutConfig,
     TimeoutMiddleware,
     TimeoutPolicy,
 )
-from nexus_green.resilience.idempotency import HEADER
+from nexus_green.resilience.idempotency import HEADER, idempotency_key
 from nexus_green.resilience.middleware import request_key
 
 
@@ -80,7 +81,31 @@ def test_non_idempotent_requests_are_not_resent() -> None:
     nxt = FakeNext(failures=1)
     with pytest.raises(ConnectionLost):
         mw()(Request(idempotent=False), nxt)
-    assert len(nxt.requests) == 1 and nxt.keys[0]  # the key is sent anyway, for the server's guard
+    # Nothing resends it once it may have been sent, so no copy can reach the server twice: no key.
+    assert len(nxt.requests) == 1 and nxt.keys == [""]
+
+
+def test_a_not_sent_failure_is_resent_without_a_key() -> None:
+    nxt = FakeNext(failures=1, exc=ConnectionRefused())
+    assert mw()(Request(idempotent=False), nxt).ok
+    assert len(nxt.requests) == 2 and nxt.keys == ["", ""]  # the server never saw the first copy
+
+
+def test_an_outer_logical_request_key_is_sent_on_every_attempt() -> None:
+    # An outer layer (here an explicit key; @resilient or @idempotent alike) may send the whole call again.
+    for idempotent, failures in ((False, 0), (True, 1)):
+        nxt = FakeNext(failures=failures)
+        with idempotency_key("outer-key"):
+            assert mw()(Request(idempotent=idempotent), nxt).ok
+        assert nxt.keys == ["outer-key"] * (failures + 1)
+
+
+def test_idempotent_requests_get_a_key_only_where_something_may_resend_them() -> None:
+    nxt = FakeNext()
+    mw()(Request(idempotent=True), nxt)
+    mw(retry=None)(Request(idempotent=True), nxt)  # nothing here resends it
+    mw(retry=RetryConfig(max_attempts=1))(Request(idempotent=True), nxt)
+    assert len(nxt.keys[0]) == 32 and nxt.keys[1:] == ["", ""]
 
 
 def test_a_key_already_in_the_headers_is_kept() -> None:
@@ -129,10 +154,15 @@ def test_failover_replaces_the_endpoint() -> None:
                 raise ConnectionRefused()
             return Response(body=request.endpoint.encode())
 
-    nxt = Down()
     m = mw(retry=None, failover=FailoverConfig(endpoints=("a", "b")))
-    assert m(Request(), nxt).body == b"b"
-    assert [r.endpoint for r in nxt.requests] == ["a", "b"] and nxt.keys[0] == nxt.keys[1]
+    for idempotent in (True, False):
+        nxt = Down()
+        assert m(Request(idempotent=idempotent), nxt).body == b"b"
+        assert [r.endpoint for r in nxt.requests] == ["a", "b"]
+        if idempotent:  # may be sent to both: one key
+            assert nxt.keys[0] == nxt.keys[1] and len(nxt.keys[0]) == 32
+        else:  # moved on because nothing was sent: no key needed
+            assert nxt.keys == ["", ""]
 
 
 def test_without_idempotency_keys_no_header_is_added() -> None:
