@@ -77,6 +77,7 @@ def test_l2_stores_wire_responses_and_a_new_client_is_served_from_it(
             headed = client.request(b"h1", fid=FID)
         assert isinstance(bare.headers, types.MappingProxyType)  # what the wire gives: pickle refused it
         assert dict(headed.headers) == WIRE_HEADERS and bare.cached == headed.cached == ""
+        assert first.flush(5)  # written behind: on disk once flushed
         stats = first.stats().l2
         assert stats is not None and stats.errors == 0 and stats.size == 2
         first.close()
@@ -170,6 +171,7 @@ def test_zipf_hit_rate_through_a_client_matches_the_cache_driven_directly(tmp_pa
     synthetic = TwoLevelCache(l2=DiskCache(str(tmp_path / "synthetic")))
     for k in keys:
         synthetic.get_or_load(k.decode(), lambda: b"value")
+    assert synthetic.flush(5)
     direct = synthetic.stats()
     synthetic.close()
 
@@ -178,6 +180,7 @@ def test_zipf_hit_rate_through_a_client_matches_the_cache_driven_directly(tmp_pa
         with client_with_cache(backend.server.url, cache) as client:
             for k in keys:
                 client.request(k, fid=FID)
+        assert cache.flush(5)
         through = cache.stats()
         cache.close()
     assert through.l2 is not None and direct.l2 is not None

@@ -141,7 +141,7 @@ def test_temporary_mode_is_still_available(xdg: Path, backend: EmbeddedServer) -
     with Client(backend.url, middlewares=[mw]) as client:
         client.request(b"t", fid=FID)
         assert client.request(b"t", fid=FID).cached == "l1"
-    assert mode(Path(l2.directory)) == 0o700 and l2.stats().size == 1
+    assert l2.flush(5) and mode(Path(l2.directory)) == 0o700 and l2.stats().size == 1
     mw.cache.close()
     assert not os.path.exists(l2.directory)
     assert not (xdg / "nexus_green").exists()

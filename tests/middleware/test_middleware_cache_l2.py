@@ -191,6 +191,7 @@ def test_full_disk_is_a_counted_fault(tmp_path, leakcheck) -> None:  # type: ign
     cache = TwoLevelCache(l1=None, l2=l2)
     for i in range(40):
         cache.set(f"k{i}", b"x" * 4000)
+    cache.flush(5)
     assert l2.counters.errors == 1
     assert "full" in str(l2.last_error)
     assert cache.get_or_load("new", lambda: "origin") == ("origin", "")  # requests unaffected
@@ -202,6 +203,7 @@ def test_stalled_worker_times_out_and_bypasses(tmp_path, leakcheck) -> None:  # 
 
     l2 = DiskCache(str(tmp_path / "l2"), fault_cooldown=60)
     l2.set("k", CacheEntry(value=1, expires=time.time() + 60, stale_until=time.time() + 60))
+    assert l2.flush(5)
     l2.op_timeout = 0.05
     l2._run(lambda cache: time.sleep(0.3))  # a disk that hangs (runs in the worker thread)
     assert l2.counters.errors == 1 and isinstance(l2.last_error, gevent.Timeout)
@@ -214,8 +216,11 @@ def test_stalled_worker_times_out_and_bypasses(tmp_path, leakcheck) -> None:  # 
 def test_unpicklable_value_fails_that_call_only(tmp_path, leakcheck) -> None:  # type: ignore[no-untyped-def]
     cache = TwoLevelCache(l1=None, l2=DiskCache(str(tmp_path / "l2")))
     cache.set("lock", gevent.lock.Semaphore())  # cannot be pickled
+    cache.set("fine", 2)  # in the same batch: written
     l2 = cache.l2
-    assert l2 is not None and l2.counters.errors == 1 and l2.available
+    assert l2 is not None and l2.flush(5)
+    assert l2.counters.errors == 1 and l2.counters.written == 1 and l2.available
+    assert isinstance(l2.last_error, TypeError)
     cache.set("ok", 1)
     assert cache.get("ok") == 1
     cache.close()
@@ -226,7 +231,7 @@ def test_undecodable_entry_is_dropped_as_a_miss(tmp_path, leakcheck) -> None:  #
     cache = TwoLevelCache(l1=None, l2=DiskCache(d))
     cache.set("k", "v")
     l2 = cache.l2
-    assert l2 is not None
+    assert l2 is not None and l2.flush(5)
     l2._run(lambda c: c.set("raw", b"not an entry", retry=False))
     assert l2.get("raw") is None  # something else wrote there: not ours, a miss
     l2._run(lambda c: c._sql("UPDATE Cache SET mode = 4, value = ? WHERE key = 'k'", (b"\x80\x04garbage",)))
@@ -242,10 +247,12 @@ def test_count_based_eviction_by_policy(tmp_path, leakcheck) -> None:  # type: i
     cache = TwoLevelCache(l1=None, l2=l2, clock=clock)
     for k in "abc":
         cache.set(k, k)
+    assert l2.flush(5)  # on disk, so the reads below count
     for _ in range(3):
         cache.get("a")
         cache.get("c")
     cache.set("d", "d")  # b is least frequently used
+    assert l2.flush(5)
     assert [cache.get(k) for k in "abcd"] == ["a", None, "c", "d"]
     assert l2.stats().evictions == 1 and len(l2) == 3
     cache.close()
@@ -260,6 +267,7 @@ def test_count_based_eviction_by_policy(tmp_path, leakcheck) -> None:  # type: i
 def test_too_many_pending_operations_bypass(tmp_path, leakcheck) -> None:  # type: ignore[no-untyped-def]
     l2 = DiskCache(str(tmp_path / "l2"), max_pending=1)
     l2.set("warm", CacheEntry(value=1, expires=1e12, stale_until=1e12))
+    assert l2.flush(5)  # on disk: the reads below go to the worker, not to the queue
     results = [gevent.spawn(l2.get, "warm") for _ in range(5)]
     gevent.joinall(results, timeout=5)
     assert l2.counters.bypassed >= 1
