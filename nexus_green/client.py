@@ -182,7 +182,9 @@ class Client:
         self.clock = clock
         self._closed = False
         self._push_callbacks: list[Callable[[Response], None]] = []
-        self._pushes: Queue[Optional[Response]] = Queue(maxsize=push_queue_size)
+        # Made on the first push or the first pushes() call: most clients never see one.
+        self._push_q: Optional[Queue[Optional[Response]]] = None
+        self._push_queue_size = push_queue_size
         self.pushes_dropped = 0
         self.push_errors = 0
         self.pool = ConnectionPool(
@@ -342,15 +344,16 @@ class Client:
                     ("push-dropped", self._url), "dropped a push from %s (fid=%d): %s", self.endpoint, frame.fid, exc
                 )
                 return
+        queue = self._pushes()
         try:
-            self._pushes.put_nowait(resp)
+            queue.put_nowait(resp)
         except Full:
             try:
-                self._pushes.get_nowait()
+                queue.get_nowait()
             except Empty:  # pragma: no cover - only if a consumer raced us, which cannot happen between yields
                 pass
             self.pushes_dropped += 1
-            self._pushes.put_nowait(resp)
+            queue.put_nowait(resp)
         for cb in list(self._push_callbacks):
             try:
                 cb(resp)
@@ -360,8 +363,9 @@ class Client:
     def on_push(self, callback: Callable[[Response], None]) -> Callable[[], None]:
         """Call ``callback(response)`` for every frame the server sends on its own.
 
-        Runs in the connection's reader greenlet: it must not block (hand
-        slow work to a greenlet or a queue). Returns an unsubscribe function.
+        Runs in the hub (plain TCP) or the connection's reader greenlet
+        (TLS): it must not block (hand slow work to a greenlet or a queue).
+        Returns an unsubscribe function.
         """
         self._push_callbacks.append(callback)
 
@@ -383,9 +387,10 @@ class Client:
             <Client ...>
             b'hi'
         """
+        queue = self._pushes()
         while True:
             try:
-                item = self._pushes.get(timeout=timeout)
+                item = queue.get(timeout=timeout)
             except Empty:
                 return
             if item is None:
@@ -398,7 +403,7 @@ class Client:
         s = self.pool.stats()
         s["pushes_dropped"] = self.pushes_dropped
         s["push_errors"] = self.push_errors
-        s["pushes_queued"] = self._pushes.qsize()
+        s["pushes_queued"] = 0 if self._push_q is None else self._push_q.qsize()
         return s
 
     def close(self, *, drain: float = 0.0) -> None:
@@ -414,11 +419,22 @@ class Client:
             self._unwatch()
             self._unwatch = None
         self.pool.close(drain=drain)
+        queue = self._push_q
+        if queue is None:
+            return
         try:
-            self._pushes.put_nowait(None)
+            queue.put_nowait(None)
         except Full:
-            self._pushes.get_nowait()
-            self._pushes.put_nowait(None)
+            queue.get_nowait()
+            queue.put_nowait(None)
+
+    def _pushes(self) -> Queue[Optional[Response]]:
+        queue = self._push_q
+        if queue is None:
+            queue = self._push_q = Queue(maxsize=self._push_queue_size)
+            if self._closed:
+                queue.put_nowait(None)  # pushes() after close ends at once
+        return queue
 
     @property
     def closed(self) -> bool:

@@ -39,6 +39,9 @@ JITTER_MODES = ("full", "decorrelated", "none")
 _MAX_EXPONENT = 1023  # 2.0 ** 1024 overflows a float
 
 
+_SHARED_RNG = random.Random()
+
+
 @runtime_checkable
 class ReconnectStrategy(Protocol):
     """What the connection needs from a reconnect strategy.
@@ -79,7 +82,7 @@ class ExponentialBackoff:
     """Exponential backoff with jitter: the default reconnect strategy.
 
     Defaults: ``base=0.5`` s, ``cap=30.0`` s, ``max_attempts=None`` (never
-    give up), ``jitter="full"``, ``rng=random.Random()``. ``max_attempts=0``
+    give up), ``jitter="full"``, ``rng`` (default: one ``random.Random`` shared by every backoff). ``max_attempts=0``
     means "never reconnect".
 
     * ``"none"``: ``min(cap, base * 2**(attempt-1))``
@@ -116,7 +119,7 @@ class ExponentialBackoff:
         if jitter not in JITTER_MODES:
             raise ConfigurationError(f"backoff jitter must be one of {', '.join(JITTER_MODES)}; not {jitter!r}")
         self.jitter = jitter
-        self.rng = rng if rng is not None else random.Random()
+        self.rng = rng if rng is not None else _SHARED_RNG  # a Random is 2.5 KB: one serves every backoff
         self._previous = self.base
 
     def next_delay(self, attempt: int) -> Optional[float]:

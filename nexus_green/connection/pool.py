@@ -68,6 +68,7 @@ from ..errors import (
 )
 from ..events import EventBus, default_bus
 from ..greenlets import spawn
+from ..logs import RepeatedLog
 from ..protocol.frames import Frame
 from ..protocol.messages import Response
 from ..timers import wait_until
@@ -79,6 +80,7 @@ from .state import CLOSED, CONNECTED
 __all__ = ["ConnectionPool"]
 
 log = logging.getLogger("nexus_green.pool")
+_rlog = RepeatedLog(log)
 
 _POOLS: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
 _DEADLINE = deadline_var()
@@ -168,7 +170,8 @@ class ConnectionPool:
         self._last_used: dict[str, float] = {}
         self._changed = Event()  # replaced and set whenever something a waiter may want happened
         self._closed = False
-        self._maintainer: Optional[gevent.Greenlet] = None
+        # The health pass is a timer on the clock's scheduler, not a greenlet (an idle pool holds none).
+        self._maintainer: Any = None
         # the dialer: one connect attempt at a time
         self._dialer: Optional[gevent.Greenlet] = None
         self._dialing: Optional[Connection] = None
@@ -572,15 +575,21 @@ class ConnectionPool:
             )
 
     def _ensure_maintainer(self) -> None:
-        if self._maintainer is None or self._maintainer.dead:
-            self._maintainer = spawn(self._maintain_loop, name=f"pool:{self.name}")
+        if self._maintainer is None and not self._closed:
+            self._maintainer = self.clock.call_at(
+                self.clock.now() + self.health_check_interval, self._maintain_tick, None
+            )
 
-    def _maintain_loop(self) -> None:
-        while not self._closed:
-            self.clock.sleep(self.health_check_interval)
-            if self._closed:
-                return
+    def _maintain_tick(self, _: Any) -> None:
+        """Timer function (in the hub): one health pass, then the next one is armed. Never blocks."""
+        self._maintainer = None
+        if self._closed:
+            return
+        try:
             self.maintain()
+        except Exception:  # a bug must not end the health passes
+            _rlog.exception(("maintain", self.name), "pool %s: health pass failed", self.name)
+        self._ensure_maintainer()
 
     def maintain(self) -> None:
         """One health pass: discard closed, retire old, close idle extras, ask the dialer to refill to min_size.
@@ -624,9 +633,10 @@ class ConnectionPool:
         its copies are killed and closed (never shut down, which would cut the
         parent's link), and the next checkout opens the child's own connection.
         """
-        for g in (self._maintainer, self._dialer):
-            if g is not None:
-                g.kill(block=False)
+        if self._dialer is not None:
+            self._dialer.kill(block=False)
+        if self._maintainer is not None:
+            self._maintainer.cancel()
         self._maintainer = self._dialer = self._dialing = None
         for conn in self._conns:
             conn._abandon_after_fork()
@@ -696,9 +706,11 @@ class ConnectionPool:
                 conn.drain(until)
         self._closed = True
         current = gevent.getcurrent()
-        for g in (self._maintainer, self._dialer):
-            if g is not None and g is not current:
-                g.kill(block=False)
+        if self._dialer is not None and self._dialer is not current:
+            self._dialer.kill(block=False)
+        timer, self._maintainer = self._maintainer, None
+        if timer is not None:
+            timer.cancel()
         if self._dialing is not None:
             self._dialing.close()
         conns, self._conns = self._conns, []

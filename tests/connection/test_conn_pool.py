@@ -122,13 +122,35 @@ def test_max_lifetime_retires_old_connections(server: EmbeddedServer) -> None:
         assert _settle(lambda: pool.stats()["size"] == 1 and pool.connections[0] is not old)
 
 
-def test_background_maintainer_runs_and_stops(server: EmbeddedServer) -> None:
+def test_background_maintainer_runs_and_stops(server: EmbeddedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    passes: list[int] = []
     with ConnectionPool(server.url, min_size=2, health_check_interval=0.02, options=OPTS) as pool:
+        real = pool.maintain
+        monkeypatch.setattr(pool, "maintain", lambda: (passes.append(1), real())[1])
         pool.checkout(None)
         assert _settle(lambda: pool.stats()["size"] == 2)
-        maintainer = pool._maintainer
-        assert maintainer is not None and not maintainer.dead
-    assert _settle(lambda: maintainer.dead)
+        assert _settle(lambda: len(passes) >= 3)  # the timer re-arms itself after each pass
+        assert pool._maintainer is not None
+    assert pool._maintainer is None
+    before = len(passes)
+    gevent.sleep(0.1)
+    assert len(passes) == before  # closed: no pass after close
+
+
+def test_a_failing_health_pass_is_logged_and_the_next_one_still_runs(
+    server: EmbeddedServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[int] = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise RuntimeError("bug in maintain")
+
+    with ConnectionPool(server.url, health_check_interval=0.01, options=OPTS) as pool:
+        monkeypatch.setattr(pool, "maintain", broken)
+        pool.checkout(None)
+        assert _settle(lambda: len(calls) >= 2)
+    assert "health pass failed" in caplog.text
 
 
 def test_after_fork_the_child_forgets_parent_connections(server: EmbeddedServer) -> None:
