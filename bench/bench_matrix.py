@@ -15,9 +15,11 @@ once, so a cell costs its measuring time and not an interpreter start). The
 parent walks the cells round after round and, in each cell, runs the
 contenders one after the other (the order rotates every round), so every
 contender sees the same machine conditions. A run is closed-loop: N workers
-send, wait for the answer and send again; after ``--warmup`` seconds the
-answers completed within the next ``--seconds`` are counted (requests still in
-flight at the end are finished and not counted). A cell's figure is the median
+send, wait for the answer and send again. The measuring window opens once
+``--warmup`` seconds have passed and every worker has had an answer (at 1 MiB
+x 500 the first wave takes about a second); the answers completed within the
+next ``--seconds`` are counted (requests still in flight at the end are
+finished and not counted). A cell's figure is the median
 req/s over the rounds; the ratios are nexus / raw gevent and nexus / the best
 of the others. The peer's CPU share during each run is reported (a peer near
 100% of a core would be the bottleneck).
@@ -46,6 +48,7 @@ import select
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +63,8 @@ QUICK_SIZES = [64, 65536, 1 << 20]
 QUICK_CONCURRENCY = [1, 50]
 CONTENDERS = ["nexus", "gevent", "threads", "asyncio", "uvloop"]
 MAX_THREADS = 500
+MAX_WARMUP = 3.0  # the window opens at the latest this long after the warm-up, even if a worker has no answer yet
+INF = float("inf")
 DOCS = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- matrix:begin -->", "<!-- matrix:end -->"
 
@@ -90,14 +95,35 @@ def parse_only(text: str) -> tuple[Optional[int], Optional[int]]:
 
 # ---------------------------------------------------------------- contenders (child processes)
 class Window:
-    """The measuring window of one run: answers completed in [start, end] count."""
+    """The measuring window of one run: answers completed in [start, end] count.
 
-    def __init__(self, warmup: float, seconds: float) -> None:
-        self.start = time.perf_counter() + warmup
-        self.end = self.start + seconds
+    The window opens once ``warmup`` seconds have passed *and* every worker has
+    had its first answer (at most ``MAX_WARMUP`` seconds after the start): a
+    cell like 1 MiB x 500 needs about a second before the first wave of answers
+    is back, and a fixed warm-up would measure that ramp instead of the steady
+    state.
+    """
+
+    def __init__(self, warmup: float, seconds: float, workers: int) -> None:
+        now = time.perf_counter()
+        self.t0 = now
+        self.seconds = seconds
+        self.min_start = now + warmup
+        self.cap = now + warmup + MAX_WARMUP
+        self.waiting = workers  # workers without a first answer yet
+        self.start = self.end = INF
+        self.lock = threading.Lock()
         self.lat: list[float] = []
         self.errors = 0
         self.first_error = ""
+
+    def answered(self, now: float, first: bool) -> None:
+        """A worker got an answer at ``now`` (``first``: its first one); opens the window when it is time."""
+        with self.lock:  # threads call this too (only until the window opens)
+            if first:
+                self.waiting -= 1
+            if self.start == INF and now >= self.min_start and (self.waiting <= 0 or now >= self.cap):
+                self.start, self.end = now, now + self.seconds
 
     def error(self, exc: BaseException) -> None:
         self.errors += 1
@@ -106,6 +132,7 @@ class Window:
 
     def result(self, seconds: float) -> dict[str, Any]:
         lat = sorted(self.lat)
+        now = time.perf_counter()
         return {
             "requests": len(lat),
             "rps": len(lat) / seconds,
@@ -113,26 +140,32 @@ class Window:
             "p99_ms": percentile(lat, 0.99) * 1000,
             "errors": self.errors,
             "first_error": self.first_error,
-            "drain_s": max(0.0, time.perf_counter() - self.end),
+            "warmup_s": (self.start if self.start != INF else now) - self.t0,
+            "drain_s": max(0.0, now - self.end) if self.end != INF else 0.0,
         }
 
 
 def sync_loop(w: Window, call: Callable[[], None]) -> None:
     """One closed-loop worker (greenlet or thread): call until the window ends, keep in-window latencies."""
     pc = time.perf_counter
-    start, end = w.start, w.end
     mine: list[float] = []
+    first = True
     try:
         while True:
             t0 = pc()
-            if t0 >= end:
+            if t0 >= w.end:
                 return
             call()
             t1 = pc()
-            if start <= t1 <= end:
+            if w.start <= t1 <= w.end:
                 mine.append(t1 - t0)
+            elif w.start == INF:
+                w.answered(t1, first)
+                first = False
     except Exception as exc:  # a broken socket ends this worker; the run reports it
         w.error(exc)
+        if first:
+            w.answered(pc(), True)  # it will not answer: do not hold the window for it
     finally:
         w.lat.extend(mine)
 
@@ -167,7 +200,7 @@ def run_nexus(size: int, conc: int, warmup: float, seconds: float, port: int) ->
         resp = client.request(body, fid=1, timeout=5)
         if resp.body != body:
             raise RuntimeError(f"the peer did not echo the body ({len(resp.body)} bytes back for {size})")
-        w = Window(warmup, seconds)
+        w = Window(warmup, seconds, conc)
         req = client.request
 
         def call() -> None:
@@ -192,7 +225,7 @@ def run_gevent(size: int, conc: int, warmup: float, seconds: float, port: int) -
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         socks.append(s)
     try:
-        w = Window(warmup, seconds)
+        w = Window(warmup, seconds, len(socks))
         gevent.joinall([gevent.spawn(sync_loop, w, socket_call(s, body)) for s in socks])
         return w.result(seconds)
     finally:
@@ -202,7 +235,6 @@ def run_gevent(size: int, conc: int, warmup: float, seconds: float, port: int) -
 
 def run_threads(size: int, conc: int, warmup: float, seconds: float, port: int) -> dict[str, Any]:
     import socket
-    import threading
 
     body = b"x" * size
     socks = []
@@ -211,7 +243,7 @@ def run_threads(size: int, conc: int, warmup: float, seconds: float, port: int) 
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         socks.append(s)
     try:
-        w = Window(warmup, seconds)
+        w = Window(warmup, seconds, len(socks))
         threads = [threading.Thread(target=sync_loop, args=(w, socket_call(s, body))) for s in socks]
         for t in threads:
             t.start()
@@ -234,12 +266,13 @@ def run_asyncio(
 
     async def main() -> dict[str, Any]:
         conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(conc)]
-        w = Window(warmup, seconds)
+        w = Window(warmup, seconds, len(conns))
 
         async def worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             pc = time.perf_counter
             mine: list[float] = []
             qid = 0
+            first = True
             try:
                 while True:
                     t0 = pc()
@@ -255,8 +288,13 @@ def run_asyncio(
                     t1 = pc()
                     if w.start <= t1 <= w.end:
                         mine.append(t1 - t0)
+                    elif w.start == INF:
+                        w.answered(t1, first)
+                        first = False
             except Exception as exc:
                 w.error(exc)
+                if first:
+                    w.answered(pc(), True)
             finally:
                 w.lat.extend(mine)
 
@@ -354,8 +392,8 @@ class Contender:
 
 
 def estimate_run(size: int, conc: int, warmup: float, seconds: float) -> float:
-    """Rough seconds one run takes: the window, setting up conc connections and draining what is in flight."""
-    return warmup + seconds + 0.01 + conc * 0.0004 + size * conc / 250e6
+    """Rough seconds one run takes: warm-up and window, conc connections, the first wave and the drain."""
+    return warmup + seconds + 0.01 + conc * 0.0004 + 2 * size * conc / 250e6  # the first wave, and the drain
 
 
 def measure(
@@ -496,7 +534,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; a cell's figure is the median")
     ap.add_argument("--seconds", type=float, default=1.0, help="measuring window per run")
-    ap.add_argument("--warmup", type=float, default=0.2, help="seconds of load before the window opens")
+    ap.add_argument(
+        "--warmup",
+        type=float,
+        default=0.1,
+        help="at least this much load (and an answer to every worker) before the window",
+    )
     ap.add_argument("--quick", action="store_true", help="6 cells, 1 round, 0.5 s windows: under a minute")
     ap.add_argument("--only", type=parse_only, action="append", default=[], metavar="SIZE/CONC")
     ap.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset")
@@ -514,7 +557,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.quick:
         args.rounds = 1 if args.rounds == 3 else args.rounds
         args.seconds = 0.5 if args.seconds == 1.0 else args.seconds
-        args.warmup = 0.1 if args.warmup == 0.2 else args.warmup
+        args.warmup = 0.05 if args.warmup == 0.1 else args.warmup
     if args.only:
         sizes, concs = SIZES + [s for s, _ in args.only if s and s not in SIZES], CONCURRENCY
         concs = concs + [c for _, c in args.only if c and c not in CONCURRENCY]
