@@ -24,6 +24,11 @@ BENCHES = [
     ["bench_ratelimit.py"],
     ["bench_memory_inflight.py", "--seconds", "30", "--timeout", "300"],
     ["request_path_observations.py"],
+    # issue 14 (performance): the matrix at its defaults (16 cells x 5 contenders x 3 rounds) takes 5-6 minutes
+    ["bench_matrix.py"],
+    ["bench_seed_targets.py"],
+    ["bench_idle_memory.py"],
+    ["bench_copies.py"],
 ]
 
 
