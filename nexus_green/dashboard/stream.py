@@ -50,6 +50,7 @@ from typing import Any, NamedTuple, Optional
 
 import gevent
 from gevent.event import Event as GEvent
+from gevent.lock import Semaphore
 
 from ..errors import ConfigurationError, UsageError
 from ..greenlets import spawn
@@ -252,6 +253,8 @@ class RealtimeStream:
         self.dropped = 0
         self.published = 0
         self._off_change = aggregator.on_change(self._on_change)
+        # A build yields to the hub on long connection lists: one build at a time keeps ids in order.
+        self._building = Semaphore()
 
     # ------------------------------------------------------------------ settings
     @property
@@ -272,12 +275,13 @@ class RealtimeStream:
     # ------------------------------------------------------------------ producing
     def publish(self) -> StreamEvent:
         """Build one view model, keep it in the ring and offer it to every watcher (never waits)."""
-        view = self.aggregator.build()
-        view["interval"] = self._interval
-        view["watchers"] = len(self._subs)
-        event = StreamEvent(view["seq"], "tick", json.dumps(view, separators=(",", ":")))
-        self.ring.append(event)
-        self.latest, self._latest_view = event, view
+        with self._building:
+            view = self.aggregator.build()
+            view["interval"] = self._interval
+            view["watchers"] = len(self._subs)
+            event = StreamEvent(view["seq"], "tick", json.dumps(view, separators=(",", ":")))
+            self.ring.append(event)
+            self.latest, self._latest_view = event, view
         self.published += 1
         for sub in list(self._subs):
             sub.offer(event)

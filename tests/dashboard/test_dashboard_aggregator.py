@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import gevent
 import pytest
 
 from nexus_green import Client
@@ -107,6 +108,34 @@ def test_rows_are_capped_with_the_troubled_first(fake: Any) -> None:
     assert next(r for r in rows if r["id"] == "c3")["rtt_ms"] == 900.0
     agg.close()
     agg2.close()
+
+
+def test_thousands_of_connections_cost_one_capped_row_list(monitor: PerformanceMonitor) -> None:
+    for i in range(2500):
+        monitor.bus.emit("connect.complete", conn_id=f"c{i:05d}", endpoint="tcp://h:1", duration=0.001)
+    monitor.bus.emit("io.stats", conn_id="c02400", completed=5)
+    agg = MetricsAggregator(monitor, max_rows=3)
+    agg.build()
+    monitor.bus.emit("io.stats", conn_id="c02400", completed=5)
+    monitor.bus.emit("connection.state", conn_id="c01234", endpoint="tcp://h:1", old="connected", new="closing")
+    gevent.sleep(0.01)
+    rows = agg.build()["connections"]
+    assert rows["total"] == 2500 and rows["shown"] == 3
+    assert [r["id"] for r in rows["rows"]][:2] == ["c01234", "c02400"]  # the troubled one, then the busiest
+    agg.close()
+
+
+def test_concurrent_publishes_keep_ids_in_order(monitor: PerformanceMonitor) -> None:
+    from nexus_green.dashboard import RealtimeStream
+
+    for i in range(4500):  # builds yield to the hub twice
+        monitor.bus.emit("connect.complete", conn_id=f"c{i}", endpoint="tcp://h:1", duration=0.001)
+    agg = MetricsAggregator(monitor)
+    stream = RealtimeStream(agg, interval=60)
+    gevent.joinall([gevent.spawn(stream.publish) for _ in range(3)], timeout=10, raise_error=True)
+    assert [e.id for e in stream.ring] == [1, 2, 3]
+    stream.close()
+    agg.close()
 
 
 def test_history_fills_the_charts_of_a_late_page(fake: Any) -> None:

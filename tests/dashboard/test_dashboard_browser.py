@@ -34,7 +34,8 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
-pytestmark = pytest.mark.integration
+# Installing chromium (when make test's browser target did not) can take minutes: longer than the suite's 120 s.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 
 def _ensure_chromium() -> None:

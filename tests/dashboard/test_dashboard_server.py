@@ -241,6 +241,7 @@ class WSClient:
         self.messages: list[dict[str, Any]] = []
         self.pongs: list[bytes] = []
         self.closed: Any = None
+        self.partial = ""
 
     def pump(self, until: Any, timeout: float = 10.0) -> None:
         with gevent.Timeout(timeout, AssertionError(f"websocket: gave up waiting; got {self.messages!r}")):
@@ -250,8 +251,11 @@ class WSClient:
                 for ev in self.ws.events():
                     if isinstance(ev, AcceptConnection):
                         self.accepted = True
-                    elif isinstance(ev, TextMessage):
-                        self.messages.append(json.loads(ev.data))
+                    elif isinstance(ev, TextMessage):  # a big message may come in fragments
+                        self.partial += ev.data
+                        if ev.message_finished:
+                            self.messages.append(json.loads(self.partial))
+                            self.partial = ""
                     elif isinstance(ev, Pong):
                         self.pongs.append(bytes(ev.payload))
                     elif isinstance(ev, CloseConnection):
@@ -289,6 +293,36 @@ def test_websocket_round_trip(monitor: PerformanceMonitor, leakcheck: None) -> N
         dash.stop()
         later.pump(lambda: later.closed is not None)
         later.sock.close()
+
+
+def test_a_websocket_client_that_never_reads_is_dropped(leakcheck: None, monitor: PerformanceMonitor) -> None:
+    for i in range(400):
+        monitor.bus.emit("connect.complete", conn_id=f"c{i:04d}", endpoint=f"tcp://10.0.0.1:{i}", duration=0.001)
+    with DashboardServer(monitor, interval=60, queue_size=4, write_timeout=60, max_rows=400) as dash:
+        stuck = gsocket.socket(gsocket.AF_INET, gsocket.SOCK_STREAM)
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.connect(("127.0.0.1", dash.port))
+        ws = WSConnection(ConnectionType.CLIENT)
+        stuck.sendall(ws.send(Request(host="127.0.0.1", target="/api/ws")))  # ...and never reads
+        good = WSClient(dash.port)
+        good.pump(lambda: len(good.messages) >= 1)
+        with gevent.Timeout(5, AssertionError("the silent websocket never subscribed")):
+            while dash.stream.watchers != 2:
+                gevent.sleep(0.01)
+        slow = dash.stream._subs[0]
+        published = 0
+        with gevent.Timeout(30, AssertionError("the silent websocket client was never dropped")):
+            while not slow.dropped:
+                dash.stream.publish()
+                published += 1
+                good.pump(lambda n=published: len(good.messages) >= 1 + n)
+        with gevent.Timeout(5, AssertionError("the dropped websocket watcher is still attached")):
+            while dash.stream.watchers != 1:
+                gevent.sleep(0.01)
+        ids = [m["id"] for m in good.messages]
+        assert ids == list(range(ids[0], ids[0] + len(ids))) and slow.reason.startswith("too slow")
+        stuck.close()
+        good.sock.close()
 
 
 def test_websocket_needs_an_upgrade(monitor: PerformanceMonitor, http: Any) -> None:
