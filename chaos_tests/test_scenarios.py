@@ -292,7 +292,7 @@ def test_cpu_saturation_does_not_stall_the_hub(chaos: Harness) -> None:
     run = chaos.run("cpu-saturation", proxy, call)
     assert all(c.ok for c in run.calls), run.errors()
     (cpu,) = run.scenario.resources
-    assert cpu.busy_seconds > 1.0 and not cpu.active  # it really burnt CPU, and stopped
+    assert cpu.busy_seconds > 0.5 and not cpu.active  # it really burnt CPU, and stopped
     assert_recovered(run)  # the fixture asserts the hub never stalled over 50 ms
 
 

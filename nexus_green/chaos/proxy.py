@@ -96,7 +96,8 @@ class _Writer:
         try:
             while True:
                 while not self.queue:
-                    if self.eof:
+                    if self.eof:  # the source closed and everything it sent is out: pass the EOF on
+                        self.sock.shutdown(gsocket.SHUT_WR)
                         return
                     self.wake.clear()
                     self.wake.wait()
@@ -173,8 +174,8 @@ class _Link:
         self.proxy._notify()
 
     # ------------------------------------------------------------------ reading
-    def pump(self, direction: str) -> None:
-        """Read one side until EOF (or the link closes), deciding each frame's fate."""
+    def pump(self, direction: str) -> bool:
+        """Read one side until EOF (True) or an error or the link's close (False), deciding each frame's fate."""
         proxy = self.proxy
         injector = proxy.injector
         src = self.client if direction == UPSTREAM else self.server
@@ -185,15 +186,21 @@ class _Link:
             while self.frozen or injector.active("stop_reading", direction):
                 injector.changed.wait(0.25)
                 if self.closed:
-                    return
+                    return False
             try:
                 data = src.recv(_RECV)
             except OSError as exc:
                 log.debug("chaos pump %s: %s", direction, exc)
-                return
+                self.close()
+                return False
             if not data:
-                self.close(flush=True)
-                return
+                held, self.held[direction] = self.held[direction], None
+                writer = self.writers[direction]
+                if held is not None:
+                    writer.put(*held)
+                writer.eof = True
+                writer.wake.set()
+                return True
             if self.frozen:
                 continue
             proxy.bytes_received[direction] += len(data)
@@ -215,10 +222,11 @@ class _Link:
                 self.handle(direction, frame, bytes(buf[pos : pos + size]))
                 pos += size
                 if self.closed:
-                    return
+                    return False
             del buf[:pos]
             if len(data) == _RECV:
                 gevent.sleep(1e-6)  # more is waiting: give the hub a turn (nobody holds the hub)
+        return False
 
     def handle(self, direction: str, frame: Frame, raw: bytes) -> None:
         """Apply the injector's decision to one frame."""
@@ -462,8 +470,9 @@ class ChaosProxy(ListeningPeer):
             link.freeze()
         downstream = spawn(link.pump, DOWNSTREAM, name="chaos.pump.downstream")
         try:
-            link.pump(UPSTREAM)
+            if link.pump(UPSTREAM):  # the client half-closed: the server may still answer
+                downstream.join()
         finally:
             downstream.kill(block=True, timeout=2)
-            link.close()
+            link.close(flush=True)
             self.links.discard(link)
