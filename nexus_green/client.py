@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator, Mapping
 from time import monotonic as _monotonic
 from typing import Any, Optional
@@ -41,6 +42,7 @@ from .middleware.compression import DictionaryRegistry
 from .middleware.offload import decode_off_hub
 from .pipeline import Pipeline, bus_of
 from .protocol.compression import body_decoder, try_decompress
+from .protocol.files import DEFAULT_CHUNK_SIZE
 from .protocol.frames import TP_CODEC_MASK, TP_GZIP, Frame
 from .protocol.messages import Request, Response
 from .transport.endpoint import Endpoint
@@ -106,6 +108,7 @@ _CONN_KEYS = (
     "happy_eyeballs_delay",
     "max_write_buffer",
     "socket_options",
+    "io_greenlets",
 )
 
 
@@ -308,6 +311,50 @@ class Client:
             decoder, clock=self.clock, until=until, by_deadline=by_deadline, what=f"fid={resp.fid} on {self.endpoint}"
         )
         return resp.replace(body=out, tp=tp & ~_CODEC_BITS)
+
+    def send_file(
+        self,
+        path: str | os.PathLike[str],
+        fid: int,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        name: Optional[str] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        timeout: Any = DEFAULT,
+    ) -> Response:
+        """Stream a file to ``fid`` as a run of bounded frames; return the receiver's answer.
+
+        On plain TCP the file's bytes go from disk to the socket by
+        ``os.sendfile`` (they never enter this process); over TLS they are read
+        and sent in chunks. ``timeout`` (default: the client's) is one budget
+        for the whole transfer, connection wait included. Middleware does not
+        apply (a file is not a cacheable or compressible request). Refused in
+        strict mode. The convention on the wire: :mod:`nexus_green.protocol.files`;
+        the receiving side for a test server: :class:`nexus_green.testing.files.FileReceiver`.
+
+        Example::
+
+            >>> import json, pathlib, tempfile
+            >>> from nexus_green.testing import EmbeddedServer, FID_FILE
+            >>> with tempfile.TemporaryDirectory() as d:
+            ...     src = pathlib.Path(d, "report.csv"); _ = src.write_bytes(b"a,b;" * 100_000)
+            ...     with EmbeddedServer(files_dir=d) as server, Client(server.url) as client:
+            ...         answer = json.loads(client.send_file(src, FID_FILE, name="copy.csv").body)
+            ...     answer["size"], pathlib.Path(d, "copy.csv").read_bytes() == src.read_bytes()
+            (400000, True)
+        """
+        self._check_usable()
+        until, by_deadline = budget(self.timeout if timeout is DEFAULT else timeout, clock=self.clock)
+        conn = self.pool.checkout(until, by_deadline)
+        resp = conn.send_file_until(path, fid, chunk_size, name, headers, until, by_deadline)
+        if resp.code != 200 and self.raise_for_code:
+            raise RemoteError(
+                f"send_file of {os.fspath(path)!r} to fid={fid} on {self.endpoint} answered code {resp.code}: "
+                f"{resp.body[:200]!r}",
+                code=resp.code,
+                response=resp,
+            )
+        return resp
 
     def send(self, body: bytes = b"", fid: int = 0, headers: Optional[Mapping[str, str]] = None) -> int:
         """Fire and forget: queue one frame, return its Qid, never wait for an answer.

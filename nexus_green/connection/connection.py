@@ -48,6 +48,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
+import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from time import monotonic as _monotonic
@@ -73,10 +75,21 @@ from ..errors import (
 from ..events import EventBus, default_bus
 from ..greenlets import spawn
 from ..logs import RepeatedLog
+from ..protocol.files import (
+    DEFAULT_CHUNK_SIZE,
+    FILE_CHUNKS,
+    FILE_ID,
+    FILE_LAST,
+    FILE_NAME,
+    FILE_OFFSET,
+    FILE_SIZE,
+    chunk_offsets,
+)
 from ..protocol.frames import (
     Frame,
     FrameDecoder,
     RawFrame,
+    encode_request,
     encode_request_parts,
     heartbeat_frame,
 )
@@ -117,18 +130,52 @@ _scratch: weakref.WeakKeyDictionary[Any, bytearray] = weakref.WeakKeyDictionary(
 QueuedFrame = Any
 
 
+class _SharedFile:
+    """A descriptor of a file being sent, closed when the transfer and its last queued chunk let go of it."""
+
+    __slots__ = ("fd", "refs")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.refs = 1
+
+    def release(self) -> None:
+        self.refs -= 1
+        if not self.refs:
+            os.close(self.fd)
+
+
+class _FileChunk:
+    """A queued frame whose body the kernel copies from a file (``os.sendfile``): bytes never enter the process."""
+
+    __slots__ = ("prefix", "file", "offset", "count", "done")
+
+    def __init__(self, prefix: bytes, file: _SharedFile, offset: int, count: int) -> None:
+        self.prefix = prefix
+        self.file = file
+        self.offset = offset
+        self.count = count
+        self.done = 0  # bytes of prefix + body sent; once above 0 the chunk can no longer be taken back
+        file.refs += 1
+
+    def __len__(self) -> int:
+        return len(self.prefix) + self.count - self.done
+
+
 def _entry_len(entry: QueuedFrame) -> int:
-    if type(entry) is bytes:
+    if type(entry) is bytes or type(entry) is _FileChunk:
         return len(entry)
     return sum(map(len, entry))
 
 
 def _flatten(entries: list[QueuedFrame], limit: int) -> list[Any]:
-    """The buffers of ``entries``, in order, at most ``limit`` of them."""
+    """The buffers of ``entries``, in order, at most ``limit`` of them, up to the first file chunk."""
     bufs: list[Any] = []
     for e in entries:
         if type(e) is bytes:
             bufs.append(e)
+        elif type(e) is _FileChunk:
+            break
         else:
             bufs.extend(e)
         if len(bufs) >= limit:
@@ -646,6 +693,9 @@ class Connection:
                 stream.detach()
             else:
                 stream.close()
+        for entry in self._wbuf:
+            if type(entry) is _FileChunk:
+                entry.file.release()
         self._wbuf = []
         self._wbytes = 0
         self._wroom.set()  # callers waiting for room find the link gone
@@ -972,8 +1022,7 @@ class Connection:
                 else:
                     frames = _consume(wbuf, n)
             else:
-                n = stream.sendmsg_nowait(_flatten(wbuf, IOV_MAX))
-                frames = _consume(wbuf, n)
+                n, frames = self._send_mixed(stream, wbuf)
         except NexusError as exc:
             self._run_callback(self._lost, stream, exc)
             return
@@ -992,12 +1041,184 @@ class Connection:
         elif waiting:
             wwatch.stop()
 
+    def _send_mixed(self, stream: Stream, wbuf: list[QueuedFrame]) -> tuple[int, int]:
+        """Send queued frames of every kind in order until the kernel is full or the queue empty: ``(bytes, frames)``."""
+        sent = frames = 0
+        while wbuf:
+            head = wbuf[0]
+            if type(head) is _FileChunk:
+                n, whole = self._send_file_chunk(stream, head)
+                sent += n
+                if not whole:
+                    break
+                del wbuf[0]
+                frames += 1
+                continue
+            bufs = _flatten(wbuf, IOV_MAX)
+            n = stream.sendmsg_nowait(bufs)
+            sent += n
+            frames += _consume(wbuf, n)
+            if n < sum(map(len, bufs)):
+                break
+        return sent, frames
+
+    def _send_file_chunk(self, stream: Stream, chunk: _FileChunk) -> tuple[int, bool]:
+        """Send what the kernel takes of a file chunk's prefix and body: ``(bytes, whole)``."""
+        sent = 0
+        plen = len(chunk.prefix)
+        if chunk.done < plen:
+            n = stream.sendmsg_nowait([memoryview(chunk.prefix)[chunk.done :]])
+            chunk.done += n
+            sent += n
+            if chunk.done < plen:
+                return sent, False
+        end = plen + chunk.count
+        while chunk.done < end:
+            n = stream.sendfile_nowait(chunk.file.fd, chunk.offset + chunk.done - plen, end - chunk.done)
+            if n < 0:
+                return sent, False
+            if n == 0:
+                # The frame announced bytes the file no longer has: the link is mid-frame and cannot go on.
+                raise ConnectionLost(
+                    f"{self.conn_id}: a file being sent shrank to {chunk.offset + chunk.done - plen:,} bytes while "
+                    f"send_file was sending it; the link was closed mid-frame"
+                )
+            chunk.done += n
+            sent += n
+        chunk.file.release()
+        return sent, True
+
     def _wflat(self) -> bool:
         """True when every queued frame is one ``bytes`` (small frames only): the queue is its own buffer list."""
         for e in self._wbuf:
             if type(e) is not bytes:
                 return False
         return True
+
+    def send_file(
+        self,
+        path: str | os.PathLike[str],
+        fid: int,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        name: Optional[str] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        timeout: Any = DEFAULT,
+    ) -> Response:
+        """Stream a file to ``fid`` as bounded frames (:mod:`nexus_green.protocol.files`) and return the receiver's answer.
+
+        On plain TCP each chunk's body goes from the file to the socket by
+        ``os.sendfile``, in the kernel, when the socket can take it; over TLS
+        (or ``io_greenlets``) chunks are read and sent. At most
+        ``max_write_buffer`` bytes of the file are queued at once. ``timeout``
+        (default ``request_timeout``) is one budget for the whole transfer.
+        Refused in strict mode (it needs the header block). If the link is lost
+        part-way, :class:`~nexus_green.errors.ConnectionLost` says so: the
+        receiver holds part of the file at most; send it again.
+
+        Example::
+
+            >>> import pathlib, tempfile
+            >>> from nexus_green.testing import EmbeddedServer, FID_FILE
+            >>> with tempfile.TemporaryDirectory() as d:
+            ...     src = pathlib.Path(d, "data.bin"); _ = src.write_bytes(b"x" * 300_000)
+            ...     with EmbeddedServer(files_dir=d) as server, Connection(server.endpoint) as conn:
+            ...         r = conn.send_file(src, FID_FILE, chunk_size=100_000, name="copy.bin")
+            ...     r.code, pathlib.Path(d, "copy.bin").read_bytes() == b"x" * 300_000
+            (200, True)
+        """
+        until, by_deadline = budget(self.options.request_timeout if timeout is DEFAULT else timeout, clock=self.clock)
+        return self.send_file_until(path, fid, chunk_size, name, headers, until, by_deadline)
+
+    def send_file_until(
+        self,
+        path: str | os.PathLike[str],
+        fid: int,
+        chunk_size: int,
+        name: Optional[str],
+        headers: Optional[Mapping[str, str]],
+        until: Optional[float],
+        by_deadline: bool = False,
+    ) -> Response:
+        """:meth:`send_file` with its budget already worked out (the Client calls this).
+
+        Example::
+
+            >>> Connection("tcp://127.0.0.1:9", options=ConnectionOptions(strict=True)).send_file_until(
+            ...     "f", 9, 1024, None, None, None)
+            Traceback (most recent call last):
+            ...
+            nexus_green.errors.LocalProtocolError: conn-...: strict mode cannot send a file (it needs the header block)
+        """
+        if self.options.strict:
+            raise LocalProtocolError(f"{self.conn_id}: strict mode cannot send a file (it needs the header block)")
+        chunk_offsets(0, chunk_size)  # a bad chunk_size is refused before the file is opened
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            offsets = chunk_offsets(size, chunk_size)
+            base = {
+                **(headers or {}),
+                FILE_ID: uuid.uuid4().hex,
+                FILE_SIZE: str(size),
+                FILE_NAME: name if name is not None else os.path.basename(os.fspath(path)),
+            }
+            if not self.connected:
+                self._wait_ready(until, by_deadline)
+            stream = self._stream
+            shared = _SharedFile(os.dup(f.fileno())) if self._event_io else None
+            queued: list[QueuedFrame] = []
+            try:
+                for off, count in offsets:
+                    if self._stream is not stream:
+                        raise ConnectionLost(
+                            f"{self.conn_id} to {self.endpoint}: the link was lost while sending {os.fspath(path)!r}; "
+                            "the receiver holds part of it at most: send it again"
+                        ) from self.last_error
+                    block = encode_header_block({**base, FILE_OFFSET: str(off)})
+                    qid = self.session.take_qid()
+                    self.session.forget(qid)  # nobody waits for a chunk's answer
+                    entry: QueuedFrame
+                    if shared is not None and self._event_io:
+                        entry = _FileChunk(
+                            encode_request(qid, fid, b"", header_block=block, body_length=count), shared, off, count
+                        )
+                    else:
+                        data = os.pread(f.fileno(), count, off)
+                        if len(data) != count:
+                            raise ConnectionLost(
+                                f"{os.fspath(path)!r} shrank while send_file was reading it (nothing queued for it was lost)"
+                            )
+                        entry = encode_request_parts(qid, fid, data, header_block=block)
+                    n = _entry_len(entry)
+                    if self._wbytes and self._wbytes + n > self._max_wbytes:
+                        try:
+                            self._wait_for_room(n, fid, until, by_deadline)
+                        except BaseException:
+                            if type(entry) is _FileChunk:
+                                entry.file.release()
+                            raise
+                    if self._stream is not stream:
+                        if type(entry) is _FileChunk:
+                            entry.file.release()
+                        continue  # reported at the top of the loop
+                    self._wbuf.append(entry)
+                    self._wbytes += n
+                    queued.append(entry)
+                    self._wake_writer()
+                if self._stream is not stream:
+                    raise ConnectionLost(
+                        f"{self.conn_id} to {self.endpoint}: the link was lost while sending {os.fspath(path)!r}; "
+                        "the receiver holds part of it at most: send it again"
+                    ) from self.last_error
+                last = {**base, FILE_OFFSET: str(size), FILE_LAST: "1", FILE_CHUNKS: str(len(offsets))}
+                return self.request_until(b"", fid, last, 0, until, by_deadline)
+            except BaseException:
+                for entry in queued:
+                    self._unqueue(entry)  # chunks never started go back: nothing half-written
+                raise
+            finally:
+                if shared is not None:
+                    shared.release()
 
     def send(self, body: bytes = b"", fid: int = 0, *, headers: Optional[Mapping[str, str]] = None, tp: int = 0) -> int:
         """Fire and forget: queue one frame and return its Qid without waiting.
@@ -1026,6 +1247,10 @@ class Connection:
         wbuf = self._wbuf
         for i, chunk in enumerate(wbuf):
             if chunk is data:
+                if type(chunk) is _FileChunk:
+                    if chunk.done:
+                        return False
+                    chunk.file.release()
                 del wbuf[i]
                 self._sent_progress(_entry_len(data))
                 return True

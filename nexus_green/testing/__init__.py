@@ -46,6 +46,7 @@ from .server import (
     FID_DELAY,
     FID_ECHO,
     FID_ERROR,
+    FID_FILE,
     FID_GARBAGE,
     FID_INFO,
     FID_PUSH,
@@ -103,4 +104,5 @@ __all__ = [
     "FID_CLOSE",
     "FID_GARBAGE",
     "FID_INFO",
+    "FID_FILE",
 ]

@@ -16,6 +16,8 @@ Built-in functions (Fid constants exported from :mod:`nexus_green.testing`):
 ``FID_CLOSE``  (6) close the connection without replying (for "peer closed")
 ``FID_GARBAGE`` (7) reply with bytes that break the framing
 ``FID_INFO``   (8) reply with JSON figures about the server
+``FID_FILE``   (9) receive a file sent with ``send_file`` into ``files_dir``
+               (:class:`~nexus_green.testing.files.FileReceiver`); 501 without one
 =============  ==================================================================
 
 Heartbeats (Tp 0x01) are echoed as responses. A compressed request body is
@@ -81,6 +83,7 @@ __all__ = [
     "FID_CLOSE",
     "FID_GARBAGE",
     "FID_INFO",
+    "FID_FILE",
 ]
 
 log = logging.getLogger("nexus_green.testing.server")
@@ -93,6 +96,7 @@ FID_SILENT = 5
 FID_CLOSE = 6
 FID_GARBAGE = 7
 FID_INFO = 8
+FID_FILE = 9
 
 _CODEC = TP_GZIP | TP_CODEC_MASK
 _NO_REPLY = object()
@@ -182,6 +186,7 @@ class EmbeddedServer:
         tls: Any = None,
         handlers: Optional[dict[int, Handler]] = None,
         idempotency: Union[IdempotencyGuard, bool, None] = None,
+        files_dir: Optional[str] = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -201,6 +206,11 @@ class EmbeddedServer:
             idempotency = IdempotencyGuard()
         self.guard: Optional[IdempotencyGuard] = idempotency if isinstance(idempotency, IdempotencyGuard) else None
         self.replays = 0
+        self.files: Any = None
+        if files_dir is not None:
+            from .files import FileReceiver
+
+            self.files = FileReceiver(files_dir)
         for fid, handler in (handlers or {}).items():
             self.register(fid, handler)
 
@@ -235,6 +245,10 @@ class EmbeddedServer:
             return _NO_REPLY
         if fid == FID_INFO:
             return json.dumps(self.info()).encode()
+        if fid == FID_FILE:
+            if self.files is None:
+                return Reply(b"this server was started without files_dir: it takes no files", code=501)
+            return self.files.handle(frame)
         return Reply(b"unknown fid %d" % fid, code=404)
 
     # ------------------------------------------------------------------ serving
@@ -392,6 +406,8 @@ class EmbeddedServer:
         server.close()
         self.drop_connections()
         server.stop(timeout=timeout)
+        if self.files is not None:
+            self.files.close()
 
     @property
     def running(self) -> bool:

@@ -330,6 +330,34 @@ class Stream:
         self.bytes_sent += n
         return n
 
+    def sendfile_nowait(self, fd: int, offset: int, count: int) -> int:
+        """Copy up to ``count`` bytes of file ``fd`` from ``offset`` to the socket in the kernel, never blocking.
+
+        ``os.sendfile``: the bytes never enter this process. Returns the byte
+        count the kernel took, -1 when the socket buffer is full, 0 when the
+        file ends before ``offset`` (it shrank). Plain TCP only
+        (:attr:`nonblocking`). Example::
+
+            >>> import gevent.socket, tempfile
+            >>> a, b = gevent.socket.socketpair()
+            >>> with tempfile.TemporaryFile() as f:
+            ...     _ = f.write(b"hello world"); f.flush()
+            ...     Stream(a, "pair").sendfile_nowait(f.fileno(), 6, 5), b.recv(5)
+            (5, b'world')
+            >>> a.close(); b.close()
+        """
+        raw = self._raw
+        if raw is None:
+            raise ConnectionLost(f"send on closed stream to {self.label}")
+        try:
+            n: int = os.sendfile(raw.fileno(), fd, offset, count)
+        except (BlockingIOError, InterruptedError):
+            return -1
+        except OSError as exc:
+            raise map_os_error(exc, f"sendfile to {self.label}") from exc
+        self.bytes_sent += n
+        return n
+
     @property
     def closed(self) -> bool:
         """True once :meth:`close` ran (or the socket was never there)."""
