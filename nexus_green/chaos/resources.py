@@ -7,7 +7,7 @@ network faults.
 
 * :class:`MemoryPressure` holds ``mb`` megabytes of touched memory (at most ``max_mb``).
 * :class:`CpuSaturation` runs busy *native* threads for a duty cycle. The
-  busy work is hashing a 1 MB buffer, which releases the GIL, so it takes a
+  busy work is hashing a 4 MB buffer, which releases the GIL, so it takes a
   core from the process without holding the hub: a busy greenlet would itself
   be a hub stall, and a pure-Python busy thread would fight the hub for the GIL.
   The threads are real OS threads even after ``gevent.monkey.patch_all()``.
@@ -181,7 +181,7 @@ class CpuSaturation(ResourceFault):
 
     def _burn(self, done: Any) -> None:
         sleep = monkey.get_original("time", "sleep")
-        data = b"\x5a" * _MB
+        data = b"\x5a" * (4 * _MB)  # few Python steps between long GIL-free hashes
         cpu0 = time.thread_time()
         end = time.monotonic() + self.max_seconds
         try:
@@ -201,7 +201,7 @@ class CpuSaturation(ResourceFault):
     def _stop(self) -> None:
         self._stop_flag = True
         for done in self._done:
-            # Bounded: a thread finishes its current 1 MB hash (a few ms) and sees the flag.
+            # Bounded: a thread finishes its current 4 MB hash (about 10 ms) and sees the flag.
             done.acquire(True, 5.0)
         self._done = []
 
