@@ -10,8 +10,11 @@ call, against ``bench/echo_peer.py`` (another process, 64-byte bodies):
                new key every call: the L2 read of the miss and the L2 write
 
 Per call = wall time / calls, with ``--concurrency`` greenlets (default
-1 and 50: latency, then throughput). Each scenario runs for ``--seconds``
-after a short warm-up; the set runs ``--rounds`` times and the median is kept.
+1 and 50: latency, then throughput). In each child process the scenarios
+take turns (``--inner`` turns of ``--seconds`` each, after a short warm-up),
+so a change of load on a shared machine hits them alike; the figures are
+medians over turns and over ``--rounds`` processes, and "l2/l1 miss" is the
+median of the ratios of adjacent turns.
 With ``--code PATH`` the same child runs a second time with PATH first on
 PYTHONPATH (e.g. a ``git worktree`` of an older commit), alternating rounds,
 and both columns are printed side by side. For miss-l2 the child also reports
@@ -23,7 +26,7 @@ keys, the default sizes (L1 100 items LRU, L2 10,000 items LFU on disk), the
 cache driven directly with a loader that returns ~1 KB at once; hit rates per
 level and the latency of L1 hits, L2 hits and misses.
 
-Run: ``.venv/bin/python bench/bench_cache.py [--code /tmp/before-cache] [--rounds 5] [--seconds 1]``.
+Run: ``.venv/bin/python bench/bench_cache.py [--code /tmp/before-cache] [--rounds 3] [--inner 5] [--seconds 0.3]``.
 Writes bench/results/cache.json (part 1 under ``request_path``).
 """
 
@@ -51,7 +54,7 @@ BODY = b"x" * 56
 # ---------------------------------------------------------------- part 1: the child
 
 
-def child(port: int, concurrency: int, seconds: float) -> dict[str, Any]:
+def child(port: int, concurrency: int, seconds: float, inner: int) -> dict[str, Any]:
     import gevent
 
     import nexus_green
@@ -89,31 +92,39 @@ def child(port: int, concurrency: int, seconds: float) -> dict[str, Any]:
     def fresh() -> bytes:
         return BODY + b"%08d" % next(counter)
 
-    with Client(url, heartbeat_interval=None) as client:
-        out["raw"] = run(client, fixed)
-    for scenario, l2, body_of in (
-        ("hit", "temporary", fixed),
-        ("miss-l1", None, fresh),
-        ("miss-l2", "temporary", fresh),
-    ):
-        cache = TwoLevelCache(l2=l2)
-        with Client(url, heartbeat_interval=None, middlewares=[CacheMiddleware(cache, when={1})]) as client:
-            out[scenario] = run(client, body_of)
-        if scenario == "miss-l2":
-            before_close = cache.stats()
-            t0 = time.perf_counter()
-            cache.close()  # flushes what is still queued (write-behind); before: nothing queued
-            out["close_ms"] = (time.perf_counter() - t0) * 1e3
-            s2 = before_close.l2
-            out["l2"] = {
-                "loads": before_close.loads,
-                "errors": s2.errors if s2 else None,
-                "bypassed": s2.bypassed if s2 else None,
-                "dropped": getattr(s2, "dropped", None),
-                "queued_at_close": getattr(s2, "queued", None),
-            }
-        else:
-            cache.close()
+    # The scenarios take turns, ``inner`` times each, so a change of load on this shared machine hits
+    # them alike; each scenario's figure is the median of its turns.
+    turns: dict[str, list[float]] = {s: [] for s in SCENARIOS}
+    for _ in range(inner):
+        with Client(url, heartbeat_interval=None) as client:
+            turns["raw"].append(run(client, fixed))
+        for scenario, l2, body_of in (
+            ("hit", "temporary", fixed),
+            ("miss-l1", None, fresh),
+            ("miss-l2", "temporary", fresh),
+        ):
+            cache = TwoLevelCache(l2=l2)
+            with Client(url, heartbeat_interval=None, middlewares=[CacheMiddleware(cache, when={1})]) as client:
+                turns[scenario].append(run(client, body_of))
+            if scenario == "miss-l2":
+                before_close = cache.stats()
+                t0 = time.perf_counter()
+                cache.close()  # flushes what is still queued (write-behind); before: nothing queued
+                out["close_ms"] = (time.perf_counter() - t0) * 1e3
+                s2 = before_close.l2
+                out["l2"] = {
+                    "loads": before_close.loads,
+                    "errors": s2.errors if s2 else None,
+                    "bypassed": s2.bypassed if s2 else None,
+                    "written": getattr(s2, "written", None),
+                    "dropped": getattr(s2, "dropped", None),
+                    "queued_at_close": getattr(s2, "queued", None),
+                }
+            else:
+                cache.close()
+    for scenario, values in turns.items():
+        out[scenario] = statistics.median(values)
+    out["miss_ratio"] = statistics.median(b / a for a, b in zip(turns["miss-l1"], turns["miss-l2"], strict=True))
     return out
 
 
@@ -137,7 +148,7 @@ def run_request_path(args: argparse.Namespace) -> dict[str, Any]:
                 for c in args.concurrency:
                     env = dict(os.environ, PYTHONPATH=code)
                     p = subprocess.run(
-                        [sys.executable, __file__, "--child", str(port), str(c), str(args.seconds)],
+                        [sys.executable, __file__, "--child", str(port), str(c), str(args.seconds), str(args.inner)],
                         env=env,
                         cwd=code,
                         capture_output=True,
@@ -159,13 +170,13 @@ def run_request_path(args: argparse.Namespace) -> dict[str, Any]:
             table[f"{label} c={c}"] = {
                 "code": rows[0]["code"],
                 "us_per_call": med,
-                "miss_l2_over_miss_l1": med["miss-l2"] / med["miss-l1"] - 1,
+                "miss_l2_over_miss_l1": statistics.median(r["miss_ratio"] for r in rows) - 1,
                 "l2_last_round": rows[-1].get("l2"),
                 "close_ms_median": statistics.median(r["close_ms"] for r in rows),
             }
     print(
-        f"\nCache on the request path: us per call (median of {args.rounds} rounds, {args.seconds:g} s each), "
-        f"64-byte bodies, echo peer CPU {peer_cpu:.0%} of a core"
+        f"\nCache on the request path: us per call, median of {args.rounds} processes x {args.inner} turns of "
+        f"{args.seconds:g} s per scenario, 64-byte bodies, echo peer CPU {peer_cpu:.0%} of a core"
     )
     header = (
         f"{'code, concurrency':22}" + "".join(f"{s:>10}" for s in SCENARIOS) + f"{'l2/l1 miss':>12}{'close ms':>10}"
@@ -257,13 +268,14 @@ def run_zipf(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        port, concurrency, seconds = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-        print(json.dumps(child(port, concurrency, seconds)))
+        port, concurrency, seconds, inner = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+        print(json.dumps(child(port, concurrency, seconds, inner)))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--code", help="another checkout of nexus_green to measure side by side (e.g. /tmp/before-cache)")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--seconds", type=float, default=1.0)
+    ap.add_argument("--rounds", type=int, default=3, help="child processes per code and concurrency")
+    ap.add_argument("--inner", type=int, default=5, help="turns of every scenario in each child")
+    ap.add_argument("--seconds", type=float, default=0.3, help="per turn")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 50])
     ap.add_argument("--zipf", action=argparse.BooleanOptionalAction, default=True, help="also run part 2")
     ap.add_argument("--requests", type=int, default=50_000)

@@ -50,6 +50,7 @@ import hashlib
 import itertools
 import logging
 import os
+import pickle
 import re
 import shutil
 import sqlite3
@@ -476,12 +477,17 @@ _BATCH = 128  # writes per SQLite transaction: one commit for many, the write lo
 _INDEX_SLACK = 2.0  # seconds of store_time looked back when refreshing the key index (clock steps, slow commits)
 
 
+_HUB_PICKLE_BYTES = 16 * 1024  # values known to be smaller are pickled by the writer greenlet, larger in the worker
+_PICKLES_PER_TURN = 16  # small values pickled per idle turn of the hub (a few tens of microseconds)
+_MODE_PICKLE = diskcache.core.MODE_PICKLE
+
+
 def _approx_size(value: Any) -> int:
-    """Bytes a queued value holds, where that is cheap to tell (bytes, str, a Response's body)."""
+    """Bytes a queued value holds, where that is cheap to tell (bytes, str, a Response's body); else 0."""
     if isinstance(value, (bytes, bytearray, str)):
-        return len(value)
+        return len(value) or 1
     body = getattr(value, "body", None)
-    return len(body) if isinstance(body, (bytes, bytearray)) else 0
+    return len(body) + 1 if isinstance(body, (bytes, bytearray)) else 0
 
 
 _LIVE_DISK_CACHES: weakref.WeakSet[DiskCache] = weakref.WeakSet()
@@ -501,13 +507,24 @@ _CACHE_COLUMNS = (
     "filename",
     "value",
 )
-_UPSERT = (
-    "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size, mode, filename, value)"
-    " VALUES (?, ?, ?, ?, ?, 0, NULL, ?, ?, ?, ?)"
-    " ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time, expire_time = excluded.expire_time,"
-    " access_time = excluded.access_time, access_count = 0, tag = NULL, size = excluded.size, mode = excluded.mode,"
-    " filename = excluded.filename, value = excluded.value"
-)
+
+
+_UPSERT_ROWS = 32  # rows per statement: few distinct statements to prepare, few GIL hand-overs
+
+
+@functools.lru_cache(maxsize=_UPSERT_ROWS)
+def _upsert(rows: int) -> str:
+    """One statement for ``rows`` rows: one SQLite step, so the worker lets go of the GIL once, not per row."""
+    return (
+        "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size, mode, filename,"
+        " value) VALUES "
+        + ",".join(["(?, ?, ?, ?, ?, 0, NULL, ?, ?, ?, ?)"] * rows)
+        + " ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time, expire_time = excluded.expire_time,"
+        " access_time = excluded.access_time, access_count = 0, tag = NULL, size = excluded.size,"
+        " mode = excluded.mode, filename = excluded.filename, value = excluded.value"
+    )
+
+
 _UPSERT_FITS: weakref.WeakKeyDictionary[diskcache.Cache, bool] = weakref.WeakKeyDictionary()
 
 
@@ -659,6 +676,7 @@ class DiskCache:
         self._writing: dict[str, CacheEntry] = {}
         self._writer: Optional[gevent.Greenlet] = None
         self._wake = Event()  # a full batch, or someone flushing: stop lingering
+        self._hub_pickle: Optional[tuple[int, int]] = None  # (protocol, largest inline pickle), once known
         self._flushers = 0
         # The keys on disk (a superset: a stale key costs one disk read, then leaves); None until loaded.
         self._index: Optional[set[str]] = None
@@ -698,6 +716,8 @@ class DiskCache:
             # does not keep the child's own descriptors open behind it at close.
             cache._local = types.SimpleNamespace(**vars(cache._local))
             self._cache = cache
+            if type(cache.disk) is diskcache.Disk and _upsert_fits(cache):
+                self._hub_pickle = (cache.disk.pickle_protocol, cache.disk.min_file_size)
         return cache
 
     def _in_worker(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
@@ -745,21 +765,21 @@ class DiskCache:
         return len(self._w_evict(cache))
 
     def _w_write(
-        self, cache: diskcache.Cache, items: list[tuple[str, Any, float]]
+        self, cache: diskcache.Cache, items: list[tuple[str, Any, float, Optional[memoryview]]]
     ) -> tuple[int, list[str], list[tuple[str, Exception]]]:
         """Write a batch in one transaction: all of it is committed, or (on a fault) none of it.
 
         diskcache's ``set`` runs five statements and a page of Python per entry (about 35 us, most of
         it holding the GIL the hub needs); when the table is the one diskcache 5 makes, the batch is
-        one ``executemany`` upsert of rows made by diskcache's own ``Disk.store`` (about a third of
-        that), then one cull by size and expiry. The row is the one ``set`` writes, and diskcache's
+        one multi-row upsert (rows pickled by the writer greenlet, or made by diskcache's own
+        ``Disk.store``), then one cull by size and expiry. The row is the one ``set`` writes, and diskcache's
         triggers keep its count and size.
         """
         failures: list[tuple[str, Exception]] = []
         if not _upsert_fits(cache):
             stored = 0
             with cache.transact(retry=False):
-                for key, value, expire in items:
+                for key, value, expire, _ in items:
                     try:
                         cache.set(key, value, expire=expire, retry=False)
                     except _L2_FAULTS:
@@ -774,7 +794,10 @@ class DiskCache:
         now = time.time()
         rows = []
         written: list[str] = []
-        for key, value, expire in items:
+        for key, value, expire, blob in items:
+            if blob is not None:  # pickled on the hub, small enough for the row (what Disk.store would do)
+                rows.append((key, True, now, now + expire, now, 0, _MODE_PICKLE, None, blob))
+                continue
             try:
                 db_key, raw = disk.put(key)
                 size, mode, filename, db_value = disk.store(value, False, key=key)
@@ -797,7 +820,9 @@ class DiskCache:
                             [r[0] for r in rows],
                         ).fetchall()
                     ]
-                    cache._con.executemany(_UPSERT, rows)
+                    for at in range(0, len(rows), _UPSERT_ROWS):
+                        chunk = rows[at : at + _UPSERT_ROWS]
+                        sql(_upsert(len(chunk)), [field for row in chunk for field in row])
                 cache.cull(retry=False)
                 evicted = self._w_evict(cache)
         except BaseException:
@@ -965,7 +990,8 @@ class DiskCache:
                 queue = self._queued
                 if not queue:
                     return
-                if not lingered and len(queue) < _BATCH and not self._flushers and not self._closing:
+                hurry = self._flushers or self._closing
+                if not lingered and len(queue) < _BATCH and not hurry:
                     # Let a batch gather: one worker round trip and one commit for many misses.
                     lingered = True
                     self._wake.clear()
@@ -977,16 +1003,18 @@ class DiskCache:
                     queue.clear()
                     self._queued_bytes = 0
                     return
-                keys = list(itertools.islice(queue, _BATCH))
-                wall = self.clock.wall()
-                items = []
                 writing = {}
-                for key in keys:
+                for key in list(itertools.islice(queue, _BATCH)):
                     entry, size = queue.pop(key)
                     self._queued_bytes -= size
-                    writing[key] = entry
-                    items.append((key, entry, max(1.0, entry.stale_until - wall)))
-                self._writing = writing
+                    writing[key] = (entry, size)
+                self._writing = {key: entry for key, (entry, _) in writing.items()}  # still seen by get()
+                items = self._prepare(writing, hurry)
+                if self._epoch != epoch:
+                    return
+                # A delete or clear() while the batch was prepared took its key out of _writing: skip it.
+                current = self._writing
+                items = [item for item in items if current.get(item[0]) is item[1]]
                 ok, result = self._run(self._w_write, items)
                 if self._epoch != epoch:
                     return
@@ -1009,6 +1037,36 @@ class DiskCache:
             if self._epoch == epoch:
                 self._writer = None
                 self._writing = {}
+
+    def _prepare(
+        self, writing: dict[str, tuple[CacheEntry, int]], hurry: int
+    ) -> list[tuple[str, CacheEntry, float, Optional[memoryview]]]:
+        """The batch's rows: small values pickled here, on the hub, a few at a time in its idle time.
+
+        Pickling in the worker would hold the GIL while the hub needs it (Python work in a thread is
+        not parallel), so small values are pickled by this greenlet -- only when the hub has nothing
+        else to do (``gevent.idle()``), a few entries per turn: requests first. A hub that is never
+        idle lets the queue fill, and the cache forgets (``dropped``). Flushing skips the wait.
+        """
+        pickling = self._hub_pickle
+        wall = self.clock.wall()
+        items = []
+        turn = 0
+        for key, (entry, size) in writing.items():
+            blob = None
+            if pickling is not None and 0 < size < _HUB_PICKLE_BYTES:
+                if not hurry and turn % _PICKLES_PER_TURN == 0:
+                    gevent.idle()
+                turn += 1
+                try:
+                    data = pickle.dumps(entry, protocol=pickling[0])
+                except Exception as exc:  # e.g. a value that cannot be pickled: that entry only
+                    self._op_failed(exc)
+                    continue
+                if len(data) < pickling[1]:  # what Disk.store keeps in the row (larger: a file, by the worker)
+                    blob = sqlite3.Binary(data)
+            items.append((key, entry, max(1.0, entry.stale_until - wall), blob))
+        return items
 
     def _sync_index(self, epoch: int) -> None:
         full = self._index is None

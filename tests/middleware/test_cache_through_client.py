@@ -127,6 +127,64 @@ def test_another_process_is_served_from_the_l2_a_client_filled(tmp_path: Path) -
         assert backend.calls == 1
 
 
+CHILD_MANY = """
+import json, sys
+from nexus_green import Client
+from nexus_green.middleware.cache import CacheMiddleware, DiskCache, TwoLevelCache
+cache = TwoLevelCache(l2=DiskCache(sys.argv[1]))
+seen = []
+with Client(sys.argv[2], middlewares=[CacheMiddleware(cache, when={FID})]) as client:
+    for i in range(int(sys.argv[3])):
+        r = client.request(b"wb%d" % i, fid=FID, timeout=5)
+        seen.append([r.cached, r.body.decode(), dict(r.headers)])
+cache.close()
+print(json.dumps(seen))
+""".replace("FID", str(FID))
+
+
+def test_close_flushes_queued_wire_responses_and_a_restarted_process_reads_them(tmp_path: Path) -> None:
+    directory = str(tmp_path / "l2")
+    n = 40
+    with Backend() as backend:
+        # A long write delay: nothing reaches the disk before close() -- the flush is what stores them.
+        cache = TwoLevelCache(l2=DiskCache(directory, write_delay=60))
+        with client_with_cache(backend.server.url, cache) as client:
+            first = [client.request(b"wb%d" % i, fid=FID) for i in range(n)]
+            again = client.request(b"wb0", fid=FID)
+        s = cache.stats().l2
+        assert s is not None and s.queued == n and s.size == 0 and s.written == 0  # acknowledged, still queued
+        assert [r.cached for r in first] == [""] * n and again.cached == "l1"
+        cache.close()
+        assert cache.l2 is not None and cache.l2.counters.written == n and cache.l2.counters.dropped == 0
+        child = gsubprocess.run(
+            [sys.executable, "-c", CHILD_MANY, directory, backend.server.url, str(n)],
+            stdout=gsubprocess.PIPE,
+            stderr=gsubprocess.PIPE,
+            timeout=60,
+        )
+        assert child.returncode == 0, child.stderr.decode()
+        seen = json.loads(child.stdout.decode().strip().splitlines()[-1])
+        assert seen == [["l2", "answer:wb%d" % i, {}] for i in range(n)]  # every response, from disk
+        assert backend.calls == n  # the restarted process never reached the server
+
+
+def test_a_read_only_l2_never_fails_a_request_through_the_client(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the L2 directory should be")
+    caplog.set_level(logging.WARNING, logger="nexus_green.middleware.cache")
+    with Backend() as backend:
+        cache = TwoLevelCache(l2=DiskCache(str(blocker / "l2")))
+        with client_with_cache(backend.server.url, cache) as client:
+            answers = [client.request(b"ro%d" % i, fid=FID).body for i in range(10)]
+        cache.close()
+    assert answers == [b"answer:ro%d" % i for i in range(10)]
+    s = cache.l2
+    assert s is not None and s.counters.errors == 1 and isinstance(s.last_error, OSError)
+    assert len([r for r in caplog.records if "bypassing L2" in r.getMessage()]) == 1
+
+
 def test_remote_error_from_the_wire_pickles_and_round_trips() -> None:
     with Backend() as backend, Client(backend.server.url) as client:
         with pytest.raises(RemoteError) as info:
