@@ -164,7 +164,7 @@ def test_close_flushes_queued_wire_responses_and_a_restarted_process_reads_them(
         )
         assert child.returncode == 0, child.stderr.decode()
         seen = json.loads(child.stdout.decode().strip().splitlines()[-1])
-        assert seen == [["l2", "answer:wb%d" % i, {}] for i in range(n)]  # every response, from disk
+        assert seen == [["l2", f"answer:wb{i}", {}] for i in range(n)]  # every response, from disk
         assert backend.calls == n  # the restarted process never reached the server
 
 
