@@ -207,10 +207,10 @@ class ResilienceMiddleware:
         resends = (
             r.failover is not None or r.hedge is not None or (r.retry is not None and r.retry.config.max_attempts > 1)
         )
-        #: Which requests get a key of their own: every one (a backup endpoint resends any request),
-        #: the idempotent ones (this configuration may resend them), or none.
+        # Which requests get a key of their own: every one (a backup endpoint resends any request),
+        # the idempotent ones (this configuration may resend them after they may have been sent).
         self._key_any = self._keys and fb is not None and isinstance(fb.backup, str)
-        self._key_idempotent = self._keys and (resends or self._key_any)
+        self._key_idempotent = self._keys and resends
 
     def __call__(self, request: Request, call_next: CallNext) -> Response:
         send: Callable[[CallNext, Request], Response] = _send
