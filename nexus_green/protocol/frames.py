@@ -29,6 +29,7 @@ Example::
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -252,6 +253,35 @@ def heartbeat_frame(*, response: bool = False) -> bytes:
     return _PREFIX.pack(HEADER_SIZE, TAG, VERSION, TP_HEARTBEAT, 1 if response else 0, 0, HEARTBEAT_FID, 0, 0)
 
 
+# Big-frame buffers are reused, a few per thread: allocating (and zeroing, and
+# page-faulting) a fresh megabyte for every big answer cost more system time
+# than receiving it. A reused buffer is always overwritten up to the frame's
+# length before any of it is read, so nothing of an earlier frame leaks.
+_BIG_KEEP = 4 * 1024 * 1024  # larger buffers are not kept
+_BIG_POOL = 2  # buffers kept per thread
+_big_free = threading.local()
+
+
+def _take_big(n: int) -> bytearray:
+    free: list[bytearray] = _big_free.__dict__.setdefault("list", [])
+    for i, b in enumerate(free):
+        if len(b) >= n:
+            return free.pop(i)
+    return bytearray(n)
+
+
+def _give_big(b: bytearray) -> None:
+    if len(b) > _BIG_KEEP:
+        return
+    free: list[bytearray] = _big_free.__dict__.setdefault("list", [])
+    if len(free) < _BIG_POOL:
+        free.append(b)
+        return
+    smallest = min(range(len(free)), key=lambda i: len(free[i]))
+    if len(free[smallest]) < len(b):
+        free[smallest] = b
+
+
 class FrameDecoder:
     """Incremental decoder: feed any chunking of bytes, get whole frames.
 
@@ -294,7 +324,8 @@ class FrameDecoder:
         self._buf = bytearray()
         self._offset = 0  # stream offset of the first byte not yet consumed
         # A big frame in progress: its payload buffer, bytes filled, and its header fields.
-        self._big: bytearray | None = None
+        self._big: bytearray | None = None  # a reused buffer: only its first _big_len bytes are this frame's
+        self._big_len = 0
         self._big_fill = 0
         self._big_hdr: tuple[int, int, int, int, int, int, int, int] = (0, 0, 0, 0, 0, 0, 0, 0)
         self._scratch_used = 0  # bytes of _buf copied to the front of the scratch by get_buffer
@@ -350,7 +381,7 @@ class FrameDecoder:
         mv = memoryview(data).cast("B") if not isinstance(data, bytes) else None
         if self._big is not None:
             view = mv if mv is not None else memoryview(data)
-            take = min(len(self._big) - self._big_fill, len(view))
+            take = min(self._big_len - self._big_fill, len(view))
             self._big[self._big_fill : self._big_fill + take] = view[:take]
             if not self._fill_big(take, out):
                 return out
@@ -385,7 +416,7 @@ class FrameDecoder:
         if self.error is not None:
             raise self.error
         if self._big is not None:
-            return memoryview(self._big)[self._big_fill :]
+            return memoryview(self._big)[self._big_fill : self._big_len]
         k = len(self._buf)
         if k:
             scratch[:k] = self._buf
@@ -409,17 +440,19 @@ class FrameDecoder:
         big = self._big
         assert big is not None
         self._big_fill += nbytes
-        if self._big_fill < len(big):
+        if self._big_fill < self._big_len:
             return False
         self._big = None
         length, tp, res, qid, fid, code, dh, ver = self._big_hdr
         headers: Mapping[str, str] = NO_HEADERS
         view = memoryview(big)
-        if dh:
-            headers = self._headers(view[:dh], self._offset)
-            body = bytes(view[dh:])
-        else:
-            body = bytes(big)
+        try:
+            if dh:
+                headers = self._headers(view[:dh], self._offset)
+            body = bytes(view[dh : self._big_len])
+        finally:
+            view.release()
+            _give_big(big)
         out.append((qid, fid, code, tp, res, ver, body, headers))
         self._offset += 4 + length
         self.frames_decoded += 1
@@ -428,6 +461,7 @@ class FrameDecoder:
     def _parse(self, src: bytes | bytearray | memoryview, n: int, out: list[RawFrame]) -> None:
         """Decode every whole frame of ``src[:n]`` into ``out``; keep the partial rest (or start a big frame)."""
         pos = 0
+        first = len(out)  # out may already hold a big frame this feed completed (counted then)
         unpack = _PREFIX.unpack_from
         maxsize = self.max_frame_size
         strict = self.strict
@@ -468,13 +502,14 @@ class FrameDecoder:
                 if end > n:
                     if length - HEADER_SIZE >= self.BIG_FRAME:
                         # A big frame: from here on its payload is received into a buffer of its own.
-                        big = self._big = bytearray(length - HEADER_SIZE)
+                        big = self._big = _take_big(length - HEADER_SIZE)
+                        self._big_len = length - HEADER_SIZE
                         have = n - start
                         big[:have] = view[start:n]
                         self._big_fill = have
                         self._big_hdr = (length, tp, res, qid, fid, code, dh, ver)
                         self._offset += pos
-                        self.frames_decoded += len(out)
+                        self.frames_decoded += len(out) - first
                         view.release()
                         self._buf = bytearray()
                         return
@@ -500,7 +535,7 @@ class FrameDecoder:
         elif pos < n:
             self._buf = bytearray(view[pos:n])
         self._offset += pos
-        self.frames_decoded += len(out)
+        self.frames_decoded += len(out) - first
 
     def _check_prefix(self, src: bytes | bytearray | memoryview, pos: int, n: int) -> None:
         """Validate the length prefix and tag of a (possibly partial) frame at ``pos``."""
