@@ -547,11 +547,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--peer", choices=["auto", "c", "embedded"], default="auto")
     ap.add_argument("--out", type=Path, default=RESULTS / "matrix.json")
     ap.add_argument("--write-docs", action="store_true", help=f"regenerate the table in {DOCS.relative_to(ROOT)}")
+    ap.add_argument("--from-json", type=Path, help="measure nothing: print (and with --write-docs, write) a saved run")
     ap.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         return child(args.child, args.port, args.code)
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        print_table(saved["cells"], saved["meta"]["contenders"])
+        if args.write_docs:
+            write_docs(docs_block(saved["cells"], saved["meta"]["contenders"], saved["meta"]))
+            print(f"wrote the table in {DOCS}")
+        return 0
 
     sizes, concs = (QUICK_SIZES, QUICK_CONCURRENCY) if args.quick else (SIZES, CONCURRENCY)
     if args.quick:
