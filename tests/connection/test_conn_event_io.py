@@ -206,6 +206,42 @@ def test_partial_sends_of_concurrent_requests_with_a_small_send_buffer(io_mode: 
         assert out == [True] * len(sizes)
 
 
+def test_a_partial_frame_survives_a_read_that_finds_the_kernel_empty(io_mode: str) -> None:
+    """Reads of exactly recv_buffer_size end with a partial answer held; the next read finds nothing.
+
+    The peer sends answer A (6,000 bytes) and the first 2,192 bytes of answer
+    B in one write of 8,192 bytes: two full 4 KiB reads, then a read that
+    finds the kernel empty while 2,192 bytes of B wait in the decoder. The
+    rest of B comes 100 ms later and must complete B, byte for byte.
+    """
+    body_a, body_b = pattern(1, 6000 - 24), pattern(2, 6000 - 24)
+
+    def script(sock: Any) -> None:
+        dec = FrameDecoder()
+        got: list[Frame] = []
+        while len(got) < 2:
+            data = sock.recv(65536)
+            if not data:
+                return
+            got += dec.feed(data)
+        a, b = (encode_frame(Frame(qid=f.qid, fid=f.fid, res=1, body=f.body)) for f in got)
+        sock.sendall(a + b[:2192])
+        gevent.sleep(0.1)
+        sock.sendall(b[2192:])
+        while sock.recv(65536):
+            pass
+
+    with scripted_peer(script) as peer, Connection(peer.url, options=opts(recv_buffer_size=4096)) as conn:
+        ja = gevent.spawn(conn.request, body_a, FID_ECHO, timeout=5)
+        gevent.sleep(0.01)  # A is first on the wire
+        jb = gevent.spawn(conn.request, body_b, FID_ECHO, timeout=5)
+        gevent.joinall([ja, jb], timeout=10)
+        assert ja.successful() and ja.value.body == body_a, ja.exception
+        assert jb.successful(), repr(jb.exception)
+        assert jb.value.body == body_b
+        assert conn.state == "connected"
+
+
 # ---------------------------------------------------------------------------------- the hub stays free
 FLOOD_PEER = r"""
 import socket, struct, sys, time

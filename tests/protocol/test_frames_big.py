@@ -219,6 +219,25 @@ def test_a_big_frame_starts_from_a_partial_frame_in_the_scratch() -> None:
     assert dec.frames_decoded == 2 and dec.offset == len(wire) and dec.buffered == 0
 
 
+def test_get_buffer_again_without_buffer_updated_loses_nothing() -> None:
+    """A reader asks for a buffer, its recv_into finds nothing (EAGAIN), and it asks again next turn.
+
+    asyncio's BufferedProtocol contract allows that; the partial frame the
+    decoder held must survive it (and still count in ``buffered``).
+    """
+    wire = encode_request(1, 1, b"hello world") + encode_request(2, 1, b"x" * 100)
+    dec, scratch = FrameDecoder(), bytearray(256 * 1024)
+    assert dec.feed_raw(wire[:10]) == []
+    assert dec.buffered == 10
+    dec.get_buffer(scratch)  # nothing was read into it
+    assert dec.buffered == 10
+    scratch[:] = b"\xab" * len(scratch)  # meanwhile another connection reads into the shared scratch
+    buf = dec.get_buffer(scratch)
+    buf[: len(wire) - 10] = wire[10:]
+    got = dec.buffer_updated(len(wire) - 10, scratch)
+    assert [t[6] for t in got] == [b"hello world", b"x" * 100]
+
+
 # --- bodies are bytes of their own ------------------------------------------------------------------------
 
 
