@@ -242,6 +242,28 @@ def test_a_partial_frame_survives_a_read_that_finds_the_kernel_empty(io_mode: st
         assert conn.state == "connected"
 
 
+def test_a_bytearray_reused_after_send_does_not_change_the_queued_frame(io_mode: str) -> None:
+    """send() returns at once; a caller that refills its bytearray for the next message must not rewrite the last.
+
+    The peer reads slowly, so the frames are still queued when the buffer changes.
+    """
+    small_sndbuf = ((stdsocket.SOL_SOCKET, stdsocket.SO_SNDBUF, 4096),)
+    with (
+        slow_reader(2 * MiB, rcvbuf=4096) as peer,
+        Connection(peer.url, options=opts(socket_options=small_sndbuf)) as conn,
+    ):
+        buf = bytearray(100_000)
+        sent = []
+        for i in range(5):
+            buf[:] = pattern(i, len(buf))
+            sent.append(bytes(buf))
+            conn.send(buf, fid=1)
+        buf[:] = b"\x00" * len(buf)
+        peer.wait_frames(5, timeout=20)
+        got = [f.body for f in peer.frames if f.fid == 1]
+        assert [g == s for g, s in zip(got, sent, strict=True)] == [True] * 5
+
+
 # ---------------------------------------------------------------------------------- the hub stays free
 FLOOD_PEER = r"""
 import socket, struct, sys, time
