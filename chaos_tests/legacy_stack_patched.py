@@ -10,7 +10,9 @@ behind a ChaosProxy that runs a scenario, its HTTP dependency a pywsgi server.
 
 from __future__ import annotations
 
+import gc
 import itertools
+import os
 import time
 from typing import Any
 
@@ -25,6 +27,21 @@ from nexus_green.testing.legacy_app import dependency_app, make_app
 REQUEST_TIMEOUT = 0.4
 
 
+def call_sites(app: Any) -> list[Any]:
+    """The app's ``@cached`` call sites (from its closure): their ``.cache`` holds an L2 on disk."""
+    cells = dict(zip(app.__code__.co_freevars, (c.cell_contents for c in app.__closure__ or ()), strict=True))
+    return [cells["backend_lookup"], cells["dependency_rate"]]
+
+
+def close_app(app: Any, close: Any) -> None:
+    close()
+    # make_app's close() leaves the two L2 disk caches open (6 descriptors: cache.db, -wal, -shm
+    # each; reported, see test_make_app_close_releases_its_disk_caches): close them as an app's
+    # shutdown would, so that the leak check below measures the chaos stack.
+    for site in call_sites(app):
+        site.cache.close()
+
+
 def test_the_process_is_patched() -> None:
     assert monkey.is_module_patched("socket") and monkey.is_module_patched("time")
 
@@ -37,7 +54,7 @@ def test_legacy_call_sites_serve_fallbacks_and_recover(chaos: Any, name: str) ->
     dependency.start()
     chaos._closers.append(dependency.stop)
     app, close = make_app(proxy.url, f"http://127.0.0.1:{dependency.server_port}", request_timeout=REQUEST_TIMEOUT)
-    chaos._closers.append(close)
+    chaos._closers.append(lambda: close_app(app, close))
     probes = itertools.count()
 
     def get(path: str) -> tuple[str, dict[str, str]]:
@@ -68,3 +85,19 @@ def test_legacy_call_sites_serve_fallbacks_and_recover(chaos: Any, name: str) ->
     assert "fallback" not in late
     gevent.sleep(0)
     assert time.monotonic() > run.fault_end
+
+
+@pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="make_app's close() does not close its @cached L2 disk caches (reported)"
+)
+def test_make_app_close_releases_its_disk_caches() -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    app, close = make_app("tcp://127.0.0.1:1", "http://127.0.0.1:1", request_timeout=0.05)
+    for site in call_sites(app):
+        site.cache.get("warm-up")  # opens the L2
+    close()
+    gc.collect()
+    after = len(os.listdir("/proc/self/fd"))
+    for site in call_sites(app):
+        site.cache.close()  # whatever the outcome, release them
+    assert after <= before

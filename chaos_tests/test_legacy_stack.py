@@ -16,4 +16,4 @@ def test_legacy_stack_under_chaos_after_patch_all() -> None:
     run = run_module_patched(target, "-o", "addopts=", "-p", "no:cacheprovider", "-q", "-s", timeout=100)
     print(run.stdout)
     assert run.returncode == 0, run.report()
-    assert "3 passed" in run.stdout, run.report()
+    assert "3 passed, 1 xfailed" in run.stdout, run.report()

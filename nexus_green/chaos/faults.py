@@ -160,16 +160,28 @@ class Fault:
 
     @property
     def upstream(self) -> bool:
-        """True if the fault acts on client-to-server traffic."""
+        """True if the fault acts on client-to-server traffic.
+
+            >>> drop(direction="upstream").upstream, drop(direction="downstream").upstream
+            (True, False)
+        """
         return self.direction in ("upstream", "both")
 
     @property
     def downstream(self) -> bool:
-        """True if the fault acts on server-to-client traffic."""
+        """True if the fault acts on server-to-client traffic.
+
+            >>> drop().downstream
+            True
+        """
         return self.direction in ("downstream", "both")
 
     def acts_on(self, direction: str) -> bool:
-        """True if the fault acts in ``direction`` (``"upstream"`` or ``"downstream"``)."""
+        """True if the fault acts in ``direction`` (``"upstream"`` or ``"downstream"``).
+
+            >>> error().acts_on("upstream"), error().acts_on("downstream")
+            (True, False)
+        """
         return self.direction == "both" or self.direction == direction
 
     def matches(self, frame: Frame) -> bool:
@@ -192,7 +204,11 @@ class Fault:
         )
 
     def describe(self) -> str:
-        """One line: kind, direction, probability, seed, predicate and the parameters it uses."""
+        """One line: kind, direction, probability, seed, predicate and the parameters it uses.
+
+            >>> throttle(5000, fid=2).describe()
+            'throttle both p=1 seed=0 fid=2 rate=5000'
+        """
         parts = [self.kind, self.direction, f"p={self.probability:g}", f"seed={self.seed}"]
         for name in ("fid", "qid"):
             value = getattr(self, name)
@@ -465,7 +481,11 @@ class FaultInjector:
 
     # ------------------------------------------------------------------ control
     def add(self, fault: Fault) -> int:
-        """Activate ``fault``; returns its id."""
+        """Activate ``fault``; returns its id.
+
+            >>> inj = FaultInjector(); inj.add(drop()), inj.add(latency(0.1))
+            (1, 2)
+        """
         if not isinstance(fault, Fault):
             raise TypeError(f"FaultInjector.add takes a Fault, not {fault!r}")
         fault_id, self._next_id = self._next_id, self._next_id + 1
@@ -475,7 +495,12 @@ class FaultInjector:
         return fault_id
 
     def remove(self, fault_id: int) -> bool:
-        """Deactivate the fault; False if no fault has that id."""
+        """Deactivate the fault; False if no fault has that id.
+
+            >>> inj = FaultInjector(); fid = inj.add(drop())
+            >>> inj.remove(fid), inj.remove(fid)
+            (True, False)
+        """
         active = self._active.pop(fault_id, None)
         if active is None:
             return False
@@ -484,7 +509,12 @@ class FaultInjector:
         return True
 
     def clear(self) -> int:
-        """Deactivate every fault; returns how many there were."""
+        """Deactivate every fault; returns how many there were.
+
+            >>> inj = FaultInjector(); _ = inj.add(drop()); _ = inj.add(reset())
+            >>> inj.clear(), inj.faults()
+            (2, [])
+        """
         ids = list(self._active)
         for fault_id in ids:
             self.remove(fault_id)
@@ -500,7 +530,14 @@ class FaultInjector:
             self.remove(fault_id)
 
     def on_change(self, listener: Callable[[], None]) -> Callable[[], None]:
-        """Call ``listener()`` after every add/remove; returns a function that unsubscribes."""
+        """Call ``listener()`` after every add/remove; returns a function that unsubscribes.
+
+            >>> inj, calls = FaultInjector(), []
+            >>> off = inj.on_change(lambda: calls.append(len(inj.faults())))
+            >>> _ = inj.add(drop()); off(); _ = inj.add(drop())
+            >>> calls
+            [1]
+        """
         self._listeners.append(listener)
 
         def off() -> None:
@@ -517,18 +554,33 @@ class FaultInjector:
 
     # ------------------------------------------------------------------ queries
     def faults(self) -> list[tuple[int, Fault]]:
-        """The active faults as ``(id, fault)``, oldest first."""
+        """The active faults as ``(id, fault)``, oldest first.
+
+            >>> inj = FaultInjector(); _ = inj.add(drop())
+            >>> [(i, f.kind) for i, f in inj.faults()]
+            [(1, 'drop')]
+        """
         return [(a.id, a.fault) for a in self._active.values()]
 
     def figures(self) -> list[dict[str, Any]]:
-        """The active faults as JSON-ready data: id, description, how often applied, and the fault's fields."""
+        """The active faults as JSON-ready data: id, description, how often applied, and the fault's fields.
+
+            >>> inj = FaultInjector(); _ = inj.add(drop(seed=2))
+            >>> [(f["id"], f["describe"], f["applied"]) for f in inj.figures()]
+            [(1, 'drop both p=1 seed=2', 0)]
+        """
         return [
             {"id": a.id, "describe": a.fault.describe(), "applied": a.applied, "fault": a.fault.to_dict()}
             for a in self._active.values()
         ]
 
     def active(self, kind: str, direction: Optional[str] = None) -> list[Fault]:
-        """The active faults of ``kind`` (acting in ``direction`` when given)."""
+        """The active faults of ``kind`` (acting in ``direction`` when given).
+
+            >>> inj = FaultInjector(); _ = inj.add(throttle(10, direction="upstream"))
+            >>> len(inj.active("throttle")), len(inj.active("throttle", "downstream"))
+            (1, 0)
+        """
         return [
             a.fault
             for a in self._active.values()
@@ -536,11 +588,19 @@ class FaultInjector:
         ]
 
     def link_frozen(self) -> bool:
-        """True while a half-open fault is active (links it touches freeze)."""
+        """True while a half-open fault is active (links it touches freeze).
+
+            >>> inj = FaultInjector(); _ = inj.add(half_open()); inj.link_frozen()
+            True
+        """
         return bool(self.active("half_open"))
 
     def down(self) -> bool:
-        """True while a service-down fault is active."""
+        """True while a service-down fault is active.
+
+            >>> FaultInjector().down()
+            False
+        """
         return bool(self.active("service_down"))
 
     # ------------------------------------------------------------------ decisions
@@ -549,6 +609,10 @@ class FaultInjector:
 
         Stream and link faults never appear here (the proxy applies them).
         Each matching fault draws once from its own seeded random source.
+
+            >>> inj = FaultInjector(); _ = inj.add(latency(0.1)); _ = inj.add(duplicate())
+            >>> [(a.kind, a.delay) for a in inj.decide("downstream", Frame(qid=3, res=1))]
+            [('latency', 0.1), ('duplicate', 0.0)]
         """
         actions: list[Action] = []
         for a in self._active.values():

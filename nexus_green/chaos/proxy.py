@@ -362,13 +362,21 @@ class ChaosProxy(ListeningPeer):
 
     @property
     def upstream(self) -> tuple[str, int]:
-        """The upstream ``(host, port)`` now."""
+        """The upstream ``(host, port)`` now.
+
+            >>> ChaosProxy(("127.0.0.1", 7600)).upstream
+            ('127.0.0.1', 7600)
+        """
         address = getattr(self._upstream, "address", self._upstream)
         return (str(address[0]), int(address[1]))
 
     @property
     def down(self) -> bool:
-        """True while a service-down fault keeps the port refusing."""
+        """True while a service-down fault keeps the port refusing.
+
+            >>> ChaosProxy(("127.0.0.1", 7600)).down
+            False
+        """
         return self._down
 
     def counters(self) -> dict[str, int]:
@@ -393,7 +401,14 @@ class ChaosProxy(ListeningPeer):
         }
 
     def count_requests(self, predicate: Callable[[Frame], bool]) -> int:
-        """How many recorded client requests satisfy ``predicate`` (what the client sent, before any fault)."""
+        """How many recorded client requests satisfy ``predicate`` (what the client sent, before any fault).
+
+        ``proxy.count_requests(lambda f: f.body == b"charge-42") == 1`` proves
+        the client sent that request once, whatever the proxy then duplicated.
+
+            >>> ChaosProxy(("127.0.0.1", 1)).count_requests(lambda f: True)
+            0
+        """
         return sum(1 for frame in self.requests if predicate(frame))
 
     # ------------------------------------------------------------------ lifecycle

@@ -30,7 +30,9 @@ with :class:`Frame` objects (:func:`response_to` builds the usual answer), raw
 bytes, ``Pause(seconds)``, ``CLOSE`` or ``RESET``. A new peer subclasses
 :class:`ListeningPeer` and overrides :meth:`ListeningPeer.serve`; every
 listening peer takes ``host`` and ``port``, so :class:`RestartableServer` can
-restart any of them.
+restart any of them. The chaos proxy (:class:`nexus_green.chaos.ChaosProxy`,
+docs/chaos.md) is such a peer: it forwards frames to a real server through
+run-time faults, and holds its port with a :class:`RefusingPort` while "down".
 
 What was verified about the blackhole on Linux 6.18 (loopback, IPv4 and IPv6,
 ``tcp_syncookies=1``, ``tcp_abort_on_overflow=0``): ``listen(n)`` queues
