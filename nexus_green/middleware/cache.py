@@ -904,7 +904,8 @@ class DiskCache:
         A write still queued is seen first; a key the level does not hold is
         a miss without a disk read.
         """
-        if self._closed or self.clock.now() < self._broken_until:
+        now = self.clock.now()
+        if self._closed or now < self._broken_until:
             self.counters.bypassed += 1
             return None
         queued = self._queued.get(key)
@@ -918,16 +919,15 @@ class DiskCache:
         if index is None:
             self._want_index()
         elif key not in index:
-            if self.clock.now() >= self._index_next:  # look for other processes' writes, once a second
+            if now >= self._index_next:  # look for other processes' writes, once a second
                 self._want_index()
             return None
-        t0 = self.clock.now()
         ok, value = self._run(self._w_get, key)
         if not ok:
             return None
         c = self.counters
         c.reads += 1
-        c.read_time += self.clock.now() - t0
+        c.read_time += self.clock.now() - now
         if value is _CORRUPT:
             c.errors += 1
             value = None
@@ -940,6 +940,25 @@ class DiskCache:
             self.delete(key)
             return None
         return value
+
+    def accepts(self, key: str) -> bool:
+        """Whether :meth:`set` may take a write of ``key`` now; False (counted as dropped) when the queue is full.
+
+        Lets a caller skip building an entry that would be dropped.
+
+        Example::
+
+            >>> l2 = DiskCache(temporary=True, max_queued=1, write_delay=60)
+            >>> l2.accepts("k"), l2.set("k", CacheEntry(value=1, expires=2e9, stale_until=2e9)), l2.accepts("j")
+            (True, True, False)
+            >>> l2.stats().dropped, l2.close()
+            (1, None)
+        """
+        queue = self._queued
+        if len(queue) < self.max_queued or key in queue or not self.write_behind:
+            return True
+        self.counters.dropped += 1
+        return False
 
     def set(self, key: str, entry: CacheEntry) -> bool:
         """Store an entry (queue it, with write-behind); False if it was bypassed, dropped or failed."""
@@ -954,7 +973,8 @@ class DiskCache:
             self.counters.bypassed += 1
             return False
         queue = self._queued
-        size = _approx_size(entry.value)
+        value = entry.value
+        size = len(value.body) + 1 if type(value) is Response else _approx_size(value)
         old = queue.get(key)
         total = self._queued_bytes + size - (old[1] if old is not None else 0)
         if (old is None and len(queue) >= self.max_queued) or total > self.max_queued_bytes:
@@ -1419,17 +1439,18 @@ class TwoLevelCache:
     ) -> None:
         """Store in both levels; each keeps it for ``min(ttl, its own ttl)`` (its own ttl if None)."""
         now = self.clock.wall()
-        if self.l2 is not None:
+        l1, l2 = self.l1, self.l2
+        if l2 is not None and not self._gens_loaded:
             self._load_gens()
         gens = self._gens
-        tagged = tuple([(t, gens.get(t, 0)) for t in tags])
+        tagged = tuple([(t, gens.get(t, 0)) for t in tags]) if tags else ()
         swr = self.stale_while_revalidate
-        if self.l1 is not None:
-            life = self.l1.ttl if ttl is None else min(ttl, self.l1.ttl)
-            self.l1.set(key, _entry(value, now + life, now + life + swr, tagged))
-        if self.l2 is not None:
-            life = self.l2.ttl if ttl is None else min(ttl, self.l2.ttl)
-            self.l2.set(key, _entry(value, now + life, now + life + swr, tagged))
+        if l1 is not None:
+            life = l1.ttl if ttl is None else min(ttl, l1.ttl)
+            l1._data[key] = _entry(value, now + life, now + life + swr, tagged)
+        if l2 is not None and l2.accepts(key):
+            life = l2.ttl if ttl is None else min(ttl, l2.ttl)
+            l2.set(key, _entry(value, now + life, now + life + swr, tagged))
 
     def get_or_load(
         self,
@@ -1782,7 +1803,9 @@ class CacheMiddleware:
         if key is None:
             key = request_key(request, names)
             if len(keys) >= _MEMO_KEYS:
-                del keys[next(iter(keys))]
+                # Start afresh: popping the oldest (next(iter(dict))) walks the holes that earlier pops
+                # left at the front of the dict, microseconds per miss; hot keys come back at once.
+                keys.clear()
             keys[memo] = key
         return key
 
@@ -1800,7 +1823,7 @@ class CacheMiddleware:
                     return made[1]
                 hit = _as_hit(fresh.value, level)
                 if len(hits) >= self._max_hits:
-                    del hits[next(iter(hits))]
+                    hits.clear()  # as for the keys: afresh, never a walk over the dict's holes
                 hits[key] = (fresh, hit)
                 return cast(Response, hit)
             return cast(Response, _as_hit(fresh.value, level))
