@@ -11,6 +11,7 @@ runs again after ``gevent.monkey.patch_all()`` (the last test).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import pickle
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import gevent
+import gevent.event
 import pytest
 
 from nexus_green import Client
@@ -441,6 +443,30 @@ def test_heartbeats_are_sent_on_an_idle_link_and_answered(io_mode: str) -> None:
             assert io_greenlets_of(conn) == []  # heartbeats are timers, not a greenlet
 
 
+def test_a_slow_upload_keeps_a_silent_peer_alive_by_progress_until_it_ends(io_mode: str) -> None:
+    """The peer never answers pings but reads our 1.5 MiB at ~2 MiB/s: alive while it reads, dead after."""
+    small_sndbuf = ((stdsocket.SOL_SOCKET, stdsocket.SO_SNDBUF, 4096),)
+    with slow_reader(2 * MiB, rcvbuf=4096) as peer:
+        conn = Connection(
+            peer.url,
+            options=opts(socket_options=small_sndbuf, heartbeat_interval=0.05, heartbeat_timeout=0.2),
+        ).connect(timeout=5)
+        try:
+            body = pattern(4, 3 * MiB // 2)
+            conn.send(body, fid=1)
+            t0 = time.monotonic()
+            assert wait_for(lambda: peer.frames_received >= 1 or conn.state != "connected", timeout=15)
+            upload = time.monotonic() - t0
+            assert conn.state == "connected", (conn.last_error, f"{upload:.2f}s into the upload")
+            assert upload > 0.3  # several heartbeat timeouts long: only progress kept it alive
+            assert [f.body == body for f in peer.frames if f.fid == 1] == [True]
+            # The upload is over; pings go unanswered: the link dies within a few timeouts.
+            assert wait_for(lambda: conn.state == "closed", timeout=5)
+            assert isinstance(conn.last_error, HeartbeatTimeout)
+        finally:
+            conn.close()
+
+
 # ---------------------------------------------------------------------------------- buffered()
 def test_buffered_counts_queued_prefix_body_frames() -> None:
     small_sndbuf = ((stdsocket.SOL_SOCKET, stdsocket.SO_SNDBUF, 4096),)
@@ -532,6 +558,104 @@ def test_allocations_per_1mib_request_stay_below_two_and_a_half_bodies() -> None
         assert min(peaks) < 2.5 * MiB, [f"{p / MiB:.2f} MiB" for p in peaks]
     finally:
         stop_peer(proc)
+
+
+ECHO_PEER_THREADS = r"""
+import socket, struct, sys, threading
+ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(64)
+print(ls.getsockname()[1], flush=True)
+def serve(conn):
+    def read(n):
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = conn.recv(n - len(buf))
+            if not chunk:
+                raise EOFError
+            buf += chunk
+        return buf
+    try:
+        while True:
+            head = read(24)
+            (length,) = struct.unpack_from(">I", head)
+            rest = read(length - 20)
+            head[9] = 1
+            conn.sendall(bytes(head) + bytes(rest))
+    except (EOFError, OSError):
+        conn.close()
+while True:
+    c, _ = ls.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+
+def test_idle_links_keep_neither_their_last_request_nor_their_last_answer(io_mode: str) -> None:
+    """Six links each carry one 1 MiB request and its 1 MiB answer, then sit idle.
+
+    Memory is bounded by work in flight: once the answers are delivered and
+    dropped, what stays allocated must not grow with the number of links
+    (the decoder may keep a couple of big-frame buffers for reuse: that is
+    the 3.5 MiB allowed).
+    """
+    proc, port = spawn_peer(ECHO_PEER_THREADS)
+    conns: list[Connection] = []
+    try:
+        conns = [Connection(f"tcp://127.0.0.1:{port}", options=opts()).connect(timeout=5) for _ in range(6)]
+        body = os.urandom(MiB)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            for c in conns:
+                r = c.request(body, fid=FID_ECHO, timeout=10)
+                assert r.body == body
+                del r
+            gevent.sleep(0.05)
+            gc.collect()
+            kept = tracemalloc.get_traced_memory()[0] - base
+            top = tracemalloc.take_snapshot().statistics("lineno")[:3]
+        finally:
+            tracemalloc.stop()
+        where = "; ".join(
+            f"{s.traceback[0].filename.rsplit('/', 2)[-1]}:{s.traceback[0].lineno} {s.size / MiB:.1f} MiB" for s in top
+        )
+        assert kept < 3.5 * MiB, f"{kept / MiB:.2f} MiB kept after six 1 MiB round trips on six idle links ({where})"
+    finally:
+        for c in conns:
+            c.close()
+        stop_peer(proc)
+
+
+def test_big_frame_buffers_kept_for_reuse_are_bounded_per_thread_not_per_greenlet() -> None:
+    """Six greenlets (reader greenlets of TLS links, say) each decode one 1 MiB frame and stay alive.
+
+    The decoder keeps at most two big-frame buffers "per thread" for reuse.
+    After ``patch_all()`` a ``threading.local`` is per greenlet: then every
+    reader greenlet would keep buffers of its own for as long as it lives.
+    """
+    wire = encode_frame(Frame(qid=1, fid=1, res=1, body=os.urandom(MiB)))
+    done = gevent.event.Event()
+    decoded: list[int] = []
+
+    def reader() -> None:
+        dec = FrameDecoder()
+        for i in range(0, len(wire), 256 * 1024):
+            decoded.extend(len(f[6]) for f in dec.feed_raw(wire[i : i + 256 * 1024]))  # keeps no body
+        done.wait(10)
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        readers = [gevent.spawn(reader) for _ in range(6)]
+        assert wait_for(lambda: len(decoded) == 6)
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+        done.set()
+        gevent.joinall(readers, timeout=5)
+    assert decoded == [MiB] * 6
+    assert kept < 3.5 * MiB, f"{kept / MiB:.2f} MiB kept by six live greenlets that each decoded one 1 MiB frame"
 
 
 # ---------------------------------------------------------------------------------- plain and patched
