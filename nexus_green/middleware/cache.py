@@ -479,6 +479,7 @@ _INDEX_SLACK = 2.0  # seconds of store_time looked back when refreshing the key 
 
 _HUB_PICKLE_BYTES = 16 * 1024  # values known to be smaller are pickled by the writer greenlet, larger in the worker
 _PICKLES_PER_TURN = 16  # small values pickled per idle turn of the hub (a few tens of microseconds)
+_IDLE_WAIT = 0.05  # longest wait for an idle hub before a turn anyway: L2 keeps being fed under full load
 _MODE_PICKLE = diskcache.core.MODE_PICKLE
 
 
@@ -1066,7 +1067,8 @@ class DiskCache:
         Pickling in the worker would hold the GIL while the hub needs it (Python work in a thread is
         not parallel), so small values are pickled by this greenlet -- only when the hub has nothing
         else to do (``gevent.idle()``), a few entries per turn: requests first. A hub that is never
-        idle lets the queue fill, and the cache forgets (``dropped``). Flushing skips the wait.
+        idle still gets a turn every 50 ms; the rest of the queue fills, and the cache forgets
+        (``dropped``). Flushing skips the wait.
         """
         pickling = self._hub_pickle
         wall = self.clock.wall()
@@ -1076,7 +1078,8 @@ class DiskCache:
             blob = None
             if pickling is not None and 0 < size < _HUB_PICKLE_BYTES:
                 if not hurry and turn % _PICKLES_PER_TURN == 0:
-                    gevent.idle()
+                    with gevent.Timeout(_IDLE_WAIT, False):  # a hub never idle still gets a few written
+                        gevent.idle()
                 turn += 1
                 try:
                     data = pickle.dumps(entry, protocol=pickling[0])
