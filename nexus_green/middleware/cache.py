@@ -22,7 +22,7 @@
   (full: the write is dropped and counted) that one writer greenlet hands to
   the worker in batches, one transaction each; reads see queued writes first,
   a key L2 does not hold costs no disk read (an in-memory set of its keys),
-  and ``close()`` flushes.
+  and ``close()`` flushes (so does interpreter exit, for caches never closed).
 * :class:`TwoLevelCache`: L1 then L2 (an L2 hit fills L1), then the loader.
   One loader per key at a time (concurrent callers wait for it: stampede
   protection), optional stale-while-revalidate, invalidation by key, tag,
@@ -44,6 +44,7 @@ Example::
 
 from __future__ import annotations
 
+import atexit
 import functools
 import gc
 import hashlib
@@ -1272,6 +1273,23 @@ def _disk_caches_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_disk_caches_after_fork)
+
+
+def _flush_at_exit() -> None:
+    """At interpreter exit, write what is still queued (a script that never closes its cache still persists)."""
+    for disk in list(_LIVE_DISK_CACHES):
+        writer = disk._writer
+        if writer is None or disk._closing:
+            continue
+        try:
+            if writer.parent is not gevent.get_hub():  # another thread's hub: not ours to drive
+                continue
+            disk.flush(disk.op_timeout * (2 + len(disk._queued) // _BATCH))
+        except Exception as exc:  # pragma: no cover - exit must go on whatever happens
+            log.warning("flushing L2 cache at %s at exit failed: %s", disk.directory, exc)
+
+
+atexit.register(_flush_at_exit)
 
 
 # --- both levels ----------------------------------------------------------------------------

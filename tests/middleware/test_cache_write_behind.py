@@ -245,6 +245,36 @@ def test_close_with_a_stalled_disk_is_bounded_and_leaks_nothing(
     assert not [g for g in live_greenlets() if "l2-writer" in (g.name or "")]
 
 
+EXIT_WITHOUT_CLOSE = textwrap.dedent(
+    """
+    import sys
+    from nexus_green.middleware.cache import cached
+
+    @cached(directory=sys.argv[1], ttl=300)
+    def square(x):
+        print("computed", x)
+        return x * x
+
+    print([square(i) for i in range(int(sys.argv[2]))])
+    # no close(): the script just ends, with its writes still queued (the writer lingers 10 ms)
+    """
+)
+
+
+def test_a_script_that_never_closes_its_cache_still_persists_it(tmp_path: Path) -> None:
+    directory, script = str(tmp_path / "l2"), tmp_path / "script.py"
+    script.write_text(EXIT_WITHOUT_CLOSE)
+    runs = [
+        subprocess.run(
+            [sys.executable, "-W", "error", str(script), directory, "5"], capture_output=True, text=True, timeout=60
+        )
+        for _ in range(2)
+    ]
+    assert [r.returncode for r in runs] == [0, 0], runs[-1].stderr
+    assert runs[0].stdout.count("computed") == 5
+    assert runs[1].stdout.count("computed") == 0 and "[0, 1, 4, 9, 16]" in runs[1].stdout  # all from L2
+
+
 def test_after_fork_the_child_forgets_the_parent_writer_queue_and_worker(tmp_path: Path) -> None:
     l2 = DiskCache(str(tmp_path / "l2"), write_delay=60)
     l2.set("parent", entry("P"))
