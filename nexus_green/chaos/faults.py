@@ -162,8 +162,8 @@ class Fault:
     def upstream(self) -> bool:
         """True if the fault acts on client-to-server traffic.
 
-            >>> drop(direction="upstream").upstream, drop(direction="downstream").upstream
-            (True, False)
+        >>> drop(direction="upstream").upstream, drop(direction="downstream").upstream
+        (True, False)
         """
         return self.direction in ("upstream", "both")
 
@@ -171,16 +171,16 @@ class Fault:
     def downstream(self) -> bool:
         """True if the fault acts on server-to-client traffic.
 
-            >>> drop().downstream
-            True
+        >>> drop().downstream
+        True
         """
         return self.direction in ("downstream", "both")
 
     def acts_on(self, direction: str) -> bool:
         """True if the fault acts in ``direction`` (``"upstream"`` or ``"downstream"``).
 
-            >>> error().acts_on("upstream"), error().acts_on("downstream")
-            (True, False)
+        >>> error().acts_on("upstream"), error().acts_on("downstream")
+        (True, False)
         """
         return self.direction == "both" or self.direction == direction
 
@@ -206,8 +206,8 @@ class Fault:
     def describe(self) -> str:
         """One line: kind, direction, probability, seed, predicate and the parameters it uses.
 
-            >>> throttle(5000, fid=2).describe()
-            'throttle both p=1 seed=0 fid=2 rate=5000'
+        >>> throttle(5000, fid=2).describe()
+        'throttle both p=1 seed=0 fid=2 rate=5000'
         """
         parts = [self.kind, self.direction, f"p={self.probability:g}", f"seed={self.seed}"]
         for name in ("fid", "qid"):
@@ -483,8 +483,8 @@ class FaultInjector:
     def add(self, fault: Fault) -> int:
         """Activate ``fault``; returns its id.
 
-            >>> inj = FaultInjector(); inj.add(drop()), inj.add(latency(0.1))
-            (1, 2)
+        >>> inj = FaultInjector(); inj.add(drop()), inj.add(latency(0.1))
+        (1, 2)
         """
         if not isinstance(fault, Fault):
             raise TypeError(f"FaultInjector.add takes a Fault, not {fault!r}")
@@ -497,9 +497,9 @@ class FaultInjector:
     def remove(self, fault_id: int) -> bool:
         """Deactivate the fault; False if no fault has that id.
 
-            >>> inj = FaultInjector(); fid = inj.add(drop())
-            >>> inj.remove(fid), inj.remove(fid)
-            (True, False)
+        >>> inj = FaultInjector(); fid = inj.add(drop())
+        >>> inj.remove(fid), inj.remove(fid)
+        (True, False)
         """
         active = self._active.pop(fault_id, None)
         if active is None:
@@ -511,9 +511,9 @@ class FaultInjector:
     def clear(self) -> int:
         """Deactivate every fault; returns how many there were.
 
-            >>> inj = FaultInjector(); _ = inj.add(drop()); _ = inj.add(reset())
-            >>> inj.clear(), inj.faults()
-            (2, [])
+        >>> inj = FaultInjector(); _ = inj.add(drop()); _ = inj.add(reset())
+        >>> inj.clear(), inj.faults()
+        (2, [])
         """
         ids = list(self._active)
         for fault_id in ids:
@@ -532,11 +532,11 @@ class FaultInjector:
     def on_change(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener()`` after every add/remove; returns a function that unsubscribes.
 
-            >>> inj, calls = FaultInjector(), []
-            >>> off = inj.on_change(lambda: calls.append(len(inj.faults())))
-            >>> _ = inj.add(drop()); off(); _ = inj.add(drop())
-            >>> calls
-            [1]
+        >>> inj, calls = FaultInjector(), []
+        >>> off = inj.on_change(lambda: calls.append(len(inj.faults())))
+        >>> _ = inj.add(drop()); off(); _ = inj.add(drop())
+        >>> calls
+        [1]
         """
         self._listeners.append(listener)
 
@@ -556,18 +556,18 @@ class FaultInjector:
     def faults(self) -> list[tuple[int, Fault]]:
         """The active faults as ``(id, fault)``, oldest first.
 
-            >>> inj = FaultInjector(); _ = inj.add(drop())
-            >>> [(i, f.kind) for i, f in inj.faults()]
-            [(1, 'drop')]
+        >>> inj = FaultInjector(); _ = inj.add(drop())
+        >>> [(i, f.kind) for i, f in inj.faults()]
+        [(1, 'drop')]
         """
         return [(a.id, a.fault) for a in self._active.values()]
 
     def figures(self) -> list[dict[str, Any]]:
         """The active faults as JSON-ready data: id, description, how often applied, and the fault's fields.
 
-            >>> inj = FaultInjector(); _ = inj.add(drop(seed=2))
-            >>> [(f["id"], f["describe"], f["applied"]) for f in inj.figures()]
-            [(1, 'drop both p=1 seed=2', 0)]
+        >>> inj = FaultInjector(); _ = inj.add(drop(seed=2))
+        >>> [(f["id"], f["describe"], f["applied"]) for f in inj.figures()]
+        [(1, 'drop both p=1 seed=2', 0)]
         """
         return [
             {"id": a.id, "describe": a.fault.describe(), "applied": a.applied, "fault": a.fault.to_dict()}
@@ -577,9 +577,9 @@ class FaultInjector:
     def active(self, kind: str, direction: Optional[str] = None) -> list[Fault]:
         """The active faults of ``kind`` (acting in ``direction`` when given).
 
-            >>> inj = FaultInjector(); _ = inj.add(throttle(10, direction="upstream"))
-            >>> len(inj.active("throttle")), len(inj.active("throttle", "downstream"))
-            (1, 0)
+        >>> inj = FaultInjector(); _ = inj.add(throttle(10, direction="upstream"))
+        >>> len(inj.active("throttle")), len(inj.active("throttle", "downstream"))
+        (1, 0)
         """
         return [
             a.fault
@@ -590,16 +590,16 @@ class FaultInjector:
     def link_frozen(self) -> bool:
         """True while a half-open fault is active (links it touches freeze).
 
-            >>> inj = FaultInjector(); _ = inj.add(half_open()); inj.link_frozen()
-            True
+        >>> inj = FaultInjector(); _ = inj.add(half_open()); inj.link_frozen()
+        True
         """
         return bool(self.active("half_open"))
 
     def down(self) -> bool:
         """True while a service-down fault is active.
 
-            >>> FaultInjector().down()
-            False
+        >>> FaultInjector().down()
+        False
         """
         return bool(self.active("service_down"))
 

@@ -53,7 +53,8 @@ class HubWatch:
 
     Figures: ``samples``, ``worst_lag`` (seconds the probe overslept, worst
     case), ``worst_stall`` (a lag less the thread's wait for a CPU, worst
-    case) and ``stalls_over(threshold)`` from the kept samples.
+    case) and when it ended (``worst_stall_at``, monotonic), and
+    ``stalls_over(threshold)`` from the kept samples.
 
     Example::
 
@@ -72,6 +73,7 @@ class HubWatch:
         self.samples = 0
         self.worst_lag = 0.0
         self.worst_stall = 0.0
+        self.worst_stall_at = 0.0  # monotonic time when the worst stall ended
         self._stalls: list[float] = []
         self._greenlet: Optional[gevent.Greenlet] = None
 
@@ -98,7 +100,8 @@ class HubWatch:
             stall = max(0.0, lag - waited)
             self.samples += 1
             self.worst_lag = max(self.worst_lag, lag)
-            self.worst_stall = max(self.worst_stall, stall)
+            if stall > self.worst_stall:
+                self.worst_stall, self.worst_stall_at = stall, time.monotonic()
             if stall > 0.001 and len(self._stalls) < self.keep:
                 self._stalls.append(stall)
 

@@ -364,8 +364,8 @@ class ChaosProxy(ListeningPeer):
     def upstream(self) -> tuple[str, int]:
         """The upstream ``(host, port)`` now.
 
-            >>> ChaosProxy(("127.0.0.1", 7600)).upstream
-            ('127.0.0.1', 7600)
+        >>> ChaosProxy(("127.0.0.1", 7600)).upstream
+        ('127.0.0.1', 7600)
         """
         address = getattr(self._upstream, "address", self._upstream)
         return (str(address[0]), int(address[1]))
@@ -374,8 +374,8 @@ class ChaosProxy(ListeningPeer):
     def down(self) -> bool:
         """True while a service-down fault keeps the port refusing.
 
-            >>> ChaosProxy(("127.0.0.1", 7600)).down
-            False
+        >>> ChaosProxy(("127.0.0.1", 7600)).down
+        False
         """
         return self._down
 
