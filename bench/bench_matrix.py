@@ -145,8 +145,12 @@ class Window:
         }
 
 
-def sync_loop(w: Window, call: Callable[[], None]) -> None:
-    """One closed-loop worker (greenlet or thread): call until the window ends, keep in-window latencies."""
+def sync_loop(w: Window, call: Callable[[], None], keep_going: bool = False) -> None:
+    """One closed-loop worker (greenlet or thread): call until the window ends, keep in-window latencies.
+
+    A failed call is counted; it ends the worker (a raw socket is broken after
+    one), unless ``keep_going`` (a Client stays usable after a request timed out).
+    """
     pc = time.perf_counter
     mine: list[float] = []
     first = True
@@ -155,7 +159,13 @@ def sync_loop(w: Window, call: Callable[[], None]) -> None:
             t0 = pc()
             if t0 >= w.end:
                 return
-            call()
+            try:
+                call()
+            except Exception as exc:
+                if not keep_going:
+                    raise
+                w.error(exc)
+                continue
             t1 = pc()
             if w.start <= t1 <= w.end:
                 mine.append(t1 - t0)
@@ -206,7 +216,7 @@ def run_nexus(size: int, conc: int, warmup: float, seconds: float, port: int) ->
         def call() -> None:
             req(body, fid=1, timeout=5)
 
-        gevent.joinall([gevent.spawn(sync_loop, w, call) for _ in range(conc)])
+        gevent.joinall([gevent.spawn(sync_loop, w, call, True) for _ in range(conc)])
         out = w.result(seconds)
         out["connections"] = client.stats().get("size")
         return out
