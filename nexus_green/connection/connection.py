@@ -49,6 +49,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import struct
 import uuid
 import weakref
 from collections.abc import Callable, Mapping
@@ -86,6 +87,10 @@ from ..protocol.files import (
     chunk_offsets,
 )
 from ..protocol.frames import (
+    HEADER_SIZE,
+    SEPARATE_BODY,
+    TAG,
+    VERSION,
     Frame,
     FrameDecoder,
     RawFrame,
@@ -118,6 +123,7 @@ _WRITE_SLICE = 256 * 1024  # larger writes report their progress as they go (liv
 _EAGER_FLUSH = 16  # fewest queued frames a caller hands to the kernel itself (see _flush_eagerly)
 
 _LIVE: weakref.WeakSet[Connection] = weakref.WeakSet()
+_PREFIX_PACK = struct.Struct(">IHHBBIIIH").pack  # the frame prefix (protocol/frames.py), packed inline per request
 # One receive scratch buffer per hub serves every plain-TCP connection of that
 # thread: reads run in the hub one at a time and copy each body out before the
 # next, so an idle connection holds no receive buffer of its own.
@@ -220,8 +226,8 @@ class Connection:
 
     Use it through :class:`nexus_green.Client` (which pools connections) or
     directly. ``on_push`` receives frames the server sent on its own (Res 0)
-    and responses whose Qid matches no request; it runs in the reader greenlet
-    and must not block.
+    and responses whose Qid matches no request; it runs in the hub (plain TCP)
+    or the reader greenlet (TLS) and must not block.
 
     ``session`` is its :class:`~nexus_green.connection.session.Session` (Qids,
     pending requests, late replies) and ``iostats`` its
@@ -869,6 +875,13 @@ class Connection:
             data = encode_request_parts(
                 qid := session.take_qid(), fid, body, tp=tp, header_block=encode_header_block(headers)
             )
+        elif len(body) < SEPARATE_BODY:
+            # The common case, inline: a small frame without headers is one bytes.
+            try:
+                data = _PREFIX_PACK(HEADER_SIZE + len(body), TAG, VERSION, tp, 0, qid := session.take_qid(), fid, 0, 0)
+            except struct.error as exc:
+                raise LocalProtocolError(f"cannot encode request qid={qid} fid={fid}: {exc}") from exc
+            data += body
         else:
             data = encode_request_parts(qid := session.take_qid(), fid, body, tp=tp)
         size = len(data) if isinstance(data, bytes) else len(data[0]) + len(body)
@@ -1335,6 +1348,8 @@ class Connection:
                     st.frames_sent += len(chunks)
                     if st.emit_io:
                         self.bus.emit("io.sent", conn_id=self.conn_id, nbytes=len(data), frames=len(chunks))
+                    # An idle writer must not keep the last batch (a megabyte body, say) alive while it waits.
+                    chunks = first = data = None  # type: ignore[assignment]
                 if stream is not self._stream:
                     return
         except NexusError as exc:
@@ -1380,6 +1395,8 @@ class Connection:
                 ready = self._dispatch(frames, t)
                 if ready:
                     run_callback(_deliver, ready)
+                # An idle reader must not keep the last answers alive while it waits in recv.
+                data = frames = ready = None  # type: ignore[assignment]
         except RemoteProtocolError as exc:
             # Answers that came before the malformed bytes in the same read are
             # still answers: deliver them, then fail the rest with the error.
@@ -1409,6 +1426,7 @@ class Connection:
         bufsize = self.options.recv_buffer_size
         st = self.iostats
         hb = self.heartbeat
+        now = _monotonic if self._real_clock else self.clock.now
         stop_at = _monotonic() + _READER_SLICE
         try:
             while True:
@@ -1425,8 +1443,8 @@ class Connection:
                     )
                 st.bytes_received += n
                 frames = decoder.buffer_updated(n, scratch)
-                t = self.clock.now()
-                hb.on_activity(t, received=True)
+                t = now()
+                hb.on_received(t)
                 if frames:
                     st.frames_received += len(frames)
                     if st.emit_io:
@@ -1580,5 +1598,9 @@ class Connection:
 
 def _deliver(batch: list[tuple[Waiter, RawFrame]]) -> None:
     """Hub callback: wake each waiting caller with its frame, in arrival order."""
+    if len(batch) == 1:
+        waiter, frame = batch[0]
+        waiter.switch(frame)
+        return
     for waiter, frame in batch:
         waiter.switch(frame)

@@ -29,7 +29,6 @@ Example::
 from __future__ import annotations
 
 import struct
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -220,13 +219,14 @@ SEPARATE_BODY = 16 * 1024  # bodies at least this large are sent from the caller
 
 
 def encode_request_parts(
-    qid: int, fid: int, body: bytes, *, tp: int = 0, header_block: bytes = b""
+    qid: int, fid: int, body: bytes | bytearray | memoryview, *, tp: int = 0, header_block: bytes = b""
 ) -> bytes | tuple[bytes, bytes]:
     """:func:`encode_request` for a scatter/gather writer: a large body is not copied.
 
     A body of ``SEPARATE_BODY`` bytes or more comes back as ``(prefix, body)``,
     the two pieces a ``sendmsg`` writes without joining them; a smaller one as
-    one ``bytes``, where a copy costs less than a second buffer.
+    one ``bytes``, where a copy costs less than a second buffer. A mutable
+    body (bytearray, memoryview) is copied once: it could change while queued.
 
     Example::
 
@@ -238,7 +238,11 @@ def encode_request_parts(
         (True, True)
     """
     if len(body) < SEPARATE_BODY:
-        return encode_request(qid, fid, body, tp=tp, header_block=header_block)
+        return encode_request(qid, fid, body, tp=tp, header_block=header_block)  # type: ignore[arg-type]
+    if type(body) is not bytes:
+        # A bytearray (or a view of one) can change after the call returns, while
+        # the frame still waits in the queue: only an immutable body is sent in place.
+        body = bytes(body)
     return encode_request(qid, fid, b"", tp=tp, header_block=header_block, body_length=len(body)), body
 
 
@@ -258,28 +262,27 @@ def heartbeat_frame(*, response: bool = False) -> bytes:
 # than receiving it. A reused buffer is always overwritten up to the frame's
 # length before any of it is read, so nothing of an earlier frame leaks.
 _BIG_KEEP = 4 * 1024 * 1024  # larger buffers are not kept
-_BIG_POOL = 2  # buffers kept per thread
-_big_free = threading.local()
+_BIG_POOL = 2  # buffers kept for the process
+_big_free: list[bytearray] = []
 
 
 def _take_big(n: int) -> bytearray:
-    free: list[bytearray] = _big_free.__dict__.setdefault("list", [])
-    for i, b in enumerate(free):
-        if len(b) >= n:
-            return free.pop(i)
+    # Only atomic list operations (the GIL makes pop and append atomic): the
+    # pool is shared by every thread and greenlet without a lock, and after
+    # patch_all() a threading.local would be one pool per greenlet.
+    try:
+        b = _big_free.pop()
+    except IndexError:
+        return bytearray(n)
+    if len(b) >= n:
+        return b
+    _big_free.append(b)
     return bytearray(n)
 
 
 def _give_big(b: bytearray) -> None:
-    if len(b) > _BIG_KEEP:
-        return
-    free: list[bytearray] = _big_free.__dict__.setdefault("list", [])
-    if len(free) < _BIG_POOL:
-        free.append(b)
-        return
-    smallest = min(range(len(free)), key=lambda i: len(free[i]))
-    if len(free[smallest]) < len(b):
-        free[smallest] = b
+    if len(b) <= _BIG_KEEP and len(_big_free) < _BIG_POOL:
+        _big_free.append(b)
 
 
 class FrameDecoder:
@@ -419,8 +422,9 @@ class FrameDecoder:
             return memoryview(self._big)[self._big_fill : self._big_len]
         k = len(self._buf)
         if k:
+            # A copy: the partial frame stays in _buf until buffer_updated, so a
+            # read that finds nothing (and never calls it) loses nothing.
             scratch[:k] = self._buf
-            self._buf = bytearray()
         self._scratch_used = k
         return memoryview(scratch)[k:]
 
@@ -534,6 +538,8 @@ class FrameDecoder:
                 del self._buf[:pos]
         elif pos < n:
             self._buf = bytearray(view[pos:n])
+        elif self._buf:
+            self._buf = bytearray()  # the partial frame get_buffer copied out is now whole
         self._offset += pos
         self.frames_decoded += len(out) - first
 

@@ -165,6 +165,19 @@ class HeartbeatMonitor:
         self._dead = False
 
     # -- inputs --------------------------------------------------------------
+    def on_received(self, now: float) -> None:
+        """``on_activity(now, received=True)`` for the reader's hot path (a frame or bytes arrived).
+
+        Example::
+
+            >>> hb = HeartbeatMonitor(interval=1.0, timeout=1.0)
+            >>> hb.on_received(0.9); hb.poll(1.0).next_check_at
+            1.9
+        """
+        if now > self._last_received:
+            self._last_received = now
+        self._awaiting_since = None
+
     def on_activity(self, now: float, *, received: bool = False) -> None:
         """Record a frame sent (``received=False``) or received (``received=True``).
 
