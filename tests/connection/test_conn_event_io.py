@@ -29,7 +29,7 @@ import pytest
 
 from nexus_green import Client
 from nexus_green.connection import Connection, ConnectionOptions
-from nexus_green.errors import ConnectionClosed, HeartbeatTimeout, NexusError
+from nexus_green.errors import ConnectionClosed, ConnectionLost, HeartbeatTimeout, NexusError
 from nexus_green.events import EventBus
 from nexus_green.greenlets import live_greenlets
 from nexus_green.protocol.frames import HEARTBEAT_FID, SEPARATE_BODY, Frame, FrameDecoder, encode_frame
@@ -185,6 +185,23 @@ def test_concurrent_callers_frames_are_coalesced_into_few_writes(io_mode: str) -
         assert sum(frames) == 50
         assert len(sent) <= 3, frames  # the first caller may go alone; the rest share a batch
         assert max(frames) >= 45, frames
+
+
+def test_a_caller_alone_on_the_link_hands_its_frame_to_the_kernel_itself() -> None:
+    """No flush callback and no writer greenlet for a lone request: the caller's own greenlet writes it."""
+    bus = EventBus()
+    writers: list[Any] = []
+    bus.subscribe(lambda e: writers.append(gevent.getcurrent()), prefix="io.sent")
+    with EmbeddedServer() as server, Connection(server.url, bus=bus, options=opts()) as conn:
+        callers: list[Any] = []
+
+        def call() -> bytes:
+            callers.append(gevent.getcurrent())
+            return conn.request(b"solo", fid=FID_ECHO, timeout=5).body
+
+        job = gevent.spawn(call)
+        assert job.get(timeout=5) == b"solo"
+        assert writers == callers  # one write, from the caller (not the hub, not a writer greenlet)
 
 
 # ---------------------------------------------------------------------------------- partial sends
@@ -420,6 +437,45 @@ def test_an_on_push_that_blocks_does_not_kill_the_link(io_mode: str, caplog: pyt
         assert conn.state == "connected"
     if io_mode == "hub-callbacks":
         assert any("push callback failed" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------------- a bug never leaves callers hanging
+def test_an_internal_error_while_reading_fails_the_requests_and_is_logged(
+    io_mode: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from nexus_green.connection.session import Session
+
+    def broken(self: Session, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("dispatch bug")
+
+    caplog.set_level(logging.ERROR, logger="nexus_green.connection")
+    with EmbeddedServer() as server, Connection(server.url, options=opts()) as conn:
+        monkeypatch.setattr(Session, "dispatch", broken)
+        with pytest.raises(ConnectionLost, match=r"internal error in the reader: RuntimeError\('dispatch bug'\)"):
+            conn.request(b"x", fid=FID_ECHO, timeout=5)
+        assert conn.state == "closed"
+    assert any("unexpected error in the reader" in r.getMessage() for r in caplog.records)
+
+
+def test_an_internal_error_while_writing_fails_the_requests_and_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from nexus_green.transport.stream import Stream
+
+    def broken(self: Stream, buffers: Any) -> int:
+        raise RuntimeError("sendmsg bug")
+
+    caplog.set_level(logging.ERROR, logger="nexus_green.connection")
+    with EmbeddedServer() as server, Connection(server.url, options=opts()) as conn:
+        monkeypatch.setattr(Stream, "sendmsg_nowait", broken)
+        jobs = [gevent.spawn(conn.request, b"%d" % i, FID_ECHO, timeout=5) for i in range(3)]
+        gevent.joinall(jobs, timeout=10)
+        assert all(j.ready() for j in jobs)
+        for j in jobs:
+            assert isinstance(j.exception, ConnectionLost), j.exception
+            assert "internal error in the writer" in str(j.exception)
+        assert conn.state == "closed"
+    assert any("unexpected error in the writer" in r.getMessage() for r in caplog.records)
 
 
 # ---------------------------------------------------------------------------------- heartbeats
