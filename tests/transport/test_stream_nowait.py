@@ -297,3 +297,46 @@ def test_tls_streams_are_not_nonblocking(kit: CertificateKit) -> None:
 def test_plain_tcp_streams_are_nonblocking(tcp_pair: tuple[Stream, Any]) -> None:
     s, _ = tcp_pair
     assert s.nonblocking is True
+
+
+# --------------------------------------------------------------------------- the other calls a hub callback may make
+def test_send_progress_is_none_where_the_kernel_cannot_tell(pair: tuple[Stream, Any]) -> None:
+    s, _ = pair
+    assert s.send_progress() is None  # a unix socketpair: SIOCOUTQ counts only for TCP
+    s.close()
+    assert s.send_progress() is None
+
+
+def test_send_progress_counts_acknowledged_and_queued_bytes_on_tcp(tcp_pair: tuple[Stream, Any]) -> None:
+    s, peer = tcp_pair
+    assert s.sendmsg_nowait([b"abc", b"de"]) == 5
+    assert peer.recv(5) == b"abcde"
+    assert wait_until(lambda: s.send_progress() == (5, 0))
+
+
+def test_send_reporting_on_a_closed_stream_and_to_a_reset_peer(tcp_pair: tuple[Stream, Any]) -> None:
+    s, peer = tcp_pair
+    peer.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_LINGER, _RST)
+    peer.close()
+    taken: list[int] = []
+    with gevent.Timeout(5):
+        with pytest.raises(ConnectionLost, match="send to tcp-pair"):
+            for _ in range(1000):  # the RST arrives after a write or two
+                s.send_reporting(b"y" * 65536, taken.append)
+                gevent.sleep(0.001)
+    s.close()
+    with pytest.raises(ConnectionLost, match="send on closed stream to tcp-pair"):
+        s.send_reporting(b"z", taken.append)
+
+
+def test_sendfile_nowait_full_socket_and_closed_stream(pair: tuple[Stream, Any], tmp_path: Any) -> None:
+    s, peer = pair
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"f" * 65536)
+    with open(path, "rb") as f:
+        while s.sendmsg_nowait([b"x" * 65536]):
+            pass  # fill the socket
+        assert s.sendfile_nowait(f.fileno(), 0, 65536) == -1  # the kernel is full: nothing taken
+        s.close()
+        with pytest.raises(ConnectionLost, match="send on closed stream to pair"):
+            s.sendfile_nowait(f.fileno(), 0, 10)
