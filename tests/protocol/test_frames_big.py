@@ -277,6 +277,51 @@ def test_feed_raw_bodies_are_independent_of_a_caller_bytearray() -> None:
     assert type(f[6]) is bytes and type(g[6]) is bytes
 
 
+def test_reused_big_frame_buffers_never_leak_into_bodies() -> None:
+    """Big-frame buffers are reused: a later, smaller frame gets exactly its own bytes, earlier bodies stay."""
+    scratch = bytearray(256 * 1024)
+    first_body = b"\x11" * 100_000
+    second_body = bytes(range(256)) * 273 + b"end"  # 69,891 bytes: smaller, so a reused buffer is longer
+    third_body = b"\x33" * 100_000
+    bodies = []
+    for body in (first_body, second_body, third_body):
+        wire = encode_request(1, 1, body)
+        for dec in (FrameDecoder(), FrameDecoder()):
+            # Once through get_buffer/buffer_updated, once through feed_raw.
+            got: list[tuple] = []
+            if not bodies or len(bodies) % 2 == 0:
+                pos = 0
+                while pos < len(wire):
+                    buf = dec.get_buffer(scratch)
+                    n = min(len(buf), len(wire) - pos, 30_000)
+                    buf[:n] = wire[pos : pos + n]
+                    pos += n
+                    got += dec.buffer_updated(n, scratch)
+            else:
+                for i in range(0, len(wire), 30_000):
+                    got += dec.feed_raw(wire[i : i + 30_000])
+            (t,) = got
+            bodies.append(t[6])
+    assert [len(b) for b in bodies] == [100_000, 100_000, 69_891, 69_891, 100_000, 100_000]
+    assert bodies[0] == bodies[1] == first_body
+    assert bodies[2] == bodies[3] == second_body
+    assert bodies[4] == bodies[5] == third_body
+
+
+def test_two_decoders_with_big_frames_in_progress_at_once() -> None:
+    """Interleaved big frames of two links: each decoder fills its own buffer."""
+    a = encode_request(1, 1, b"A" * 90_000)
+    b = encode_request(2, 1, b"B" * 80_000)
+    da, db = FrameDecoder(), FrameDecoder()
+    got_a: list[tuple] = []
+    got_b: list[tuple] = []
+    for i in range(0, max(len(a), len(b)), 10_000):
+        got_a += da.feed_raw(a[i : i + 10_000])
+        got_b += db.feed_raw(b[i : i + 10_000])
+    assert [t[6] for t in got_a] == [b"A" * 90_000]
+    assert [t[6] for t in got_b] == [b"B" * 80_000]
+
+
 # --- header blocks on big frames --------------------------------------------------------------------------
 
 
