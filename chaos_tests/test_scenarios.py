@@ -273,7 +273,7 @@ def test_push_flood_keeps_the_hub_running_and_the_queue_bounded(chaos: Harness) 
     def call(i: int) -> bytes:
         return client.request(b"p-%d" % i, fid=1).body
 
-    run = chaos.run("push-flood", proxy, call, greenlets=4, pace=0.05)
+    run = chaos.run("push-flood", proxy, call, greenlets=2, pace=0.05)
     assert all(c.ok for c in run.calls), run.errors()
     assert proxy.pushes_injected >= 500
     assert client.stats()["pushes_queued"] <= 200 and client.pushes_dropped > 0

@@ -1,15 +1,18 @@
 """HubWatch: how long the gevent hub was held during a chaos run, told apart from the machine being busy.
 
 The probe is the one of :class:`~nexus_green.monitoring.PerformanceMonitor`
-(a greenlet sleeps ``interval``; oversleeping is lag), plus one figure: how
-long the hub's thread sat runnable in the kernel's run queue during each
-probe (Linux ``/proc/thread-self/schedstat``, second field). On a shared
-machine the OS may leave the process waiting for a core for tens of
-milliseconds; the probe then oversleeps although nothing in the process held
-the hub. A *stall* is the lag minus that run-queue wait: what the process
-itself did (a greenlet that never yields, a blocking call on the hub, a
-sleep in C). ``worst_lag`` is the raw figure. Where schedstat is missing,
-a stall is the whole lag.
+(a greenlet sleeps ``interval``; oversleeping is lag), plus what the kernel
+says about each probe (Linux ``/proc/self/task/*/schedstat``: time on a CPU,
+time runnable but waiting for one). On a shared machine the OS may leave the
+process waiting for a core for tens of milliseconds: the hub's thread itself,
+or the thread that holds the GIL the hub's thread waits for (a busy
+:class:`~nexus_green.chaos.resources.CpuSaturation` thread between two
+hashes). The probe then oversleeps although nothing in the process held the
+hub. A *stall* is the lag less the longest such run-queue wait, but never
+less than the CPU time the hub's thread used in the probe: a greenlet that
+never yields, a blocking call on the hub and a sleep in C all count in full.
+``worst_lag`` is the raw figure. Where schedstat is missing, a stall is the
+whole lag.
 
 Example::
 
@@ -22,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Optional
 
@@ -32,6 +36,30 @@ from ..greenlets import spawn
 __all__ = ["HubWatch", "run_queue_wait"]
 
 _SCHEDSTAT = "/proc/thread-self/schedstat"
+_TASKS = "/proc/self/task"
+
+
+def _schedstat(path: str) -> Optional[tuple[float, float]]:
+    try:
+        with open(path, "rb") as f:
+            fields = f.read().split()
+        return int(fields[0]) / 1e9, int(fields[1]) / 1e9
+    except (OSError, IndexError, ValueError):  # the thread ended, or a kernel without CONFIG_SCHED_INFO
+        return None
+
+
+def _waits() -> dict[str, float]:
+    """Run-queue wait so far of every thread of the process, by thread id."""
+    out = {}
+    try:
+        tids = os.listdir(_TASKS)
+    except OSError:  # pragma: no cover - Linux has /proc/self/task
+        return out
+    for tid in tids:
+        stat = _schedstat(f"{_TASKS}/{tid}/schedstat")
+        if stat is not None:
+            out[tid] = stat[1]
+    return out
 
 
 def run_queue_wait() -> Optional[float]:
@@ -92,12 +120,13 @@ class HubWatch:
     def _run(self) -> None:
         interval = self.interval
         while True:
-            t0, w0 = time.monotonic(), run_queue_wait()
+            t0, own0, all0 = time.monotonic(), _schedstat(_SCHEDSTAT), _waits()
             gevent.sleep(interval)
             lag = max(0.0, time.monotonic() - t0 - interval)
-            w1 = run_queue_wait()
-            waited = w1 - w0 if w0 is not None and w1 is not None else 0.0
-            stall = max(0.0, lag - waited)
+            own1, all1 = _schedstat(_SCHEDSTAT), _waits()
+            waited = max((w - all0[tid] for tid, w in all1.items() if tid in all0), default=0.0)
+            ran = own1[0] - own0[0] if own0 is not None and own1 is not None else lag
+            stall = max(0.0, min(lag, ran), lag - waited)
             self.samples += 1
             self.worst_lag = max(self.worst_lag, lag)
             if stall > self.worst_stall:
