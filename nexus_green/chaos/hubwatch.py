@@ -50,7 +50,7 @@ def _schedstat(path: str) -> Optional[tuple[float, float]]:
 
 def _waits() -> dict[str, float]:
     """Run-queue wait so far of every thread of the process, by thread id."""
-    out = {}
+    out: dict[str, float] = {}
     try:
         tids = os.listdir(_TASKS)
     except OSError:  # pragma: no cover - Linux has /proc/self/task
