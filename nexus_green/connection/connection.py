@@ -52,6 +52,7 @@ import os
 import struct
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Callable, Mapping
 from time import monotonic as _monotonic
 from typing import Any, Optional
@@ -121,6 +122,8 @@ _READER_SLICE = 0.005  # seconds of reading and dispatching before the reader yi
 _YIELD = 1e-6  # a real timer: the hub runs a whole loop iteration (timers and I/O) before the reader resumes
 _WRITE_SLICE = 256 * 1024  # larger writes report their progress as they go (liveness, room in the queue)
 _EAGER_FLUSH = 16  # fewest queued frames a caller hands to the kernel itself (see _flush_eagerly)
+_FRAMES_PER_READ = 1024  # a read that brings more frames makes the next one smaller (hub fairness)
+_MIN_READ = 16 * 1024
 
 _LIVE: weakref.WeakSet[Connection] = weakref.WeakSet()
 _PREFIX_PACK = struct.Struct(">IHHBBIIIH").pack  # the frame prefix (protocol/frames.py), packed inline per request
@@ -271,8 +274,9 @@ class Connection:
         # callers past the bound wait for room within their budget (_wait_for_room).
         self._wbytes = 0
         self._max_wbytes = self.options.max_write_buffer
-        self._wroom = Event()
-        self._wroom.set()
+        # Callers waiting for room, first come first served: room wakes the first
+        # only (waking all of them cost a switch each, per write, at 1 MiB x 50).
+        self._room_q: deque[Event] = deque()
         self._writing = False  # the writer greenlet is inside sendall: no eager flush may interleave
         self._flush_at = 1 << 30  # queued frames that trigger an eager flush; tuned from _peak_in_flight
         self._peak_in_flight = 0
@@ -284,6 +288,7 @@ class Connection:
         self._wwatch: Any = None
         self._flush_pending = False
         self._scratch: bytearray = bytearray()
+        self._read_size = self.options.recv_buffer_size  # adapts to the frame size (_on_readable)
         self._hb_timer: Any = None
         self._run_callback: Callable[..., Any] = get_hub().loop.run_callback
         self._hb_progress: Optional[tuple[int, int]] = None
@@ -704,7 +709,8 @@ class Connection:
                 entry.file.release()
         self._wbuf = []
         self._wbytes = 0
-        self._wroom.set()  # callers waiting for room find the link gone
+        for ev in self._room_q:
+            ev.set()  # callers waiting for room find the link gone
 
     def _proven(self) -> bool:
         """The current (or last) link answered a request or a heartbeat: it was healthy, not merely accepted."""
@@ -1278,8 +1284,8 @@ class Connection:
     def _sent_progress(self, n: int) -> None:
         """``n`` queued bytes left the queue (handed to the kernel, or taken back): room for waiting callers."""
         self._wbytes -= n
-        if self._wbytes < self._max_wbytes and not self._wroom.is_set():
-            self._wroom.set()
+        if self._room_q and self._wbytes < self._max_wbytes:
+            self._room_q[0].set()
 
     def _write_progress(self, n: int) -> None:
         self._sent_progress(n)
@@ -1287,17 +1293,28 @@ class Connection:
 
     def _wait_for_room(self, size: int, fid: int, until: Optional[float], by_deadline: bool) -> None:
         """Wait, within the budget, until the write queue can take ``size`` more bytes (or is empty)."""
-        while self._wbytes and self._wbytes + size > self._max_wbytes:
-            self._wroom.clear()
-            if not wait_until(self._wroom.wait, self.clock, until):
-                raise timeout_error(
-                    by_deadline,
-                    f"request fid={fid} to {self.endpoint}: the write queue stayed full ({self._wbytes:,} bytes "
-                    f"queued, max_write_buffer={self._max_wbytes:,}) until the call's time ran out (not sent)",
-                    phase="write",
-                )
-            if not self.connected:
-                self._wait_ready(until, by_deadline)
+        queue = self._room_q
+        ev = Event()
+        queue.append(ev)
+        try:
+            while self._wbytes and self._wbytes + size > self._max_wbytes:
+                ev.clear()
+                if not wait_until(ev.wait, self.clock, until):
+                    raise timeout_error(
+                        by_deadline,
+                        f"request fid={fid} to {self.endpoint}: the write queue stayed full ({self._wbytes:,} bytes "
+                        f"queued, max_write_buffer={self._max_wbytes:,}) until the call's time ran out (not sent)",
+                        phase="write",
+                    )
+                if not self.connected:
+                    self._wait_ready(until, by_deadline)
+        finally:
+            if queue and queue[0] is ev:
+                queue.popleft()
+            else:
+                queue.remove(ev)
+            if queue and self._wbytes < self._max_wbytes:
+                queue[0].set()  # the room we did not take (or gave up) is the next caller's turn
 
     def _expire(self, qid: int) -> None:
         """Timer function (in the hub): the request ``qid`` ran out of its budget."""
@@ -1423,7 +1440,6 @@ class Connection:
         if stream is not self._stream:
             return
         scratch = self._scratch
-        bufsize = self.options.recv_buffer_size
         st = self.iostats
         hb = self.heartbeat
         now = _monotonic if self._real_clock else self.clock.now
@@ -1431,8 +1447,9 @@ class Connection:
         try:
             while True:
                 buf = decoder.get_buffer(scratch)
-                if len(buf) > bufsize:
-                    buf = buf[:bufsize]
+                small = buf.obj is scratch  # else a big frame's own buffer: read all the kernel has of it
+                if small and len(buf) > self._read_size:
+                    buf = buf[: self._read_size]
                 n = stream.recv_into_nowait(buf)
                 if n <= 0:
                     if n < 0:
@@ -1445,6 +1462,14 @@ class Connection:
                 frames = decoder.buffer_updated(n, scratch)
                 t = now()
                 hb.on_received(t)
+                if small:
+                    # Reads sized to about a thousand frames: one read of tiny pushes
+                    # (6,000 in 256 KiB) would hold the hub for its whole dispatch.
+                    if len(frames) > _FRAMES_PER_READ:
+                        if self._read_size > _MIN_READ:
+                            self._read_size //= 2
+                    elif len(frames) < _FRAMES_PER_READ // 4 and self._read_size < self.options.recv_buffer_size:
+                        self._read_size *= 2
                 if frames:
                     st.frames_received += len(frames)
                     if st.emit_io:

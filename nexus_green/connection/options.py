@@ -37,9 +37,10 @@ class ConnectionOptions:
       (default exponential backoff with full jitter, base 0.5 s, cap 30 s);
       ``False`` disables reconnection: a lost link closes the connection.
     * ``fail_fast`` -- while reconnecting, fail requests at once instead of waiting.
-    * ``recv_buffer_size`` -- bytes per ``recv`` (64 KiB: about a thousand small
-      answers a read, and a read of pushes dispatched in a few milliseconds, so
-      the hub is not held; a big frame is received into its own buffer whatever this is).
+    * ``recv_buffer_size`` -- the largest ``recv`` of small frames (256 KiB); on
+      plain TCP reads shrink (to 16 KiB) while they bring over a thousand frames
+      each, so a flood of tiny pushes is dispatched in slices and the hub is not
+      held. A big frame is received into a buffer of its own size regardless.
     * ``tls`` -- a ``nexus_green.transport.tls.TLSConfig`` (implied default for tls:// URLs).
     * ``proxy`` -- a ``socks5://`` URL or ``ProxyConfig``.
     * ``resolver`` -- ``(host, port) -> getaddrinfo-style list`` (default: gevent's resolver).
@@ -69,7 +70,7 @@ class ConnectionOptions:
     heartbeat_timeout: Optional[float] = None
     reconnect: Any = None
     fail_fast: bool = False
-    recv_buffer_size: int = 64 * 1024
+    recv_buffer_size: int = 256 * 1024
     tls: Any = None
     proxy: Any = None
     resolver: Any = None
