@@ -272,7 +272,8 @@ def main() -> int:
         if args.before:
             b, a = entry["before"], entry["after"]
             entry["reduction"] = 1 - a / b if b else None
-            line += f"  {entry['reduction']:>+9.0%}" if b else "  -"
+            r = entry["reduction"]
+            line += "  -" if r is None else f"  {'down' if r >= 0 else 'UP':>4} {abs(r):.0%}"
         summary.append(entry)
         print(line)
     if args.before:
