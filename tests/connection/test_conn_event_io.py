@@ -77,7 +77,8 @@ def pattern(seed: int, size: int) -> bytes:
 
 def spawn_peer(script: str, *args: str) -> tuple[subprocess.Popen[str], int]:
     """A peer in another process (so its work is not on our hub): it prints its port first."""
-    proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True)
+    # -S: no site-packages, so no coverage hook either (the peer is killed, it would leave a broken data file).
+    proc = subprocess.Popen([sys.executable, "-S", "-c", script, *args], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.strip().isdigit(), line
@@ -317,7 +318,17 @@ conn.close()
 
 
 def test_a_push_flood_does_not_hold_the_hub(io_mode: str) -> None:
-    """A peer in another process floods 40-byte pushes for 3 s; a 1 ms ticker here must keep ticking."""
+    """A peer in another process floods 40-byte pushes for 3 s; a 1 ms ticker here must keep ticking.
+
+    A hub held while the flood lasts (the bug this guards against) gives the
+    ticker no turn while megabytes arrive. The checks are about work, not
+    time, so they hold on a busy machine and under coverage: the ticker's
+    second overlaps the flood, and at most 1 MiB of pushes (about 26,000) is
+    dispatched between two turns of the ticker. Measured here: median gaps of
+    5-12 ms, 45-52 ms with the shared 2-core machine busy, and single gaps up
+    to 540 ms when the OS did not schedule us at all; so the only time bound,
+    outside a tracer, is generous: no gap of 1.5 s.
+    """
     proc, port = spawn_peer(FLOOD_PEER, "3.0")
     try:
         pushes = [0]
@@ -327,7 +338,8 @@ def test_a_push_flood_does_not_hold_the_hub(io_mode: str) -> None:
 
         with Connection(f"tcp://127.0.0.1:{port}", options=opts(), on_push=on_push) as conn:
             assert wait_for(lambda: pushes[0] > 0)
-            gaps = []
+            gaps, between = [], []
+            received = start = conn.bytes_received
             last = time.monotonic()
             end = last + 1.0
             while time.monotonic() < end:
@@ -335,16 +347,21 @@ def test_a_push_flood_does_not_hold_the_hub(io_mode: str) -> None:
                 now = time.monotonic()
                 gaps.append(now - last)
                 last = now
+                between.append(conn.bytes_received - received)
+                received = conn.bytes_received
+            total = conn.bytes_received - start
             assert conn.state == "connected"
-        assert pushes[0] > 10_000, pushes  # the flood really flowed
         gaps.sort()
-        figures = f"1 ms ticker: {len(gaps)} ticks, median gap {gaps[len(gaps) // 2] * 1000:.1f} ms, max {gaps[-1] * 1000:.1f} ms"
-        # The reader gives the hub a turn between reads: a hub held for the whole flood (the bug this
-        # guards against) shows gaps of seconds. Both bounds are generous: one read callback
-        # dispatches a whole 256 KiB read (~6,500 pushes), 13 ms unloaded and 30-100 ms with this
-        # shared 2-core machine under load, and the median shrugs off a scheduling spike.
-        assert gaps[len(gaps) // 2] < 0.05, figures
-        assert gaps[-1] < 0.25, figures
+        figures = (
+            f"1 ms ticker: {len(gaps)} ticks, median gap {gaps[len(gaps) // 2] * 1000:.1f} ms, "
+            f"max {gaps[-1] * 1000:.1f} ms; {total / 1024:.0f} KiB received meanwhile, "
+            f"at most {max(between) / 1024:.0f} KiB between two ticks"
+        )
+        assert total >= 256 * 1024, figures  # the flood was flowing while the ticker ran
+        assert len(gaps) >= 3, figures
+        assert max(between) <= MiB, figures
+        if sys.gettrace() is None and "coverage" not in sys.modules:
+            assert gaps[-1] < 1.5, figures
     finally:
         stop_peer(proc)
 
