@@ -394,6 +394,21 @@ def test_batch_writes_leave_a_database_diskcache_finds_consistent(tmp_path: Path
         raw.close()
 
 
+def test_entries_stored_by_the_previous_version_still_read(tmp_path: Path) -> None:
+    l2 = DiskCache(str(tmp_path / "l2"))
+    old = entry(Response(body=b"old", headers={"etag": "1"}))
+    l2._run(lambda cache: cache.set("old", old, retry=False))  # how the previous version stored an entry
+    l2.set("new", entry(Response(body=b"new", headers={"etag": "2"})))
+    l2.set("plain", entry({"a": [1, 2]}))
+    assert l2.flush(5)
+    l2._index = None  # read from the disk, not from the queue
+    got = {k: l2.get(k) for k in ("old", "new", "plain")}
+    assert got["old"] == old and got["new"].value.body == b"new" and got["plain"].value == {"a": [1, 2]}  # type: ignore[union-attr]
+    assert dict(got["new"].value.headers) == {"etag": "2"}  # type: ignore[union-attr]
+    assert cache_module._unpack(("something", "else")) is None and cache_module._unpack(b"bytes") is None
+    l2.close()
+
+
 def test_without_the_expected_table_batches_fall_back_to_diskcache_set(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
