@@ -21,10 +21,15 @@ terminal handler that returns a prebuilt Response, called with a Request.
     for ``Request.idempotent`` False (the Client's default) and True (the
     middleware then sends an idempotency key: retries may resend it).
 
+``client-stub`` (in-process): the same Client variants as ``client`` below,
+with the connection pool replaced by a stub that answers at once: what each
+variant costs the Client's own CPU per call, without the network and the hub.
+
 ``client`` (loopback): a Client against an EmbeddedServer in another process
 (its echo Fid), ``--concurrency`` greenlets sharing the calls.
     bare          Client.request
     bare+key      Client.request with an idempotency-key header (what a key costs on the wire)
+    noop-middleware  a Client with a middleware that only calls call_next (the pipeline path itself)
     resilient     Client.request under @resilient (defaults)
     middleware    Client(middlewares=[ResilienceMiddleware()]).request (defaults)
     for idempotent False and True; wall microseconds per call, and the
@@ -37,8 +42,12 @@ made before a change), alternating with this tree's rounds, against the same
 server process, and prints both side by side. ``--after DIR`` takes the
 "after" figures (and the server) from DIR instead of this tree.
 
-Run: ``python bench/bench_resilience.py [--calls 10000] [--client-calls 20000]
-[--concurrency 50] [--rounds 5] [--before DIR] [--after DIR] [--sections functions,pipeline,client]``.
+Short samples (``--calls``, ``--client-calls``) in many interleaved rounds
+(``--inner-rounds``) let the best sample find a quiet moment on a busy machine.
+
+Run: ``python bench/bench_resilience.py [--calls 1000] [--client-calls 2000]
+[--concurrency 50] [--rounds 5] [--inner-rounds 20] [--before DIR] [--after DIR]
+[--sections functions,pipeline,client-stub,client]``.
 Writes bench/results/resilience.json.
 """
 
@@ -56,7 +65,7 @@ from typing import Any, Optional
 
 from common import RESULTS, check_code_origin, code_env, cpu_seconds, run_child
 
-SECTIONS = ("functions", "pipeline", "client")
+SECTIONS = ("functions", "pipeline", "client-stub", "client")
 BODY = b"x" * 64
 KEYED = {"idempotency-key": "0123456789abcdef" * 2}  # a request carrying an idempotency key
 
@@ -198,33 +207,56 @@ def client_round(call: Callable[[], Any], calls: int, concurrency: int) -> tuple
     return wall / n * 1e6, cpu / n * 1e6
 
 
-def section_client(port: int, calls: int, concurrency: int, rounds: int) -> dict[str, dict[str, list[float]]]:
+class NoOp:
+    """A middleware that only calls call_next: what the Client's pipeline path itself costs."""
+
+    name = "noop"
+
+    def __call__(self, request: Any, call_next: Any) -> Any:
+        return call_next(request)
+
+
+def client_variants(clients: dict[str, Any], bus: Any, idem: bool) -> dict[str, Callable[[], Any]]:
+    """One call of each Client variant (the same arguments for all)."""
     import functools
 
+    from nexus_green.resilience import resilient
+
+    bare = clients["bare"]
+    return {
+        "bare": functools.partial(bare.request, BODY, 1, idempotent=idem),
+        "bare+key": functools.partial(bare.request, BODY, 1, KEYED, idempotent=idem),
+        "noop-middleware": functools.partial(clients["noop"].request, BODY, 1, idempotent=idem),
+        "resilient": functools.partial(resilient(idempotent=idem, bus=bus)(bare.request), BODY, 1, idempotent=idem),
+        "middleware": functools.partial(clients["middleware"].request, BODY, 1, idempotent=idem),
+    }
+
+
+def make_clients(url: str) -> tuple[dict[str, Any], Any]:
+    """A bare Client, one with a no-op middleware, one with ResilienceMiddleware (defaults); the bare one's bus."""
     from nexus_green import Client
     from nexus_green.events import EventBus
-    from nexus_green.resilience import ResilienceMiddleware, resilient
+    from nexus_green.resilience import ResilienceMiddleware
 
-    url = f"tcp://127.0.0.1:{port}"
-    bus = EventBus()
-    bare = Client(url, heartbeat_interval=None, bus=bus)
-    mw_bus = EventBus()
-    piped = Client(url, heartbeat_interval=None, bus=mw_bus, middlewares=[ResilienceMiddleware(bus=mw_bus)])
+    bus, mw_bus = EventBus(), EventBus()
+    clients = {
+        "bare": Client(url, heartbeat_interval=None, bus=bus),
+        "noop": Client(url, heartbeat_interval=None, bus=bus, middlewares=[NoOp()]),
+        "middleware": Client(url, heartbeat_interval=None, bus=mw_bus, middlewares=[ResilienceMiddleware(bus=mw_bus)]),
+    }
+    return clients, bus
+
+
+def section_client(port: int, calls: int, concurrency: int, rounds: int) -> dict[str, dict[str, list[float]]]:
+    clients, bus = make_clients(f"tcp://127.0.0.1:{port}")
     out: dict[str, dict[str, list[float]]] = {}
     try:
-        for c in (bare, piped):
+        for c in clients.values():
             c.connect()
         for idem in (False, True):
-            calls_of = {
-                "bare": functools.partial(bare.request, BODY, 1, idempotent=idem),
-                "bare+key": functools.partial(bare.request, BODY, 1, KEYED, idempotent=idem),
-                "resilient": functools.partial(
-                    resilient(idempotent=idem, bus=bus)(bare.request), BODY, 1, idempotent=idem
-                ),
-                "middleware": functools.partial(piped.request, BODY, 1, idempotent=idem),
-            }
+            calls_of = client_variants(clients, bus, idem)
             for call in calls_of.values():  # warm-up
-                client_round(call, max(concurrency, calls // 10), concurrency)
+                client_round(call, calls, concurrency)
             wall: dict[str, list[float]] = {name: [] for name in calls_of}
             cpu: dict[str, list[float]] = {name: [] for name in calls_of}
             for _ in range(rounds):
@@ -235,8 +267,40 @@ def section_client(port: int, calls: int, concurrency: int, rounds: int) -> dict
             out[f"idempotent={idem} wall"] = wall
             out[f"idempotent={idem} cpu"] = cpu
     finally:
-        bare.close()
-        piped.close()
+        for c in clients.values():
+            c.close()
+    return out
+
+
+def taking_one(call: Callable[[], Any]) -> Callable[[Any], Any]:
+    """``call`` in the one-argument form :func:`interleave` times."""
+    return lambda _arg: call()
+
+
+def section_client_stub(calls: int, rounds: int) -> dict[str, dict[str, list[float]]]:
+    from nexus_green.protocol.messages import Response
+
+    reply = Response(body=BODY, fid=1)
+
+    class StubPool:
+        """The pool's one call on the request path, answered at once: the Client's own CPU per call."""
+
+        def request_until(self, body: bytes, fid: int, headers: Any, tp: int, until: Any, by_deadline: bool) -> Any:
+            return reply
+
+        def close(self) -> None:
+            pass
+
+    clients, bus = make_clients("tcp://127.0.0.1:9")  # never connected: the pools are replaced
+    for c in clients.values():
+        c.pool.close()
+        c.pool = StubPool()
+    out = {}
+    for idem in (False, True):
+        calls_of = client_variants(clients, bus, idem)
+        out[f"idempotent={idem}"] = interleave(
+            {name: taking_one(call) for name, call in calls_of.items()}, None, calls, rounds
+        )
     return out
 
 
@@ -248,6 +312,8 @@ def child(args: argparse.Namespace) -> int:
         result["functions"] = section_functions(args.calls, args.inner_rounds)
     if "pipeline" in sections:
         result["pipeline"] = section_pipeline(args.calls, args.inner_rounds)
+    if "client-stub" in sections:
+        result["client-stub"] = section_client_stub(args.calls, args.inner_rounds)
     if "client" in sections:
         result["client"] = section_client(args.port, args.client_calls, args.concurrency, args.inner_rounds)
     print(json.dumps(result))
@@ -300,22 +366,29 @@ def table(after: dict[str, Any], before: Optional[dict[str, Any]]) -> list[str]:
                     b = before[section][group]
                     row += f"{b[name]:>10.2f}{b[name] - b['bare']:>11.2f}"
                 lines.append(row)
-            if "middleware" in figures:
-                row = f"{'middleware - resilient':<22}{figures['middleware'] - figures['resilient']:>10.2f}{'':>11}"
+            derived = [("middleware - resilient", lambda f: f["middleware"] - f["resilient"])]
+            if "noop-middleware" in figures:  # the Client's pipeline path, which any middleware pays
+                derived.append(
+                    (
+                        "  minus the pipeline path",
+                        lambda f: f["middleware"] - f["resilient"] - (f["noop-middleware"] - f["bare"]),
+                    )
+                )
+            for label, value_of in derived:
+                row = f"{label:<26}{value_of(figures):>6.2f}{'':>11}"
                 if before is not None:
-                    b = before[section][group]
-                    row += f"{b['middleware'] - b['resilient']:>10.2f}"
+                    row += f"{value_of(before[section][group]):>10.2f}"
                 lines.append(row)
     return lines
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--calls", type=int, default=10000, help="in-process calls per variant per inner round")
-    ap.add_argument("--client-calls", type=int, default=20000, help="Client calls per variant per inner round")
+    ap.add_argument("--calls", type=int, default=1000, help="in-process calls per variant per inner round")
+    ap.add_argument("--client-calls", type=int, default=2000, help="Client calls per variant per inner round")
     ap.add_argument("--concurrency", type=int, default=50, help="greenlets sharing the Client calls")
     ap.add_argument("--rounds", type=int, default=5, help="child processes per tree (alternating with --before)")
-    ap.add_argument("--inner-rounds", type=int, default=3, help="interleaved rounds inside each child")
+    ap.add_argument("--inner-rounds", type=int, default=20, help="interleaved rounds inside each child")
     ap.add_argument("--sections", default=",".join(SECTIONS))
     ap.add_argument("--before", help="a tree to import nexus_green from for the 'before' figures")
     ap.add_argument("--after", help="a tree for the 'after' figures and the server (default: this one)")
