@@ -366,6 +366,56 @@ def test_a_push_flood_does_not_hold_the_hub(io_mode: str) -> None:
         stop_peer(proc)
 
 
+FLOOD_THEN_MEDIUM_PEER = r"""
+import socket, struct, time
+HDR = struct.Struct(">IHHBBIIIH")
+def push(size):
+    return HDR.pack(20 + size, 0x7A5A, 1, 0, 0, 0, 4, 200, 0) + b"m" * size
+tiny = push(16) * 4096
+medium = push(40_000) * 4  # 160 KiB of frames under BIG_FRAME: received through the scratch
+ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(1)
+print(ls.getsockname()[1], flush=True)
+conn, _ = ls.accept()
+try:
+    end = time.monotonic() + 0.7
+    while time.monotonic() < end:
+        conn.sendall(tiny)
+    time.sleep(0.3)
+    for _ in range(30):
+        conn.sendall(medium)
+        time.sleep(0.02)
+    conn.recv(1)  # until the client closes
+except OSError:
+    pass
+conn.close()
+"""
+
+
+def test_reads_of_tiny_frames_shrink_and_grow_back_for_larger_ones() -> None:
+    """Plain TCP reads bring about a thousand frames at most (hub fairness), and grow again for larger frames."""
+    proc, port = spawn_peer(FLOOD_THEN_MEDIUM_PEER)
+    bus = EventBus()
+    reads: list[tuple[int, int]] = []
+    bus.subscribe(lambda e: reads.append((e.attrs["nbytes"], e.attrs["frames"])), prefix="io.received")
+    try:
+        pushes: list[int] = []
+        with Connection(
+            f"tcp://127.0.0.1:{port}", bus=bus, options=opts(), on_push=lambda f: pushes.append(len(f.body))
+        ):
+            assert wait_for(lambda: pushes.count(40_000) == 120, timeout=20), (len(pushes), reads[-5:])
+        tiny_reads = [r for r in reads if r[1] > 100]
+        medium_reads = [r for r in reads if r[0] > 0 and r[1] <= 10]
+        assert len(tiny_reads) > 20, reads[:10]
+        # A full 256 KiB read would bring 6,553 of these 40-byte pushes; after the first few reads
+        # the read size has come down to a thousand-odd frames.
+        settled = tiny_reads[8:]
+        assert max(f for _, f in settled) <= 2048, sorted(settled, reverse=True)[:5]
+        # Reads of 40 KB frames bring a few frames each: the read size grows back past 64 KiB.
+        assert max(n for n, _ in medium_reads) > 64 * 1024, sorted(medium_reads, reverse=True)[:5]
+    finally:
+        stop_peer(proc)
+
+
 # ---------------------------------------------------------------------------------- closing from a woken caller
 def test_a_caller_woken_from_the_read_path_closes_the_connection(io_mode: str) -> None:
     """Five answers arrive in one segment; the first caller woken closes; three requests were never answered."""
