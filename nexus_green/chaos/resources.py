@@ -7,9 +7,10 @@ network faults.
 
 * :class:`MemoryPressure` holds ``mb`` megabytes of touched memory (at most ``max_mb``).
 * :class:`CpuSaturation` runs busy *native* threads for a duty cycle. The
-  busy work is hashing a 4 MB buffer, which releases the GIL, so it takes a
-  core from the process without holding the hub: a busy greenlet would itself
-  be a hub stall, and a pure-Python busy thread would fight the hub for the GIL.
+  busy work is one PBKDF2 call per slice, which OpenSSL runs with the GIL
+  released, so it takes a core from the process without holding the hub: a
+  busy greenlet would itself be a hub stall, and a pure-Python busy thread
+  would fight the hub for the GIL.
   The threads are real OS threads even after ``gevent.monkey.patch_all()``.
 * :class:`FdExhaustion` lowers the soft ``RLIMIT_NOFILE`` to ``limit`` (by
   default the open descriptors plus ``headroom``), opens ``/dev/null`` until
@@ -135,6 +136,14 @@ class MemoryPressure(ResourceFault):
         return f"memory pressure {self.mb} MB"
 
 
+def _rounds_for(seconds: float) -> int:
+    """PBKDF2-SHA256 rounds that take about ``seconds`` of CPU here (measured on 20 000 rounds)."""
+    t0 = time.thread_time()
+    hashlib.pbkdf2_hmac("sha256", b"nexus_green", b"chaos", 20_000)
+    per_round = max(time.thread_time() - t0, 1e-6) / 20_000
+    return max(1000, int(seconds / per_round))
+
+
 class CpuSaturation(ResourceFault):
     """``threads`` native threads each busy ``duty`` of every ``period`` seconds, for at most ``max_seconds``.
 
@@ -181,14 +190,16 @@ class CpuSaturation(ResourceFault):
 
     def _burn(self, done: Any) -> None:
         sleep = monkey.get_original("time", "sleep")
-        data = b"\x5a" * (4 * _MB)  # few Python steps between long GIL-free hashes
         cpu0 = time.thread_time()
         end = time.monotonic() + self.max_seconds
         try:
+            # One PBKDF2 call is one busy slice: OpenSSL runs it with the GIL released, so the
+            # thread takes the GIL back only twice a period (after the slice and after the rest).
+            # Many short hashes would take it back hundreds of times a second, and on a busy
+            # machine each time is a chance for the hub's thread to wait for it.
+            rounds = _rounds_for(self.period * self.duty)
             while not self._stop_flag and time.monotonic() < end:
-                busy_until = time.monotonic() + self.period * self.duty
-                while time.monotonic() < busy_until:
-                    hashlib.sha256(data).digest()  # releases the GIL: CPU taken, hub not held
+                hashlib.pbkdf2_hmac("sha256", b"nexus_green", b"chaos", rounds)
                 rest = self.period * (1.0 - self.duty)
                 if rest > 0:
                     sleep(rest)
@@ -200,9 +211,12 @@ class CpuSaturation(ResourceFault):
 
     def _stop(self) -> None:
         self._stop_flag = True
+        # A thread finishes its current slice (duty x period) and sees the flag. Wait for it
+        # cooperatively and with a bound: a blocking acquire here would hold the hub that long.
+        deadline = time.monotonic() + 5.0
         for done in self._done:
-            # Bounded: a thread finishes its current 4 MB hash (about 10 ms) and sees the flag.
-            done.acquire(True, 5.0)
+            while not done.acquire(False) and time.monotonic() < deadline:
+                gevent.sleep(0.005)
         self._done = []
 
     def describe(self) -> str:

@@ -216,7 +216,7 @@ def scenario(name: str, description: str, expect: str, *steps: Step, tags: tuple
 
 
 def _cpu() -> ResourceFault:
-    return CpuSaturation(duty=0.8, period=0.05, threads=1)
+    return CpuSaturation(duty=0.8, period=0.05, threads=2)
 
 
 def _memory() -> ResourceFault:
@@ -348,7 +348,7 @@ _LIBRARY = [
     ),
     scenario(
         "cpu-saturation",
-        "for 3 s a native thread keeps a core 80% busy, with 5 ms of latency.",
+        "for 3 s two native threads keep both cores 80% busy, with 5 ms of latency.",
         "calls succeed; the hub is not stalled by the busy threads",
         Step(duration=3.0, faults=(latency(0.005),), resources=(_cpu,)),
         tags=("resource",),

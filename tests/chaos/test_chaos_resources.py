@@ -39,15 +39,16 @@ def test_cpu_saturation_burns_a_core_in_native_threads_without_holding_the_hub()
     assert "2 thread(s) busy 90%" in cpu.describe()
 
 
-def test_cpu_saturation_thread_body_stops_on_flag_and_on_its_time_bound() -> None:
+def test_cpu_saturation_thread_body_stops_on_its_time_bound() -> None:
     lock = monkey.get_original("_thread", "allocate_lock")
-    cpu = CpuSaturation(duty=1.0, period=0.01, max_seconds=0.05)
-    cpu._lock = lock()
-    cpu.threads_running = 1
-    done = lock()
-    done.acquire()
-    cpu._burn(done)  # in this thread: ends by max_seconds, duty 1 means no rest
-    assert done.acquire(False) and cpu.threads_running == 0 and cpu.busy_seconds > 0
+    for duty in (1.0, 0.5):  # no rest, and a rest between slices
+        cpu = CpuSaturation(duty=duty, period=0.02, max_seconds=0.3)
+        cpu._lock = lock()
+        cpu.threads_running = 1
+        done = lock()
+        done.acquire()
+        cpu._burn(done)  # in this thread: ends by max_seconds
+        assert done.acquire(False) and cpu.threads_running == 0 and cpu.busy_seconds > 0
     with pytest.raises(ValueError):
         CpuSaturation(duty=0)
 
