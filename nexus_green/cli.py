@@ -163,6 +163,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     from .dashboard.cli import add_commands as add_dashboard_commands
 
     add_dashboard_commands(sub)
+    from .profiling.cli import add_commands as add_profiling_commands  # nexus-green profile (docs/profiling.md)
+
+    add_profiling_commands(sub)
     args = ap.parse_args(argv)
     return int(args.fn(args))
 

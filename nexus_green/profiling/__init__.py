@@ -1,0 +1,1 @@
+"""Profiling tools (an app layer): see docs/profiling.md."""
