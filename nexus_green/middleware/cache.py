@@ -719,6 +719,8 @@ class DiskCache:
         self._index_version: Optional[int] = None  # SQLite data_version when last looked
         self._index_next = float("-inf")  # clock.now() of the next look for other processes' writes
         self._epoch = 0  # bumped in a forked child: the parent's writer greenlet must not touch the child's state
+        self._w_unculled = 0  # the worker's: rows written since it last culled and evicted, and when that was
+        self._w_culled_at = float("-inf")
         _LIVE_DISK_CACHES.add(self)
 
     # The worker side: runs in the dedicated thread, owns the only connection.
@@ -805,8 +807,8 @@ class DiskCache:
         diskcache's ``set`` runs five statements and a page of Python per entry (about 35 us, most of
         it holding the GIL the hub needs); when the table is the one diskcache 5 makes, the batch is
         one multi-row upsert (rows pickled by the writer greenlet, or made by diskcache's own
-        ``Disk.store``), then one cull by size and expiry. The row is the one ``set`` writes, and diskcache's
-        triggers keep its count and size.
+        ``Disk.store``); culling and eviction follow at most once a second (:meth:`_w_maintain`).
+        The row is the one ``set`` writes, and diskcache's triggers keep its count and size.
         """
         failures: list[tuple[str, Exception]] = []
         if not _upsert_fits(cache):
@@ -856,8 +858,7 @@ class DiskCache:
                     for at in range(0, len(rows), _UPSERT_ROWS):
                         chunk = rows[at : at + _UPSERT_ROWS]
                         sql(_upsert(len(chunk)), [field for row in chunk for field in row])
-                cache.cull(retry=False)
-                evicted = self._w_evict(cache)
+                evicted = self._w_maintain(cache, len(rows))
         except BaseException:
             for f in written:  # the rows that named them were rolled back
                 disk.remove(f)
@@ -866,6 +867,21 @@ class DiskCache:
             if f not in written:
                 disk.remove(f)
         return len(rows), evicted, failures
+
+    def _w_maintain(self, cache: diskcache.Cache, rows: int) -> list[str]:
+        """Cull by expiry and size (diskcache) and evict by count, once a second or every max_items/10 rows.
+
+        Each is a few statements and a page of Python holding the GIL; per batch they cost the hub
+        more than the batch itself. Between two passes L2 may hold up to a tenth more than its bounds.
+        """
+        self._w_unculled += rows
+        now = time.monotonic()
+        if self._w_unculled < max(1, self.max_items // 10) and now - self._w_culled_at < 1.0:
+            return []
+        self._w_unculled = 0
+        self._w_culled_at = now
+        cache.cull(retry=False)
+        return self._w_evict(cache)
 
     @staticmethod
     def _w_index(
@@ -1099,9 +1115,9 @@ class DiskCache:
 
         Pickling in the worker would hold the GIL while the hub needs it (Python work in a thread is
         not parallel), so small values are pickled by this greenlet (as tuples of builtins, about
-        1 us each) -- while the queue is less than half full, only when the hub has nothing else to
-        do (``gevent.idle()``, at most 50 ms), a few entries per turn: requests first. Past half
-        full, or when flushing, it does not wait: the queue must drain, or the cache forgets.
+        1 us each), a few per turn, when the hub has nothing else to do (``gevent.idle()``):
+        requests first. A hub that is never idle still gets a turn every 50 ms; past that the
+        queue fills and the cache forgets (``dropped``). Flushing does not wait.
         """
         pickling = self._hub_pickle
         wall = self.clock.wall()
@@ -1110,7 +1126,7 @@ class DiskCache:
         for key, (entry, size) in writing.items():
             blob = None
             if pickling is not None and 0 < size < _HUB_PICKLE_BYTES:
-                if not hurry and turn % _PICKLES_PER_TURN == 0 and 2 * len(self._queued) < self.max_queued:
+                if not hurry and turn % _PICKLES_PER_TURN == 0:
                     with gevent.Timeout(_IDLE_WAIT, False):  # a hub never idle still gets a few written
                         gevent.idle()
                 turn += 1
