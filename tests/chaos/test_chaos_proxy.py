@@ -128,6 +128,29 @@ def test_drop_duplicate_and_reorder(server: Any) -> None:
         assert server.frames_received == 6
 
 
+def test_the_same_traffic_with_the_same_seeds_replays_exactly(server: Any) -> None:
+    def run(injector: FaultInjector) -> tuple[list[int], list[Any]]:
+        with ChaosProxy(server, injector=injector) as proxy, connect(proxy) as c:
+            c.sendall(b"".join(request(q) for q in range(1, 101)))  # the server answers in order
+            proxy.wait_for(lambda p: p.frames_received["downstream"] == 100)
+            got, dec = [], FrameDecoder()
+            c.settimeout(0.3)
+            try:
+                while data := c.recv(65536):
+                    got.extend(dec.feed(data))
+            except TimeoutError:  # everything that was not dropped has arrived
+                pass
+            return [f.qid for f in got], [(d.qid, d.action) for d in injector.log]
+
+    first = FaultInjector()
+    first.add(drop(direction="downstream", probability=0.3, seed=5))
+    first.add(duplicate(direction="downstream", probability=0.1, seed=6))
+    again = first.replayed()
+    qids, log = run(first)
+    assert run(again) == (qids, log)
+    assert 0 < sum(a == "drop" for _, a in log) < 60 and any(a == "duplicate" for _, a in log)
+
+
 def test_upstream_duplicates_are_counted_once_at_the_proxy(server: Any) -> None:
     with ChaosProxy(server) as proxy, connect(proxy) as c:
         with proxy.injector.injected(duplicate(direction="upstream")):
