@@ -111,7 +111,8 @@ def test_chaos_proxy_command_runs_for_a_duration(capsys: Any) -> None:
 
 def test_chaos_proxy_command_stops_on_sigint(capsys: Any) -> None:
     with EmbeddedServer() as server:
-        timer = gevent.spawn_later(0.3, os.kill, os.getpid(), signal.SIGINT)
+        # The modules main() needs are imported above, so its handler is in place well before this fires.
+        timer = gevent.spawn_later(1.0, os.kill, os.getpid(), signal.SIGINT)
         assert main(["chaos", "proxy", "--upstream", f"127.0.0.1:{server.port}", "--listen", "127.0.0.1:0"]) == 0
         timer.join()
     assert "stopped:" in capsys.readouterr().out
