@@ -162,6 +162,8 @@ def make_app(
     def close() -> None:
         unsubscribe()
         client.close()
+        for site in (backend_lookup, dependency_rate):
+            site.cache.close()  # the @cached L2s on disk: three descriptors each
 
     return app, close
 
