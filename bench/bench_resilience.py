@@ -366,6 +366,8 @@ def table(after: dict[str, Any], before: Optional[dict[str, Any]]) -> list[str]:
                     b = before[section][group]
                     row += f"{b[name]:>10.2f}{b[name] - b['bare']:>11.2f}"
                 lines.append(row)
+            if "middleware" not in figures:
+                continue
             derived = [("middleware - resilient", lambda f: f["middleware"] - f["resilient"])]
             if "noop-middleware" in figures:  # the Client's pipeline path, which any middleware pays
                 derived.append(
@@ -455,7 +457,6 @@ def main() -> int:
     print(f"after = nexus_green from {runs['after'][0]['nexus_green_from']}")
     if before is not None:
         print(f"before = nexus_green from {runs['before'][0]['nexus_green_from']}")
-    print("\n".join(table(after, before)))
     results: dict[str, Any] = {
         "command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
         "python": sys.version.split()[0],
@@ -468,6 +469,7 @@ def main() -> int:
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "resilience.json").write_text(json.dumps(results, indent=2) + "\n")
+    print("\n".join(table(after, before)))
     print(f"\nwrote {RESULTS / 'resilience.json'}")
     return 0
 
