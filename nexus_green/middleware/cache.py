@@ -789,11 +789,20 @@ class DiskCache:
         if excess <= 0:
             return []
         column = _ORDER_COLUMN[self.eviction_policy]
-        rows = cache._sql(  # diskcache culls by bytes only; count-based eviction reads its table
-            f"SELECT key FROM Cache WHERE raw = 1 AND key != ? ORDER BY {column} LIMIT ?",
-            (_GENS_KEY, excess),
-        ).fetchall()
-        return [k for (k,) in rows if cache.delete(k, retry=False)]
+        # diskcache culls by bytes only; count-based eviction reads its table. One DELETE for all of
+        # them (its triggers keep count and size), not a delete() -- a page of Python -- per key.
+        with cache.transact(retry=False):
+            rows = cache._sql(
+                f"SELECT rowid, key, filename FROM Cache WHERE raw = 1 AND key != ? ORDER BY {column} LIMIT ?",
+                (_GENS_KEY, excess),
+            ).fetchall()
+            for at in range(0, len(rows), 500):
+                chunk = rows[at : at + 500]
+                cache._sql(f"DELETE FROM Cache WHERE rowid IN ({','.join('?' * len(chunk))})", [r[0] for r in chunk])
+        for _, _, filename in rows:
+            if filename is not None:
+                cache.disk.remove(filename)
+        return [k for _, k, _ in rows]
 
     def _w_set(self, cache: diskcache.Cache, key: str, value: Any, expire: Optional[float]) -> int:
         cache.set(key, value, expire=expire, retry=False)

@@ -392,6 +392,19 @@ def test_batch_writes_leave_a_database_diskcache_finds_consistent(tmp_path: Path
         assert len(files) == sum(1 for i in range(50) if (i % 3 == 0) != (i % 2 == 1))
     finally:
         raw.close()
+    # Eviction by count (one DELETE) removes the files of the rows it evicts too.
+    l2 = DiskCache(d, disk_min_file_size=1024, max_items=20)
+    for i in range(50, 60):
+        l2.set(f"k{i}", large)
+    assert l2.flush(5) and l2.counters.evictions == 40 and len(l2) == 20
+    l2.close()
+    raw = diskcache.Cache(d)
+    try:
+        assert raw.check() == [] and len(raw) == 20
+        files = glob.glob(os.path.join(d, "*", "*", "*.val"))
+        assert len(files) == sum(1 for k in raw.iterkeys() if len(cache_module._unpack(raw.get(k)).value) > 1)  # type: ignore[union-attr]
+    finally:
+        raw.close()
 
 
 def test_entries_stored_by_the_previous_version_still_read(tmp_path: Path) -> None:
