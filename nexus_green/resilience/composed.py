@@ -84,6 +84,13 @@ def compose(
 
     ``timeout`` must be a fixed (not adaptive) policy: it gives the error and
     the name of a timed-out attempt, the caller gives its ``seconds``.
+
+    Example::
+
+        >>> from nexus_green.resilience.timeouts import TimeoutPolicy
+        >>> run = compose(breaker=None, retry=None, timeout=TimeoutPolicy(5.0), keys=False, overall=None)
+        >>> run(divmod, 1.0, False, (7, 2), {})   # one attempt of divmod(7, 2), within 1 s
+        (3, 1)
     """
     if timeout is not None and timeout.adaptive is not None:
         raise ValueError("compose() takes a fixed request timeout; an adaptive one takes Resilient.run")
