@@ -21,8 +21,8 @@ rule                       fires when
 ``pool_too_small``         a checkout failed (PoolExhausted), checkouts waited
                            1 ms or more on average, or the concurrency is above
                            the pool's capacity (connections x in-flight)
-``middleware_dominates``   one middleware holds >= 50 % of >= 20 samples
-                           taken inside ``Client.request``
+``middleware_dominates``   one middleware holds >= 50 % of the time sampled
+                           inside ``Client.request`` (0.1 s of it at least)
 =========================  ====================================================
 
 Example::
@@ -66,24 +66,24 @@ TINY_MIN_SIZE = 256
 COMPRESSION_CPU_SHARE = 0.05
 CHECKOUT_WAIT = 0.001
 MIDDLEWARE_SHARE = 0.5
-MIDDLEWARE_MIN_SAMPLES = 20
+MIDDLEWARE_MIN_SECONDS = 0.1
 FRAME_HEADER = 24  # bytes of the NexusKit frame prefix
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HotSpot:
-    """A function's share of the samples: ``self_share`` in its own code, ``total_share`` with its callees.
+    """A function's share of the sampled time: ``self_share`` in its own code, ``total_share`` with its callees.
 
     Example::
 
-        >>> HotSpot(function="m.f", self_share=0.25, total_share=0.5, samples=10).function
+        >>> HotSpot(function="m.f", self_share=0.25, total_share=0.5, seconds=0.1).function
         'm.f'
     """
 
     function: str
     self_share: float
     total_share: float
-    samples: int
+    seconds: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,8 +111,8 @@ class ProfilingReport:
 
     ``decoder_share`` / ``compression_share`` are the shares of request
     samples in the frame decoder and in compression code;
-    ``middleware`` maps middleware names to their share of the samples taken
-    inside ``Client.request``, over ``request_samples`` samples;
+    ``middleware`` maps middleware names to their share of the time sampled
+    inside ``Client.request``, ``request_seconds`` in all;
     ``pool`` is a pool's ``stats()`` and ``capacity`` its connections x
     in-flight limit; ``compression_min_size`` is the compression
     middleware's ``min_size`` (None: no compression).
@@ -134,7 +134,7 @@ class ProfilingReport:
     decoder_share: float = 0.0
     compression_share: float = 0.0
     middleware: dict[str, float] = field(default_factory=dict)
-    request_samples: int = 0
+    request_seconds: float = 0.0
     throughput: Optional[float] = None
     notes: list[str] = field(default_factory=list)
 
@@ -158,14 +158,15 @@ class ProfilingReport:
             report.samples = sampler.samples
             report.interval = sampler.interval
             report.seconds = sampler.elapsed
-            total = max(1, sampler.samples)
+            stacks = sampler.code_stacks()
+            total = max(1, sum(stacks.values()))
             report.hot_spots = [
-                HotSpot(function=f, self_share=own / total, total_share=all_ / total, samples=own)
+                HotSpot(function=f, self_share=own / total, total_share=all_ / total, seconds=own / 1e6)
                 for f, own, all_ in sampler.functions()[:limit]
             ]
             report.greenlets = {k: v / total for k, v in sampler.greenlets().most_common()}
-            stacks = sampler.code_stacks()
-            report.middleware, report.request_samples = middleware_shares(stacks)
+            report.middleware, inside = middleware_shares(stacks)
+            report.request_seconds = inside / 1e6
             report.decoder_share = file_share(stacks, ("protocol/frames.py",))
             report.compression_share = file_share(stacks, ("protocol/compression.py", "middleware/compression.py"))
             if sampler.errors:
@@ -210,7 +211,7 @@ class ProfilingReport:
             "pool": self.pool,
             "capacity": self.capacity,
             "middleware": {k: round(v, 4) for k, v in self.middleware.items()},
-            "request_samples": self.request_samples,
+            "request_seconds": round(self.request_seconds, 4),
             "decoder_share": round(self.decoder_share, 4),
             "compression_share": round(self.compression_share, 4),
             "suggestions": [s.as_dict() for s in self.suggestions()],
@@ -323,12 +324,12 @@ def _is_middleware(code: Any) -> bool:
 
 
 def middleware_shares(stacks: Counter[tuple[Any, ...]]) -> tuple[dict[str, float], int]:
-    """Each middleware's share of the samples inside ``Client.request`` (its own code and what it calls, not the wire).
+    """Each middleware's share of the sampled time inside ``Client.request`` (its own code and what it calls, not the wire).
 
     A sample inside the request belongs to the innermost middleware
     ``__call__`` on its stack, unless the stack has reached the Client's
     terminal handler (the wire), which is nobody's. Returns the shares and
-    how many samples were inside a request.
+    the weight (microseconds) sampled inside a request.
 
     Example::
 
@@ -456,14 +457,14 @@ def pool_too_small(r: ProfilingReport) -> Optional[Suggestion]:
 
 def middleware_dominates(r: ProfilingReport) -> Optional[Suggestion]:
     """One middleware takes most of the time of a call."""
-    if r.request_samples < MIDDLEWARE_MIN_SAMPLES or not r.middleware:
+    if r.request_seconds < MIDDLEWARE_MIN_SECONDS or not r.middleware:
         return None
     name, share = max(r.middleware.items(), key=lambda kv: kv[1])
     if share < MIDDLEWARE_SHARE:
         return None
     return Suggestion(
         rule="middleware_dominates",
-        finding=f"{name} holds {share * 100:.0f}% of {r.request_samples} samples inside Client.request",
+        finding=f"{name} holds {share * 100:.0f}% of the {r.request_seconds:.2f} s sampled inside Client.request",
         advice=f"look at {name}'s hot spots above: its own work costs more than the round trip",
     )
 

@@ -16,10 +16,20 @@ labels the sample with its name (numbered gevent names such as
 too slow for a 5 ms period, and a parked greenlet uses no CPU.
 
 A sample is a tuple of code objects (cheap to take; names are formatted once
-at export), counted in a dict: memory grows with the number of distinct
-stacks, not with time. Outputs: :meth:`~SamplingProfiler.collapsed`
-(Brendan Gregg's flamegraph.pl input, one ``root;...;leaf count`` line per
-stack) and :meth:`~SamplingProfiler.speedscope` (the sampled-profile format of
+at export) and is weighted by the time since the previous sample, in
+microseconds, added up in a dict: memory grows with the number of distinct
+stacks, not with time. The weighting matters: the sampler needs the GIL to
+sample, and a thread busy in Python hands it over only every
+``sys.getswitchinterval()`` (5 ms), while an idle hub (in ``epoll_wait``,
+GIL released) can be sampled at every tick; counting samples would
+over-weight idle time, adding the elapsed time does not. While it runs, the
+sampler lowers the interpreter's switch interval (``sys.setswitchinterval``)
+to a tenth of its own interval (0.5 ms for 5 ms), and restores it on stop:
+with the default 5 ms a sample waited up to 5 ms for the GIL and then landed
+where the busy thread released it by itself (a ``send``), which credited that
+system call with time spent elsewhere. Outputs: :meth:`~SamplingProfiler.collapsed`
+(Brendan Gregg's flamegraph.pl input, one ``root;...;leaf microseconds``
+line per stack) and :meth:`~SamplingProfiler.speedscope` (the sampled-profile format of
 https://www.speedscope.app/file-format-schema.json, weights in seconds).
 
 Overhead: bench/bench_profiler_overhead.py measures a Client workload with
@@ -36,6 +46,8 @@ Example::
     ...     gevent.spawn(spin).join()
     >>> prof.samples > 0, any("spin" in line for line in prof.collapsed().splitlines())
     (True, True)
+    >>> sum(prof.stacks().values()) / 1e6 <= prof.elapsed   # weights: seconds seen, in microseconds
+    True
 """
 
 from __future__ import annotations
@@ -87,7 +99,8 @@ def greenlet_label(g: Any) -> str:
     Example::
 
         >>> import gevent
-        >>> greenlet_label(gevent.get_hub()), greenlet_label(gevent.Greenlet(name="Greenlet-17")), greenlet_label(None)
+        >>> g = gevent.Greenlet(); g.name = "Greenlet-17"
+        >>> greenlet_label(gevent.get_hub()), greenlet_label(g), greenlet_label(None)
         ('Hub', 'Greenlet', 'main')
     """
     if g is None or getattr(g, "parent", 0) is None:
@@ -141,9 +154,11 @@ class SamplingProfiler:
         self._stop_lock: Any = None
         self._done_lock: Any = None
         self._previous_trace: Any = None
+        self._switch: Optional[tuple[float, float]] = None  # (the switch interval before, the one set)
         self._started_at = 0.0
         self.elapsed = 0.0
-        self.samples = 0
+        self.thread_id: Optional[int] = None  # the sampler thread's ident, once it runs
+        self.samples = 0  # stacks taken (their weights add up to the time covered)
         self.ticks = 0
         self.errors = 0
 
@@ -158,18 +173,24 @@ class SamplingProfiler:
         if self._stop_lock is not None:
             raise SamplerError("the sampler is already running")
         self._target = _get_ident()
+        self.thread_id = None
         self._current = greenlet.getcurrent()
         self._previous_trace = greenlet.settrace(self._on_switch)
         stop, done = _allocate_lock(), _allocate_lock()
         stop.acquire()
         done.acquire()
         self._stop_lock, self._done_lock = stop, done
+        before = sys.getswitchinterval()
+        wanted = min(before, self.interval / 10)
+        sys.setswitchinterval(wanted)
+        self._switch = (before, sys.getswitchinterval())
         self._started_at = time.perf_counter()
         try:
             _start_new_thread(self._run, (stop, done))
         except BaseException:
             self._stop_lock = self._done_lock = None
             greenlet.settrace(self._previous_trace)
+            self._restore_switch()
             raise
         return self
 
@@ -185,7 +206,13 @@ class SamplingProfiler:
         greenlet.settrace(self._previous_trace)
         self._previous_trace = None
         self._current = None
+        self._restore_switch()
         self.elapsed += time.perf_counter() - self._started_at
+
+    def _restore_switch(self) -> None:
+        switch, self._switch = self._switch, None
+        if switch is not None and sys.getswitchinterval() == switch[1]:  # unless someone else changed it since
+            sys.setswitchinterval(switch[0])
 
     def __enter__(self) -> SamplingProfiler:
         return self.start()
@@ -202,16 +229,24 @@ class SamplingProfiler:
             previous(event, args)
 
     def _run(self, stop: Any, done: Any) -> None:
+        self.thread_id = _get_ident()
         try:
             interval, target, counts, depth = self.interval, self._target, self._counts, self.max_depth
             current_frames = sys._current_frames
+            clock = time.perf_counter
+            # A gap longer than two intervals is this thread descheduled (a busy machine), not the
+            # profiled code's time at the stack found when it runs again: it counts as two intervals.
+            cap = 2 * interval
+            last = clock()
             while not stop.acquire(True, interval):
                 self.ticks += 1
+                now = clock()
+                weight, last = int(min(now - last, cap) * 1e6), now
                 frame = current_frames().get(target)
                 if frame is None:
                     continue
                 try:
-                    counts[self._sample(frame, depth)] += 1
+                    counts[self._sample(frame, depth)] += weight
                     self.samples += 1
                 except Exception:  # a sample must never kill the sampler; counted for the report
                     self.errors += 1
@@ -229,16 +264,6 @@ class SamplingProfiler:
         return tuple(codes)
 
     # ------------------------------------------------------------------ results
-    @property
-    def period(self) -> float:
-        """Measured seconds per sample (``elapsed / samples``; ``interval`` before any sample).
-
-        A sampler thread needs the GIL to sample, and a busy thread hands it
-        over only every ``sys.getswitchinterval()`` (5 ms), so the real period
-        can be longer than ``interval``; speedscope weights use this one.
-        """
-        return self.elapsed / self.samples if self.samples and self.elapsed > 0 else self.interval
-
     def clear(self) -> None:
         """Forget every sample taken so far."""
         self._counts.clear()
@@ -246,7 +271,7 @@ class SamplingProfiler:
         self.elapsed = 0.0
 
     def stacks(self) -> Counter[tuple[str, ...]]:
-        """The samples as ``{(greenlet label, outermost frame, ..., innermost frame): count}``."""
+        """The samples as ``{(greenlet label, outermost frame, ..., innermost frame): microseconds}``."""
         out: Counter[tuple[str, ...]] = Counter()
         names: dict[Any, str] = {}
         for stack, n in list(self._counts.items()):
@@ -260,11 +285,11 @@ class SamplingProfiler:
         return out
 
     def code_stacks(self) -> Counter[tuple[Any, ...]]:
-        """The samples as taken: ``{(greenlet label, outermost code object, ..., innermost): count}`` (a copy)."""
+        """The samples as taken: ``{(greenlet label, outermost code object, ..., innermost): microseconds}`` (a copy)."""
         return Counter(dict(list(self._counts.items())))
 
     def functions(self) -> list[tuple[str, int, int]]:
-        """``(function, self samples, total samples)`` for every function seen, most self time first.
+        """``(function, self microseconds, total microseconds)`` for every function seen, most self time first.
 
         Example::
 
@@ -282,14 +307,14 @@ class SamplingProfiler:
         return sorted(((f, own[f], total[f]) for f in total), key=lambda t: (-t[1], -t[2], t[0]))
 
     def greenlets(self) -> Counter[str]:
-        """Samples per greenlet label."""
+        """Microseconds per greenlet label."""
         out: Counter[str] = Counter()
         for stack, n in list(self._counts.items()):
             out[stack[0]] += n
         return out
 
     def collapsed(self) -> str:
-        """The samples in collapsed-stack form (flamegraph.pl, speedscope, inferno): ``root;...;leaf count`` lines.
+        """The samples in collapsed-stack form (flamegraph.pl, speedscope, inferno): ``root;...;leaf microseconds`` lines.
 
         Example::
 
@@ -305,6 +330,9 @@ class SamplingProfiler:
 
     def speedscope(self, name: str = "nexus_green sampling profile") -> dict[str, Any]:
         """The samples as a speedscope file (one sampled profile, weights in seconds), ready for ``json.dump``.
+
+        Speedscope's sampled profile lists each distinct stack once with its
+        weight (the time it was seen running), which is what the sampler keeps.
 
         Example::
 
@@ -327,10 +355,9 @@ class SamplingProfiler:
 
         samples: list[list[int]] = []
         weights: list[float] = []
-        period = self.period
-        for stack, n in sorted(self._counts.items(), key=lambda kv: -kv[1]):
+        for stack, micros in sorted(self._counts.items(), key=lambda kv: -kv[1]):
             samples.append([frame_index(part) for part in stack])
-            weights.append(n * period)
+            weights.append(micros / 1e6)
         end = sum(weights)
         return {
             "$schema": SPEEDSCOPE_SCHEMA,
