@@ -874,6 +874,10 @@ class Connection:
         """
         if not self.connected:
             self._wait_ready(until, by_deadline)
+        if type(body) is not bytes:
+            # A bytearray could change while queued, and a memoryview of wider items
+            # would make len() count items, not bytes: one copy settles both.
+            body = bytes(body)
         session = self.session
         if headers:
             if self.options.strict:

@@ -50,6 +50,7 @@ from ..errors import (
     ConnectTimeout,
     DNSError,
     NexusError,
+    UsageError,
 )
 from ..events import EventBus, default_bus
 from ..greenlets import spawn
@@ -258,6 +259,11 @@ class Stream:
         """
         return self._raw is not None
 
+    def _not_nonblocking(self, what: str) -> NexusError:
+        if self._sock is None:
+            return ConnectionLost(f"{what} on closed stream to {self.label}")
+        return UsageError(f"{what} without waiting needs a plain TCP stream; {self.label} is TLS (use recv/sendall)")
+
     def watch(self, *, write: bool = False) -> Any:
         """A hub I/O watcher for readability (or writability) of this stream, closed with it.
 
@@ -295,7 +301,7 @@ class Stream:
         """
         raw = self._raw
         if raw is None:
-            raise ConnectionLost(f"recv on closed stream to {self.label}")
+            raise self._not_nonblocking("recv")
         try:
             n: int = raw.recv_into(buf)
         except (BlockingIOError, InterruptedError):
@@ -320,7 +326,7 @@ class Stream:
         """
         raw = self._raw
         if raw is None:
-            raise ConnectionLost(f"send on closed stream to {self.label}")
+            raise self._not_nonblocking("send")
         try:
             n: int = raw.sendmsg(buffers)
         except (BlockingIOError, InterruptedError):
@@ -348,7 +354,7 @@ class Stream:
         """
         raw = self._raw
         if raw is None:
-            raise ConnectionLost(f"send on closed stream to {self.label}")
+            raise self._not_nonblocking("sendfile")
         try:
             n: int = os.sendfile(raw.fileno(), fd, offset, count)
         except (BlockingIOError, InterruptedError):

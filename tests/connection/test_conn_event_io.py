@@ -834,3 +834,13 @@ def test_links_in_two_threads_each_read_into_their_own_scratch() -> None:
 def test_module_passes_under_patch_all() -> None:
     run = run_module_patched(__file__)
     assert run.returncode == 0, run.report()
+
+
+def test_a_memoryview_of_wide_items_is_sent_as_its_bytes(io_mode: str) -> None:
+    """Found by review: len() of a memoryview over array('i') counts items, so the length field was wrong."""
+    import array
+
+    body = array.array("i", range(1000))  # 4,000 bytes, 1,000 items
+    with EmbeddedServer() as server, Connection(server.url, options=opts()) as conn:
+        assert conn.request(memoryview(body), fid=1, timeout=5).body == body.tobytes()
+        assert conn.request(b"after", fid=1, timeout=5).body == b"after"  # the framing held

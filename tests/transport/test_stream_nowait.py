@@ -338,5 +338,23 @@ def test_sendfile_nowait_full_socket_and_closed_stream(pair: tuple[Stream, Any],
             pass  # fill the socket
         assert s.sendfile_nowait(f.fileno(), 0, 65536) == -1  # the kernel is full: nothing taken
         s.close()
-        with pytest.raises(ConnectionLost, match="send on closed stream to pair"):
+        with pytest.raises(ConnectionLost, match="sendfile on closed stream to pair"):
             s.sendfile_nowait(f.fileno(), 0, 10)
+
+
+def test_nowait_calls_on_a_tls_stream_say_it_is_tls_not_closed() -> None:
+    """Found by review: a TLS stream is open, so 'closed stream' was the wrong message."""
+    from nexus_green.errors import UsageError
+
+    stream = Stream.__new__(Stream)
+    stream._sock = object()  # an open socket that is not a plain gevent socket (as SSLSocket)
+    stream._raw = None
+    stream.label = "tls-peer"
+    stream._watchers = []
+    for call in (
+        lambda: stream.recv_into_nowait(memoryview(bytearray(4))),
+        lambda: stream.sendmsg_nowait([b"x"]),
+        lambda: stream.sendfile_nowait(0, 0, 1),
+    ):
+        with pytest.raises(UsageError, match="needs a plain TCP stream; tls-peer is TLS"):
+            call()
