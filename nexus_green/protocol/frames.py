@@ -237,12 +237,13 @@ def encode_request_parts(
         >>> body is big, prefix + body == encode_request(1, 2, big)
         (True, True)
     """
-    if len(body) < SEPARATE_BODY:
-        return encode_request(qid, fid, body, tp=tp, header_block=header_block)  # type: ignore[arg-type]
     if type(body) is not bytes:
         # A bytearray (or a view of one) can change after the call returns, while
-        # the frame still waits in the queue: only an immutable body is sent in place.
+        # the frame still waits in the queue, and len() of a view of wide items
+        # counts items: only an immutable bytes body is measured and sent in place.
         body = bytes(body)
+    if len(body) < SEPARATE_BODY:
+        return encode_request(qid, fid, body, tp=tp, header_block=header_block)
     return encode_request(qid, fid, b"", tp=tp, header_block=header_block, body_length=len(body)), body
 
 
