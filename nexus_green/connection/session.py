@@ -83,7 +83,8 @@ class Cancellable(Protocol):
 # timer (to cancel it); it hands the waiter back and never calls it. The frame
 # bytes let the connection take an expired request's frame back out of its
 # write queue when it was never written (then it is certainly not sent).
-Pending = tuple[Any, int, float, Optional[Cancellable], Any, bool]  # (waiter, fid, sent_at, timer, queued frame, by_deadline)
+# (waiter, fid, sent_at, timer, queued frame, by_deadline)
+Pending = tuple[Any, int, float, Optional[Cancellable], Any, bool]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

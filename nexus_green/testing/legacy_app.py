@@ -163,7 +163,7 @@ def make_app(
         unsubscribe()
         client.close()
         for site in (backend_lookup, dependency_rate):
-            site.cache.close()  # the @cached L2s on disk: three descriptors each
+            site.cache.close()  # type: ignore[attr-defined]  # the @cached L2s on disk: three descriptors each
 
     return app, close
 
