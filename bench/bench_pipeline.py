@@ -125,18 +125,15 @@ def cpu_per_call(n: int) -> dict[str, float]:
 
     reply = Response(body=BODY, fid=1)
 
-    class StubConn:
-        def request(self, body: bytes, fid: int, headers: Any = None, timeout: Any = None, tp: int = 0) -> Response:
+    class StubPool:
+        """What Client.request calls on its pool (request_until), answering at once."""
+
+        def request_until(
+            self, body: bytes, fid: int, headers: Any, tp: int, until: Any, by_deadline: bool = False
+        ) -> Response:
             return reply
 
-    class StubPool:
-        _waiters = 0
-        conn = StubConn()
-
-        def acquire(self) -> StubConn:
-            return self.conn
-
-        def close(self) -> None:
+        def close(self, drain: float = 0.0) -> None:
             pass
 
     out: dict[str, float] = {}
