@@ -29,6 +29,7 @@ BENCHES = [
     ["bench_seed_targets.py"],
     ["bench_idle_memory.py"],
     ["bench_copies.py"],
+    ["bench_full_stack.py"],
     ["bench_dashboard_push.py", "--rounds", "10"],
 ]
 
