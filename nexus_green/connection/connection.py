@@ -1452,8 +1452,13 @@ class Connection:
             while True:
                 buf = decoder.get_buffer(scratch)
                 small = buf.obj is scratch  # else a big frame's own buffer: read all the kernel has of it
-                if small and len(buf) > self._read_size:
-                    buf = buf[: self._read_size]
+                if small:
+                    if decoder.last_big and decoder.buffered < 24:
+                        # Big frames come in a row: read only the next prefix, so the
+                        # body goes to its own buffer without a detour through the scratch.
+                        buf = buf[: 24 - decoder.buffered]
+                    elif len(buf) > self._read_size:
+                        buf = buf[: self._read_size]
                 n = stream.recv_into_nowait(buf)
                 if n <= 0:
                     if n < 0:

@@ -338,6 +338,10 @@ class FrameDecoder:
         # Frames completed by the failing feed before its malformed bytes.
         self.salvaged: list[RawFrame] = []
         self.frames_decoded = 0
+        # True when the last frame completed was a big one: a reader can then read
+        # just the next prefix, so the next big body lands in its own buffer at once
+        # instead of being copied there from the scratch (see Connection._on_readable).
+        self.last_big = False
 
     @property
     def buffered(self) -> int:
@@ -461,6 +465,7 @@ class FrameDecoder:
         out.append((qid, fid, code, tp, res, ver, body, headers))
         self._offset += 4 + length
         self.frames_decoded += 1
+        self.last_big = True
         return True
 
     def _parse(self, src: bytes | bytearray | memoryview, n: int, out: list[RawFrame]) -> None:
@@ -527,6 +532,8 @@ class FrameDecoder:
                 pos = end
             if n - pos >= 4:
                 self._check_prefix(src, pos, n)
+            if len(out) > first:
+                self.last_big = False
         except RemoteProtocolError:
             # The frames complete before the malformed bytes are not lost: a
             # caller that still wants them (the connection delivers them
