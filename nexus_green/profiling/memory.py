@@ -34,8 +34,14 @@ from dataclasses import dataclass
 
 __all__ = ["AllocationSite", "MemoryProfiler"]
 
-# tracemalloc and this module allocate to take the snapshot itself: not the program's memory.
-_IGNORED = (tracemalloc.__file__, linecache.__file__, __file__, "<frozen importlib._bootstrap>", "<unknown>")
+# tracemalloc and the profilers allocate to take the snapshot itself: not the program's memory.
+_IGNORED = (
+    tracemalloc.__file__,
+    linecache.__file__,
+    os.path.join(os.path.dirname(__file__), "*"),
+    "<frozen importlib._bootstrap>",
+    "<unknown>",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -6,14 +6,28 @@ seconds (5 ms by default) it reads ``sys._current_frames()`` for the thread
 that started it (the hub's thread) and records that thread's running stack,
 which is the stack of whichever greenlet is running there at that moment.
 
-``greenlet.getcurrent()`` answers for the calling thread only, so the
-running greenlet is learnt without tracing every call: a
-``greenlet.settrace`` switch hook (it runs once per greenlet switch, not per
-call) stores the greenlet switched to; the sampler reads that reference and
-labels the sample with its name (numbered gevent names such as
-``Greenlet-12`` collapse to ``Greenlet`` so stacks group; the hub is
-``Hub``). Parked greenlets are not walked per sample: enumerating them is
-too slow for a 5 ms period, and a parked greenlet uses no CPU.
+Each sample is labelled with its greenlet, two ways:
+
+* by default, by the function the greenlet's stack starts in
+  (:func:`entry_label`: gevent's ``Greenlet.run`` is compiled, so a
+  greenlet's outermost Python frame is the function it was spawned with;
+  the hub is ``Hub``). It costs nothing between samples.
+* ``greenlet_names=True``: by the greenlet's name. ``greenlet.getcurrent()``
+  answers for the calling thread only, so the running greenlet is learnt
+  from a ``greenlet.settrace`` switch hook (no ``sys.settrace``: it runs once
+  per switch, not per call) that stores each switch; the sampler reads the
+  last one and labels the sample with the target's name (numbered gevent
+  names such as ``Greenlet-12`` collapse to ``Greenlet``; the hub is
+  ``Hub``). The hook is a dict's ``__setitem__`` (``switches[event] =
+  (origin, target)``), a C call, about 230 ns per switch where a Python
+  function cost about 400 ns; but a busy client switches twice per request,
+  hundreds of thousands of times a second, which made the hook the larger
+  part of the sampler's cost (docs/profiling.md), hence opt-in. Switches form
+  one chain (each event's origin is the previous event's target), which
+  orders a rare ``throw`` (a kill) against the last ``switch``.
+
+Parked greenlets are not walked per sample: enumerating them is too slow for
+a 5 ms period, and a parked greenlet uses no CPU.
 
 A sample is a tuple of code objects (cheap to take; names are formatted once
 at export) and is weighted by the time since the previous sample, in
@@ -64,7 +78,15 @@ from typing import Any, Optional
 import greenlet
 from gevent import monkey
 
-__all__ = ["SamplingProfiler", "SamplerError", "frame_label", "greenlet_label", "SPEEDSCOPE_SCHEMA", "parse_collapsed"]
+__all__ = [
+    "SamplingProfiler",
+    "SamplerError",
+    "entry_label",
+    "frame_label",
+    "greenlet_label",
+    "SPEEDSCOPE_SCHEMA",
+    "parse_collapsed",
+]
 
 SPEEDSCOPE_SCHEMA = "https://www.speedscope.app/file-format-schema.json"
 DEFAULT_INTERVAL = 0.005
@@ -113,6 +135,26 @@ def greenlet_label(g: Any) -> str:
     return _NUMBERED.sub("", name)
 
 
+def entry_label(code: Optional[CodeType]) -> str:
+    """The label of a greenlet by the function its stack starts in (the default, free of any hook): ``Hub`` for the hub.
+
+    gevent's ``Greenlet.run`` is compiled, so a greenlet's outermost Python
+    frame is the function it was spawned with.
+
+    Example::
+
+        >>> import gevent
+        >>> entry_label(gevent.get_hub().run.__code__), entry_label(entry_label.__code__), entry_label(None)
+        ('Hub', 'sampler.entry_label', 'main')
+    """
+    if code is None:
+        return "main"
+    qualname = getattr(code, "co_qualname", code.co_name)
+    if qualname == "Hub.run":
+        return "Hub"
+    return frame_label(code)
+
+
 def frame_label(code: CodeType) -> str:
     """How a code object appears in the stacks: ``module.qualname`` (file stem for scripts).
 
@@ -137,23 +179,27 @@ class SamplingProfiler:
 
     Example::
 
-        >>> prof = SamplingProfiler(interval=0.001)
+        >>> prof = SamplingProfiler(interval=0.001, greenlet_names=True)
         >>> _ = prof.start(); time.sleep(0.05); prof.stop()
         >>> prof.running, prof.samples > 0, prof.stacks().most_common(1)[0][0][0]
         (False, True, 'main')
     """
 
-    def __init__(self, interval: float = DEFAULT_INTERVAL, *, max_depth: int = MAX_DEPTH) -> None:
+    def __init__(
+        self, interval: float = DEFAULT_INTERVAL, *, greenlet_names: bool = False, max_depth: int = MAX_DEPTH
+    ) -> None:
         if not interval > 0:
             raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
         self.interval = float(interval)
+        self.greenlet_names = greenlet_names
         self.max_depth = max_depth
         self._counts: Counter[tuple[Any, ...]] = Counter()
-        self._current: Any = None
+        self._switches: dict[str, tuple[Any, Any]] = {}  # the switch hook's stores: event -> (origin, target)
         self._target = 0
         self._stop_lock: Any = None
         self._done_lock: Any = None
         self._previous_trace: Any = None
+        self._hooked = False
         self._switch: Optional[tuple[float, float]] = None  # (the switch interval before, the one set)
         self._started_at = 0.0
         self.elapsed = 0.0
@@ -174,8 +220,14 @@ class SamplingProfiler:
             raise SamplerError("the sampler is already running")
         self._target = _get_ident()
         self.thread_id = None
-        self._current = greenlet.getcurrent()
-        self._previous_trace = greenlet.settrace(self._on_switch)
+        self._switches.clear()
+        self._switches["switch"] = (None, greenlet.getcurrent())
+        self._hooked = self.greenlet_names
+        if self._hooked:
+            previous = greenlet.gettrace()
+            self._previous_trace = greenlet.settrace(
+                self._switches.__setitem__ if previous is None else self._on_switch
+            )
         stop, done = _allocate_lock(), _allocate_lock()
         stop.acquire()
         done.acquire()
@@ -189,7 +241,7 @@ class SamplingProfiler:
             _start_new_thread(self._run, (stop, done))
         except BaseException:
             self._stop_lock = self._done_lock = None
-            greenlet.settrace(self._previous_trace)
+            self._unhook()
             self._restore_switch()
             raise
         return self
@@ -203,11 +255,15 @@ class SamplingProfiler:
         stop.release()
         # The thread ends within one sample; a bounded wait, so a wedged thread can never hang the caller.
         done.acquire(True, max(1.0, 10 * self.interval))
-        greenlet.settrace(self._previous_trace)
-        self._previous_trace = None
-        self._current = None
+        self._unhook()
         self._restore_switch()
         self.elapsed += time.perf_counter() - self._started_at
+
+    def _unhook(self) -> None:
+        if self._hooked:
+            greenlet.settrace(self._previous_trace)
+            self._previous_trace = None
+            self._hooked = False
 
     def _restore_switch(self) -> None:
         switch, self._switch = self._switch, None
@@ -221,9 +277,8 @@ class SamplingProfiler:
         self.stop()
 
     def _on_switch(self, event: str, args: Any) -> None:
-        # Runs in the profiled thread at every switch (and throw): one store, then the previous hook.
-        if event == "switch" or event == "throw":
-            self._current = args[1]
+        # The hook when another one was installed first: the same store, then that hook.
+        self._switches[event] = args
         previous = self._previous_trace
         if previous is not None:
             previous(event, args)
@@ -256,12 +311,25 @@ class SamplingProfiler:
 
     def _sample(self, frame: Optional[FrameType], depth: int) -> tuple[Any, ...]:
         codes: list[Any] = []
-        while frame is not None and len(codes) < depth:
-            codes.append(frame.f_code)
+        code = None
+        while frame is not None:
+            code = frame.f_code
+            if len(codes) < depth:
+                codes.append(code)
             frame = frame.f_back
-        codes.append(greenlet_label(self._current))
+        codes.append(greenlet_label(self._running()) if self._hooked else entry_label(code))
         codes.reverse()
         return tuple(codes)
+
+    def _running(self) -> Any:
+        """The greenlet the last switch (or throw) went to."""
+        switched = self._switches.get("switch")
+        thrown = self._switches.get("throw")
+        if thrown is None or switched is None:
+            return (switched or thrown or (None, None))[1]
+        if switched[0] is not thrown[1] and thrown[0] is switched[1]:
+            return thrown[1]  # thrown from where the last switch went, and no switch since left its target
+        return switched[1]
 
     # ------------------------------------------------------------------ results
     def clear(self) -> None:

@@ -16,6 +16,7 @@ from nexus_green.profiling.sampler import (
     SPEEDSCOPE_SCHEMA,
     SamplerError,
     SamplingProfiler,
+    entry_label,
     frame_label,
     greenlet_label,
     parse_collapsed,
@@ -37,8 +38,8 @@ def cool_function(seconds: float) -> None:
     gevent.sleep(seconds)  # parked: no CPU
 
 
-def run_busy_and_idle() -> SamplingProfiler:
-    prof = SamplingProfiler(interval=0.002)
+def run_busy_and_idle(greenlet_names: bool = True) -> SamplingProfiler:
+    prof = SamplingProfiler(interval=0.002, greenlet_names=greenlet_names)
     with prof:
         idle = gevent.spawn(cool_function, 0.3)
         idle.name = "idle-worker"
@@ -75,7 +76,7 @@ def test_two_busy_greenlets_are_told_apart() -> None:
     def b_work() -> None:
         spin_in_hot_function(0.15)
 
-    with SamplingProfiler(interval=0.002) as prof:
+    with SamplingProfiler(interval=0.002, greenlet_names=True) as prof:
         ga, gb = gevent.spawn(a_work), gevent.spawn(b_work)
         ga.name, gb.name = "alpha", "beta"
         gevent.joinall([ga, gb], timeout=10)
@@ -86,6 +87,19 @@ def test_two_busy_greenlets_are_told_apart() -> None:
                 by_label.setdefault(fn, Counter())[stack[0]] += n
     assert set(by_label["a_work"]) == {"alpha"}, by_label
     assert set(by_label["b_work"]) == {"beta"}, by_label
+
+
+def test_default_labels_are_entry_functions_without_a_hook() -> None:
+    outer = greenlet.gettrace()
+    prof = run_busy_and_idle(greenlet_names=False)
+    assert greenlet.gettrace() is outer  # no hook was installed
+    stacks = prof.stacks()
+    hot = [s for s in stacks if s[-1].endswith("spin_in_hot_function")]
+    assert hot and {s[0] for s in hot} == {"test_sampler.spin_in_hot_function"}
+    with SamplingProfiler(interval=0.002) as idle:
+        gevent.sleep(0.1)  # the hub waits in its loop
+    assert idle.greenlets().most_common(1)[0][0] == "Hub", idle.greenlets()
+    assert entry_label(None) == "main"
 
 
 def test_labels() -> None:
@@ -204,7 +218,7 @@ def test_thread_stops_on_error_and_restores_the_switch_hook() -> None:
     previous = greenlet.settrace(outer_hook)
     try:
         threads_before = set(sys._current_frames())
-        prof = SamplingProfiler(interval=0.001)
+        prof = SamplingProfiler(interval=0.001, greenlet_names=True)
         with pytest.raises(ZeroDivisionError), prof:
             gevent.sleep(0.01)  # switches: the outer hook still hears them
             1 / 0  # noqa: B018
@@ -250,7 +264,7 @@ def test_failing_start_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(sampler_module, "_start_new_thread", refuse)
     before = greenlet.gettrace()
-    prof = SamplingProfiler()
+    prof = SamplingProfiler(greenlet_names=True)
     with pytest.raises(RuntimeError, match="new thread"):
         prof.start()
     assert not prof.running and greenlet.gettrace() is before
@@ -290,6 +304,84 @@ def test_a_dead_target_thread_takes_no_sample() -> None:
         prof._target = -1  # no such thread: ticks, no samples
         time.sleep(0.02)
     assert prof.ticks > 0 and prof.samples == 0
+
+
+class ScriptedLock:
+    """Stands in for the stop lock: ``acquire`` times out ``ticks`` times, then reports the stop."""
+
+    def __init__(self, ticks: int) -> None:
+        self.ticks = ticks
+        self.released = False
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self.ticks:
+            self.ticks -= 1
+            time.sleep(timeout)
+            return False
+        return True
+
+    def release(self) -> None:
+        self.released = True
+
+
+def test_the_sampling_loop_run_inline() -> None:
+    # The loop body, run in this thread (coverage does not trace a raw thread): it samples the target.
+    from nexus_green.profiling.sampler import _get_ident  # the OS thread's id, patched or not
+
+    prof = SamplingProfiler(interval=0.001)
+    prof._target = _get_ident()
+    prof._hooked = True
+    prof._switches["switch"] = (None, greenlet.getcurrent())
+    done = ScriptedLock(0)
+    prof._run(ScriptedLock(3), done)
+    assert done.released and prof.ticks == 3 and prof.samples == 3
+    stack = next(iter(prof.stacks()))
+    # Sampling its own thread, the loop sees itself innermost, called by this test.
+    assert stack[0] == "main" or stack[0] == "Greenlet"
+    assert stack[-2:] == ("test_sampler.test_the_sampling_loop_run_inline", "sampler.SamplingProfiler._run")
+    assert all(0 < w <= 3 * 2000 for w in prof.stacks().values())
+    prof._target = -1  # gone: ticks without samples
+    prof._run(ScriptedLock(2), ScriptedLock(0))
+    assert prof.ticks == 5 and prof.samples == 3
+    prof._target = _get_ident()
+    prof.max_depth = "not a number"  # type: ignore[assignment]  # a sample that fails is counted
+    prof._run(ScriptedLock(1), ScriptedLock(0))
+    assert prof.errors == 1 and prof.samples == 3
+
+
+def test_the_switch_hook_inline() -> None:
+    seen = []
+    prof = SamplingProfiler()
+    a, b, c = gevent.Greenlet(), gevent.Greenlet(), gevent.Greenlet()
+    assert prof._running() is None  # nothing recorded yet
+    prof._switches["switch"] = (a, b)
+    assert prof._running() is b
+    prof._switches["throw"] = (b, c)  # thrown from b, where the last switch went: c runs
+    assert prof._running() is c
+    prof._switches["switch"] = (c, a)  # then a switch from c
+    assert prof._running() is a
+    del prof._switches["switch"]
+    assert prof._running() is c
+    prof._previous_trace = lambda event, args: seen.append(event)
+    prof._on_switch("switch", (c, b))
+    assert seen == ["switch"] and prof._running() is b
+
+
+def test_kill_is_a_throw_and_labels_follow_it() -> None:
+    def victim() -> None:
+        try:
+            gevent.sleep(10)
+        except gevent.GreenletExit:
+            spin_in_hot_function(0.1)  # runs after the throw, before any other switch
+            raise
+
+    with SamplingProfiler(interval=0.002, greenlet_names=True) as prof:
+        g = gevent.spawn(victim)
+        g.name = "victim"
+        gevent.sleep(0.01)
+        g.kill(timeout=5)
+    labels = Counter(s[0] for s, n in prof.stacks().items() if s[-1].endswith("spin_in_hot_function"))
+    assert set(labels) == {"victim"}, labels
 
 
 def test_module_passes_under_patch_all() -> None:
