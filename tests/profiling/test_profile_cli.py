@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from nexus_green.cli import main
+from nexus_green.errors import ConnectionRefused
 from nexus_green.profiling.cli import CommandError, run_command, run_target, split_command
 from nexus_green.testing import EmbeddedServer, run_module_patched, running_patched
 
@@ -154,6 +155,13 @@ def test_target_progress_on_a_terminal_and_failures(leakcheck: None, capsys: pyt
     assert not sampler.running
     with pytest.raises(ValueError, match="duration"):
         run_target("127.0.0.1", 1, duration=0)
+
+
+def test_an_unreachable_target_is_a_named_error_and_leaks_nothing(leakcheck: None) -> None:
+    threads = set(sys._current_frames())  # OS threads, patched or not
+    with pytest.raises(ConnectionRefused):
+        main(["profile", "--target", "127.0.0.1:1", "--duration", "0.2"])
+    assert set(sys._current_frames()) <= threads
 
 
 def test_progress_only_when_stdout_is_a_tty(

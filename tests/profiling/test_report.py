@@ -23,7 +23,7 @@ from nexus_green.profiling.report import (
     middleware_shares,
 )
 from nexus_green.profiling.sampler import SamplingProfiler
-from nexus_green.testing import EmbeddedServer
+from nexus_green.testing import EmbeddedServer, run_module_patched
 
 
 def io(writes: int = 1000, per_write: int = 4000, frames_per_write: float = 4.0) -> IOFigures:
@@ -122,7 +122,7 @@ class SlowSigning:
     order = 150
 
     def __call__(self, request: Any, call_next: Any) -> Any:
-        end = time.perf_counter() + 0.002
+        end = time.perf_counter() + 0.005
         while time.perf_counter() < end:
             pass
         return call_next(request)
@@ -248,3 +248,8 @@ def test_rules_are_pure() -> None:
     assert report.suggestions() == report.suggestions()
     with pytest.raises(AssertionError):
         ProfilingReport()._io_line()
+
+
+def test_module_passes_under_patch_all() -> None:
+    run = run_module_patched(__file__)
+    assert run.returncode == 0, run.report()
