@@ -40,6 +40,7 @@ _IGNORED = (
     linecache.__file__,
     os.path.join(os.path.dirname(__file__), "*"),
     "<frozen importlib._bootstrap>",
+    "<frozen importlib._bootstrap_external>",
     "<unknown>",
 )
 
