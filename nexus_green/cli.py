@@ -166,6 +166,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     from .profiling.cli import add_commands as add_profiling_commands  # nexus-green profile (docs/profiling.md)
 
     add_profiling_commands(sub)
+    from .tracing.cli import add_commands as add_tracing_commands  # nexus-green trace view (docs/tracing.md)
+
+    add_tracing_commands(sub)
     args = ap.parse_args(argv)
     return int(args.fn(args))
 

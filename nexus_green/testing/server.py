@@ -34,6 +34,11 @@ duplicate that arrives while the first is still running is answered 503
 (retryable); a request whose handler failed or gave no reply is forgotten, so
 its retry runs again. ``replays`` counts the replies sent from the guard.
 
+``tracer=SpanManager(...)`` records a ``nexus.server`` span (kind SERVER) per
+request, a child of the client span whose context the frame carried
+(:func:`nexus_green.tracing.server_span`), so tests can assert a trace tree
+across the wire.
+
 Example::
 
     >>> from nexus_green import Client
@@ -187,8 +192,10 @@ class EmbeddedServer:
         handlers: Optional[dict[int, Handler]] = None,
         idempotency: Union[IdempotencyGuard, bool, None] = None,
         files_dir: Optional[str] = None,
+        tracer: Any = None,
     ) -> None:
         self.host = host
+        self.tracer = tracer
         self.port = port
         self.welcome = welcome
         self.heartbeat_echo = heartbeat_echo
@@ -295,7 +302,13 @@ class EmbeddedServer:
             return None  # a response to one of our pushes: nothing to do
         self.applied[frame.fid] = self.applied.get(frame.fid, 0) + 1
         handler = self._handlers.get(frame.fid)
-        if handler is None and frame.fid in (0, FID_ECHO) and not frame.tp & _CODEC and self._unguarded(frame):
+        if (
+            handler is None
+            and frame.fid in (0, FID_ECHO)
+            and not frame.tp & _CODEC
+            and self._unguarded(frame)
+            and self.tracer is None
+        ):
             # Fast path for the benchmark peer: echo inline, no greenlet.
             conn.queue(encode_frame(Frame(qid=frame.qid, fid=frame.fid, code=200, res=1, body=frame.body)))
             return None
@@ -310,6 +323,15 @@ class EmbeddedServer:
         return self.guard is None or IDEMPOTENCY_HEADER not in frame.headers
 
     def _run_handler(self, conn: _Conn, frame: Frame, handler: Optional[Handler]) -> None:
+        if self.tracer is None:
+            self._run_guarded(conn, frame, handler)
+            return
+        from ..tracing.server import server_span
+
+        with server_span(self.tracer, frame.headers, "nexus.server", {"rpc.system": "nexus", "nexus.fid": frame.fid}):
+            self._run_guarded(conn, frame, handler)
+
+    def _run_guarded(self, conn: _Conn, frame: Frame, handler: Optional[Handler]) -> None:
         key = frame.headers.get(IDEMPOTENCY_HEADER) if self.guard is not None else None
         if key is None:
             self._respond(conn, frame, self._result(conn, frame, handler))

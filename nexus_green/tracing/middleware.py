@@ -1,0 +1,163 @@
+"""TracingMiddleware: a client span per logical request, its context sent in the frame header block (layer L4).
+
+It runs outermost (:data:`ORDER_TRACING`, below
+:data:`~nexus_green.pipeline.ORDER_RESILIENCE`), so its span covers every
+retry, hedge and fallback, and the resilience events of the request
+(``retry.attempt``, ``breaker.rejected``, ``fallback.used``, ...) become
+events of that span (see :class:`~nexus_green.tracing.lifecycle.BusTracer`,
+which the middleware subscribes on its ``bus``).
+
+Per request:
+
+* current span None (a root): the sampler decides from a fresh trace id.
+  Unsampled, the request goes on untouched: no span object, no header block.
+* a current span that records: a sampled ``CLIENT`` child span, current while
+  the request runs; its context goes on the wire as ``trace-id``,
+  ``span-id``, ``parent-span-id`` and ``traceparent`` (docs/protocol.md).
+* a current span that does not record (an unsampled trace): no span; the
+  parent's context is sent with the sampled bit clear, so the server follows.
+
+``strict=True`` (give it the client's ``strict``) never adds a header: a
+NexusKit peer would misread the block.
+
+Example::
+
+    >>> from nexus_green import Client
+    >>> from nexus_green.testing import EmbeddedServer
+    >>> from nexus_green.events import EventBus
+    >>> from nexus_green.tracing import SpanManager, AlwaysOn, InMemorySpans
+    >>> bus, spans = EventBus(), InMemorySpans()
+    >>> mw = TracingMiddleware(SpanManager(sampler=AlwaysOn(), processors=[spans]), bus=bus)
+    >>> with EmbeddedServer() as server, Client(server.url, middlewares=[mw], bus=bus) as c:
+    ...     c.request(b"hi", fid=1).body
+    b'hi'
+    >>> mw.close()
+    >>> "nexus.request" in spans.names()
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ..events import EventBus, default_bus
+from ..pipeline import ORDER_RESILIENCE, Handler
+from ..transport.endpoint import Endpoint
+from .context import inject, new_trace_id
+from .lifecycle import BusTracer
+from .manager import SpanManager, _get_current, current_span_var, get_default_manager
+from .span import Span, SpanKind, now_ns
+
+__all__ = ["TracingMiddleware", "ORDER_TRACING"]
+
+ORDER_TRACING = ORDER_RESILIENCE - 50
+"""Outermost: the span covers all the attempts the resilience middlewares make."""
+
+_set_current = current_span_var.set
+_reset_current = current_span_var.reset
+
+
+class TracingMiddleware:
+    """Trace each request through the pipeline; ``manager`` (default: the process-wide one) makes the spans.
+
+    ``bus`` is the client's bus (the lifecycle subscriber listens there);
+    ``lifecycle=False`` traces the requests only (no connection, heartbeat or
+    reconnect spans, no message phases). Call :meth:`close` to unsubscribe.
+    """
+
+    name = "tracing"
+    order = ORDER_TRACING
+
+    def __init__(
+        self,
+        manager: Optional[SpanManager] = None,
+        *,
+        bus: EventBus = default_bus,
+        strict: bool = False,
+        lifecycle: bool = True,
+    ) -> None:
+        self.manager = manager if manager is not None else get_default_manager()
+        self.bus = bus
+        self.strict = strict
+        self._sample = self.manager.sampler.should_sample
+        self._endpoints: dict[str, tuple[str, int]] = {}
+        self.subscriber: Optional[BusTracer] = BusTracer(self.manager, bus=bus).start() if lifecycle else None
+
+    def _server(self, endpoint: str) -> tuple[str, int]:
+        found = self._endpoints.get(endpoint)
+        if found is None:
+            try:
+                ep = Endpoint.parse(endpoint)
+                found = (ep.host, ep.port)
+            except Exception:
+                found = (endpoint, 0)
+            if len(self._endpoints) < 64:
+                self._endpoints[endpoint] = found
+        return found
+
+    def __call__(self, request: Any, call_next: Handler) -> Any:
+        parent = _get_current()
+        if parent is None:
+            trace_id = new_trace_id()
+            if not self._sample(None, trace_id):
+                return call_next(request)  # an unsampled root costs one id and one decision
+            span = self.manager.start_span("nexus.request", kind=SpanKind.CLIENT, parent=None, trace_id=trace_id)
+        elif not parent.recording:
+            if self.strict:
+                return call_next(request)
+            ctx = parent.context
+            return call_next(request.with_headers(inject(ctx)))
+        else:
+            span = self.manager.start_span("nexus.request", kind=SpanKind.CLIENT, parent=parent)
+        return self._traced(span, request, call_next)
+
+    def _traced(self, span: Span, request: Any, call_next: Handler) -> Any:
+        host, port = self._server(request.endpoint)
+        attrs = span.attributes
+        attrs["rpc.system"] = "nexus"
+        attrs["rpc.method"] = str(request.fid)
+        attrs["nexus.fid"] = request.fid
+        attrs["server.address"] = host
+        attrs["server.port"] = port
+        attrs["nexus.request.size"] = len(request.body)
+        if not self.strict:
+            request = request.with_headers(inject(span.context))
+        token = _set_current(span)
+        try:
+            response = call_next(request)
+        except BaseException as exc:
+            span.record_error(exc)
+            raise
+        else:
+            attrs["nexus.code"] = response.code
+            attrs["nexus.response.size"] = len(response.body)
+            if response.conn_id:
+                attrs["nexus.conn_id"] = response.conn_id
+                attrs["nexus.qid"] = response.qid
+            if response.cached:
+                attrs["nexus.cached"] = response.cached
+            if response.code != 200:
+                span.status_message = f"code {response.code}"
+            return response
+        finally:
+            _reset_current(token)
+            end = now_ns()
+            marks = span.marks
+            if marks is not None:
+                # Before the first message was queued: pipeline, checkout, encoding. After the last
+                # answer arrived: the caller's wake-up, decompression, the middlewares on the way out.
+                first, last = marks.get("first_queued"), marks.get("last_arrival")
+                if first is not None:
+                    self.manager.start_span("encode", parent=span, start_ns=span.start_ns).end(first)
+                if last is not None:
+                    self.manager.start_span("decode", parent=span, start_ns=last).end(end)
+            span.end(end)
+
+    def close(self) -> None:
+        """Unsubscribe the lifecycle subscriber (idempotent)."""
+        sub, self.subscriber = self.subscriber, None
+        if sub is not None:
+            sub.stop()
+
+    def __repr__(self) -> str:
+        return f"<TracingMiddleware order={self.order} strict={self.strict} {self.manager!r}>"

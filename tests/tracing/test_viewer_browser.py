@@ -1,0 +1,88 @@
+"""The waterfall in a real browser (headless chromium via selenium): bars laid out as the spans' times say.
+
+The screenshot goes to a temporary file; NEXUS_GREEN_UPDATE_SCREENSHOT=1
+refreshes docs/tracing.png, which docs/tracing.md shows.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nexus_green.cli import main
+from nexus_green.tracing.viewer import load_otlp
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+        pytest.skip("chromium and chromedriver are not installed (make test's browser target installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="trace-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--window-size=1300,900",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_waterfall_renders_in_chromium(browser: Any, trace_file: Path, tmp_path: Path) -> None:
+    page = tmp_path / "trace.html"
+    assert main(["trace", "view", str(trace_file), "-o", str(page)]) == 0
+    browser.get(page.as_uri())
+    rows = browser.execute_script(
+        """
+        return Array.from(document.querySelectorAll('.row')).map((row) => {
+            const track = row.querySelector('.track').getBoundingClientRect();
+            const bar = row.querySelector('.bar').getBoundingClientRect();
+            return {name: row.querySelector('.label').textContent, left: (bar.left - track.left) / track.width,
+                    width: bar.width / track.width};
+        });
+        """
+    )
+    spans = load_otlp(str(trace_file))
+    assert len(rows) == len(spans)
+    t0 = min(s["start_ns"] for s in spans)
+    total = max(s["end_ns"] for s in spans) - t0
+    # Each drawn bar sits where its span's start and duration put it on the trace's axis (within 1%).
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for s in spans:
+        by_name.setdefault(s["name"], []).append(s)
+    root = rows[0]
+    assert root["name"] == "checkout" and root["left"] == pytest.approx(0, abs=0.01)
+    assert root["width"] == pytest.approx(by_name["checkout"][0]["duration_ns"] / total, abs=0.01)
+    lefts = sorted(r["left"] for r in rows if r["name"] == "nexus.request")
+    expected = sorted((s["start_ns"] - t0) / total for s in by_name["nexus.request"])
+    assert lefts == pytest.approx(expected, abs=0.01)
+    shot = DOCS / "tracing.png" if os.environ.get("NEXUS_GREEN_UPDATE_SCREENSHOT") else tmp_path / "tracing.png"
+    assert browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
