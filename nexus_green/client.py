@@ -85,6 +85,7 @@ def _make_request(
 
 _POOL_KEYS = (
     "demand_backoff_cap",
+    "spread_bytes",
     "min_size",
     "max_size",
     "max_in_flight",

@@ -273,6 +273,7 @@ class Connection:
         # Bytes queued for the writer or in its batch, bounded by options.max_write_buffer:
         # callers past the bound wait for room within their budget (_wait_for_room).
         self._wbytes = 0
+        self._bytes_in_flight = 0  # request bytes of the calls waiting in request_until
         self._max_wbytes = self.options.max_write_buffer
         # Callers waiting for room, first come first served: room wakes the first
         # only (waking all of them cost a switch each, per write, at 1 MiB x 50).
@@ -342,6 +343,17 @@ class Connection:
     def in_flight(self) -> int:
         """Requests sent and not yet answered, failed or timed out."""
         return len(self.session.pending)
+
+    @property
+    def bytes_in_flight(self) -> int:
+        """Bytes of the requests in flight (queued or sent, not yet answered): the pool spreads large bodies by it.
+
+        Example::
+
+            >>> Connection("tcp://127.0.0.1:9").bytes_in_flight
+            0
+        """
+        return self._bytes_in_flight
 
     # Traffic counters since the connection was made (kept in self.iostats and self.session).
     @property
@@ -916,6 +928,7 @@ class Connection:
         wbuf = self._wbuf
         wbuf.append(data)
         self._wbytes += size
+        self._bytes_in_flight += size
         if len(wbuf) >= self._flush_at and not self._writing:
             self._flush_eagerly()
         elif self._event_io:
@@ -943,6 +956,7 @@ class Connection:
         try:
             raw = waiter.get()
         except BaseException as exc:
+            self._bytes_in_flight -= size
             # Our RequestTimeout, a ConnectionLost, or a gevent.Timeout / kill
             # from outside: abandon this Qid only; the link stays healthy.
             abandoned = session.abandon(qid, waiter)
@@ -958,6 +972,7 @@ class Connection:
                     error=exc,
                 )
             raise
+        self._bytes_in_flight -= size
         latency = (_monotonic() if self._real_clock else self.clock.now()) - now
         if st.emit_complete:
             self.bus.emit(

@@ -107,7 +107,11 @@ class ConnectionPool:
     period); ``demand_backoff_cap`` 1 s (the longest wait before the next
     connect attempt while callers wait). The reconnect strategy is
     ``options.reconnect`` (default, and for ``True``/``False``: exponential
-    backoff, base 0.5 s, cap 30 s, full jitter). The pool keeps ``min_size``
+    backoff, base 0.5 s, cap 30 s, full jitter). ``spread_bytes`` 1 MiB: a
+    connection carrying this many request bytes in flight is passed over for
+    one with fewer, and the pool opens another (up to ``max_size``) when all
+    carry that much: one TCP link is a narrow pipe for large bodies (64 KiB
+    bodies at 50 callers: 10k req/s on one link, 24k on four). The pool keeps ``min_size``
     connections open in the background; ``min_size=0`` opens them only when
     callers ask.
 
@@ -132,6 +136,7 @@ class ConnectionPool:
         max_lifetime: Optional[float] = None,
         health_check_interval: float = 5.0,
         demand_backoff_cap: float = 1.0,
+        spread_bytes: int = 1024 * 1024,
         options: Optional[ConnectionOptions] = None,
         bus: EventBus = default_bus,
         clock: Clock = SYSTEM_CLOCK,
@@ -146,6 +151,8 @@ class ConnectionPool:
             raise ConfigurationError(f"health_check_interval must be positive, got {health_check_interval}")
         if not demand_backoff_cap > 0:
             raise ConfigurationError(f"demand_backoff_cap must be positive, got {demand_backoff_cap!r}")
+        if spread_bytes < 1:
+            raise ConfigurationError(f"spread_bytes must be at least 1, got {spread_bytes}")
         if checkout_timeout is not None and checkout_timeout < 0:
             raise ConfigurationError(f"checkout_timeout must be >= 0 or None, got {checkout_timeout!r}")
         self.endpoint = endpoint if isinstance(endpoint, Endpoint) else Endpoint.parse(endpoint)
@@ -153,6 +160,8 @@ class ConnectionPool:
         self.min_size = min_size
         self.max_size = max_size
         self.max_in_flight = max_in_flight
+        self.spread_bytes = spread_bytes
+        self._spread = False  # every connection carries spread_bytes: the dialer opens another
         self.checkout_timeout = checkout_timeout
         self.max_idle_time = max_idle_time
         self.max_lifetime = max_lifetime
@@ -245,7 +254,9 @@ class ConnectionPool:
         conns = self._conns
         if len(conns) == 1 and not self._closed:  # checkout's common case, without its call
             conn = conns[0]
-            if not (conn.connected and conn.in_flight < self.max_in_flight):
+            if not (
+                conn.connected and conn.in_flight < self.max_in_flight and conn.bytes_in_flight < self.spread_bytes
+            ):
                 conn = self.checkout(until, by_deadline)
             else:
                 self.checkouts += 1
@@ -304,7 +315,7 @@ class ConnectionPool:
         conns = self._conns
         if len(conns) == 1:  # the common case, without the loop
             conn = conns[0]
-            if conn.connected and conn.in_flight < self.max_in_flight:
+            if conn.connected and conn.in_flight < self.max_in_flight and conn.bytes_in_flight < self.spread_bytes:
                 return conn
         best = self._pick()
         if best is not None:
@@ -312,15 +323,28 @@ class ConnectionPool:
         return self._checkout_slow(until, by_deadline)
 
     def _pick(self) -> Optional[Connection]:
+        """The connected connection with the fewest requests in flight, preferring those under ``spread_bytes``."""
         best: Optional[Connection] = None
         best_load = self.max_in_flight
+        heavy: Optional[Connection] = None  # the best of those carrying spread_bytes or more
+        heavy_load = self.max_in_flight
+        spread = self.spread_bytes
         for conn in self._conns:
             if conn.connected:
                 load = conn.in_flight
                 if load < best_load:
+                    if conn.bytes_in_flight >= spread:
+                        if load < heavy_load:
+                            heavy, heavy_load = conn, load
+                        continue
                     best, best_load = conn, load
                     if load == 0:
                         break
+        if best is None and heavy is not None:
+            if len(self._conns) < self.max_size and not self._spread and not self._closed:
+                self._spread = True  # every link is heavy: another one shares the bytes
+                self._kick()
+            return heavy
         return best
 
     def _checkout_slow(self, until: Optional[float], by_deadline: bool) -> Connection:
@@ -431,6 +455,8 @@ class ConnectionPool:
             return False
         if self._demand > 0 and self._pick() is None:
             return True  # callers wait and no connection has room for them
+        if self._spread:
+            return True
         return not self._gave_up and len(self._conns) < self.min_size
 
     def _kick(self) -> None:
@@ -510,6 +536,7 @@ class ConnectionPool:
         # It resets once a link proves healthy (see _settle_backoff).
         conn.lifecycle.add_listener(self._on_conn_transition)
         self._conns.append(conn)
+        self._spread = False
         self.opened += 1
         self.bus.emit(
             "pool.connection.opened",

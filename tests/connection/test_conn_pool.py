@@ -196,3 +196,41 @@ def _settle(check: Any, timeout: float = 3.0) -> bool:
             gevent.sleep(0.01)
         return True
     return False
+
+
+# ---------------------------------------------------------------- large bodies spread over links
+def test_large_bodies_in_flight_spread_over_more_connections(server: EmbeddedServer) -> None:
+    """A link carrying spread_bytes of requests is passed over; when all do, the pool opens another."""
+    body = b"x" * 300_000
+    with ConnectionPool(server.url, max_size=3, spread_bytes=500_000, options=OPTS) as pool:
+        pool.checkout(None)
+
+        def caller() -> bool:
+            return all(pool.request(body, 1, timeout=10).body == body for _ in range(5))
+
+        callers = gevent.joinall([gevent.spawn(caller) for _ in range(12)], timeout=30, raise_error=True)
+        assert len(callers) == 12 and all(g.value for g in callers)
+        assert pool.stats()["size"] == 3  # grew to max_size, no further
+        assert all(c.bytes_in_flight == 0 for c in pool.connections)  # every answered byte was counted out
+
+
+def test_small_bodies_stay_on_one_connection(server: EmbeddedServer) -> None:
+    with ConnectionPool(server.url, max_size=3, spread_bytes=500_000, options=OPTS) as pool:
+        pool.checkout(None)
+        gevent.joinall([gevent.spawn(pool.request, b"x" * 100, 1, timeout=10) for _ in range(100)], timeout=20)
+        assert pool.stats()["size"] == 1
+
+
+def test_bytes_in_flight_are_counted_out_when_a_request_fails(server: EmbeddedServer) -> None:
+    from nexus_green.errors import RequestTimeout
+
+    with ConnectionPool(server.url, options=OPTS) as pool:
+        conn = pool.checkout(None)
+        with pytest.raises(RequestTimeout):
+            conn.request(b"y" * 70_000, FID_SILENT, timeout=0.05)
+        assert conn.bytes_in_flight == 0
+
+
+def test_spread_bytes_must_be_positive() -> None:
+    with pytest.raises(ConfigurationError, match="spread_bytes must be at least 1"):
+        ConnectionPool("tcp://127.0.0.1:9", spread_bytes=0)
