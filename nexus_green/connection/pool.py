@@ -549,6 +549,7 @@ class ConnectionPool:
 
     def _on_failure(self, exc: NexusError) -> None:
         now = self.clock.now()
+        self._spread = False  # an extra link for large bodies is a wish, not worth retrying for
         if not self._failures:
             self._failing_since = now
         self._failures += 1

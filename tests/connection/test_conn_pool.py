@@ -234,3 +234,26 @@ def test_bytes_in_flight_are_counted_out_when_a_request_fails(server: EmbeddedSe
 def test_spread_bytes_must_be_positive() -> None:
     with pytest.raises(ConfigurationError, match="spread_bytes must be at least 1"):
         ConnectionPool("tcp://127.0.0.1:9", spread_bytes=0)
+
+
+def test_a_failed_extra_link_is_not_retried_once_the_heavy_load_is_gone(
+    server: EmbeddedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nexus_green.connection import Connection
+
+    with ConnectionPool(server.url, max_size=2, spread_bytes=100_000, options=OPTS) as pool:
+        pool.checkout(None)
+        attempts = pool.connect_attempts
+
+        def refuse(self: Connection, *, timeout: Any = None) -> Connection:
+            raise ConnectionRefused("test: no second link")
+
+        monkeypatch.setattr(Connection, "connect", refuse)
+        heavy = [gevent.spawn(pool.request, b"x" * 300_000, 1, timeout=10) for _ in range(3)]
+        gevent.joinall(heavy, timeout=10, raise_error=True)
+        assert all(g.value.body == b"x" * 300_000 for g in heavy)  # served by the one link
+        assert _settle(lambda: pool.connect_attempts > attempts)  # it tried to open a second link
+        tried = pool.connect_attempts
+        gevent.sleep(1.5)  # several backoff steps: nobody is heavy any more, so no new attempt
+        assert pool.connect_attempts == tried
+        assert pool.stats()["size"] == 1
