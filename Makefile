@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 RUFF_OPTS := --line-length 120 --target-version py310
 
-.PHONY: install test lint demo bench chaos serve clean browser
+.PHONY: install test lint demo bench bench-long chaos serve clean browser
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,8 +38,13 @@ test: $(STAMP) lint browser
 demo: $(STAMP)
 	$(PY) -m nexus_green.cli demo
 
+# The report (issue 15): under 10 minutes, docs/benchmarks.md and docs/bench/*.png regenerated; ARGS=--quick: under a minute.
 bench: $(STAMP)
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py $(ARGS)
+
+# The long statistical runs (monitoring overhead to ~1,100 cycles, ...) and the area benchmarks: about 35 minutes.
+bench-long: $(STAMP)
+	$(PY) bench/run_all.py --long $(ARGS)
 
 chaos: $(STAMP)
 	$(PY) -m pytest chaos_tests -o addopts="" -p no:cacheprovider; rc=$$?; \
