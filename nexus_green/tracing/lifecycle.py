@@ -97,9 +97,13 @@ def _value(v: Any) -> Any:
 
 
 class BusTracer:
-    """Subscribes to ``bus`` and records lifecycle spans with ``manager``; :meth:`start` / :meth:`stop`."""
+    """Subscribes to ``bus`` and records lifecycle spans with ``manager``; :meth:`start` / :meth:`stop`.
 
-    def __init__(self, manager: SpanManager, *, bus: EventBus = default_bus) -> None:
+    ``message_spans=False`` leaves out the message spans (and so does not
+    subscribe to ``request.complete``, ``request.failed`` and ``io.sent``).
+    """
+
+    def __init__(self, manager: SpanManager, *, bus: EventBus = default_bus, message_spans: bool = True) -> None:
         self.manager = manager
         self.bus = bus
         self._connecting: dict[str, Span] = {}
@@ -125,6 +129,9 @@ class BusTracer:
             "request.failed": self._message,
             "io.sent": self._io_sent,
         }
+        if not message_spans:
+            for name in ("request.complete", "request.failed", "io.sent"):
+                del handlers[name]
         for phase in _PHASES:
             handlers[f"connect.{phase}.complete"] = self._phase
             handlers[f"connect.{phase}.failed"] = self._phase
@@ -293,12 +300,16 @@ class BusTracer:
         marks.append(ev.time)
 
     def _written_after(self, conn_id: str, start_ns: int, end_ns: int) -> int:
-        # The first batch write of the connection at or after start_ns (before end_ns), else start_ns.
-        for t in self._sent.get(conn_id, ()):
+        # The first batch write of the connection at or after start_ns (and not after end_ns), else start_ns.
+        # The marks are in time order: walk back from the newest, stop at the first one before start.
+        found = start_ns
+        for t in reversed(self._sent.get(conn_id, ())):
             ns = monotonic_to_ns(t)
-            if start_ns <= ns <= end_ns:
-                return ns
-        return start_ns
+            if ns < start_ns:
+                break
+            if ns <= end_ns:
+                found = ns
+        return found
 
     def _message(self, ev: Event) -> None:
         parent = _get_current()

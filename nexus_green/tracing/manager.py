@@ -40,7 +40,7 @@ from typing import Any, Optional, Protocol, Union
 import greenlet
 
 from ..errors import ConfigurationError
-from .context import FLAG_SAMPLED, TraceContext, new_span_id, new_trace_id
+from .context import FLAG_SAMPLED, TraceContext, make_context, new_span_id, new_trace_id
 from .sampling import DEFAULT_SAMPLER, Sampler
 from .span import Span, SpanKind, SpanLink
 
@@ -167,7 +167,7 @@ class SpanManager:
         else:
             trace_id, parent_id = parent_ctx.trace_id, parent_ctx.span_id
         sampled = self._should_sample(parent_ctx, trace_id)
-        ctx = TraceContext(trace_id, new_span_id(), parent_id, FLAG_SAMPLED if sampled else 0)
+        ctx = make_context(trace_id, new_span_id(), parent_id, FLAG_SAMPLED if sampled else 0)
         self.started += 1
         return Span(
             name,

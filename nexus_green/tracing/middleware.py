@@ -42,10 +42,12 @@ from typing import Any, Optional
 
 from ..events import EventBus, default_bus
 from ..pipeline import ORDER_RESILIENCE, Handler
+from ..protocol.messages import Request
 from ..transport.endpoint import Endpoint
-from .context import inject, new_trace_id
+from .context import _rand, inject, new_trace_id
 from .lifecycle import BusTracer
 from .manager import SpanManager, _get_current, current_span_var, get_default_manager
+from .sampling import AlwaysOff, AlwaysOn, ParentBased, TraceIdRatio
 from .span import Span, SpanKind, now_ns
 
 __all__ = ["TracingMiddleware", "ORDER_TRACING"]
@@ -57,12 +59,47 @@ _set_current = current_span_var.set
 _reset_current = current_span_var.reset
 
 
+_REQUEST_FIELDS = ("body", "fid", "headers", "timeout", "idempotent", "endpoint", "context")
+_REQUEST_SLOTS = tuple((Request.__dict__[n].__get__, Request.__dict__[n].__set__) for n in _REQUEST_FIELDS)
+_new = object.__new__
+
+
+def _with_headers(request: Any, extra: dict[str, str]) -> Any:
+    # Request.with_headers goes through dataclasses.replace (about 2.5 us); copying the slots is a fifth of it.
+    if type(request) is not Request:
+        return request.with_headers(extra)
+    headers = request.headers
+    if headers:
+        extra = {**headers, **extra}
+    copy = _new(Request)
+    for get, set_ in _REQUEST_SLOTS:
+        set_(copy, get(request))
+    Request.__dict__["headers"].__set__(copy, extra)
+    return copy
+
+
+def _root_bound(sampler: Any) -> Optional[int]:
+    """The bound on a root's low 64 trace-id bits below which ``sampler`` samples it, when it is that simple."""
+    root = sampler.root if isinstance(sampler, ParentBased) else sampler
+    if isinstance(root, TraceIdRatio):
+        return root.bound
+    if isinstance(root, AlwaysOn):
+        return 1 << 64
+    if isinstance(root, AlwaysOff):
+        return 0
+    return None
+
+
 class TracingMiddleware:
     """Trace each request through the pipeline; ``manager`` (default: the process-wide one) makes the spans.
 
     ``bus`` is the client's bus (the lifecycle subscriber listens there);
     ``lifecycle=False`` traces the requests only (no connection, heartbeat or
-    reconnect spans, no message phases). Call :meth:`close` to unsubscribe.
+    reconnect spans, no message phases); ``message_spans=False`` keeps the
+    lifecycle spans but not the per-attempt message spans, which need the
+    connection's per-request ``request.complete`` event (emitted for every
+    request once anyone listens: the largest part of the cost an unsampled
+    request pays, see docs/tracing.md). Call :meth:`close` to unsubscribe.
     """
 
     name = "tracing"
@@ -75,13 +112,17 @@ class TracingMiddleware:
         bus: EventBus = default_bus,
         strict: bool = False,
         lifecycle: bool = True,
+        message_spans: bool = True,
     ) -> None:
         self.manager = manager if manager is not None else get_default_manager()
         self.bus = bus
         self.strict = strict
         self._sample = self.manager.sampler.should_sample
+        self._bound = _root_bound(self.manager.sampler)
         self._endpoints: dict[str, tuple[str, int]] = {}
-        self.subscriber: Optional[BusTracer] = BusTracer(self.manager, bus=bus).start() if lifecycle else None
+        self.subscriber: Optional[BusTracer] = (
+            BusTracer(self.manager, bus=bus, message_spans=message_spans).start() if lifecycle else None
+        )
 
     def _server(self, endpoint: str) -> tuple[str, int]:
         found = self._endpoints.get(endpoint)
@@ -98,15 +139,22 @@ class TracingMiddleware:
     def __call__(self, request: Any, call_next: Handler) -> Any:
         parent = _get_current()
         if parent is None:
-            trace_id = new_trace_id()
-            if not self._sample(None, trace_id):
-                return call_next(request)  # an unsampled root costs one id and one decision
+            bound = self._bound
+            if bound is not None:
+                # A ratio decides on the low 64 bits of the trace id: draw them first, the rest only when sampled.
+                low = _rand(64)
+                if low >= bound:
+                    return call_next(request)  # an unsampled root: one draw, one comparison
+                trace_id = (_rand(64) << 64) | low or new_trace_id()
+            else:
+                trace_id = new_trace_id()
+                if not self._sample(None, trace_id):
+                    return call_next(request)
             span = self.manager.start_span("nexus.request", kind=SpanKind.CLIENT, parent=None, trace_id=trace_id)
         elif not parent.recording:
             if self.strict:
                 return call_next(request)
-            ctx = parent.context
-            return call_next(request.with_headers(inject(ctx)))
+            return call_next(_with_headers(request, inject(parent.context)))
         else:
             span = self.manager.start_span("nexus.request", kind=SpanKind.CLIENT, parent=parent)
         return self._traced(span, request, call_next)
@@ -121,7 +169,7 @@ class TracingMiddleware:
         attrs["server.port"] = port
         attrs["nexus.request.size"] = len(request.body)
         if not self.strict:
-            request = request.with_headers(inject(span.context))
+            request = _with_headers(request, inject(span.context))
         token = _set_current(span)
         try:
             response = call_next(request)

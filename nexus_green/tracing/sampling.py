@@ -87,16 +87,16 @@ class TraceIdRatio:
         nexus_green.errors.ConfigurationError: sampling ratio must be between 0.0 and 1.0, got 1.5
     """
 
-    __slots__ = ("ratio", "_bound")
+    __slots__ = ("ratio", "bound")
 
     def __init__(self, ratio: float) -> None:
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
             raise ConfigurationError(f"sampling ratio must be between 0.0 and 1.0, got {ratio!r}")
         self.ratio = float(ratio)
-        self._bound = round(self.ratio * (1 << 64))
+        self.bound = round(self.ratio * (1 << 64))  # sampled when the low 64 bits of the trace id are below it
 
     def should_sample(self, parent: Optional[TraceContext], trace_id: int) -> bool:
-        return (trace_id & _LOW64) < self._bound
+        return (trace_id & _LOW64) < self.bound
 
     def __repr__(self) -> str:
         return f"TraceIdRatio({self.ratio})"

@@ -28,7 +28,7 @@ from nexus_green.tracing import (
     TraceContext,
     spans_to_otlp,
 )
-from nexus_green.tracing.export import otlp_value
+from nexus_green.tracing.export import encode_otlp_json, otlp_value
 from nexus_green.tracing.span import SpanLink
 
 pytestmark = pytest.mark.usefixtures("leakcheck")
@@ -67,12 +67,18 @@ def sample_spans() -> tuple[list[Span], Span, Span]:
 
 def test_otlp_json_parses_with_opentelemetry_proto() -> None:
     spans, parent, child = sample_spans()
-    doc = spans_to_otlp(spans, {"service.name": "svc"})
+    doc = spans_to_otlp(spans, {"service.name": "svc", "host.cpus": 2, "ok": True, "\u00e9": "\u00fc"})
     text = json.dumps(doc)
+    # What the exporter sends, built as text, is the same document.
+    assert (
+        json.loads(encode_otlp_json(spans, {"service.name": "svc", "host.cpus": 2, "ok": True, "\u00e9": "\u00fc"}))
+        == doc
+    )
     assert '"startTimeUnixNano": "' in text and '"intValue": "1099511627776"' in text
     req = parse(json.loads(text))
     (rs,) = req.resource_spans
     assert rs.resource.attributes[0].key == "service.name" and rs.resource.attributes[0].value.string_value == "svc"
+    assert rs.resource.attributes[3].value.string_value == "\u00fc"
     (ss,) = rs.scope_spans
     assert ss.scope.name == "nexus_green"
     by_name = {s.name: s for s in ss.spans}

@@ -162,3 +162,42 @@ def test_spawn_trace_gives_a_new_greenlet_its_spawners_context(spans: InMemorySp
     g.join(timeout=5)
     orphan.switch()
     assert seen == [1, 1] and orphan.dead
+
+
+def test_trace_headers_join_the_callers_headers(spans: InMemorySpans, bus: EventBus) -> None:
+    mw = TracingMiddleware(SpanManager(sampler=AlwaysOn(), processors=[spans]), bus=bus, lifecycle=False)
+    seen: list[Request] = []
+    handler = Pipeline([mw]).wrap(lambda r: seen.append(r) or Response())
+    original = Request(body=b"b", fid=4, headers={"x-user": "7"}, timeout=2.0, idempotent=True, endpoint="tcp://h:1")
+    handler(original)
+    (sent,) = seen
+    assert sent.headers["x-user"] == "7" and sent.headers["span-id"] == spans.spans[0].context.span_id_hex
+    assert (sent.body, sent.fid, sent.timeout, sent.idempotent, sent.endpoint) == (b"b", 4, 2.0, True, "tcp://h:1")
+    assert original.headers == {"x-user": "7"}  # the caller's request is not changed
+
+
+def test_a_request_subclass_goes_through_with_headers(spans: InMemorySpans, bus: EventBus) -> None:
+    class Tagged(Request):
+        __slots__ = ()
+
+    mw = TracingMiddleware(SpanManager(sampler=AlwaysOn(), processors=[spans]), bus=bus, lifecycle=False)
+    seen: list[Request] = []
+    Pipeline([mw]).wrap(lambda r: seen.append(r) or Response())(Tagged(endpoint="tcp://h:1"))
+    assert type(seen[0]) is Tagged and "traceparent" in seen[0].headers
+
+
+def test_custom_root_sampler_is_asked_with_the_trace_id(spans: InMemorySpans, bus: EventBus) -> None:
+    asked: list[int] = []
+
+    class Odd:
+        def should_sample(self, parent: object, trace_id: int) -> bool:
+            asked.append(trace_id)
+            return trace_id % 2 == 1
+
+    mw = TracingMiddleware(SpanManager(sampler=Odd(), processors=[spans]), bus=bus, lifecycle=False)
+    handler = Pipeline([mw]).wrap(lambda r: Response())
+    for _ in range(40):
+        handler(Request(endpoint="tcp://h:1"))
+    assert spans.spans and all(s.context.trace_id % 2 == 1 for s in spans.spans)
+    assert len(spans.spans) == len({t for t in asked if t % 2 == 1})  # every sampled id became a span
+    assert {s.context.trace_id for s in spans.spans} == {t for t in asked if t % 2 == 1}
