@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import gevent
+import gevent.pool
 import greenlet
 import pytest
 
 from nexus_green.decorating import UnknownOption
 from nexus_green.errors import ConfigurationError
 from nexus_green.greenlets import spawn
+from nexus_green.testing import run_module_patched
 from nexus_green.tracing import (
     AlwaysOff,
     AlwaysOn,
@@ -290,3 +292,8 @@ def test_traced_refuses_bad_options() -> None:
         traced("a", name="b")
     with pytest.raises(TypeError, match="must be a str"):
         traced(name=3)
+
+
+def test_module_passes_under_patch_all() -> None:
+    run = run_module_patched(__file__)
+    assert run.returncode == 0, run.report()

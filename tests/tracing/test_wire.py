@@ -26,6 +26,7 @@ from nexus_green.resilience import BreakerConfig, FallbackConfig, RetryConfig
 from nexus_green.resilience.middleware import ResilienceMiddleware
 from nexus_green.testing import FID_SILENT, EmbeddedServer, Reply, run_module_patched
 from nexus_green.testing.hostile import ListeningPeer, RefusingPort
+from nexus_green.testing.socks5_proxy import Socks5Proxy
 from nexus_green.testing.tls import make_test_certificates
 from nexus_green.tracing import (
     ORDER_TRACING,
@@ -388,6 +389,23 @@ def test_tls_phase_span(bus: EventBus, spans: InMemorySpans, mw: TracingMiddlewa
     (conn,) = named(spans, "nexus.connect")
     assert children(spans, conn) == ["connect.dns", "connect.tcp", "connect.tls"]
     assert conn.attributes["nexus.tls"] is True
+
+
+def test_tls_through_socks5_has_every_phase(bus: EventBus, spans: InMemorySpans, mw: TracingMiddleware) -> None:
+    with make_test_certificates() as kit, EmbeddedServer(tls=kit.server_context()) as server, Socks5Proxy() as proxy:
+        with Client(
+            server.url, tls=kit.client_config(), proxy=proxy.url, middlewares=[mw], bus=bus, heartbeat_interval=None
+        ) as c:
+            c.request(b"x", fid=1)
+    (conn,) = named(spans, "nexus.connect")
+    phases = sorted(
+        (s for s in spans.spans if s.context.parent_span_id == conn.context.span_id), key=lambda s: s.start_ns
+    )
+    names = [s.name for s in phases]
+    assert names[-2:] == ["connect.socks5", "connect.tls"] and "connect.tcp" in names
+    assert {"nexus.connect.socks5_s", "nexus.connect.tls_s"} <= set(conn.attributes)
+    for earlier, later in zip(phases, phases[1:], strict=False):
+        assert earlier.end_ns <= later.start_ns + 1_000  # one after the other (1 us of rounding)
 
 
 def test_module_passes_under_patch_all() -> None:
