@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
 CHARTS = ROOT / "docs" / "bench"
-SECTIONS = ("summary", "connection", "matrix", "latency", "greenlets", "memory", "layers", "seed")
+SECTIONS = ("summary", "connection", "matrix", "latency", "greenlets", "pool", "memory", "layers", "seed")
 CONTENDERS = ("nexus", "gevent", "threads", "asyncio", "uvloop")
 LABELS = {
     "nexus": "nexus_green Client",
@@ -194,6 +194,25 @@ def sec_greenlets(p: dict[str, Any]) -> str:
     )
 
 
+def sec_pool(p: dict[str, Any]) -> str:
+    names = list(p["variants"])
+    lines = [
+        f"One Client per run, the variants in turns, {p['rounds']} round(s) of {p['seconds']} s; req/s (median), "
+        "p99 and the connections the pool held. `parts.pool.cells`.",
+        "",
+        "| body | conc | " + " | ".join(f"`{n}`" for n in names) + " |",
+        "|---|---:|" + "---:|" * len(names),
+    ]
+    for row in p["cells"]:
+        vals = []
+        for n in names:
+            v = row["variants"][n]
+            err = f", {v['errors']} errors" if v["errors"] else ""
+            vals.append(f"{v['median_rps']:,.0f} (p99 {v['p99_ms']:.1f} ms, {v['connections']} conn{err})")
+        lines.append(f"| {size_label(row['size'])} | {row['conc']} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
 def sec_memory(idle: Optional[dict[str, Any]], seed: Optional[dict[str, Any]], gl: Optional[dict[str, Any]]) -> str:
     lines = ["| what | figure | source |", "|---|---:|---|"]
     if idle:
@@ -220,7 +239,12 @@ def sec_memory(idle: Optional[dict[str, Any]], seed: Optional[dict[str, Any]], g
     return "\n".join(lines) if len(lines) > 2 else missing("memory")
 
 
-def sec_layers(pipe: Optional[dict[str, Any]], res: Optional[dict[str, Any]], cache: Optional[dict[str, Any]]) -> str:
+def sec_layers(
+    pipe: Optional[dict[str, Any]],
+    res: Optional[dict[str, Any]],
+    cache: Optional[dict[str, Any]],
+    comp: Optional[dict[str, Any]] = None,
+) -> str:
     lines: list[str] = []
     if pipe:
         lines += [
@@ -278,9 +302,43 @@ def sec_layers(pipe: Optional[dict[str, Any]], res: Optional[dict[str, Any]], ca
             lines.append(
                 f"| {key.split()[-1]} | {u['raw']:.2f} | {u['hit']:.2f} | {u['miss-l1']:.2f} | {u['miss-l2']:.2f} |"
             )
-        z = cache.get("zipf")
-        if isinstance(z, dict) and "hit_rate" in z:
-            lines.append(f"\nZipf workload: combined hit rate {z['hit_rate']:.1%}.")
+        hit, lat = cache.get("hit_rate"), cache.get("latency_us")
+        if hit and lat:
+            lines.append(
+                f"\nZipf workload (s = 1.1 over 10,000 keys, default sizes; `parts.cache.hit_rate`): hit rate "
+                f"{hit['combined']:.1%} (L1 {hit['l1']:.1%}, L2 {hit['l2']:.1%}); p50 latency L1 hit "
+                f"{lat['l1']['p50']:.1f} µs, L2 hit {lat['l2']['p50']:.0f} µs, miss {lat['miss']['p50']:.1f} µs."
+            )
+    if comp:
+        lines += [
+            "",
+            "Compression (`parts.compression`, in process, no network): each codec at its `balanced` level on "
+            "the realistic JSON payloads; ratio = compressed / plain.",
+            "",
+            "| payload | codec | ratio | compress MB/s | decompress MB/s |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for c in comp.get("codecs", []):
+            if c["level"] == "balanced" and c["payload"] != "small":
+                lines.append(
+                    f"| {c['payload']} | {c['algorithm']} | {c['ratio']:.3f} | {c['compress_mb_s']:,.0f} "
+                    f"| {c['decompress_mb_s']:,.0f} |"
+                )
+        links = comp.get("cost_30KB", {}).get("links", {})
+        if links:
+            lines += [
+                "",
+                "One 30 KB message through `CompressionMiddleware` with `CompressionAnalyzer(bandwidth=link)` "
+                "(cost model: CPU both sides + bytes over the link, against the plain bytes):",
+                "",
+                "| link | choice | wire bytes | CPU µs (both sides) | throughput vs none |",
+                "|---|---|---:|---:|---:|",
+            ]
+            for name, lk in links.items():
+                cpu = lk["cpu_compress_us"] + lk["cpu_receiver_decompress_us"]
+                lines.append(
+                    f"| {name} | {lk['choice']} | {lk['wire_bytes']:,.0f} | {cpu:.1f} | {lk['throughput_change']:+.0%} |"
+                )
     return "\n".join(lines).strip() if lines else missing("layers")
 
 
@@ -425,8 +483,11 @@ def render(
             "seed", lambda: sec_latency(parts["seed"], parts.get("matrix"), rel(cdf) if cdf else None)
         ).replace("seed part", "latency part"),
         "greenlets": block("greenlets", lambda: sec_greenlets(parts["greenlets"])),
+        "pool": block("pool", lambda: sec_pool(parts["pool"])),
         "memory": sec_memory(parts.get("memory"), parts.get("seed"), parts.get("greenlets")),
-        "layers": sec_layers(parts.get("pipeline"), parts.get("resilience"), parts.get("cache")),
+        "layers": sec_layers(
+            parts.get("pipeline"), parts.get("resilience"), parts.get("cache"), parts.get("compression")
+        ),
         "seed": block("seed", lambda: sec_seed(parts["seed"])),
     }
     docs.write_text(replace_sections(text, blocks))

@@ -10,10 +10,12 @@ flags (its own table on stdout, its JSON read back from bench/results/):
                                         schedule, latency from the intended send time) is the latency
                                         part, safe from coordinated omission, with its CDF
     greenlets   bench_greenlets.py      10,000 greenlets sharing one Client
+    pool        bench_pool.py           pool options (max_size, spread_bytes, max_in_flight) under one load
     memory      bench_idle_memory.py    idle connections (the seed part adds RSS under load)
     pipeline    bench_pipeline.py       middlewares on vs off
     resilience  bench_resilience.py     @resilient / ResilienceMiddleware on vs off (Client section)
     cache       bench_cache.py          CacheMiddleware hit / miss against no cache
+    compression bench_compression.py    codec ratio and speed, the adaptive choice per link (not in --quick)
 
 It says up front how long it will take, prints progress, writes everything to
 bench/results/<timestamp>.json, and regenerates docs/benchmarks.md between its
@@ -77,6 +79,15 @@ PARTS = [
         16,
     ),
     Part(
+        "pool",
+        "pool options: max_size, spread_bytes, max_in_flight",
+        ["bench_pool.py", "--rounds", "2"],
+        ["bench_pool.py", "--quick"],
+        "pool.json",
+        35,
+        6,
+    ),
+    Part(
         "seed",
         "seed targets; paced 12k QPS latency (no coordinated omission)",
         ["bench_seed_targets.py", "--seconds", "5"],
@@ -106,10 +117,10 @@ PARTS = [
     Part(
         "pipeline",
         "middlewares on vs off",
-        ["bench_pipeline.py", "--seconds", "2", "--rounds", "3"],
+        ["bench_pipeline.py", "--seconds", "2", "--rounds", "2"],
         ["bench_pipeline.py", "--seconds", "0.5", "--rounds", "1"],
         "pipeline.json",
-        35,
+        25,
         5,
     ),
     Part(
@@ -118,7 +129,7 @@ PARTS = [
         ["bench_resilience.py", "--rounds", "3", "--inner-rounds", "10"],
         ["bench_resilience.py", "--sections", "client", "--rounds", "1", "--inner-rounds", "3"],
         "resilience.json",
-        40,
+        30,
         2,
     ),
     Part(
@@ -127,8 +138,17 @@ PARTS = [
         ["bench_cache.py", "--rounds", "2"],
         ["bench_cache.py", "--no-zipf", "--rounds", "1", "--inner", "2", "--seconds", "0.1", "--concurrency", "50"],
         "cache.json",
-        30,
+        45,
         3,
+    ),
+    Part(
+        "compression",
+        "codec ratio and speed, adaptive choice per link (cost model)",
+        ["bench_compression.py"],
+        [],  # not in --quick (its quick form alone takes 9 s)
+        "compression.json",
+        18,
+        0,
     ),
 ]
 
@@ -204,7 +224,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     python = sys.executable
     if args.long:
         return run_long(python)
-    parts = [p for p in PARTS if not args.only or p.name in args.only]
+    parts = [p for p in PARTS if (not args.only or p.name in args.only) and (p.quick or not args.quick)]
     estimate = sum(p.quick_seconds if args.quick else p.seconds for p in parts) + 5
     mode = "quick" if args.quick else "full"
     load = load_average()

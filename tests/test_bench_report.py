@@ -132,6 +132,52 @@ def canned_suite() -> dict[str, Any]:
                 "rss_kb_per_greenlet": 8.38,
                 "pool_size": 4,
             },
+            "pool": {
+                "seconds": 0.3,
+                "rounds": 1,
+                "variants": {"default": {}, "max_size=1": {"max_size": 1}},
+                "cells": [
+                    {
+                        "size": 65536,
+                        "conc": 50,
+                        "variants": {
+                            "default": {"median_rps": 22970.0, "p99_ms": 4.0, "connections": 4, "errors": 0},
+                            "max_size=1": {"median_rps": 20710.0, "p99_ms": 5.0, "connections": 1, "errors": 2},
+                        },
+                    }
+                ],
+            },
+            "compression": {
+                "codecs": [
+                    {
+                        "payload": "30KB",
+                        "algorithm": "zstd",
+                        "level": "balanced",
+                        "ratio": 0.214,
+                        "compress_mb_s": 402.7,
+                        "decompress_mb_s": 1686.3,
+                    },
+                    {
+                        "payload": "30KB",
+                        "algorithm": "zstd",
+                        "level": "best",
+                        "ratio": 0.2,
+                        "compress_mb_s": 3.0,
+                        "decompress_mb_s": 1600.0,
+                    },
+                ],
+                "cost_30KB": {
+                    "links": {
+                        "100Mbit": {
+                            "choice": "zstd",
+                            "wire_bytes": 6424.4,
+                            "cpu_compress_us": 76.7,
+                            "cpu_receiver_decompress_us": 21.3,
+                            "throughput_change": 2.918,
+                        }
+                    }
+                },
+            },
             "memory": {
                 "connections": 100,
                 "target_kb": 15.0,
@@ -164,7 +210,9 @@ def canned_suite() -> dict[str, Any]:
             "cache": {
                 "request_path": {
                     "table": {"now c=50": {"us_per_call": {"raw": 8.4, "hit": 1.95, "miss-l1": 18.0, "miss-l2": 23.3}}}
-                }
+                },
+                "hit_rate": {"l1": 0.53, "l2": 0.359, "combined": 0.889},
+                "latency_us": {"l1": {"p50": 1.68}, "l2": {"p50": 109.8}, "miss": {"p50": 9.77}},
             },
         },
     }
@@ -202,6 +250,13 @@ def test_only_the_marker_sections_change_and_the_charts_are_written(report: Any,
     assert "| 120 ms | < 80 ms | 2.12 ms | met |" in section(text, "seed")
     assert "| 10,000 | 0.94 s |" in section(text, "greenlets")
     assert "| idempotent=False | middleware | 21.50 | +8.50 |" in section(text, "layers")
+    assert "hit rate 88.9% (L1 53.0%, L2 35.9%)" in section(text, "layers")
+    assert "| 30KB | zstd | 0.214 | 403 | 1,686 |" in section(text, "layers")
+    assert "| 30KB | zstd | 0.200 |" not in section(text, "layers")  # balanced level only
+    assert "| 100Mbit | zstd | 6,424 | 98.0 | +292% |" in section(text, "layers")
+    assert "| 64 KiB | 50 | 22,970 (p99 4.0 ms, 4 conn) | 20,710 (p99 5.0 ms, 1 conn, 2 errors) |" in section(
+        text, "pool"
+    )
     assert "python bench/run_all.py --quick" in section(text, "summary")
 
     pngs = sorted(p.name for p in charts.glob("*.png"))
@@ -225,7 +280,7 @@ def test_rendering_twice_gives_the_same_page(report: Any, tmp_path: Path) -> Non
 
 def test_a_failed_part_leaves_its_section_saying_so(report: Any, tmp_path: Path) -> None:
     suite = canned_suite()
-    del suite["parts"]["matrix"], suite["parts"]["greenlets"]
+    del suite["parts"]["matrix"], suite["parts"]["greenlets"], suite["parts"]["pool"]
     suite["meta"]["failed"] = ["matrix", "greenlets"]
     doc = tmp_path / "benchmarks.md"
     shutil.copy(DOCS, doc)
@@ -233,6 +288,7 @@ def test_a_failed_part_leaves_its_section_saying_so(report: Any, tmp_path: Path)
     text = doc.read_text()
     assert "not in this run" in section(text, "matrix")
     assert "not in this run" in section(text, "greenlets")
+    assert "not in this run" in section(text, "pool")
     assert "**Failed parts:** matrix, greenlets." in section(text, "summary")
     assert not list((tmp_path / "bench").glob("throughput_*.png"))
     assert (tmp_path / "bench" / "latency_cdf.png").exists()
