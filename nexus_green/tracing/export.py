@@ -229,9 +229,10 @@ class FileSink:
     Example::
 
         >>> import tempfile, pathlib
-        >>> path = pathlib.Path(tempfile.mkdtemp(), "t.jsonl")
-        >>> sink = FileSink(str(path)); sink.send(b'{"resourceSpans": []}'); sink.close()
-        >>> path.read_text()
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     path = pathlib.Path(d, "t.jsonl")
+        ...     sink = FileSink(str(path)); sink.send(b'{"resourceSpans": []}'); sink.close()
+        ...     path.read_text()
         '{"resourceSpans": []}\\n'
     """
 
@@ -349,6 +350,7 @@ class BatchExporter:
         self._idle.set()
         self._greenlet: Optional[gevent.Greenlet] = None
         self._closed = False
+        self._sending = 0
         self._thread = threading.get_ident()
 
     def on_end(self, span: Span) -> None:
@@ -375,6 +377,7 @@ class BatchExporter:
         queue = self._queue
         while queue:
             batch = [queue.popleft() for _ in range(min(self.max_batch, len(queue)))]
+            self._sending = len(batch)
             try:
                 payload = encode_otlp_json(batch, self.resource)
                 self.sink.send(payload)
@@ -384,6 +387,7 @@ class BatchExporter:
                 log.warning("tracing export to %r failed, %d spans dropped: %s", self.sink, len(batch), exc)
             else:
                 self.exported += len(batch)
+            self._sending = 0
         self._idle.set()
 
     def flush(self, timeout: float = 5.0) -> bool:
@@ -404,6 +408,8 @@ class BatchExporter:
             g.join(timeout)
             if not g.dead:
                 g.kill(block=True, timeout=1)
+                self.dropped += self._sending  # the batch it was sending when stopped
+                self._sending = 0
         if self._queue:  # never started, or killed mid-way
             self.dropped += len(self._queue)
             self._queue.clear()

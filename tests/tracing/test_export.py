@@ -234,7 +234,7 @@ def test_shutdown_of_a_stuck_sink_is_bounded(tmp_path: Path) -> None:
     wait_for(lambda: not exporter._queue)
     exporter.on_end(sample_spans()[1])
     exporter.shutdown(timeout=0.05)
-    assert exporter.dropped == 1  # the span still queued; the batch in the stuck send is simply gone
+    assert exporter.dropped == 3 and exporter.exported == 0  # the batch stuck in send, and the span still queued
 
 
 def test_bad_configuration_is_refused(tmp_path: Path) -> None:
