@@ -45,6 +45,12 @@ class OTelBridge:
     """Send ended spans to ``tracer_provider`` (default: OpenTelemetry's global provider).
 
     ``errors`` counts spans the provider refused (raised on).
+
+    Example::
+
+        >>> from opentelemetry import trace
+        >>> OTelBridge().provider is trace.get_tracer_provider()
+        True
     """
 
     def __init__(self, tracer_provider: Any = None, *, scope: str = "nexus_green") -> None:

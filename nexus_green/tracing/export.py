@@ -322,6 +322,19 @@ class BatchExporter:
     Spans ended in another OS thread are counted in ``dropped`` (gevent
     objects belong to one hub). The exporter owns ``sink``: :meth:`shutdown`
     closes it (and so does a refused configuration).
+
+    Example::
+
+        >>> import tempfile, pathlib, json
+        >>> from nexus_green.tracing import SpanManager, AlwaysOn
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     exporter = BatchExporter(FileSink(str(pathlib.Path(d, "s.jsonl"))), interval=0.01)
+        ...     tracer = SpanManager(sampler=AlwaysOn(), processors=[exporter])
+        ...     with tracer.span("a"): pass
+        ...     tracer.shutdown()
+        ...     doc = json.loads(pathlib.Path(d, "s.jsonl").read_text())
+        >>> exporter.exported, doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["name"]
+        (1, 'a')
     """
 
     def __init__(

@@ -101,6 +101,14 @@ class BusTracer:
 
     ``message_spans=False`` leaves out the message spans (and so does not
     subscribe to ``request.complete``, ``request.failed`` and ``io.sent``).
+
+    Example::
+
+        >>> bus = EventBus()
+        >>> t = BusTracer(SpanManager(), bus=bus, message_spans=False).start()
+        >>> bus.wants("connect.started"), bus.wants("request.complete")
+        (True, False)
+        >>> t.stop()
     """
 
     def __init__(self, manager: SpanManager, *, bus: EventBus = default_bus, message_spans: bool = True) -> None:

@@ -114,8 +114,16 @@ class SpanManager:
     """Starts spans and routes ended ones to ``processors``; ``sampler`` decides (default: :data:`DEFAULT_SAMPLER`).
 
     ``service_name`` and ``resource`` (a mapping) describe the process in the
-    export. ``dropped_processor_errors`` counts processors that raised (a
-    broken exporter never breaks a request).
+    export. ``processor_errors`` counts processors that raised (a broken
+    exporter never breaks a request).
+
+    Example::
+
+        >>> from nexus_green.tracing.sampling import AlwaysOff
+        >>> m = SpanManager(sampler=AlwaysOff(), service_name="shop")
+        >>> with m.span("checkout") as s:
+        ...     s.recording, m.resource
+        (False, {'service.name': 'shop'})
     """
 
     def __init__(

@@ -100,6 +100,13 @@ class TracingMiddleware:
     connection's per-request ``request.complete`` event (emitted for every
     request once anyone listens: the largest part of the cost an unsampled
     request pays, see docs/tracing.md). Call :meth:`close` to unsubscribe.
+
+    Example::
+
+        >>> from nexus_green.events import EventBus
+        >>> mw = TracingMiddleware(bus=EventBus(), strict=True, lifecycle=False)
+        >>> mw.name, mw.order, mw.manager.sampler
+        ('tracing', 50, ParentBased(TraceIdRatio(0.1)))
     """
 
     name = "tracing"

@@ -63,7 +63,13 @@ def monotonic_to_ns(t: float) -> int:
 
 
 class SpanKind(IntEnum):
-    """The OTLP span kinds this library records (values are OTLP's)."""
+    """The OTLP span kinds this library records (values are OTLP's).
+
+    Example::
+
+        >>> int(SpanKind.CLIENT), int(SpanKind.SERVER)
+        (3, 2)
+    """
 
     INTERNAL = 1
     SERVER = 2
@@ -71,7 +77,13 @@ class SpanKind(IntEnum):
 
 
 class StatusCode(IntEnum):
-    """OTLP status codes."""
+    """OTLP status codes.
+
+    Example::
+
+        >>> int(StatusCode.ERROR)
+        2
+    """
 
     UNSET = 0
     OK = 1
@@ -79,7 +91,13 @@ class StatusCode(IntEnum):
 
 
 class SpanEvent(NamedTuple):
-    """A timestamped annotation of a span."""
+    """A timestamped annotation of a span.
+
+    Example::
+
+        >>> SpanEvent("retry", 5, {"attempt": 2}).name
+        'retry'
+    """
 
     name: str
     time_ns: int
@@ -87,7 +105,14 @@ class SpanEvent(NamedTuple):
 
 
 class SpanLink(NamedTuple):
-    """A causal link to another span (a reconnect links to the connection it replaces)."""
+    """A causal link to another span (a reconnect links to the connection it replaces).
+
+    Example::
+
+        >>> from nexus_green.tracing.context import TraceContext
+        >>> SpanLink(TraceContext(trace_id=1, span_id=2), {}).context.span_id
+        2
+    """
 
     context: TraceContext
     attributes: Mapping[str, Any]
@@ -98,6 +123,15 @@ class Span:
 
     ``on_end`` (set by the :class:`~nexus_green.tracing.SpanManager`) gets the
     span once it ends.
+
+    Example::
+
+        >>> from nexus_green.tracing.context import TraceContext
+        >>> ended = []
+        >>> s = Span("op", TraceContext(trace_id=1, span_id=2, flags=1), start_ns=100, on_end=ended.append)
+        >>> s.end(350); s.end(900)
+        >>> (s.duration_ns, ended == [s])
+        (250, True)
     """
 
     __slots__ = (

@@ -53,7 +53,17 @@ def _wrap(
 
 
 def traced(first: Union[Callable[..., Any], str, None] = None, /, **options: Any) -> Any:
-    """Trace calls of the decorated function (see the module docstring)."""
+    """Trace calls of the decorated function (see the module docstring).
+
+    Example::
+
+        >>> from nexus_green.tracing import SpanManager, AlwaysOn, InMemorySpans
+        >>> kept = InMemorySpans()
+        >>> @traced("lookup", manager=SpanManager(sampler=AlwaysOn(), processors=[kept]))
+        ... def lookup(key): return key.upper()
+        >>> lookup("a"), kept.names()
+        ('A', ['lookup'])
+    """
     check_options("traced", options, _OPTIONS)
     if is_bare(first, options):
         assert callable(first)

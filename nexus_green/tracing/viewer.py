@@ -37,7 +37,15 @@ _KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "produce
 
 
 class TraceFileError(ValueError):
-    """A trace file that is not OTLP/JSON; the message names the line."""
+    """A trace file that is not OTLP/JSON; the message names the document.
+
+    Example::
+
+        >>> parse_otlp_lines(['{"spans": []}'])
+        Traceback (most recent call last):
+        ...
+        nexus_green.tracing.viewer.TraceFileError: document 1 has no resourceSpans: not an OTLP/JSON trace export
+    """
 
 
 def _value(v: dict[str, Any]) -> Any:
@@ -115,7 +123,16 @@ def parse_otlp_lines(lines: Iterable[str]) -> list[dict[str, Any]]:
 
 
 def load_otlp(path: str) -> list[dict[str, Any]]:
-    """Span records from an OTLP/JSON file (see :func:`parse_otlp_lines`)."""
+    """Span records from an OTLP/JSON file (see :func:`parse_otlp_lines`).
+
+    Example::
+
+        >>> import tempfile, pathlib
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     p = pathlib.Path(d, "empty.jsonl"); _ = p.write_text('{"resourceSpans": []}')
+        ...     load_otlp(str(p))
+        []
+    """
     with open(path, encoding="utf-8") as f:
         return parse_otlp_lines(f)
 
