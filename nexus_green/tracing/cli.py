@@ -42,7 +42,7 @@ def _view(args: argparse.Namespace) -> int:
         print(f"nexus-green trace view: cannot write {out}: {exc}", file=sys.stderr)
         return 2
     traces = len({s["trace_id"] for s in spans})
-    print(f"{out}: {len(spans)} spans in {traces} traces")
+    print(f"{out}: {len(spans)} spans in {traces} trace{'' if traces == 1 else 's'}")
     return 0
 
 

@@ -30,7 +30,7 @@ def test_view_writes_a_self_contained_waterfall(
     out = tmp_path / "trace.html"
     assert main(["trace", "view", str(trace_file), "-o", str(out)]) == 0
     spans = load_otlp(str(trace_file))
-    assert capsys.readouterr().out.strip() == f"{out}: {len(spans)} spans in 1 traces"
+    assert capsys.readouterr().out.strip() == f"{out}: {len(spans)} spans in 1 trace"
     page = out.read_text()
     assert page.startswith("<!DOCTYPE html>")
     assert not re.search(r"<script|<link|src=|@import|url\(", page)  # nothing to fetch
