@@ -272,6 +272,23 @@ def sec_layers(
                 f"| {label} | {rps:,.0f} | {s['cost_median']:+.1%} | {cpu:.2f} | {s['added_us_per_call']:.2f} |"
             )
     if res:
+        funcs = res["median"]["after"].get("functions", {})
+        noop, yld = funcs.get("noop"), funcs.get("yield")
+        if noop:
+            lines += [
+                "",
+                "Each resilience layer alone, on vs off (`parts.resilience.median.after.functions`): µs a decorator "
+                "adds per call to a function that returns at once (`noop`) and to one that yields to the hub "
+                "once (`yield`), in process, median of the rounds.",
+                "",
+                "| layer | added µs/call (noop) | added µs/call (yield) |",
+                "|---|---:|---:|",
+            ]
+            for name, v in noop.items():
+                if name == "bare":
+                    continue
+                y = f"{yld[name] - yld['bare']:+.2f}" if yld and name in yld else ""
+                lines.append(f"| `{name}` | {v - noop['bare']:+.2f} | {y} |")
         client = res["median"]["after"].get("client", {})
         groups = [g for g in ("idempotent=False wall", "idempotent=True wall") if client.get(g)]
         if groups:

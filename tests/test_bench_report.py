@@ -203,7 +203,11 @@ def canned_suite() -> dict[str, Any]:
             "resilience": {
                 "median": {
                     "after": {
-                        "client": {"idempotent=False wall": {"bare": 13.0, "resilient": 20.0, "middleware": 21.5}}
+                        "client": {"idempotent=False wall": {"bare": 13.0, "resilient": 20.0, "middleware": 21.5}},
+                        "functions": {
+                            "noop": {"bare": 0.03, "timeout": 1.47, "bulkhead": 0.69},
+                            "yield": {"bare": 1.29, "timeout": 3.03, "bulkhead": 2.24},
+                        },
                     }
                 }
             },
@@ -251,6 +255,7 @@ def test_only_the_marker_sections_change_and_the_charts_are_written(report: Any,
     assert "| 10,000 | 0.94 s |" in section(text, "greenlets")
     assert "| idempotent=False | middleware | 21.50 | +8.50 |" in section(text, "layers")
     assert "hit rate 88.9% (L1 53.0%, L2 35.9%)" in section(text, "layers")
+    assert "| `timeout` | +1.44 | +1.74 |" in section(text, "layers")
     assert "| 30KB | zstd | 0.214 | 403 | 1,686 |" in section(text, "layers")
     assert "| 30KB | zstd | 0.200 |" not in section(text, "layers")  # balanced level only
     assert "| 100Mbit | zstd | 6,424 | 98.0 | +292% |" in section(text, "layers")
