@@ -274,6 +274,7 @@ class Connection:
         # callers past the bound wait for room within their budget (_wait_for_room).
         self._wbytes = 0
         self._bytes_in_flight = 0  # request bytes of the calls waiting in request_until
+        self._sending_files = 0  # send_file calls in progress: their chunks have no pending Qid
         self._max_wbytes = self.options.max_write_buffer
         # Callers waiting for room, first come first served: room wakes the first
         # only (waking all of them cost a switch each, per write, at 1 MiB x 50).
@@ -478,8 +479,8 @@ class Connection:
 
     @property
     def idle(self) -> bool:
-        """True when no request is in flight."""
-        return not self.session.pending
+        """True when no request is in flight, no frame waits to be written and no file is being sent."""
+        return not self.session.pending and not self._wbuf and not self._sending_files
 
     @property
     def usable(self) -> bool:
@@ -910,7 +911,7 @@ class Connection:
         st = self.iostats
         if self.bus.version != st.bus_version:
             st.refresh(self.bus)  # someone (un)subscribed, or this is another bus
-        if self._wbytes and self._wbytes + size > self._max_wbytes:
+        if self._room_q or (self._wbytes and self._wbytes + size > self._max_wbytes):
             self._wait_for_room(size, fid, until, by_deadline)  # before it is pending: nothing to undo
         pending = session.pending  # the request joins the session's table by one dict store
         waiter = Waiter()
@@ -1205,6 +1206,7 @@ class Connection:
             stream = self._stream
             shared = _SharedFile(os.dup(f.fileno())) if self._event_io else None
             queued: list[QueuedFrame] = []
+            self._sending_files += 1  # the link is busy though no chunk has a pending Qid (see idle)
             try:
                 for off, count in offsets:
                     if self._stream is not stream:
@@ -1228,7 +1230,7 @@ class Connection:
                             )
                         entry = encode_request_parts(qid, fid, data, header_block=block)
                     n = _entry_len(entry)
-                    if self._wbytes and self._wbytes + n > self._max_wbytes:
+                    if self._room_q or (self._wbytes and self._wbytes + n > self._max_wbytes):
                         try:
                             self._wait_for_room(n, fid, until, by_deadline)
                         except BaseException:
@@ -1255,6 +1257,7 @@ class Connection:
                     self._unqueue(entry)  # chunks never started go back: nothing half-written
                 raise
             finally:
+                self._sending_files -= 1
                 if shared is not None:
                     shared.release()
 
@@ -1271,7 +1274,7 @@ class Connection:
         block = encode_header_block(headers) if headers else b""
         data = encode_request_parts(qid, fid, body, tp=tp, header_block=block)
         size = _entry_len(data)
-        if self._wbytes and self._wbytes + size > self._max_wbytes:
+        if self._room_q or (self._wbytes and self._wbytes + size > self._max_wbytes):
             self._wait_for_room(size, fid, until, by_deadline)
         self._wbuf.append(data)
         self._wbytes += size
@@ -1316,7 +1319,8 @@ class Connection:
         ev = Event()
         queue.append(ev)
         try:
-            while self._wbytes and self._wbytes + size > self._max_wbytes:
+            # Our turn (first in line) and room for us: a caller never passes one that waits.
+            while queue[0] is not ev or (self._wbytes and self._wbytes + size > self._max_wbytes):
                 ev.clear()
                 if not wait_until(ev.wait, self.clock, until):
                     raise timeout_error(
