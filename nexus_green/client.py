@@ -345,6 +345,9 @@ class Client:
             (400000, True)
         """
         self._check_usable()
+        if not os.path.isfile(path):
+            # Before any connect: a missing file is named as such even while the endpoint is down.
+            raise FileNotFoundError(f"send_file: no such file: {os.fspath(path)!r}")
         until, by_deadline = budget(self.timeout if timeout is DEFAULT else timeout, clock=self.clock)
         conn = self.pool.checkout(until, by_deadline)
         resp = conn.send_file_until(path, fid, chunk_size, name, headers, until, by_deadline)

@@ -1206,6 +1206,7 @@ class Connection:
             stream = self._stream
             shared = _SharedFile(os.dup(f.fileno())) if self._event_io else None
             queued: list[QueuedFrame] = []
+            counted = 0
             self._sending_files += 1  # the link is busy though no chunk has a pending Qid (see idle)
             try:
                 for off, count in offsets:
@@ -1243,6 +1244,8 @@ class Connection:
                         continue  # reported at the top of the loop
                     self._wbuf.append(entry)
                     self._wbytes += n
+                    self._bytes_in_flight += n  # the pool spreads by it: a link busy with a file is heavy
+                    counted += n
                     queued.append(entry)
                     self._wake_writer()
                 if self._stream is not stream:
@@ -1258,6 +1261,7 @@ class Connection:
                 raise
             finally:
                 self._sending_files -= 1
+                self._bytes_in_flight -= counted
                 if shared is not None:
                     shared.release()
 

@@ -666,6 +666,7 @@ class ConnectionPool:
         if self._maintainer is not None:
             self._maintainer.cancel()
         self._maintainer = self._dialer = self._dialing = None
+        self._spread = False
         for conn in self._conns:
             conn._abandon_after_fork()
         self._conns = []

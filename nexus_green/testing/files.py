@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from typing import Optional
 
 from ..protocol.files import FILE_CHUNKS, FILE_ID, FILE_LAST, FILE_NAME, FILE_OFFSET, FILE_SIZE
@@ -37,9 +38,10 @@ _FILE_ID = re.compile(r"[0-9a-f]{32}\Z")
 
 
 class _Incoming:
-    __slots__ = ("fd", "part", "size", "received", "chunks", "error")
+    __slots__ = ("fd", "part", "size", "received", "chunks", "error", "last")
 
     def __init__(self, fd: int, part: str, size: int) -> None:
+        self.last = time.monotonic()
         self.fd = fd
         self.part = part
         self.size = size
@@ -56,12 +58,15 @@ class FileReceiver:
     its name (the base name only: a sender cannot write outside
     ``directory``) and answers ``{"name", "size", "sha256"}`` as JSON. A
     transfer that cannot complete is answered 409 (chunks missing) or 400
-    (malformed headers) and its part file removed.
+    (malformed headers) and its part file removed. A transfer that got no
+    chunk for ``abandon_after`` seconds (its sender gave up or lost its link)
+    is dropped, part file and all, when the next transfer starts.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], *, max_open: int = 64) -> None:
+    def __init__(self, directory: str | os.PathLike[str], *, max_open: int = 64, abandon_after: float = 60.0) -> None:
         self.directory = os.fspath(directory)
         self.max_open = max_open
+        self.abandon_after = abandon_after
         self._open: dict[str, _Incoming] = {}
         self.completed = 0
         self.failed = 0
@@ -86,6 +91,7 @@ class FileReceiver:
             return self._commit(file_id, size, h.get(FILE_CHUNKS, ""), h.get(FILE_NAME, ""))
         incoming = self._open.get(file_id)
         if incoming is None:
+            self._drop_abandoned()
             if len(self._open) >= self.max_open:
                 return Reply(b"too many files in transfer at once", code=503)
             part = os.path.join(self.directory, f".{file_id}.part")
@@ -99,9 +105,18 @@ class FileReceiver:
             incoming.error = f"chunk at {offset} of {len(body)} bytes does not fit a {incoming.size}-byte file"
             return None
         os.pwrite(incoming.fd, body, offset)
+        incoming.last = time.monotonic()
         incoming.received += len(body)
         incoming.chunks += 1
         return None
+
+    def _drop_abandoned(self) -> None:
+        stale = time.monotonic() - self.abandon_after
+        for file_id in [k for k, v in self._open.items() if v.last < stale]:
+            incoming = self._open.pop(file_id)
+            os.close(incoming.fd)
+            os.unlink(incoming.part)
+            self.failed += 1
 
     def _fail(self, file_id: str, message: bytes, code: int) -> Reply:
         incoming = self._open.pop(file_id, None)

@@ -229,3 +229,37 @@ def test_receiver_bounds_open_transfers_and_keeps_names_inside_its_directory(rx:
 def test_module_passes_under_patch_all() -> None:
     run = run_module_patched(__file__, "-q", "-p", "no:cacheprovider", timeout=240)
     assert run.returncode == 0, run.report()
+
+
+def test_receiver_drops_a_transfer_abandoned_for_abandon_after(tmp_path: Path) -> None:
+    rx = FileReceiver(tmp_path, abandon_after=0.05)
+    assert rx.handle(frame(file_id="0a" * 16, body=b"ab")) is None  # a sender that then went away
+    assert rx.in_progress == 1
+    gevent.sleep(0.1)
+    assert rx.handle(frame(file_id="0b" * 16, body=b"cd")) is None  # the next transfer sweeps the old one
+    assert rx.in_progress == 1 and rx.failed == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".{'0b' * 16}.part"]
+    rx.close()
+
+
+def test_a_missing_file_is_named_even_while_the_endpoint_is_down(tmp_path: Path) -> None:
+    from nexus_green.testing import refusing_port
+
+    with refusing_port() as peer, Client(peer.url, timeout=0.5) as client:
+        with pytest.raises(FileNotFoundError, match="no such file"):
+            client.send_file(tmp_path / "missing", FID_FILE)
+
+
+def test_a_link_busy_with_a_file_counts_its_bytes_in_flight(src: Path, inbox: Path) -> None:
+    with EmbeddedServer(files_dir=str(inbox)) as server, Connection(server.url) as conn:
+        seen: list[int] = []
+        real = conn._wake_writer
+
+        def watch() -> None:
+            seen.append(conn.bytes_in_flight)
+            real()
+
+        conn._wake_writer = watch  # type: ignore[method-assign]
+        conn.send_file(src, FID_FILE, chunk_size=512 * 1024, timeout=20)
+        assert max(seen) >= 512 * 1024  # the pool sees the upload's weight and spreads other work
+        assert conn.bytes_in_flight == 0
