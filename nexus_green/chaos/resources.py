@@ -29,6 +29,7 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import resource
 import time
@@ -40,7 +41,6 @@ from gevent import monkey
 __all__ = ["ResourceFault", "MemoryPressure", "CpuSaturation", "FdExhaustion", "open_fds"]
 
 _MB = 1024 * 1024
-_PAGE = 4096
 
 
 def open_fds() -> int:
@@ -114,7 +114,9 @@ class MemoryPressure(ResourceFault):
         if not 0 <= mb <= max_mb:
             raise ValueError(f"mb must be within 0..{max_mb} (max_mb), got {mb}")
         self.mb = mb
-        self._blocks: list[bytearray] = []
+        # Anonymous mappings, not bytearrays: malloc may hand back memory the process
+        # already holds (RSS would not grow), and may keep freed memory (RSS would not fall).
+        self._blocks: list[mmap.mmap] = []
 
     @property
     def held_bytes(self) -> int:
@@ -122,14 +124,17 @@ class MemoryPressure(ResourceFault):
         return sum(len(b) for b in self._blocks)
 
     def _start(self) -> None:
+        ones = b"\x01" * _MB
         for _ in range(self.mb):
-            block = bytearray(_MB)
-            block[::_PAGE] = b"\x01" * (_MB // _PAGE)  # touch each page: calloc'd memory is not resident yet
+            block = mmap.mmap(-1, _MB)
+            block.write(ones)  # touch each page: a fresh mapping is not resident yet
             self._blocks.append(block)
             gevent.sleep(1e-6)  # a megabyte at a time: taking the memory must not hold the hub
 
     def _stop(self) -> None:
-        self._blocks.clear()
+        blocks, self._blocks = self._blocks, []
+        for block in blocks:
+            block.close()  # munmap: the pages go back to the system at once
 
     def describe(self) -> str:
         """``memory pressure N MB``."""
