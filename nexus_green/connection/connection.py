@@ -911,7 +911,7 @@ class Connection:
         st = self.iostats
         if self.bus.version != st.bus_version:
             st.refresh(self.bus)  # someone (un)subscribed, or this is another bus
-        if self._room_q or (self._wbytes and self._wbytes + size > self._max_wbytes):
+        if self._room_q or (self._wbytes and self._wbytes + size > self._max_wbytes):  # _wait_for_room's test, inline
             self._wait_for_room(size, fid, until, by_deadline)  # before it is pending: nothing to undo
         pending = session.pending  # the request joins the session's table by one dict store
         waiter = Waiter()
@@ -1204,17 +1204,21 @@ class Connection:
             if not self.connected:
                 self._wait_ready(until, by_deadline)
             stream = self._stream
+
+            def still_linked() -> None:
+                if self._stream is not stream:
+                    raise ConnectionLost(
+                        f"{self.conn_id} to {self.endpoint}: the link was lost while sending {os.fspath(path)!r}; "
+                        "the receiver holds part of it at most: send it again"
+                    ) from self.last_error
+
             shared = _SharedFile(os.dup(f.fileno())) if self._event_io else None
             queued: list[QueuedFrame] = []
             counted = 0
             self._sending_files += 1  # the link is busy though no chunk has a pending Qid (see idle)
             try:
                 for off, count in offsets:
-                    if self._stream is not stream:
-                        raise ConnectionLost(
-                            f"{self.conn_id} to {self.endpoint}: the link was lost while sending {os.fspath(path)!r}; "
-                            "the receiver holds part of it at most: send it again"
-                        ) from self.last_error
+                    still_linked()
                     block = encode_header_block({**base, FILE_OFFSET: str(off)})
                     qid = self.session.take_qid()
                     self.session.forget(qid)  # nobody waits for a chunk's answer
@@ -1231,28 +1235,20 @@ class Connection:
                             )
                         entry = encode_request_parts(qid, fid, data, header_block=block)
                     n = _entry_len(entry)
-                    if self._room_q or (self._wbytes and self._wbytes + n > self._max_wbytes):
-                        try:
-                            self._wait_for_room(n, fid, until, by_deadline)
-                        except BaseException:
-                            if type(entry) is _FileChunk:
-                                entry.file.release()
-                            raise
-                    if self._stream is not stream:
+                    try:
+                        self._wait_for_room(n, fid, until, by_deadline)
+                        still_linked()
+                    except BaseException:
                         if type(entry) is _FileChunk:
                             entry.file.release()
-                        continue  # reported at the top of the loop
+                        raise
                     self._wbuf.append(entry)
                     self._wbytes += n
                     self._bytes_in_flight += n  # the pool spreads by it: a link busy with a file is heavy
                     counted += n
                     queued.append(entry)
                     self._wake_writer()
-                if self._stream is not stream:
-                    raise ConnectionLost(
-                        f"{self.conn_id} to {self.endpoint}: the link was lost while sending {os.fspath(path)!r}; "
-                        "the receiver holds part of it at most: send it again"
-                    ) from self.last_error
+                still_linked()
                 last = {**base, FILE_OFFSET: str(size), FILE_LAST: "1", FILE_CHUNKS: str(len(offsets))}
                 return self.request_until(b"", fid, last, 0, until, by_deadline)
             except BaseException:
@@ -1278,8 +1274,7 @@ class Connection:
         block = encode_header_block(headers) if headers else b""
         data = encode_request_parts(qid, fid, body, tp=tp, header_block=block)
         size = _entry_len(data)
-        if self._room_q or (self._wbytes and self._wbytes + size > self._max_wbytes):
-            self._wait_for_room(size, fid, until, by_deadline)
+        self._wait_for_room(size, fid, until, by_deadline)
         self._wbuf.append(data)
         self._wbytes += size
         self.session.forget(qid)
@@ -1319,6 +1314,8 @@ class Connection:
 
     def _wait_for_room(self, size: int, fid: int, until: Optional[float], by_deadline: bool) -> None:
         """Wait, within the budget, until the write queue can take ``size`` more bytes (or is empty)."""
+        if not self._room_q and not (self._wbytes and self._wbytes + size > self._max_wbytes):
+            return  # room now, and nobody waiting ahead of us
         queue = self._room_q
         ev = Event()
         queue.append(ev)
@@ -1442,19 +1439,21 @@ class Connection:
                 # An idle reader must not keep the last answers alive while it waits in recv.
                 data = frames = ready = None  # type: ignore[assignment]
         except RemoteProtocolError as exc:
-            # Answers that came before the malformed bytes in the same read are
-            # still answers: deliver them, then fail the rest with the error.
-            if decoder.salvaged:
-                st.frames_received += len(decoder.salvaged)
-                answered = self._dispatch(decoder.salvaged, now())
-                if answered:
-                    run_callback(_deliver, answered)
-            self.bus.emit("protocol.error", conn_id=self.conn_id, error=exc, offset=exc.offset)
-            self._lost(stream, exc)
+            self._protocol_error(stream, decoder, exc)
         except NexusError as exc:
             self._lost(stream, exc)
         except Exception as exc:  # a bug must fail the requests, never leave them hanging
             self._internal_error(stream, "reader", exc)
+
+    def _protocol_error(self, stream: Stream, decoder: FrameDecoder, exc: RemoteProtocolError) -> None:
+        """The peer broke the framing: deliver the answers decoded before the bad bytes, then end the link."""
+        if decoder.salvaged:
+            self.iostats.frames_received += len(decoder.salvaged)
+            answered = self._dispatch(decoder.salvaged, self.clock.now())
+            if answered:
+                self._run_callback(_deliver, answered)
+        self.bus.emit("protocol.error", conn_id=self.conn_id, error=exc, offset=exc.offset)
+        self._lost(stream, exc)
 
     def _on_readable(self, stream: Stream, decoder: FrameDecoder) -> None:
         """Read watcher callback (in the hub): receive, decode, and switch each answered caller in.
@@ -1516,13 +1515,7 @@ class Connection:
                 if n < len(buf) or _monotonic() >= stop_at:
                     return
         except RemoteProtocolError as exc:
-            if decoder.salvaged:
-                st.frames_received += len(decoder.salvaged)
-                answered = self._dispatch(decoder.salvaged, self.clock.now())
-                if answered:
-                    self._run_callback(_deliver, answered)
-            self.bus.emit("protocol.error", conn_id=self.conn_id, error=exc, offset=exc.offset)
-            self._lost(stream, exc)
+            self._protocol_error(stream, decoder, exc)
         except NexusError as exc:
             self._lost(stream, exc)
         except Exception as exc:  # a bug must fail the requests, never leave them hanging
