@@ -66,6 +66,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench_foundation as bf  # noqa: E402
+from common import median_interval  # noqa: E402
 
 VARIANTS = ("off", "off-control", "on-1.0", "on-default")
 MEASURED = ("off-control", "on-1.0", "on-default")
@@ -158,17 +159,6 @@ def child(port: int, seconds: float, slice_s: float, seed: int) -> None:
         out[v]["cycle_costs"] = [1 - c[v][0] / c["off"][0] for c in cycles]
         out[v]["cycle_cpu_costs"] = [c[v][1] / c["off"][1] - 1 for c in cycles]
     print(json.dumps(out))
-
-
-def median_interval(costs: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """A 95% bootstrap interval of the median of ``costs`` (percentile method).
-
-    One 0.2 s slice's cost scatters by several percent on a shared machine;
-    the interval says how far the median of this many cycles can be trusted.
-    """
-    rng = random.Random(seed)
-    medians = sorted(statistics.median(rng.choices(costs, k=len(costs))) for _ in range(resamples))
-    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
 def main() -> int:

@@ -49,6 +49,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench_foundation as bf  # noqa: E402
+from common import median_interval  # noqa: E402
 
 VARIANTS = ("off", "off-control", "unsampled", "default", "default-lean", "always")
 MEASURED = ("off-control", "unsampled", "default", "default-lean", "always")
@@ -139,13 +140,6 @@ def child(port: int, seconds: float, slice_s: float, seed: int) -> None:
     for v in MEASURED:
         out[v]["cycle_costs"] = [1 - c[v] / c["off"] for c in cycles]
     print(json.dumps(out))
-
-
-def median_interval(costs: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """A 95% bootstrap interval of the median of ``costs`` (percentile method)."""
-    rng = random.Random(seed)
-    medians = sorted(statistics.median(rng.choices(costs, k=len(costs))) for _ in range(resamples))
-    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
 def main() -> int:

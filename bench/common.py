@@ -10,13 +10,16 @@ and they import this module as ``common``.
 * :func:`rss_bytes` resident set size of this process, from /proc/self/statm;
 * :func:`code_env` the environment for a child that imports nexus_green from another tree (``--code DIR``);
 * :func:`run_child` runs ``script --child ...`` and returns the JSON of its last stdout line;
-* :func:`run_rounds` runs variants as children, interleaved for several rounds, against one peer.
+* :func:`run_rounds` runs variants as children, interleaved for several rounds, against one peer;
+* :func:`median_interval` a bootstrap interval of a median (the interleaved overhead benchmarks).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
+import statistics
 import struct
 import subprocess
 import sys
@@ -144,3 +147,14 @@ def run_rounds(
             proc.terminate()
             proc.wait(10)
     return runs
+
+
+def median_interval(costs: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """A 95% bootstrap interval of the median of ``costs`` (percentile method).
+
+    One 0.2 s slice's cost scatters by several percent on a shared machine;
+    the interval says how far the median of this many cycles can be trusted.
+    """
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(costs, k=len(costs))) for _ in range(resamples))
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
