@@ -7,8 +7,13 @@ for greenlets that are finishing).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import gevent
 import pytest
@@ -56,3 +61,66 @@ def private_cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
         os.environ.pop("XDG_CACHE_HOME", None)
     else:
         os.environ["XDG_CACHE_HOME"] = saved
+
+
+# ---------------------------------------------------------------- a real browser (dashboard, trace viewer)
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+def _ensure_chromium() -> None:
+    """Debian's chromium and chromium-driver, installed when missing (make test's browser target does it first).
+
+    Skips the test, saying why, only where they cannot be installed (no root or no apt-get).
+    """
+    if os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK):
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip("chromium and chromium-driver are missing and cannot be installed here (needs root and apt-get)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"]):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            pytest.skip(f"installing chromium failed: {' '.join(cmd)}: {proc.stderr[-500:]}")
+
+
+@contextlib.contextmanager
+def _headless_chromium(window: str) -> Iterator[Any]:
+    _ensure_chromium()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="nexus-green-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--window-size={window}",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def headless_chromium() -> Callable[[str], Any]:
+    """``with headless_chromium("1400,1700") as driver:`` a selenium driver of Debian's headless chromium.
+
+    Started with the flags this machine needs (no sandbox as root, no background
+    networking: the network is closed) and a fresh profile, quit on exit.
+    """
+    return _headless_chromium
