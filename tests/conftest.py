@@ -124,3 +124,33 @@ def headless_chromium() -> Callable[[str], Any]:
     networking: the network is closed) and a fresh profile, quit on exit.
     """
     return _headless_chromium
+
+
+# ---------------------------------------------------------------- a real redis-server (shared state, issue 20)
+def _ensure_redis_server() -> None:
+    """Debian's redis-server, installed when missing (make test's redis target does it first).
+
+    Skips the test, saying why, only where it cannot be installed (no root or no apt-get).
+    """
+    if shutil.which("redis-server"):
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip("redis-server is missing and cannot be installed here (needs root and apt-get)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "redis-server"]):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            pytest.skip(f"installing redis-server failed: {' '.join(cmd)}: {proc.stderr[-500:]}")
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Any]:
+    """A fresh :class:`nexus_green.testing.redis_server.RedisServer` on a free loopback port, closed afterwards."""
+    _ensure_redis_server()
+    from nexus_green.testing.redis_server import RedisServer
+
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -54,12 +54,15 @@ from .server import (
     EmbeddedServer,
     Reply,
 )
+from .redis_server import RedisServer, RedisServerUnavailable
 from .socks5_proxy import ProxyRequest, Socks5Proxy
 from .tls import CertificateKit, TLSEchoServer, make_test_certificates
 
 __all__ = [
     "settle_io",
     "Socks5Proxy",
+    "RedisServer",
+    "RedisServerUnavailable",
     "ProxyRequest",
     "make_test_certificates",
     "CertificateKit",

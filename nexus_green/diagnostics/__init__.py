@@ -1,0 +1,1 @@
+"""Diagnostics toolkit (issue 19): checks that report every problem at once, and ``nexus-green diagnose``."""
