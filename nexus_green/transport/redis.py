@@ -25,8 +25,9 @@ Events:
 
 * ``shared.fallback`` [link, reason, error]: one call fell back; reason is
   ``down`` (the link was down, nothing sent), ``error``, ``timeout``,
-  ``no_budget`` (the caller's deadline left no time) or ``pool_exhausted``;
-  emitted only when someone subscribes to it
+  ``no_budget`` (the caller's deadline left no time) or ``busy`` (every
+  connection stayed in use for the whole budget); emitted only when someone
+  subscribes to it
 * ``shared.down`` [link, error, retry_in]: the link went down (an outage
   begins) or a probe failed
 * ``shared.resumed`` [link, down_for, fallbacks]: a probe succeeded after an
@@ -65,6 +66,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Optional, TypeVar, Union
 from urllib.parse import urlsplit
 
+import gevent.lock
 import gevent.queue
 import redis
 import redis.exceptions
@@ -108,7 +110,7 @@ class SharedUnavailable(NexusError):
     """Shared state is unavailable for this call: use the local, in-process behaviour.
 
     ``reason`` says why: ``down`` (the link is in its backoff; nothing was
-    sent), ``error``, ``timeout``, ``no_budget`` or ``pool_exhausted``. The
+    sent), ``error``, ``timeout``, ``no_budget`` or ``busy``. The
     Redis error, if any, is chained as ``__cause__``. Shared policies catch it;
     it reaches an application only when it calls :meth:`RedisLink.call` itself.
 
@@ -251,8 +253,12 @@ class RedisLink:
       (default 50 ms), or less when the caller's deadline is nearer; on a
       Redis error or timeout it raises :class:`SharedUnavailable` and marks the
       link down for a backoff drawn uniformly from ``backoff`` (0.5-1 s) with
-      ``rng``. A timeout clipped by the caller's deadline, or a full pool, is
-      not the server's fault: that call falls back but the link stays up.
+      ``rng``. A timeout clipped by the caller's deadline is not the
+      server's fault: that call falls back but the link stays up.
+    * At most ``max_connections`` calls are in flight; a call that waits for
+      a slot so long that Redis gets less than half the timeout falls back
+      with reason ``busy`` (this process is overloaded, Redis is not at
+      fault: the link stays up).
     * While down, :meth:`call` raises at once (reason ``down``): no connect,
       no timer. :attr:`available` tells a caller beforehand.
     * After the backoff, the next caller probes (one at a time; the others
@@ -313,6 +319,7 @@ class RedisLink:
         self.clock = clock
         self.rng = rng if rng is not None else random.Random()
         self.bus = bus if bus is not None else default_bus
+        self._gate = gevent.lock.BoundedSemaphore(max_connections)
         self._down = False
         self._probing = False
         self._retry_at = 0.0
@@ -364,11 +371,12 @@ class RedisLink:
         timeout (a bug in ``fn``, say) propagate unchanged and leave the link
         up.
         """
+        probe = False
         if self._down:
             if self._probing or self.clock.now() < self._retry_at:
                 self._outage_fallbacks += 1
                 raise self._fallback("down", None)
-            self._probing = True
+            self._probing = probe = True
         clock = self.clock
         now = clock.now()
         until = now + self.timeout
@@ -377,28 +385,42 @@ class RedisLink:
         if d is not None and d < until:
             until, own_limit = d, False
         if until <= now:
-            self._probing = False
+            if probe:
+                self._probing = False
             raise self._fallback("no_budget", None)
-        self.calls += 1
+        gate = self._gate
+        sent_at = None
         mine = arm(clock, until)
         try:
-            result = fn(self.client, *args, **kwargs)
+            gate.acquire()
+            try:
+                sent_at = clock.now()
+                self.calls += 1
+                result = fn(self.client, *args, **kwargs)
+            finally:
+                gate.release()
         except Interrupt as caught:
+            if probe:
+                self._probing = False
             if caught.timer is not mine:
-                self._probing = False
                 raise
+            if sent_at is None:  # every slot stayed taken: this process is busy, Redis is not at fault
+                raise self._fallback("busy", None) from None
             error: BaseException = TimeoutError(f"redis call took longer than {until - now:.3f}s")
-            if own_limit:
-                raise self._failed("timeout", error) from None
-            self._probing = False
-            raise self._fallback("no_budget", error) from None
+            if not own_limit:  # the caller's deadline, not the link's timeout, ran out
+                raise self._fallback("no_budget", error) from None
+            if until - sent_at < self.timeout / 2:  # it waited for a slot so long that Redis had too little time
+                raise self._fallback("busy", error) from None
+            raise self._failed("timeout", error, probe) from None
         except _LINK_ERRORS as e:
-            if isinstance(e, redis.exceptions.ConnectionError) and str(e).startswith("No connection available"):
+            if probe:
                 self._probing = False
-                raise self._fallback("pool_exhausted", e) from e
-            raise self._failed("error", e) from e
+            if isinstance(e, redis.exceptions.ConnectionError) and str(e).startswith("No connection available"):
+                raise self._fallback("busy", e) from e
+            raise self._failed("error", e, probe) from e
         except BaseException:
-            self._probing = False
+            if probe:
+                self._probing = False
             raise
         finally:
             mine.cancel()
@@ -438,17 +460,19 @@ class RedisLink:
             self.bus.emit("shared.fallback", link=self.name, reason=reason, error=error)
         return SharedUnavailable(f"redis link {self.name}: {reason}" + (f": {error}" if error else ""), reason=reason)
 
-    def _failed(self, reason: str, error: BaseException) -> SharedUnavailable:
+    def _failed(self, reason: str, error: BaseException, probe: bool) -> SharedUnavailable:
         self.failures += 1
         self.last_error = error
         now = self.clock.now()
-        if not self._down:
+        if not self._down:  # an outage begins
             self._down = True
             self._down_since = now
             self._outage_fallbacks = 0
             self.outages += 1
+        elif not probe:  # a call sent before the outage began: its backoff is already running
+            self._outage_fallbacks += 1
+            return self._fallback(reason, error)
         self._outage_fallbacks += 1
-        self._probing = False
         low, high = self.backoff
         retry_in = low + (high - low) * self.rng.random()
         self._retry_at = now + retry_in
@@ -464,7 +488,7 @@ class RedisLink:
 
     def mark_down(self, error: BaseException) -> None:
         """Treat the link as failed now (a caller saw Redis misbehave outside :meth:`call`)."""
-        self._failed("error", error)
+        self._failed("error", error, True)
 
     def stats(self) -> dict[str, Any]:
         """The counters and state as a dict (for diagnostics and dashboards).
