@@ -113,8 +113,14 @@ _CONN_KEYS = (
 )
 
 
-def _pipeline_wrap(middlewares: Any, bus: EventBus) -> Callable[[Handler], Handler]:
-    """The ``wrap`` of ``middlewares`` (a sequence or a ready Pipeline), once their buses are checked."""
+def _pipeline_wrap(
+    middlewares: Any, bus: EventBus
+) -> tuple[Callable[[Handler], Handler], Optional[Callable[[], bool]]]:
+    """The ``wrap`` of ``middlewares`` (a sequence or a ready Pipeline), once their buses are checked.
+
+    Also the ``needed()`` of a lone middleware that has one (see
+    :class:`~nexus_green.pipeline.Middleware`), else None.
+    """
     wrap = getattr(middlewares, "wrap", None)
     if wrap is None:
         middlewares = Pipeline(list(middlewares))
@@ -128,7 +134,9 @@ def _pipeline_wrap(middlewares: Any, bus: EventBus) -> Callable[[Handler], Handl
                 f"middleware {mw.name!r} emits on another EventBus than the client's: "
                 "build it with the client's bus= (or give neither a bus)"
             )
-    return wrap
+    mws = tuple(getattr(middlewares, "middlewares", ()))
+    needed = getattr(mws[0], "needed", None) if len(mws) == 1 else None
+    return wrap, needed if callable(needed) else None
 
 
 class Client:
@@ -177,7 +185,9 @@ class Client:
         if unknown:
             raise ConfigurationError(f"unknown Client option(s): {', '.join(sorted(unknown))}")
         conn_opts = ConnectionOptions(request_timeout=timeout, **{k: v for k, v in options.items() if k in _CONN_KEYS})
-        wrap = _pipeline_wrap(middlewares, bus) if middlewares else None  # checked before the pool opens anything
+        wrap, needed = (
+            _pipeline_wrap(middlewares, bus) if middlewares else (None, None)
+        )  # checked before the pool opens
         self.timeout = timeout
         self._hub = get_hub()  # calls from another OS thread get a UsageError, not a hang
         self._now = _monotonic if clock is SYSTEM_CLOCK else clock.now  # the budget's start, once per call
@@ -208,6 +218,7 @@ class Client:
             self._unwatch = monitor.watch_pool(str(self.endpoint), self.pool.stats)
         self.middlewares = middlewares
         self._call: Optional[Handler] = None
+        self._needed = needed
         if wrap is not None:
             self._call = wrap(self._terminal)
 
@@ -235,7 +246,7 @@ class Client:
         """
         call = self._call
         try:
-            if call is None:
+            if call is None or (self._needed is not None and not self._needed()):
                 return self._roundtrip(body, fid, headers, timeout, 0)
             # Through a pipeline, Request.timeout None still means "the client's default".
             return call(

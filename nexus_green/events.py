@@ -20,7 +20,11 @@ Event names (the catalogue later layers rely on; attributes in brackets):
   [conn_id, endpoint, age, requests, error]
 * ``request.complete`` [conn_id, qid, fid, latency, bytes_out, bytes_in, code];
   ``request.failed`` [conn_id, qid, fid, latency, error];
-  ``request.late`` [conn_id, qid]
+  ``request.late`` [conn_id, qid];
+  ``request.traced`` [conn_id, qid, fid, queued, written, latency, bytes_out, bytes_in, code]: only for
+  a request whose headers carry a ``traceparent`` (tracing sends one for sampled requests), so a
+  tracer gets a message's phases without an event per request; ``queued`` and ``written`` are clock
+  times (the frame queued; the write that took it, or its first part, to the kernel)
 * ``io.stats`` [conn_id, interval, bytes_sent, frames_sent, bytes_received,
   frames_received, completed, non_ok, latencies, sampled_every]: what a connection did since
   its previous ``io.stats`` (emitted on ``Connection.flush_stats()``, which
@@ -32,7 +36,8 @@ Event names (the catalogue later layers rely on; attributes in brackets):
   someone subscribes to them.
 * ``io.sent`` [conn_id, nbytes, frames]; ``io.received`` [conn_id, nbytes, frames]
 * ``push.received`` [conn_id, fid, qid]; ``protocol.error`` [conn_id, error, offset]
-* ``heartbeat.sent`` [conn_id]; ``heartbeat.rtt`` [conn_id, rtt];
+* ``heartbeat.sent`` [conn_id]; ``heartbeat.rtt`` [conn_id, rtt, written] (``written``: the clock
+  time the write that took the ping to the kernel ran, or None);
   ``heartbeat.timeout`` [conn_id]
 * ``reconnect.scheduled`` [conn_id, attempt, delay]; ``reconnect.succeeded``
   [conn_id, attempt]; ``reconnect.failed`` [conn_id, attempt, error];

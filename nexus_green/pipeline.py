@@ -166,6 +166,13 @@ class Middleware(Protocol):
     look at the response. An optional integer ``order`` attribute places it in
     a :class:`Pipeline` (see :data:`DEFAULT_ORDER`).
 
+    An optional ``needed()`` method lets a Client skip the pipeline for a call
+    the middleware would pass through untouched (tracing's unsampled roots):
+    when it is a Client's only middleware, the Client calls ``needed()`` in
+    the caller's greenlet before it builds the Request; False sends the call
+    the short way, True commits the middleware to this call (its ``__call__``
+    follows in the same greenlet, with no yield in between).
+
     Example::
 
         >>> class Echo:

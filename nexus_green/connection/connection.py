@@ -130,6 +130,7 @@ _PREFIX_PACK = struct.Struct(">IHHBBIIIH").pack  # the frame prefix (protocol/fr
 # One receive scratch buffer per hub serves every plain-TCP connection of that
 # thread: reads run in the hub one at a time and copy each body out before the
 # next, so an idle connection holds no receive buffer of its own.
+_TRACEPARENT = "traceparent"  # a request carrying a trace context (docs/protocol.md) may get a request.traced
 _SCRATCH_SIZE = 256 * 1024
 _scratch: weakref.WeakKeyDictionary[Any, bytearray] = weakref.WeakKeyDictionary()
 
@@ -274,6 +275,10 @@ class Connection:
         # callers past the bound wait for room within their budget (_wait_for_room).
         self._wbytes = 0
         self._bytes_in_flight = 0  # request bytes of the calls waiting in request_until
+        # Requests carrying a trace context, queued and not yet handed to the kernel: each a one-item list
+        # the next write stamps with its time (the ``written`` of its ``request.traced`` event).
+        self._unstamped: list[list[float]] = []
+        self._hb_mark: list[float] = [0.0]  # the write time of the ping in flight (heartbeat.rtt's ``written``)
         self._sending_files = 0  # send_file calls in progress: their chunks have no pending Qid
         self._max_wbytes = self.options.max_write_buffer
         # Callers waiting for room, first come first served: room wakes the first
@@ -892,7 +897,9 @@ class Connection:
             # would make len() count items, not bytes: one copy settles both.
             body = bytes(body)
         session = self.session
+        traced = False
         if headers:
+            traced = _TRACEPARENT in headers
             if self.options.strict:
                 raise LocalProtocolError(f"{self.conn_id}: strict mode cannot send headers {sorted(headers)}")
             data = encode_request_parts(
@@ -926,6 +933,10 @@ class Connection:
                 f"request fid={fid} to {self.endpoint}: no time left to send it (not sent)",
                 phase="write",
             )
+        mark: Optional[list[float]] = None
+        if traced and st.emit_traced:
+            mark = [now]
+            self._unstamped.append(mark)
         wbuf = self._wbuf
         wbuf.append(data)
         self._wbytes += size
@@ -963,6 +974,8 @@ class Connection:
             abandoned = session.abandon(qid, waiter)
             if abandoned is not None:
                 self._unqueue(data)
+            if mark is not None:
+                self._drop_mark(mark)
             if self.bus.wants("request.failed"):
                 self.bus.emit(
                     "request.failed",
@@ -981,6 +994,21 @@ class Connection:
                 conn_id=self.conn_id,
                 qid=qid,
                 fid=fid,
+                latency=latency,
+                bytes_out=size,
+                bytes_in=len(raw[6]) + 24,
+                code=raw[2],
+            )
+        if mark is not None:
+            # Only requests with a trace context that a tracer listens for: the phases of a sampled
+            # message (queued -> written to the kernel -> answer arrived), without an event per request.
+            self.bus.emit(
+                "request.traced",
+                conn_id=self.conn_id,
+                qid=qid,
+                fid=fid,
+                queued=now,
+                written=mark[0],
                 latency=latency,
                 bytes_out=size,
                 bytes_in=len(raw[6]) + 24,
@@ -1023,8 +1051,25 @@ class Connection:
         st = self.iostats
         st.bytes_sent += n
         st.frames_sent += frames
+        if self._unstamped:
+            self._stamp_traced()
         if st.emit_io:
             self.bus.emit("io.sent", conn_id=self.conn_id, nbytes=n, frames=frames)
+
+    def _stamp_traced(self) -> None:
+        # Writes are coalesced: every traced request queued before this write went out with it (or its
+        # first part did), so its "written" time is now. A frame split over writes gets its first one.
+        t = _monotonic() if self._real_clock else self.clock.now()
+        for mark in self._unstamped:
+            mark[0] = t
+        self._unstamped.clear()
+
+    def _drop_mark(self, mark: list[float]) -> None:
+        # By identity: two marks of the same time are equal lists.
+        for i, m in enumerate(self._unstamped):
+            if m is mark:
+                del self._unstamped[i]
+                return
 
     def _wake_writer(self) -> None:
         if not self._event_io:
@@ -1387,6 +1432,8 @@ class Connection:
                     self.heartbeat.on_activity(self.clock.now())
                     st.bytes_sent += len(data)
                     st.frames_sent += len(chunks)
+                    if self._unstamped:
+                        self._stamp_traced()
                     if st.emit_io:
                         self.bus.emit("io.sent", conn_id=self.conn_id, nbytes=len(data), frames=len(chunks))
                     # An idle writer must not keep the last batch (a megabyte body, say) alive while it waits.
@@ -1550,7 +1597,8 @@ class Connection:
             elif self._hb_sent_at is not None:  # a HeartbeatAck, and we sent a heartbeat
                 rtt = self.heartbeat.on_ack(self.clock.now())
                 self._hb_sent_at = None
-                self.bus.emit("heartbeat.rtt", conn_id=self.conn_id, rtt=rtt)
+                mark, self._hb_mark = self._hb_mark, [0.0]
+                self.bus.emit("heartbeat.rtt", conn_id=self.conn_id, rtt=rtt, written=mark[0] or None)
 
     def flush_stats(self, now: Optional[float] = None) -> None:
         """Emit one ``io.stats``: the traffic since the last one (if anyone listens and anything moved).
@@ -1603,6 +1651,9 @@ class Connection:
             hb.on_sent(now)
             self._hb_sent_at = now
             self._hb_progress = stream.send_progress()
+            self._hb_mark[0] = 0.0
+            self._drop_mark(self._hb_mark)
+            self._unstamped.append(self._hb_mark)  # the write that takes the ping stamps it
             self._queue_control(heartbeat_frame())
             self.bus.emit("heartbeat.sent", conn_id=self.conn_id)
         elif decision.action == "dead":

@@ -8,7 +8,8 @@ This module owns:
   connection's I/O greenlets add to them directly: a few integer additions
   per recv or send batch, exact at any moment;
 * which of the costly per-request events anyone wants, cached per bus
-  version: ``emit_complete`` (``request.complete``), ``emit_io``
+  version: ``emit_complete`` (``request.complete``), ``emit_traced``
+  (``request.traced``, only for requests that carry a trace context), ``emit_io``
   (``io.sent`` / ``io.received``) and ``emit_stats`` (``io.stats``);
 * latency sampling: while someone listens to ``io.stats``, the
   send-to-arrival times of every ``bus.latency_sample_every``-th batch of
@@ -77,6 +78,7 @@ class IOStats:
         "responses_non_ok",
         "bus_version",
         "emit_complete",
+        "emit_traced",
         "emit_io",
         "emit_stats",
         "_listeners",
@@ -94,6 +96,7 @@ class IOStats:
         self.responses_non_ok = 0  # ... with a code other than 200
         self.bus_version = -1  # the version of the bus the flags below were read from
         self.emit_complete = False
+        self.emit_traced = False
         self.emit_io = False
         self.emit_stats = False
         self._listeners: tuple[Any, ...] = ()  # who heard the last io.stats
@@ -160,6 +163,7 @@ class IOStats:
         """
         self.bus_version = bus.version
         self.emit_complete = bus.wants("request.complete")
+        self.emit_traced = bus.wants("request.traced")
         self.emit_io = bus.wants("io.sent") or bus.wants("io.received")
         listeners = bus.listeners("io.stats")
         if listeners and not any(fn in self._listeners for fn in listeners):

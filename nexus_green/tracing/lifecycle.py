@@ -14,8 +14,8 @@ span                          from
 ``connect.dns`` / ``.tcp`` /  each ``connect.<phase>.complete`` / ``.failed``: it ends at the
 ``.socks5`` / ``.tls``        event and lasts its ``duration`` (``dns.question.name`` on dns)
 ``nexus.heartbeat``           ``heartbeat.sent`` to ``heartbeat.rtt`` (or ``heartbeat.timeout``,
-                              an error), a root; children ``send-ping`` (until the next
-                              ``io.sent`` of the connection: the ping's batch was written) and
+                              an error), a root; children ``send-ping`` (until the write that
+                              took the ping to the kernel: ``heartbeat.rtt``'s ``written``) and
                               ``receive-pong`` (from there to the pong)
 ``nexus.reconnect``           a :class:`~nexus_green.connection.Connection` that reconnects by
                               itself: ``reconnect.scheduled`` to ``reconnect.succeeded`` /
@@ -24,14 +24,15 @@ span                          from
                               Client's pool instead replaces a lost connection by a new one: the
                               new ``nexus.connect`` of that endpoint is linked to the lost one
                               (``connection.closed`` with an error)
-``nexus.message``             one per attempt of a sampled request (``request.complete`` /
+``nexus.message``             one per attempt of a sampled request (``request.traced`` /
                               ``request.failed`` in the caller's greenlet, whose current span is
-                              the request's): from the moment the frame was queued (arrival
-                              minus ``latency``) to the answer's arrival, with children ``send``
-                              (queued until the coalesced batch holding it was written: the
-                              first ``io.sent`` of that connection after it was queued) and
-                              ``receive`` (written until the answer arrived: network, server,
-                              reader); a code of 500 or more marks it an error
+                              the request's): from the moment the frame was queued
+                              (``queued``) to the answer's arrival, with children ``send``
+                              (queued until the coalesced batch holding it was written to the
+                              kernel: ``written``) and ``receive`` (written until the answer
+                              arrived: network, server, reader); a code of 500 or more marks it
+                              an error. The connection emits ``request.traced`` only for requests
+                              that carry a ``traceparent``, so unsampled requests pay nothing
 ============================  ====================================================================
 
 Resilience events of the request in progress become events of the current
@@ -39,8 +40,7 @@ span: ``retry.attempt``, ``retry.gave_up``, ``breaker.rejected``,
 ``fallback.used``, ``bulkhead.rejected``, ``hedge.sent``, ``hedge.won``,
 ``failover.switched``.
 
-Bookkeeping is per connection and released on ``connection.closed``; at most
-:data:`MAX_SENT_MARKS` ``io.sent`` times are kept per connection.
+Bookkeeping is per connection and released on ``connection.closed``.
 
 Example::
 
@@ -58,7 +58,6 @@ Example::
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable
 from typing import Any
 
@@ -68,9 +67,8 @@ from .context import TraceContext
 from .manager import SpanManager, _get_current
 from .span import Span, SpanKind, SpanLink, StatusCode, monotonic_to_ns
 
-__all__ = ["BusTracer", "MAX_SENT_MARKS", "SPAN_EVENTS"]
+__all__ = ["BusTracer", "SPAN_EVENTS"]
 
-MAX_SENT_MARKS = 64
 MAX_LOST = 256  # endpoints whose lost connection awaits its replacement (one entry each)
 
 SPAN_EVENTS = (
@@ -100,13 +98,13 @@ class BusTracer:
     """Subscribes to ``bus`` and records lifecycle spans with ``manager``; :meth:`start` / :meth:`stop`.
 
     ``message_spans=False`` leaves out the message spans (and so does not
-    subscribe to ``request.complete``, ``request.failed`` and ``io.sent``).
+    subscribe to ``request.traced`` and ``request.failed``).
 
     Example::
 
         >>> bus = EventBus()
         >>> t = BusTracer(SpanManager(), bus=bus, message_spans=False).start()
-        >>> bus.wants("connect.started"), bus.wants("request.complete")
+        >>> bus.wants("connect.started"), bus.wants("request.traced")
         (True, False)
         >>> t.stop()
     """
@@ -118,7 +116,6 @@ class BusTracer:
         self._last_connect: dict[str, Span] = {}
         self._reconnecting: dict[str, Span] = {}
         self._heartbeats: dict[str, Span] = {}
-        self._sent: dict[str, collections.deque[float]] = {}
         self._lost: dict[str, tuple[TraceContext, str]] = {}
         self._unsubscribe: list[Callable[[], None]] = []
         handlers: dict[str, Callable[[Event], None]] = {
@@ -133,12 +130,11 @@ class BusTracer:
             "reconnect.failed": self._reconnect_done,
             "reconnect.gave_up": self._reconnect_done,
             "connection.closed": self._closed,
-            "request.complete": self._message,
+            "request.traced": self._message,
             "request.failed": self._message,
-            "io.sent": self._io_sent,
         }
         if not message_spans:
-            for name in ("request.complete", "request.failed", "io.sent"):
+            for name in ("request.traced", "request.failed"):
                 del handlers[name]
         for phase in _PHASES:
             handlers[f"connect.{phase}.complete"] = self._phase
@@ -164,7 +160,6 @@ class BusTracer:
                 span.end()
             table.clear()
         self._last_connect.clear()
-        self._sent.clear()
         self._lost.clear()
 
     # ------------------------------------------------------------------ connect
@@ -248,7 +243,8 @@ class BusTracer:
             span.set_attribute("error.type", "HeartbeatTimeout")
         elif span.recording:
             span.set_attribute("nexus.rtt_s", float(ev.attrs.get("rtt", 0.0)))
-            written = self._written_after(conn_id, span.start_ns, end)
+            w = ev.attrs.get("written")
+            written = min(max(monotonic_to_ns(w), span.start_ns), end) if w else span.start_ns
             self.manager.start_span("send-ping", parent=span, start_ns=span.start_ns).end(written)
             self.manager.start_span("receive-pong", parent=span, start_ns=written).end(end)
         span.end(end)
@@ -289,7 +285,6 @@ class BusTracer:
 
     def _closed(self, ev: Event) -> None:
         conn_id = ev.attrs.get("conn_id", "")
-        self._sent.pop(conn_id, None)
         last = self._last_connect.pop(conn_id, None)
         if last is not None and ev.attrs.get("error") is not None and len(self._lost) < MAX_LOST:
             # A pool replaces a lost connection with a new one: that connect span links to this one.
@@ -300,25 +295,6 @@ class BusTracer:
                 span.end(monotonic_to_ns(ev.time))
 
     # ------------------------------------------------------------------ messages
-    def _io_sent(self, ev: Event) -> None:
-        conn_id = ev.attrs.get("conn_id", "")
-        marks = self._sent.get(conn_id)
-        if marks is None:
-            marks = self._sent[conn_id] = collections.deque(maxlen=MAX_SENT_MARKS)
-        marks.append(ev.time)
-
-    def _written_after(self, conn_id: str, start_ns: int, end_ns: int) -> int:
-        # The first batch write of the connection at or after start_ns (and not after end_ns), else start_ns.
-        # The marks are in time order: walk back from the newest, stop at the first one before start.
-        found = start_ns
-        for t in reversed(self._sent.get(conn_id, ())):
-            ns = monotonic_to_ns(t)
-            if ns < start_ns:
-                break
-            if ns <= end_ns:
-                found = ns
-        return found
-
     def _message(self, ev: Event) -> None:
         parent = _get_current()
         if parent is None or not parent.recording:
@@ -326,12 +302,13 @@ class BusTracer:
         a = ev.attrs
         conn_id = a.get("conn_id", "")
         arrival = monotonic_to_ns(ev.time)
-        queued = arrival - int(float(a.get("latency", 0.0)) * 1e9)
+        q = a.get("queued")
+        queued = monotonic_to_ns(q) if q is not None else arrival - int(float(a.get("latency", 0.0)) * 1e9)
         span = self.manager.start_span("nexus.message", kind=SpanKind.INTERNAL, parent=parent, start_ns=queued)
         attrs = span.attributes
         attrs["nexus.conn_id"] = conn_id
         attrs["nexus.qid"] = a.get("qid", 0)
-        if ev.name == "request.complete":
+        if ev.name == "request.traced":
             code = attrs["nexus.code"] = a.get("code", 0)
             if code >= 500:  # the server failed it (a retry may follow): an error attempt, as OTel's RPC spans do
                 span.status = StatusCode.ERROR
@@ -339,7 +316,8 @@ class BusTracer:
                 attrs["error.type"] = str(code)
             attrs["nexus.bytes_out"] = a.get("bytes_out", 0)
             attrs["nexus.bytes_in"] = a.get("bytes_in", 0)
-            written = self._written_after(conn_id, queued, arrival)
+            w = a.get("written")
+            written = min(max(monotonic_to_ns(w), queued), arrival) if w else queued
             self.manager.start_span("send", parent=span, start_ns=queued).end(written)
             self.manager.start_span("receive", parent=span, start_ns=written).end(arrival)
         else:

@@ -127,6 +127,7 @@ class TracingMiddleware:
         self._sample = self.manager.sampler.should_sample
         self._bound = _root_bound(self.manager.sampler)
         self._endpoints: dict[str, tuple[str, int]] = {}
+        self._ticket: Optional[int] = None  # a root's sampled draw, from needed() to the __call__ that follows
         self.subscriber: Optional[BusTracer] = (
             BusTracer(self.manager, bus=bus, message_spans=message_spans).start() if lifecycle else None
         )
@@ -143,13 +144,45 @@ class TracingMiddleware:
                 self._endpoints[endpoint] = found
         return found
 
+    def needed(self) -> bool:
+        """False when this call would go through untouched: an unsampled root (see :class:`~nexus_green.pipeline.Middleware`).
+
+        A Client whose only middleware this is asks before it builds the
+        Request, so an unsampled root costs one draw and a comparison and takes
+        the Client's short path. A sampled draw is kept for the ``__call__``
+        that follows in the same greenlet.
+
+        Example::
+
+            >>> from nexus_green.events import EventBus
+            >>> from nexus_green.tracing import AlwaysOff, AlwaysOn
+            >>> off = TracingMiddleware(SpanManager(sampler=AlwaysOff()), bus=EventBus(), lifecycle=False)
+            >>> on = TracingMiddleware(SpanManager(sampler=AlwaysOn()), bus=EventBus(), lifecycle=False)
+            >>> off.needed(), on.needed()
+            (False, True)
+        """
+        if _get_current() is not None:
+            return True
+        bound = self._bound
+        if bound is None:
+            return True  # a sampler of its own: it decides in __call__
+        low = _rand(64)
+        if low >= bound:
+            return False
+        self._ticket = low
+        return True
+
     def __call__(self, request: Any, call_next: Handler) -> Any:
         parent = _get_current()
         if parent is None:
             bound = self._bound
             if bound is not None:
                 # A ratio decides on the low 64 bits of the trace id: draw them first, the rest only when sampled.
-                low = _rand(64)
+                low = self._ticket
+                if low is None:
+                    low = _rand(64)
+                else:
+                    self._ticket = None  # needed() drew it for this call
                 if low >= bound:
                     return call_next(request)  # an unsampled root: one draw, one comparison
                 trace_id = (_rand(64) << 64) | low or new_trace_id()

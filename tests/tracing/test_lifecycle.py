@@ -19,6 +19,7 @@ from nexus_green.tracing import (
     TracingMiddleware,
 )
 from nexus_green.tracing.manager import _spawn_trace
+from nexus_green.tracing.span import monotonic_to_ns
 
 
 @pytest.fixture
@@ -62,7 +63,7 @@ def test_events_for_unknown_connections_are_ignored(bus: EventBus, tracer: BusTr
     bus.emit("connect.complete", conn_id="x", phases={})
     bus.emit("heartbeat.rtt", conn_id="x", rtt=0.1)
     bus.emit("reconnect.succeeded", conn_id="x", attempt=1)
-    bus.emit("request.complete", conn_id="x", latency=0.1, qid=1)  # no current span
+    bus.emit("request.traced", conn_id="x", latency=0.1, qid=1)  # no current span
     bus.emit("retry.attempt", attempt=2)  # no current span
     assert spans.names() == []
 
@@ -72,7 +73,7 @@ def test_a_second_ping_ends_the_unanswered_one(bus: EventBus, tracer: BusTracer,
     bus.emit("heartbeat.sent", conn_id="c")
     bus.emit("heartbeat.rtt", conn_id="c", rtt=0.001)
     assert spans.names() == ["nexus.heartbeat", "send-ping", "receive-pong", "nexus.heartbeat"]
-    # No io.sent seen for that connection: the ping's write is placed at the start.
+    # No write time in the event: the ping's write is placed at the start.
     ping = spans.spans[1]
     assert ping.end_ns == ping.start_ns + 1
 
@@ -81,9 +82,22 @@ def test_closed_connection_ends_its_open_spans_and_forgets_it(
     bus: EventBus, tracer: BusTracer, spans: InMemorySpans
 ) -> None:
     bus.emit("connect.started", conn_id="c", endpoint="tcp://h:1")
-    bus.emit("io.sent", conn_id="c", nbytes=10, frames=1)
     bus.emit("connection.closed", conn_id="c", endpoint="tcp://h:1", error=None)
-    assert spans.names() == ["nexus.connect"] and tracer._sent == {} and tracer._connecting == {}
+    assert spans.names() == ["nexus.connect"] and tracer._connecting == {}
+
+
+def test_ping_write_time_splits_send_ping_from_receive_pong(
+    bus: EventBus, tracer: BusTracer, spans: InMemorySpans
+) -> None:
+    bus.emit("heartbeat.sent", conn_id="c")
+    (hb,) = tracer._heartbeats.values()
+    # The event carries clock seconds: the ping's write 2 ms after the span started.
+    written = (hb.start_ns - monotonic_to_ns(0.0)) / 1e9 + 0.002
+    gevent.sleep(0.005)  # the pong arrives after the write
+    bus.emit("heartbeat.rtt", conn_id="c", rtt=0.004, written=written)
+    ping = next(s for s in spans.spans if s.name == "send-ping")
+    pong = next(s for s in spans.spans if s.name == "receive-pong")
+    assert abs(ping.end_ns - ping.start_ns - 2_000_000) < 1_000 and pong.start_ns == ping.end_ns
 
 
 def test_unsampled_connect_records_no_phases(bus: EventBus, spans: InMemorySpans) -> None:

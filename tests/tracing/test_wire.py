@@ -25,7 +25,7 @@ from nexus_green.protocol.frames import Frame, FrameDecoder, encode_frame
 from nexus_green.resilience import BreakerConfig, FallbackConfig, RetryConfig
 from nexus_green.resilience.middleware import ResilienceMiddleware
 from nexus_green.testing import FID_SILENT, EmbeddedServer, Reply, run_module_patched
-from nexus_green.testing.hostile import ListeningPeer, RefusingPort
+from nexus_green.testing.hostile import ListeningPeer, RefusingPort, settle_io
 from nexus_green.testing.socks5_proxy import Socks5Proxy
 from nexus_green.testing.tls import make_test_certificates
 from nexus_green.tracing import (
@@ -38,6 +38,7 @@ from nexus_green.tracing import (
     SpanKind,
     SpanManager,
     StatusCode,
+    TraceIdRatio,
     TracingMiddleware,
 )
 
@@ -406,6 +407,66 @@ def test_tls_through_socks5_has_every_phase(bus: EventBus, spans: InMemorySpans,
     assert {"nexus.connect.socks5_s", "nexus.connect.tls_s"} <= set(conn.attributes)
     for earlier, later in zip(phases, phases[1:], strict=False):
         assert earlier.end_ns <= later.start_ns + 1_000  # one after the other (1 us of rounding)
+
+
+@pytest.mark.parametrize("io_greenlets", [False, True], ids=["hub-callbacks", "io-greenlets"])
+def test_traced_requests_report_their_phases(
+    bus: EventBus, spans: InMemorySpans, mw: TracingMiddleware, io_greenlets: bool
+) -> None:
+    """Each sampled request gets one request.traced: queued <= written <= arrival, and the spans follow it."""
+    traced: list[dict[str, Any]] = []
+    off = bus.subscribe(lambda e: traced.append(dict(e.attrs)), prefix="request.traced")
+    try:
+        with (
+            EmbeddedServer() as server,
+            Client(server.url, middlewares=[mw], bus=bus, heartbeat_interval=None, io_greenlets=io_greenlets) as c,
+        ):
+            gevent.joinall(
+                [gevent.spawn(c.request, b"x" * 100, fid=1) for _ in range(20)], timeout=10, raise_error=True
+            )
+            assert not bus.wants("request.complete") and not bus.wants("io.sent")  # no event per request
+    finally:
+        off()
+    assert len(traced) == 20
+    for a in traced:
+        assert a["queued"] <= a["written"] <= a["queued"] + a["latency"] and a["code"] == 200
+        assert a["bytes_out"] > 124 and a["bytes_in"] == 124
+    for msg in named(spans, "nexus.message"):
+        (send,) = [s for s in spans.spans if s.name == "send" and s.context.parent_span_id == msg.context.span_id]
+        (recv,) = [s for s in spans.spans if s.name == "receive" and s.context.parent_span_id == msg.context.span_id]
+        assert msg.start_ns == send.start_ns <= send.end_ns == recv.start_ns <= recv.end_ns == msg.end_ns
+
+
+def test_unsampled_roots_skip_the_pipeline_and_emit_nothing(
+    bus: EventBus, spans: InMemorySpans, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone tracing middleware's needed(): unsampled roots take the Client's short path, sampled ones don't."""
+    import nexus_green.client as client_module
+
+    built: list[int] = []
+    make = client_module._make_request
+
+    def counting(*args: Any) -> Any:
+        built.append(1)
+        return make(*args)
+
+    monkeypatch.setattr(client_module, "_make_request", counting)
+    traced: list[int] = []
+    off = bus.subscribe(lambda e: traced.append(1), prefix="request.traced")
+    half = TracingMiddleware(SpanManager(sampler=ParentBased(TraceIdRatio(0.5)), processors=[spans]), bus=bus)
+    try:
+        with RecordingPeer() as peer, Client(peer.url, middlewares=[half], bus=bus, heartbeat_interval=None) as c:
+            for _ in range(200):
+                c.request(b"x", fid=1)
+            assert settle_io(lambda: len(peer.wire) == 200)
+    finally:
+        off()
+        half.close()
+    sampled = len(named(spans, "nexus.request"))
+    # Exactly the sampled requests went through the pipeline, carried a header block and got a request.traced.
+    assert 0 < sampled < 200 and len(built) == sampled == len(traced)
+    assert sum(1 for raw in peer.wire if dh(raw)) == sampled
+    assert half._ticket is None
 
 
 def test_module_passes_under_patch_all() -> None:
