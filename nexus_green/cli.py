@@ -169,6 +169,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     from .tracing.cli import add_commands as add_tracing_commands  # nexus-green trace view (docs/tracing.md)
 
     add_tracing_commands(sub)
+    from .diagnostics.cli import add_commands as add_diagnostics_commands  # nexus-green diagnose (docs/diagnostics.md)
+
+    add_diagnostics_commands(sub)
     args = ap.parse_args(argv)
     return int(args.fn(args))
 
