@@ -139,6 +139,81 @@ class CertificateKit:
         leaf.private_key_pem.write_to_path(key_file)
         return cert_file, key_file
 
+    def issue_custom_cert(
+        self,
+        name: str,
+        *,
+        common_name: Optional[str] = None,
+        dns_names: tuple[str, ...] = (),
+        ip_addresses: tuple[str, ...] = (),
+        not_before: Optional[datetime.datetime] = None,
+        not_after: Optional[datetime.datetime] = None,
+        self_signed: bool = False,
+    ) -> tuple[str, str, bytes]:
+        """Issue a deliberately odd server certificate; returns ``(cert_file, key_file, der)``.
+
+        For diagnostics tests, where a certificate must be wrong in several
+        ways at once: ``self_signed`` signs it with its own key (issuer =
+        subject) instead of this CA's; without ``dns_names`` and
+        ``ip_addresses`` it has no subjectAltName at all, only the subject CN
+        (``common_name``); ``not_before`` / ``not_after`` default to one day
+        ago and 30 days from now. The key is an EC P-256 key.
+
+        Example (a self-signed, expired certificate for another host)::
+
+            >>> import datetime
+            >>> from cryptography import x509
+            >>> with make_test_certificates() as kit:
+            ...     past = datetime.datetime(2021, 1, 1, tzinfo=datetime.timezone.utc)
+            ...     cert, key, der = kit.issue_custom_cert("bad", common_name="other.test", dns_names=("other.test",),
+            ...                                            not_after=past, self_signed=True)
+            ...     c = x509.load_der_x509_certificate(der)
+            >>> c.issuer == c.subject, c.not_valid_after_utc.year, os.path.basename(cert)
+            (True, 2021, 'bad.pem')
+        """
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        now = datetime.datetime.now(datetime.timezone.utc)
+        not_before = not_before if not_before is not None else now - datetime.timedelta(days=1)
+        not_after = not_after if not_after is not None else now + datetime.timedelta(days=30)
+        if not_before >= not_after:
+            not_before = not_after - datetime.timedelta(days=1)  # an expired certificate was valid once
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name or name)])
+        ca_cert = x509.load_pem_x509_certificate(self.ca.cert_pem.bytes())
+        ca_key: Any = serialization.load_pem_private_key(self.ca.private_key_pem.bytes(), password=None)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject if self_signed else ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        )
+        if dns_names or ip_addresses:
+            entries: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
+            entries += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+            builder = builder.add_extension(x509.SubjectAlternativeName(entries), critical=False)
+        cert = builder.sign(key if self_signed else ca_key, hashes.SHA256())
+        cert_file, key_file = self._path(f"{name}.pem"), self._path(f"{name}.key")
+        with open(cert_file, "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+        with open(key_file, "wb") as f:
+            f.write(
+                key.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            )
+        return cert_file, key_file, cert.public_bytes(serialization.Encoding.DER)
+
     def server_context(
         self,
         *,
