@@ -70,6 +70,7 @@ import gevent.lock
 import gevent.queue
 import redis
 import redis.exceptions
+import redis.utils
 from gevent import socket as gsocket
 from redis.backoff import NoBackoff
 from redis.connection import BlockingConnectionPool, Connection
@@ -130,7 +131,8 @@ class GeventConnection(Connection):
     """A redis-py ``Connection`` on a ``gevent.socket``: cooperative whether or not the app patched.
 
     Only the socket creation changes (redis-py's ``_connect``): the address is
-    resolved with ``gevent.socket.getaddrinfo`` and the socket is gevent's, so
+    resolved with ``gevent.socket.getaddrinfo`` (an IP literal is used as
+    is) and the socket is gevent's, so
     connecting, sending and reading yield to the hub. TCP_NODELAY is set
     (request/response latency depends on it), and keepalive as redis-py does.
 
@@ -148,9 +150,7 @@ class GeventConnection(Connection):
 
     def _connect(self) -> Any:
         err: Optional[OSError] = None
-        for family, socktype, proto, _canonname, address in gsocket.getaddrinfo(
-            self.host, self.port, self.socket_type, _stdsocket.SOCK_STREAM
-        ):
+        for family, socktype, proto, _canonname, address in _addresses(self.host, self.port, self.socket_type):
             sock = None
             try:
                 sock = gsocket.socket(family, socktype, proto)
@@ -173,6 +173,20 @@ class GeventConnection(Connection):
             finally:
                 err = None  # no frame <-> traceback cycle
         raise OSError(f"getaddrinfo returned no address for {self.host}:{self.port}")  # pragma: no cover
+
+
+def _addresses(host: str, port: int, family: int) -> list[tuple[Any, ...]]:
+    # An IP literal needs no resolver: gevent's runs in a thread pool, and on a busy machine the hand-off
+    # alone took milliseconds of a 50 ms budget.
+    for fam in (_stdsocket.AF_INET, _stdsocket.AF_INET6):
+        if family in (0, fam):
+            try:
+                _stdsocket.inet_pton(fam, host)
+            except (OSError, ValueError):
+                continue
+            address = (host, port) if fam == _stdsocket.AF_INET else (host, port, 0, 0)
+            return [(fam, _stdsocket.SOCK_STREAM, _stdsocket.IPPROTO_TCP, "", address)]
+    return list(gsocket.getaddrinfo(host, port, family, _stdsocket.SOCK_STREAM))
 
 
 def gevent_redis(
@@ -225,6 +239,11 @@ def gevent_redis(
         raise ConfigurationError(f"max_connections must be >= 1, got {max_connections}")
     if not pool_timeout > 0:
         raise ConfigurationError(f"pool_timeout must be > 0, got {pool_timeout}")
+    # redis-py reads its own version (importlib.metadata: 50 ms of CPU) when it makes its first connection;
+    # read it now, so that the first call through a link does not spend its budget on it.
+    lib_version = getattr(redis.utils, "get_lib_version", None)
+    if lib_version is not None:
+        lib_version()
     pool = BlockingConnectionPool.from_url(
         source,
         connection_class=GeventConnection,
