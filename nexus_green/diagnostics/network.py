@@ -444,6 +444,10 @@ def _interface_of(address: str) -> Optional[str]:
     return None
 
 
+def _route_socket(family: int) -> Any:
+    return _stdsocket.socket(family, _stdsocket.SOCK_DGRAM)
+
+
 def check_route(target: Target, *, timeout: float = 5.0) -> CheckResult:
     """The path MTU towards the host the client dials, and the local address and interface the route uses.
 
@@ -486,7 +490,7 @@ def check_route(target: Target, *, timeout: float = 5.0) -> CheckResult:
         )
     family, _, _, _, addr = infos[0]
     v6 = family == _stdsocket.AF_INET6
-    sock = _stdsocket.socket(family, _stdsocket.SOCK_DGRAM)
+    sock = _route_socket(family)
     try:
         if v6:
             sock.setsockopt(_stdsocket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER, _IPV6_PMTUDISC_DO)

@@ -181,7 +181,7 @@ def diagnose(
         if progress is not None:
             progress(name, i, len(plan))
         why = _prerequisite(name, report)
-        if why is None and time.monotonic() >= end:
+        if time.monotonic() >= end:
             why = f"the run's time budget ({budget:g} s) was spent before this check"
         if why is not None:
             report.checks += [CheckResult(name=n, status="skipped", skipped_reason=why) for n in _names(name)]
@@ -218,11 +218,15 @@ def _prerequisite(name: str, report: DiagnosticsReport) -> Optional[str]:
     if name in ("interfaces", "dns", "route", "tcp", "reachability", "client"):
         return None
     reach = report.check("reachability")
+    if reach is not None and reach.status == "skipped":
+        return f"the reachability check did not run ({reach.skipped_reason})"
     if reach is not None and not reach.data.get("reachable"):
         return "the endpoint is unreachable (see the reachability check)"
     if name in ("tls", "protocol"):
         return None
     proto = report.check("protocol")
+    if proto is not None and proto.status == "skipped":
+        return f"the protocol check did not run ({proto.skipped_reason})"
     if proto is not None and proto.data.get("speaks") != "nexuskit":
         return f"the peer does not speak NexusKit (the protocol check found: {proto.data.get('speaks')})"
     if proto is not None and proto.data.get("tls") is False and report.endpoint.startswith("tls://"):
