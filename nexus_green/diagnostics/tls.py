@@ -27,10 +27,10 @@ and nothing else. This check does not rely on OpenSSL's verdict alone:
    (``ssl.SSLCertVerificationError.verify_code`` / ``verify_message``) is
    separate from the host name's.
 
-Every network step (TCP connect, SOCKS5 tunnel, handshake) of each
-connection is bounded by ``timeout``; the post-handshake read waits at most
-:data:`PROBE_WAIT` seconds and stops early when the server's session tickets
-show it accepted the client.
+Each connection (TCP connect, SOCKS5 tunnel and handshake together) is
+bounded by ``timeout`` with one ``gevent.Timeout``; the post-handshake read
+waits at most :data:`PROBE_WAIT` seconds and stops early when the server's
+session tickets show it accepted the client.
 
 Finding codes (severity):
 
@@ -165,9 +165,15 @@ def _check_arguments(
         raise ValueError(f"port must be an integer from 1 to 65535, not {port!r}")
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
         raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
-    name = host.strip("[]") if server_hostname is None else server_hostname
+    name = host if server_hostname is None else server_hostname
+    if isinstance(name, str):
+        name = name.strip("[]")
     if not isinstance(name, str) or not name or name.startswith(".") or any(c.isspace() for c in name):
         raise ValueError(f"server_hostname must be a host name or an IP address, not {name!r}")
+    try:
+        name.encode("idna")  # what the ssl module does with it before SNI: refuse here, before any I/O
+    except UnicodeError as e:
+        raise ValueError(f"server_hostname {name!r} is not a valid host name: {e}") from None
     if client_key is not None and client_cert is None:
         raise ValueError("client_key needs client_cert (the client certificate)")
     return name
@@ -276,11 +282,15 @@ def _watch(ctx: ssl.SSLContext, att: _Attempt) -> None:
 
 
 def _connect(host: str, port: int, proxy: Optional[ProxyConfig], timeout: float, att: _Attempt) -> Any:
-    """A connected gevent socket to ``host:port``, directly or through the SOCKS5 proxy."""
+    """A connected gevent socket to ``host:port``, directly or through the SOCKS5 proxy.
+
+    The socket has no timeout of its own (an app's ``setdefaulttimeout`` must
+    not cut a step short): the caller's ``gevent.Timeout`` bounds every step.
+    """
     if proxy is None:
-        return gsocket.create_connection((host, port), timeout=timeout)
+        return gsocket.create_connection((host, port), timeout=None)
     att.phase = "proxy"
-    sock = gsocket.create_connection((proxy.host, proxy.port), timeout=timeout)
+    sock = gsocket.create_connection((proxy.host, proxy.port), timeout=None)
     try:
         att.phase = "socks5"
         open_tunnel(
@@ -793,7 +803,7 @@ def _empty_data(name: str, proxy: Optional[ProxyConfig]) -> dict[str, Any]:
     keys = (
         "protocol cipher subject issuer sans not_before not_after days_to_expiry sha256_fingerprint spki_pin "
         "chain_verified verify_message verify_code client_cert_requested hostname_ok hostname_matched_by "
-        "self_signed pin_matched chain_length handshake_ms"
+        "self_signed pin_matched chain_length handshake_ms client_cert_rejection"
     )
     data: dict[str, Any] = dict.fromkeys(keys.split())
     data["server_hostname"] = name
@@ -825,7 +835,10 @@ def check_tls(
     * ``client_cert`` / ``client_key`` -- a client certificate (PEM) to
       present; the result says whether the server accepted it.
     * ``proxy`` -- a ``socks5://`` or ``socks5h://`` URL to tunnel through.
-    * ``timeout`` -- seconds for each network step of each connection.
+    * ``timeout`` -- seconds for each connection (connect, tunnel and
+      handshake together). A check makes two connections, three when it must
+      tell an old TLS version or a plain NexusKit server apart, so it ends
+      within about three times ``timeout``.
 
     Returns a :class:`~nexus_green.diagnostics.results.CheckResult` named
     ``tls``: ``status`` is ``failed`` with a critical finding, ``warning``

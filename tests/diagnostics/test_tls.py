@@ -33,6 +33,7 @@ from nexus_green.testing import (
     Socks5Proxy,
     accept_and_close,
     accept_and_stall,
+    blackhole,
     refusing_port,
     scripted_peer,
 )
@@ -129,6 +130,18 @@ def test_ip_address_is_matched_against_the_ip_sans(kit: CertificateKit) -> None:
     assert r.status == "ok" and r.data["server_hostname"] == "127.0.0.1" and r.data["hostname_ok"] is True
 
 
+def test_ipv6_literal_in_brackets(kit: CertificateKit) -> None:
+    with TLSEchoServer(kit.server_context(), host="::1") as server:
+        r = check_tls("[::1]", server.address[1], cafile=kit.ca_file, timeout=5)
+    assert (r.status, r.findings) == ("ok", ()) and r.data["server_hostname"] == "::1"
+    assert r.data["hostname_ok"] is True
+
+
+def test_unknown_host_is_unreachable() -> None:
+    r = check_tls("nonexistent.invalid", 443, timeout=2)  # RFC 6761: .invalid never resolves
+    assert codes(r) == ["tls.unreachable"] and "DNS resolution failed" in r.findings[0].message
+
+
 def test_default_trust_store_does_not_trust_the_test_ca(kit: CertificateKit) -> None:
     with serve(kit) as server:
         r = check(server, server_hostname="localhost")
@@ -204,7 +217,7 @@ def test_issuer_equal_to_subject_but_signed_by_another_key_is_not_self_signed(
     kit: CertificateKit, tmp_path: Any
 ) -> None:
     # The names say "self-signed", the signature says otherwise: only the signature check tells them apart.
-    cert = namesake_of_the_ca(kit, str(tmp_path))
+    cert = ca_signed(kit, str(tmp_path), "namesake", subject_is_issuer=True)
     with serve(kit, cert) as server:
         r = check(server, server_hostname="localhost", cafile=kit.ca_file)
     assert r.data["subject"] == r.data["issuer"] and r.data["self_signed"] is False
@@ -212,27 +225,41 @@ def test_issuer_equal_to_subject_but_signed_by_another_key_is_not_self_signed(
     assert codes(r) == ["tls.untrusted_chain"] and r.data["verify_code"] == 18
 
 
-def namesake_of_the_ca(kit: CertificateKit, directory: str) -> tuple[str, str, bytes]:
-    """A leaf whose subject is its issuer's name (the kit's CA), signed by the CA's key, not its own."""
+def test_chain_failing_for_another_reason_is_chain_invalid(kit: CertificateKit, tmp_path: Any) -> None:
+    cert = ca_signed(kit, str(tmp_path), "client-only", client_auth_only=True)  # no serverAuth purpose
+    with serve(kit, cert) as server:
+        r = check(server, server_hostname="localhost", cafile=kit.ca_file)
+    assert codes(r) == ["tls.chain_invalid"] and r.status == "failed"
+    assert r.data["verify_code"] == 26 and "unsuitable certificate purpose" in finding(r, "tls.chain_invalid").message
+
+
+def ca_signed(
+    kit: CertificateKit, directory: str, name: str, *, subject_is_issuer: bool = False, client_auth_only: bool = False
+) -> tuple[str, str, bytes]:
+    """A leaf for localhost signed by the kit's CA: named like the CA itself, or for client authentication only."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     ca = x509.load_pem_x509_certificate(kit.ca.cert_pem.bytes())
     ca_key: Any = serialization.load_pem_private_key(kit.ca.private_key_pem.bytes(), password=None)
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
+    subject = ca.subject if subject_is_issuer else x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(ca.subject)
+        .subject_name(subject)
         .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now() - datetime.timedelta(days=1))
         .not_valid_after(now() + datetime.timedelta(days=30))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(ca_key, hashes.SHA256())
     )
-    cert_file, key_file = f"{directory}/namesake.pem", f"{directory}/namesake.key"
+    if client_auth_only:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    cert_file, key_file = f"{directory}/{name}.pem", f"{directory}/{name}.key"
     with open(cert_file, "wb") as f:
         f.write(cert.public_bytes(serialization.Encoding.PEM))
     with open(key_file, "wb") as f:
@@ -387,6 +414,47 @@ def test_optional_client_certificate_is_requested_but_not_required(kit: Certific
     assert r.status == "ok" and r.data["client_cert_requested"] is True
 
 
+def test_server_without_session_tickets_that_speaks_first(kit: CertificateKit) -> None:
+    # No ticket tells the probe the server accepted us; its first bytes do.
+    ctx = kit.server_context(**TLS13)
+    ctx.num_tickets = 0
+
+    def greet(sock: Any) -> None:
+        with ctx.wrap_socket(sock, server_side=True) as tls:
+            tls.sendall(b"hello")
+            tls.recv(1)
+
+    with scripted_peer(greet) as peer:
+        r = check(peer, server_hostname="localhost", cafile=kit.ca_file)
+    assert (r.status, r.findings) == ("ok", ()) and r.data["client_cert_requested"] is False
+
+
+def test_server_without_session_tickets_that_stays_silent(kit: CertificateKit) -> None:
+    # Nothing arrives after the handshake: the probe gives up after its short wait, and nothing is wrong.
+    ctx = kit.server_context(**TLS13)
+    ctx.num_tickets = 0
+    with TLSEchoServer(ctx) as server:
+        r = check(server, server_hostname="localhost", cafile=kit.ca_file)
+    assert (r.status, r.findings) == ("ok", ()) and r.data["chain_verified"] is True
+
+
+def test_verifying_handshake_that_fails_leaves_the_chain_unknown(kit: CertificateKit) -> None:
+    ctx = kit.server_context()
+    seen: list[int] = []
+
+    def once(sock: Any) -> None:
+        seen.append(1)
+        if len(seen) == 1:
+            with ctx.wrap_socket(sock, server_side=True) as tls:
+                tls.recv(1)  # the client's goodbye
+
+    with scripted_peer(once) as peer:
+        r = check(peer, server_hostname="localhost", cafile=kit.ca_file)
+    assert r.findings == () and r.data["chain_verified"] is None
+    assert r.data["verify_message"].startswith("not known: the verifying handshake failed")
+    assert r.data["hostname_ok"] is True and r.data["protocol"] == "TLSv1.3"
+
+
 # --------------------------------------------------------------------------- peers that are not TLS servers
 def test_refused_port_is_unreachable() -> None:
     with refusing_port() as peer:
@@ -432,6 +500,14 @@ def test_peer_speaking_another_protocol_is_named(reply: bytes, named: str) -> No
     with scripted_peer(answer) as peer:
         r = check(peer)
     assert codes(r) == ["tls.not_tls"] and named in finding(r, "tls.not_tls").message
+
+
+def test_blackholed_port_is_unreachable() -> None:
+    with blackhole() as hole:
+        r = check(hole, timeout=0.3)
+    assert codes(r) == ["tls.unreachable"]
+    assert "no TCP connection to 127.0.0.1:" in finding(r, "tls.unreachable").message
+    assert "within 0.3s" in r.findings[0].message
 
 
 def test_peer_closing_without_a_byte() -> None:
@@ -502,6 +578,13 @@ def test_proxy_that_is_down() -> None:
     assert "cannot reach the SOCKS5 proxy" in finding(r, "tls.unreachable").message
 
 
+def test_proxy_that_never_answers() -> None:
+    with accept_and_stall() as proxy_port:
+        r = check_tls("127.0.0.1", 443, proxy=f"socks5://127.0.0.1:{proxy_port.port}", timeout=0.3)
+    assert codes(r) == ["tls.unreachable"]
+    assert "tunnel to 127.0.0.1:443" in finding(r, "tls.unreachable").message
+
+
 def test_plain_nexuskit_server_through_the_proxy_is_not_tls() -> None:
     with EmbeddedServer() as server, Socks5Proxy() as proxy:
         r = check(server, proxy=proxy.url)
@@ -518,6 +601,7 @@ def test_plain_nexuskit_server_through_the_proxy_is_not_tls() -> None:
         ({"timeout": 0}, "timeout must be"),
         ({"timeout": float("nan")}, "timeout must be"),
         ({"server_hostname": ".x"}, "server_hostname must be"),
+        ({"server_hostname": "a..b"}, "not a valid host name"),
         ({"client_key": "k.pem"}, "client_key needs client_cert"),
         ({"client_cert": "/nonexistent/c.pem"}, "cannot load the client certificate"),
         ({"cafile": "/nonexistent/ca.pem"}, "cannot load the CA file"),
@@ -542,6 +626,15 @@ def test_unparsable_certificate_is_a_finding() -> None:
     assert tls_check._analyse(b"not a certificate", "h", "h:1", rep, now()) is None
     assert [f.code for f in rep.findings] == ["tls.bad_certificate"]
     assert rep.data["sha256_fingerprint"] == hashlib.sha256(b"not a certificate").hexdigest()
+
+
+def test_certificate_message_parsing_stops_at_a_truncated_entry() -> None:
+    der = b"\x30\x03\x02\x01\x01"
+    entry = len(der).to_bytes(3, "big") + der
+    tls12 = b"\x0b\x00\x00\x00" + (2 * len(entry)).to_bytes(3, "big") + entry + entry[:-2]
+    assert tls_check._certificates(tls12, tls13=False) == [der]
+    tls13 = b"\x0b\x00\x00\x00" + b"\x00" + (len(entry) + 2).to_bytes(3, "big") + entry + b"\x00\x00"
+    assert tls_check._certificates(tls13, tls13=True) == [der]
 
 
 # --------------------------------------------------------------------------- the same, after patch_all()
