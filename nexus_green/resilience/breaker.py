@@ -310,7 +310,18 @@ def _matches(exc: BaseException, matchers: Sequence[ExceptionMatcher]) -> bool:
     return False
 
 
-_BREAKER_EXTRA = ("clock", "rng", "bus", "listeners", "state_storage", "exclude", "fail_max", "success_threshold")
+_BREAKER_EXTRA = (
+    "clock",
+    "rng",
+    "bus",
+    "listeners",
+    "state_storage",
+    "exclude",
+    "fail_max",
+    "success_threshold",
+    "shared",
+    "shared_sync",
+)
 
 
 def _pybreaker_names(options: dict[str, Any]) -> None:
@@ -339,6 +350,14 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
     pybreaker's ``fail_max=N`` (open on the Nth consecutive failure,
     ``max_consecutive_failures=N-1``) and ``success_threshold`` are accepted.
 
+    ``shared=`` (a ``redis://`` URL, a ``redis.Redis`` client or a
+    :class:`~nexus_green.transport.redis.RedisLink`) shares the state and the
+    sliding window with every process that names the same breaker:
+    see :mod:`nexus_green.resilience.shared_breaker` (``shared_sync`` is the
+    most seconds between two syncs with Redis, 0.1 by default). Its
+    :class:`~nexus_green.resilience.shared_breaker.SharedBreakerStorage` is
+    :attr:`shared` (None for a local breaker).
+
     Example::
 
         >>> from nexus_green.clock import FakeClock
@@ -362,10 +381,31 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
         listeners: Sequence[CircuitBreakerListener] = (),
         state_storage: Optional[CircuitBreakerStorage] = None,
         exclude: Sequence[ExceptionMatcher] = (),
+        shared: Any = None,
+        shared_sync: Optional[float] = None,
         **options: Any,
     ) -> None:
         _pybreaker_names(options)
         cfg: BreakerConfig = options_into(config or BreakerConfig(), options, "circuit breaker", _BREAKER_EXTRA)
+        self.shared: Any = None
+        if shared is not None:
+            if state_storage is not None:
+                raise ConfigurationError("give state_storage= or shared=, not both")
+            # redis-py is an optional extra: imported only when a shared breaker is asked for.
+            from ..transport.redis import redis_link
+            from .shared_breaker import DEFAULT_SYNC_INTERVAL, SharedBreakerStorage
+
+            state_storage = self.shared = SharedBreakerStorage(
+                redis_link(shared, clock=clock),
+                cfg.name,
+                window=cfg.window,
+                bucket_width=cfg.bucket_width,
+                reset_timeout=cfg.reset_timeout,
+                sync_interval=DEFAULT_SYNC_INTERVAL if shared_sync is None else shared_sync,
+                clock=clock,
+            )
+        elif shared_sync is not None:
+            raise ConfigurationError("shared_sync= applies to a shared breaker only: give shared= too")
         super().__init__(
             fail_max=(cfg.max_consecutive_failures + 1) if cfg.max_consecutive_failures is not None else 0,
             reset_timeout=cfg.reset_timeout,
@@ -415,9 +455,9 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
             return FAILURE
         return SUCCESS
 
-    def _open_duration(self) -> float:
+    def _open_duration(self, openings: int) -> float:
         cfg = self.config
-        grown = cfg.reset_timeout * cfg.reset_backoff ** min(self._openings - 1, 64)
+        grown = cfg.reset_timeout * cfg.reset_backoff ** min(openings - 1, 64)
         capped = min(cfg.reset_cap, grown)
         return capped * (1.0 - cfg.reset_jitter * self._rng.random())
 
@@ -425,7 +465,7 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
         cfg = self.config
         if cfg.max_consecutive_failures is not None and self._state_storage.counter > cfg.max_consecutive_failures:
             return "consecutive_failures"
-        calls, failures, slow = self._window.totals()
+        calls, failures, slow = self._window_totals()
         if calls >= cfg.minimum_calls:
             if cfg.failure_rate_threshold is not None and failures / calls > cfg.failure_rate_threshold:
                 return "failure_rate"
@@ -444,10 +484,30 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
             return self._clock.now()
         return opened_at.timestamp() + self.config.reset_timeout - self._clock.wall() + self._clock.now()
 
+    def _window_totals(self) -> Sequence[int]:
+        # Shared: the fleet's window as of the last sync plus this process's calls since; local while Redis
+        # is not answering (or before the first sync).
+        shared = self.shared
+        if shared is not None and shared.fresh:
+            return shared.totals()
+        return self._window.totals()
+
     def _sync(self) -> str:
-        stored = self._state_storage.state
-        if stored != self._known:
-            self._enter(stored, "storage", write=False)
+        shared = self.shared
+        if shared is None:
+            stored = self._state_storage.state
+            if stored != self._known:
+                self._enter(stored, "storage", write=False)
+        elif shared.foreign:
+            shared.foreign = False
+            shared.adoptions += 1
+            self._enter(shared.seen_state, "storage", write=False)
+        elif shared.figures_changed:
+            shared.figures_changed = False
+            if self._known == STATE_CLOSED:
+                reason = self._trip_reason()
+                if reason is not None:
+                    self._enter(TRANSITIONS[(STATE_CLOSED, "trip")], reason)
         if self._known == STATE_OPEN and self._clock.now() >= self._open_deadline():
             self._transition("reset_timeout")
         return self._known
@@ -458,17 +518,29 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
     def _enter(self, new: str, reason: str, *, write: bool = True) -> None:
         if new not in (STATE_CLOSED, STATE_OPEN, STATE_HALF_OPEN):
             raise ValueError(f"unknown circuit breaker state {new!r}")
+        open_for: Optional[float] = None
+        if write and new == STATE_OPEN:
+            open_for = self._open_duration(self._openings + 1)
+        shared = self.shared
+        if shared is not None:
+            if write and not shared.publish(new, None if open_for is None else self._clock.now() + open_for):
+                # Another process changed the shared state first: its state wins.
+                new, reason, write, open_for = shared.seen_state, "storage", False, None
+            shared.reset_window()
         old, old_obj = self._known, self._state
         self._trials_admitted = 0
         self._trial_failures = 0
-        open_for: Optional[float] = None
         storage = self._state_storage
         if new == STATE_OPEN:
             self._openings += 1
-            if write:
-                open_for = self._open_duration()
+            if open_for is not None:
                 self._open_until = self._clock.now() + open_for
                 storage.opened_at = datetime.fromtimestamp(self._clock.wall(), tz=timezone.utc)
+            elif shared is not None:
+                # Opened by another process: until its shared deadline, mapped onto our clock.
+                self._open_until = shared.open_until
+                if self._open_until is None:
+                    self._open_until = self._clock.now() + self.config.reset_timeout
             else:
                 self._open_until = None
             storage.reset_success_counter()
@@ -481,7 +553,7 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
         else:
             self._open_until = None
             storage.reset_success_counter()
-        if write:
+        if write or shared is not None:
             storage.state = new
         self._known = new
         # The generation changes only after the new state is in place: a
@@ -555,6 +627,9 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
         generation = self._generation  # lock-free when closed: see admit_closed
         if self._known == STATE_CLOSED and self._plain_storage and self._state_storage._state == STATE_CLOSED:  # type: ignore[attr-defined]
             return generation, STATE_CLOSED
+        shared = self.shared
+        if shared is not None and shared.due():
+            shared.sync()  # I/O, bounded by the link: outside the lock
         lock: _GreenRLock = self._lock  # type: ignore[assignment]
         with lock:
             state = self._sync()
@@ -669,6 +744,8 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
         if state == STATE_CLOSED:
             window = self._window
             window.add_all((1, 1 if failed else 0, 1 if slow else 0))
+            if self.shared is not None:
+                self.shared.add(failed, slow)
             # A rate can only cross its threshold on a failure, a slow call, or
             # when the window just reached minimum_calls (calls grow one by one).
             if failed or slow or window.total(0) == self.config.minimum_calls:
@@ -685,8 +762,8 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
                 self._transition("trial_failed")
 
     def figures(self) -> WindowFigures:
-        """Calls, failures and slow calls in the sliding window (closed state)."""
-        calls, failures, slow = self._window.totals()
+        """Calls, failures and slow calls in the sliding window (closed state; the fleet's when shared)."""
+        calls, failures, slow = self._window_totals()
         return WindowFigures(calls=calls, failures=failures, slow=slow)
 
     # --- pybreaker interface ----------------------------------------------------------
@@ -707,6 +784,9 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
         """'closed', 'open' or 'half-open', after applying an elapsed open duration."""
         if not self._ready:  # pybreaker's __init__ asks before ours has run
             return self._state_storage.state
+        shared = self.shared
+        if shared is not None and shared.due():
+            shared.sync()
         with self._lock:
             return self._sync()
 
