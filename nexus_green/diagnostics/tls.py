@@ -107,8 +107,9 @@ _FIRST_BYTES = 64  # raw bytes of the peer kept to name a protocol that is not T
 
 # TLS handshake message types and content types (RFC 8446 / 5246), as the message callback reports them.
 _HANDSHAKE, _ALERT = 22, 21
-_MSG_CERTIFICATE, _MSG_CERTIFICATE_REQUEST, _MSG_NEW_SESSION_TICKET = 11, 13, 4
+_MSG_SERVER_HELLO, _MSG_CERTIFICATE, _MSG_CERTIFICATE_REQUEST, _MSG_NEW_SESSION_TICKET = 2, 11, 13, 4
 _TLS13 = 0x0304
+_WIRE_VERSIONS = {0x0301: "TLSv1", 0x0302: "TLSv1.1", 0x0303: "TLSv1.2", 0x0304: "TLSv1.3"}
 # OpenSSL X509_V_ERR_* codes: the chain does not lead to a trusted root.
 _UNTRUSTED_CODES = frozenset({2, 18, 19, 20, 21, 24, 27, 28})
 _DATE_CODES = frozenset({9, 10})  # CERT_NOT_YET_VALID, CERT_HAS_EXPIRED: analysed from the dates
@@ -225,6 +226,7 @@ class _Attempt:
     completed: bool = False
     after_hello: bool = False
     version: Optional[str] = None
+    wire_version: Optional[str] = None  # from the handshake messages: known even when the handshake fails
     cipher: Optional[tuple[str, str, int]] = None
     leaf: Optional[bytes] = None
     chain: list[bytes] = field(default_factory=list)
@@ -265,6 +267,10 @@ def _watch(ctx: ssl.SSLContext, att: _Attempt) -> None:
         if direction != "read":
             return
         if content_type == _HANDSHAKE:
+            if (
+                msg_type != _MSG_SERVER_HELLO
+            ):  # a ServerHello carries the legacy version 1.2 field, the rest the real one
+                att.wire_version = _WIRE_VERSIONS.get(int(version), att.wire_version)
             if msg_type == _MSG_CERTIFICATE and not att.chain:
                 try:
                     att.chain = _certificates(data, int(version) == _TLS13)
@@ -351,7 +357,7 @@ def _handshake(
                     _pump(sock, incoming, att)
         except OSError:
             att.after_hello = tls.cipher() is not None
-            att.version, att.cipher = tls.version(), tls.cipher()
+            att.version, att.cipher = tls.version() or att.wire_version, tls.cipher()
             if outgoing.pending:  # our alert, so the server logs why we left
                 try:
                     sock.sendall(outgoing.read())

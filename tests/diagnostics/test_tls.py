@@ -17,12 +17,16 @@ import base64
 import datetime
 import hashlib
 import re
+import shutil
 import ssl
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Optional
 
+import gevent
 import pytest
+from gevent import subprocess as gsubprocess
 
 from nexus_green.diagnostics import tls as tls_check
 from nexus_green.diagnostics.results import CheckResult
@@ -385,6 +389,7 @@ def test_server_requiring_a_client_certificate(kit: CertificateKit, version: dic
     alert = "handshake_failure" if version is TLS12 else "certificate_required"
     assert f"a {alert} alert" in finding(without, "tls.client_cert_required").message
     d = without.data
+    assert d["protocol"] == ("TLSv1.2" if version is TLS12 else "TLSv1.3") and d["cipher"]["bits"] >= 128
     assert d["client_cert_requested"] is True and d["client_cert_rejection"] == alert
     assert d["client_cert_sent"] is False and d["client_cert_accepted"] is None
     # The certificate is still analysed, and the chain judged, although the server refused us.
@@ -453,6 +458,56 @@ def test_verifying_handshake_that_fails_leaves_the_chain_unknown(kit: Certificat
     assert r.findings == () and r.data["chain_verified"] is None
     assert r.data["verify_message"].startswith("not known: the verifying handshake failed")
     assert r.data["hostname_ok"] is True and r.data["protocol"] == "TLSv1.3"
+
+
+# --------------------------------------------------------------------------- a server this project did not write
+@contextmanager
+def openssl_server(kit: CertificateKit, cert: tuple[str, str, bytes], version: str) -> Iterator[int]:
+    """``openssl s_server`` with ``cert``, requiring a client certificate from ``kit``'s CA; yields its port."""
+    args = ["openssl", "s_server", "-accept", "127.0.0.1:0", "-tls1_2" if version == "TLSv1.2" else "-tls1_3"]
+    args += ["-cert", cert[0], "-key", cert[1], "-CAfile", kit.ca_file, "-Verify", "1", "-verify_return_error", "-rev"]
+    proc = gsubprocess.Popen(
+        args, stdin=gsubprocess.PIPE, stdout=gsubprocess.PIPE, stderr=gsubprocess.DEVNULL, text=True
+    )
+    try:
+        port = None
+        with gevent.Timeout(10, AssertionError("openssl s_server did not say where it listens within 10 s")):
+            for line in proc.stdout:  # type: ignore[union-attr]
+                if line.startswith("ACCEPT "):
+                    port = int(line.strip().rsplit(":", 1)[1])
+                    break
+        assert port, "openssl s_server exited before listening"
+        yield port
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl program")
+@pytest.mark.parametrize("version", ["TLSv1.2", "TLSv1.3"])
+def test_openssl_s_server_with_every_problem_at_once(kit: CertificateKit, version: str) -> None:
+    past = now() - datetime.timedelta(days=10)
+    cert = kit.issue_custom_cert("openssl-bad", dns_names=("other.test",), not_after=past, self_signed=True)
+    with openssl_server(kit, cert, version) as port:
+        without = check_tls("127.0.0.1", port, server_hostname="localhost", cafile=kit.ca_file, timeout=5)
+    with openssl_server(kit, cert, version) as port:
+        mutual = check_tls(
+            "127.0.0.1",
+            port,
+            server_hostname="localhost",
+            cafile=kit.ca_file,
+            client_cert=kit.client_cert_file,
+            client_key=kit.client_key_file,
+            timeout=5,
+        )
+    every = {"tls.expired", "tls.hostname_mismatch", "tls.self_signed", "tls.untrusted_chain"}
+    assert set(codes(without)) == every | {"tls.client_cert_required"}
+    assert without.data["protocol"] == version and without.data["client_cert_requested"] is True
+    assert set(codes(mutual)) == every
+    assert mutual.data["client_cert_accepted"] is True and mutual.data["client_cert_requested"] is True
 
 
 # --------------------------------------------------------------------------- peers that are not TLS servers
