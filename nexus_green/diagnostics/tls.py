@@ -98,11 +98,31 @@ from ..transport.stream import map_os_error
 from ..transport.tls import parse_pin, rejection_error, spki_pin
 from .results import CheckResult, Finding, Severity, Status
 
-__all__ = ["check_tls", "match_hostname", "EXPIRY_WARNING_DAYS", "PROBE_WAIT"]
+__all__ = ["check_tls", "match_hostname", "EXPIRY_WARNING_DAYS", "PROBE_WAIT", "FINDING_CODES"]
 
 EXPIRY_WARNING_DAYS = 14
 PROBE_WAIT = 1.0  # seconds the post-handshake read waits for a client-certificate alert
 _CHECK = "tls"
+# Every code check_tls can report, with its severity (self_signed is "info" when the chain is trusted).
+FINDING_CODES: dict[str, str] = {
+    "tls.unreachable": "critical",
+    "tls.not_tls": "critical",
+    "tls.handshake_timeout": "critical",
+    "tls.handshake_failed": "critical",
+    "tls.untrusted_chain": "critical",
+    "tls.chain_invalid": "critical",
+    "tls.self_signed": "warning",
+    "tls.expired": "critical",
+    "tls.not_yet_valid": "critical",
+    "tls.expires_soon": "warning",
+    "tls.hostname_mismatch": "critical",
+    "tls.cn_only_no_san": "critical",
+    "tls.weak_protocol": "critical",
+    "tls.client_cert_required": "warning",
+    "tls.client_cert_rejected": "critical",
+    "tls.pin_mismatch": "critical",
+    "tls.bad_certificate": "critical",
+}
 _FIRST_BYTES = 64  # raw bytes of the peer kept to name a protocol that is not TLS
 
 # TLS handshake message types and content types (RFC 8446 / 5246), as the message callback reports them.

@@ -30,7 +30,7 @@ from gevent import subprocess as gsubprocess
 
 from nexus_green.diagnostics import tls as tls_check
 from nexus_green.diagnostics.results import CheckResult
-from nexus_green.diagnostics.tls import check_tls, match_hostname
+from nexus_green.diagnostics.tls import FINDING_CODES, check_tls, match_hostname
 from nexus_green.errors import InvalidURL
 from nexus_green.testing import (
     EmbeddedServer,
@@ -96,10 +96,19 @@ def serve(kit: CertificateKit, cert: Optional[tuple[str, str, bytes]] = None, **
 
 def check(server: Any, **options: Any) -> CheckResult:
     options.setdefault("timeout", 5.0)
-    result = check_tls(*server.address, **options)
+    return validate(check_tls(*server.address, **options))
+
+
+def validate(result: CheckResult) -> CheckResult:
+    """The result's shape: every data key, JSON-ready findings, declared codes with their severities."""
     assert result.name == "tls"
     assert DATA_KEYS <= set(result.data), DATA_KEYS - set(result.data)
-    assert result.to_dict()["findings"] == [f.to_dict() for f in result.findings]  # JSON-ready
+    assert result.to_dict()["findings"] == [f.to_dict() for f in result.findings]
+    for f in result.findings:
+        assert f.check == "tls" and f.message
+        trusted_self_signed = f.code == "tls.self_signed" and result.data["chain_verified"] is True
+        assert f.severity == ("info" if trusted_self_signed else FINDING_CODES[f.code]), f
+        assert bool(f.recommendation) is not trusted_self_signed, f
     return result
 
 
@@ -136,13 +145,13 @@ def test_ip_address_is_matched_against_the_ip_sans(kit: CertificateKit) -> None:
 
 def test_ipv6_literal_in_brackets(kit: CertificateKit) -> None:
     with TLSEchoServer(kit.server_context(), host="::1") as server:
-        r = check_tls("[::1]", server.address[1], cafile=kit.ca_file, timeout=5)
+        r = validate(check_tls("[::1]", server.address[1], cafile=kit.ca_file, timeout=5))
     assert (r.status, r.findings) == ("ok", ()) and r.data["server_hostname"] == "::1"
     assert r.data["hostname_ok"] is True
 
 
 def test_unknown_host_is_unreachable() -> None:
-    r = check_tls("nonexistent.invalid", 443, timeout=2)  # RFC 6761: .invalid never resolves
+    r = validate(check_tls("nonexistent.invalid", 443, timeout=2))  # RFC 6761: .invalid never resolves
     assert codes(r) == ["tls.unreachable"] and "DNS resolution failed" in r.findings[0].message
 
 
@@ -492,9 +501,9 @@ def test_openssl_s_server_with_every_problem_at_once(kit: CertificateKit, versio
     past = now() - datetime.timedelta(days=10)
     cert = kit.issue_custom_cert("openssl-bad", dns_names=("other.test",), not_after=past, self_signed=True)
     with openssl_server(kit, cert, version) as port:
-        without = check_tls("127.0.0.1", port, server_hostname="localhost", cafile=kit.ca_file, timeout=5)
+        without = validate(check_tls("127.0.0.1", port, server_hostname="localhost", cafile=kit.ca_file, timeout=5))
     with openssl_server(kit, cert, version) as port:
-        mutual = check_tls(
+        mutual = check_tls(  # validated below
             "127.0.0.1",
             port,
             server_hostname="localhost",
@@ -503,6 +512,7 @@ def test_openssl_s_server_with_every_problem_at_once(kit: CertificateKit, versio
             client_key=kit.client_key_file,
             timeout=5,
         )
+    validate(mutual)
     every = {"tls.expired", "tls.hostname_mismatch", "tls.self_signed", "tls.untrusted_chain"}
     assert set(codes(without)) == every | {"tls.client_cert_required"}
     assert without.data["protocol"] == version and without.data["client_cert_requested"] is True
@@ -628,14 +638,14 @@ def test_proxy_that_cannot_reach_the_target() -> None:
 
 def test_proxy_that_is_down() -> None:
     with refusing_port() as proxy_port:
-        r = check_tls("127.0.0.1", 443, proxy=f"socks5://127.0.0.1:{proxy_port.port}", timeout=2)
+        r = validate(check_tls("127.0.0.1", 443, proxy=f"socks5://127.0.0.1:{proxy_port.port}", timeout=2))
     assert codes(r) == ["tls.unreachable"]
     assert "cannot reach the SOCKS5 proxy" in finding(r, "tls.unreachable").message
 
 
 def test_proxy_that_never_answers() -> None:
     with accept_and_stall() as proxy_port:
-        r = check_tls("127.0.0.1", 443, proxy=f"socks5://127.0.0.1:{proxy_port.port}", timeout=0.3)
+        r = validate(check_tls("127.0.0.1", 443, proxy=f"socks5://127.0.0.1:{proxy_port.port}", timeout=0.3))
     assert codes(r) == ["tls.unreachable"]
     assert "tunnel to 127.0.0.1:443" in finding(r, "tls.unreachable").message
 
