@@ -35,3 +35,18 @@ def test_doc_examples_run(page: Path, tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert proc.returncode == 0, f"{page.name} example failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+# --- docs/diagnostics.md: the JSON report it shows validates against docs/diagnostics.schema.json (issue 19)
+def test_diagnostics_json_example_validates_against_the_schema() -> None:
+    import json
+
+    import jsonschema
+
+    page = (DOCS / "diagnostics.md").read_text()
+    examples = re.findall(r"```json\n(.*?)```", page, re.S)
+    assert examples, "docs/diagnostics.md shows no JSON report"
+    schema = json.loads((DOCS / "diagnostics.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+    for text in examples:
+        validator.validate(json.loads(text))

@@ -28,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, TextIO
 
@@ -66,6 +67,12 @@ def _positive(kind: type) -> Any:
         return value
 
     return parse
+
+
+def _file(text: str) -> str:
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    return text
 
 
 def _non_negative(text: str) -> float:
@@ -156,10 +163,10 @@ def add_commands(sub: Any) -> None:
     )
     d.add_argument("--concurrency", type=_positive(int), default=8, help="greenlets in the load test (8)")
     d.add_argument("--load-duration", type=_positive(float), default=10.0, help="time limit of the load test (10)")
-    d.add_argument("--cafile", default=None, help="PEM file of the CAs to trust (default: the system's)")
+    d.add_argument("--cafile", type=_file, default=None, help="PEM file of the CAs to trust (default: the system's)")
     d.add_argument("--server-hostname", default=None, help="the name the certificate must carry (default: HOST)")
-    d.add_argument("--client-cert", default=None, help="a client certificate (PEM) to present")
-    d.add_argument("--client-key", default=None, help="its key (PEM)")
+    d.add_argument("--client-cert", type=_file, default=None, help="a client certificate (PEM) to present")
+    d.add_argument("--client-key", type=_file, default=None, help="its key (PEM)")
     d.add_argument("--pin", action="append", default=[], help="an accepted pin, sha256/<base64 SPKI> (repeatable)")
     d.add_argument("--skip", action="append", default=[], choices=CHECK_NAMES, help="a check not to run (repeatable)")
     fmt = d.add_mutually_exclusive_group()

@@ -275,14 +275,14 @@ class DiagnosticsReport:
         }
 
     @property
-    def performance(self) -> dict[str, Optional[float]]:
+    def performance(self) -> dict[str, Optional[float]]:  # memoryBytes is an int
         """``messagesPerSecond``, ``averageLatencyMs``, ``memoryBytes`` (resident), ``cpuPercent``."""
-        memory = self._data("memory", "rss_bytes")
+        measured = self._data("memory", "rss_bytes")
+        memory: Optional[int] = int(measured) if measured is not None else None
         if memory is None:
             from .performance import rss_bytes
 
-            rss = rss_bytes()
-            memory = float(rss) if rss is not None else None
+            memory = rss_bytes()
         return {
             "messagesPerSecond": self._data("throughput", "messages_per_s"),
             "averageLatencyMs": self._data("throughput", "avg_ms"),
@@ -455,6 +455,19 @@ def _summary_throughput(d: dict[str, Any]) -> str:
     )
 
 
+def _summary_tls(d: dict[str, Any]) -> str:
+    parts = []
+    if d.get("protocol"):
+        parts.append(str(d["protocol"]))
+    cipher = d.get("cipher")
+    if isinstance(cipher, dict) and cipher.get("name"):
+        parts.append(str(cipher["name"]))
+    days = _num(d.get("days_to_expiry"))
+    if days is not None:
+        parts.append(f"expires in {days:.0f} days" if days >= 0 else f"expired {-days:.0f} days ago")
+    return ", ".join(parts)
+
+
 _SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
     "dns": _summary_dns,
     "tcp": _summary_tcp,
@@ -478,5 +491,5 @@ _SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
         + (" (leak suspected)" if d.get("leak_suspected") else "")
     ),
     "client": lambda d: str(d.get("repr", "")),
-    "tls": lambda d: ", ".join(f"{k} {d[k]}" for k in ("protocol", "cipher", "days_to_expiry") if k in d),
+    "tls": _summary_tls,
 }

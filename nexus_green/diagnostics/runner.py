@@ -30,6 +30,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any, Optional, Union
@@ -118,7 +119,8 @@ def diagnose(
     * ``skip`` -- names of checks not to run (from :data:`CHECK_NAMES`).
 
     Bad arguments (a malformed ``HOST:PORT`` or proxy URL, an unknown check
-    name) raise ValueError before anything runs.
+    name, a CA or client certificate file that does not exist) raise
+    ValueError before anything runs.
     """
     unknown = set(skip) - set(CHECK_NAMES)
     if unknown:
@@ -134,6 +136,13 @@ def diagnose(
             client_key=client_key,
             pins=tuple(pins),
         )
+    for what, path in (
+        ("cafile", target.cafile),
+        ("client_cert", target.client_cert),
+        ("client_key", target.client_key),
+    ):
+        if path is not None and not os.path.isfile(path):
+            raise ValueError(f"{what} {path!r} is not a readable file")
     t0 = time.perf_counter()
     end = time.monotonic() + budget
     if connection_id is None and client is not None:

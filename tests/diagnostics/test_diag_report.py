@@ -109,7 +109,7 @@ def test_figures_come_from_the_checks_and_skipped_checks_give_none() -> None:
     assert r.performance == {
         "messagesPerSecond": 12000.0,
         "averageLatencyMs": 0.6,
-        "memoryBytes": 50_000_000.0,
+        "memoryBytes": 50_000_000,
         "cpuPercent": 87.5,
     }
     skipped = CheckResult(name="bandwidth", status="skipped", skipped_reason="no echo function")
@@ -162,7 +162,12 @@ def test_markdown_is_readable_and_names_every_check_and_issue() -> None:
             "9 B growth over 3 rounds (leak suspected)",
         ),
         ("reachability", {"reachable": False, "via": "direct"}, "unreachable (direct)"),
-        ("tls", {"protocol": "TLSv1.3", "days_to_expiry": 30.0}, "protocol TLSv1.3, days_to_expiry 30.0"),
+        (
+            "tls",
+            {"protocol": "TLSv1.3", "cipher": {"name": "X", "bits": 256}, "days_to_expiry": 30.2},
+            "TLSv1.3, X, expires in 30 days",
+        ),
+        ("tls", {"protocol": None, "cipher": None, "days_to_expiry": -3.0}, "expired 3 days ago"),
         ("other", {}, "ok"),
     ],
 )

@@ -215,6 +215,8 @@ def test_bad_arguments_raise_before_anything_runs() -> None:
         diagnose("127.0.0.1:1", skip=("nope",))
     with pytest.raises(ValueError, match="HOST:PORT"):
         diagnose("127.0.0.1")
+    with pytest.raises(ValueError, match="cafile '/no/such/ca.pem' is not a readable file"):
+        diagnose("127.0.0.1:1", tls=True, cafile="/no/such/ca.pem")
 
 
 def test_total_time_is_bounded_against_a_blackholed_endpoint(leakcheck: None) -> None:
