@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket as stdsocket
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -75,6 +76,48 @@ def test_waiting_checkout_wakes_when_capacity_frees(server: EmbeddedServer) -> N
             assert again is conn  # waited for the first request to finish
         g.join(timeout=5)
         assert pool.stats()["checkout_wait_max"] > 0
+
+
+def test_waiters_are_served_in_arrival_order_and_nobody_jumps_the_line(server: EmbeddedServer) -> None:
+    """One slot, a caller that loops and five that queue: the slot goes round in arrival order.
+
+    Before, the caller finishing a request took the room it freed again at once
+    (it ran first), so the queued callers starved while it looped.
+    """
+    served: list[str] = []
+    with ConnectionPool(server.url, max_size=1, max_in_flight=1, checkout_timeout=5, options=OPTS) as pool:
+        pool.checkout(None)  # connected
+
+        def looping() -> None:
+            for _ in range(3):
+                pool.request(b"0.02", fid=FID_DELAY)
+                served.append("loop")
+
+        def once(name: str) -> None:
+            pool.request(b"0.02", fid=FID_DELAY)
+            served.append(name)
+
+        first = gevent.spawn(looping)
+        gevent.sleep(0.005)  # the looping caller holds the slot
+        others = [gevent.spawn(once, f"w{i}") for i in range(5)]
+        gevent.joinall([first, *others], timeout=10, raise_error=True)
+    # The looping caller's second request queued behind the five that were already waiting.
+    assert served == ["loop", "w0", "w1", "w2", "w3", "w4", "loop", "loop"]
+    assert pool._queue == deque() and pool._waiters == 0
+
+
+def test_a_waiter_that_gives_up_passes_its_turn_on(server: EmbeddedServer) -> None:
+    """A queued caller whose budget runs out leaves the line; the room it was due goes to the next."""
+    with ConnectionPool(server.url, max_size=1, max_in_flight=1, checkout_timeout=5, options=OPTS) as pool:
+        pool.checkout(None)
+        busy = gevent.spawn(pool.request, b"0.1", fid=FID_DELAY)
+        gevent.sleep(0.01)
+        impatient = gevent.spawn(pool.request, b"", fid=1, timeout=0.03)
+        patient = gevent.spawn(pool.request, b"hi", fid=1, timeout=5)
+        gevent.joinall([busy, impatient, patient], timeout=10)
+        assert isinstance(impatient.exception, Exception) and "checkout" in repr(impatient.exception.phase)
+        assert patient.value is not None and patient.value.body == b"hi"
+        assert pool._queue == deque() and pool._waiters == 0
 
 
 def test_first_connect_error_propagates() -> None:
