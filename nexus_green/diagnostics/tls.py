@@ -732,11 +732,14 @@ def _check_client_cert(att: _Attempt, where: str, client_cert: Optional[str], re
     else:
         rep.data["client_cert_requested"] = None
     reason = _rejection(att)
-    rep.data["client_cert_sent"] = client_cert is not None
-    rep.data["client_cert_accepted"] = None if client_cert is None else (reason is None and att.completed)
+    if reason is not None:
+        rep.data["client_cert_requested"] = True
+    # A client sends its certificate only when asked: one given to a server that did not ask was not sent.
+    sent = client_cert is not None and rep.data["client_cert_requested"] is not False
+    rep.data["client_cert_sent"] = sent
+    rep.data["client_cert_accepted"] = (reason is None and att.completed) if sent else None
     if reason is None:
         return
-    rep.data["client_cert_requested"] = True
     rep.data["client_cert_rejection"] = reason
     if client_cert is None:
         rep.add(
@@ -857,7 +860,8 @@ def check_tls(
     * ``cafile`` -- PEM file of the CAs to trust (default: the system's).
     * ``pins`` -- ``"sha256/<base64>"`` (SHA-256 of the public key, the HPKP
       form), ``"sha256-cert/<hex>"`` or a bare hex SHA-256 of the DER
-      certificate (colons allowed); the check fails unless one matches.
+      certificate (colons allowed); the check fails unless one matches the
+      leaf certificate (``pin_matched`` names it).
     * ``client_cert`` / ``client_key`` -- a client certificate (PEM) to
       present; the result says whether the server accepted it.
     * ``proxy`` -- a ``socks5://`` or ``socks5h://`` URL to tunnel through.
@@ -872,9 +876,12 @@ def check_tls(
     (``{"name", "bits"}``), ``subject``, ``issuer``, ``sans``,
     ``not_before``/``not_after`` (ISO 8601 UTC), ``days_to_expiry``,
     ``sha256_fingerprint`` (hex), ``spki_pin`` (``sha256/<base64>``),
-    ``chain_verified`` and ``verify_message`` (and ``verify_code``),
-    ``client_cert_requested`` (None when unknown), ``client_cert_sent``,
-    ``client_cert_accepted``, ``hostname_ok`` (and ``hostname_matched_by``:
+    ``chain_verified`` (None if the verifying handshake failed before the
+    chain was judged) and ``verify_message`` (and ``verify_code``),
+    ``client_cert_requested`` (None when unknown), ``client_cert_sent`` (a
+    given certificate goes out only when the server asks), ``client_cert_accepted``
+    (None unless sent), ``client_cert_rejection`` (the alert's name),
+    ``hostname_ok`` (and ``hostname_matched_by``:
     ``san``, ``cn`` or None), ``self_signed``, ``pin_matched``,
     ``chain_length``, ``handshake_ms``, ``server_hostname`` and ``proxy``;
     a value not learned is None.
@@ -904,8 +911,6 @@ def check_tls(
     options = {"cafile": cafile, "client_cert": client_cert, "client_key": client_key}
     look, verify = (_context(verify=v, legacy=False, **options) for v in (False, True))
     rep = _Report(data=_empty_data(name, proxy_cfg))
-    rep.data["client_cert_sent"] = client_cert is not None
-    rep.data["client_cert_accepted"] = None
 
     def done() -> CheckResult:
         return CheckResult(

@@ -419,6 +419,21 @@ def test_client_certificate_the_server_refuses(kit: CertificateKit, version: dic
     assert r.data["client_cert_accepted"] is False and r.data["client_cert_requested"] is True
 
 
+def test_client_certificate_given_to_a_server_that_does_not_ask(kit: CertificateKit) -> None:
+    with serve(kit) as server:
+        r = check(
+            server,
+            server_hostname="localhost",
+            cafile=kit.ca_file,
+            client_cert=kit.client_cert_file,
+            client_key=kit.client_key_file,
+        )
+        seen = list(server.client_certs)
+    assert (r.status, r.findings) == ("ok", ()) and seen == []
+    assert r.data["client_cert_requested"] is False
+    assert r.data["client_cert_sent"] is False and r.data["client_cert_accepted"] is None
+
+
 def test_optional_client_certificate_is_requested_but_not_required(kit: CertificateKit) -> None:
     ctx = kit.server_context()
     ctx.verify_mode = ssl.CERT_OPTIONAL
