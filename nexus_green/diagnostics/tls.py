@@ -420,11 +420,13 @@ def _probe(sock: Any, tls: ssl.SSLObject, incoming: ssl.MemoryBIO, att: _Attempt
     timer = gevent.Timeout(wait)
     timer.start()
     try:
-        while not att.ticket:  # a session ticket means the server accepted our Finished (and certificate)
+        while True:
             try:
                 tls.read(1)
                 return  # the server spoke first: it accepted us
             except ssl.SSLWantReadError:
+                if att.ticket:  # a session ticket means the server accepted our Finished (and certificate)
+                    return
                 _pump(sock, incoming, att)
     except gevent.Timeout as t:
         if t is not timer:

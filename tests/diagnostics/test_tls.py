@@ -137,6 +137,17 @@ def test_good_certificate_with_the_test_ca_has_no_findings(kit: CertificateKit, 
     assert r.duration_ms > 0
 
 
+def test_embedded_nexuskit_server_over_tls_directly_and_through_the_proxy(kit: CertificateKit) -> None:
+    with EmbeddedServer(tls=kit.server_context()) as server, Socks5Proxy() as proxy:
+        direct = check(server, server_hostname="localhost", cafile=kit.ca_file)
+        tunnelled = check(server, server_hostname="localhost", cafile=kit.ca_file, proxy=proxy.url)
+        tunnels = len(proxy.requests)
+    for r in (direct, tunnelled):
+        assert (r.status, r.findings) == ("ok", ()) and r.data["chain_verified"] is True
+        assert r.data["protocol"] == "TLSv1.3" and r.data["hostname_ok"] is True
+    assert tunnelled.data["proxy"] == proxy.url and tunnels == 2
+
+
 def test_ip_address_is_matched_against_the_ip_sans(kit: CertificateKit) -> None:
     with serve(kit) as server:
         r = check(server, cafile=kit.ca_file)
