@@ -42,7 +42,6 @@ import time
 import tracemalloc
 from typing import Any, Optional
 
-import gevent
 from gevent.pool import Pool
 
 from ..errors import NexusError
@@ -74,15 +73,33 @@ def rss_bytes() -> Optional[int]:
 
 
 class _Heartbeats:
-    """Heartbeat round trips on raw links: the load when there is no echo function."""
+    """Heartbeat round trips on raw links: the load when there is no echo function.
+
+    Each link has the socket timeout ``timeout``; a link that failed (a
+    timeout included: its answer may still come) is closed and replaced, so
+    a late answer is never taken for the next one.
+    """
 
     def __init__(self, target: Target, n: int, timeout: float) -> None:
-        self.links = [open_link(target, timeout) for _ in range(n)] if n else []
-        self.free = list(self.links)
+        self.target = target
         self.timeout = timeout
+        self.links: list[Any] = []
+        self.free: list[Any] = []
+        try:
+            for _ in range(n):
+                self.free.append(self._open())
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> Any:
+        sock = open_link(self.target, self.timeout)
+        self.links.append(sock)
+        return sock
 
     def __call__(self) -> None:
-        sock = self.free.pop()
+        sock = self.free.pop() if self.free else self._open()
+        ok = False
         try:
             sock.sendall(heartbeat_frame())
             dec = FrameDecoder()
@@ -92,12 +109,19 @@ class _Heartbeats:
                     raise ConnectionResetError("the peer closed the connection")
                 if any(f.is_heartbeat and f.is_response for f in dec.feed(chunk)):
                     break
+            ok = True
         finally:
-            self.free.append(sock)
+            if ok:
+                self.free.append(sock)
+            else:
+                sock.close()
+                self.links.remove(sock)
 
     def close(self) -> None:
         for s in self.links:
             s.close()
+        self.links.clear()
+        self.free.clear()
 
 
 def run_load(
@@ -165,8 +189,7 @@ def run_load(
                 started[0] += 1
                 s = time.perf_counter()
                 try:
-                    with gevent.Timeout(timeout, TimeoutError(f"no answer within {timeout:g} s")):
-                        one()
+                    one()  # bounded by the request timeout, or the raw link's socket timeout
                 except (NexusError, OSError) as exc:
                     errors.append(str(exc))
                 else:
@@ -185,7 +208,7 @@ def run_load(
             if prof is not None:
                 prof.stop()
             io.stop()
-    except NexusError as exc:
+    except (NexusError, OSError) as exc:
         findings.append(connect_failure("throughput", exc, target.label))
     finally:
         if client is not None:

@@ -14,8 +14,10 @@ missing is skipped with the reason instead of failing again:
    ``memory`` -- need a peer that speaks NexusKit;
 6. ``client`` -- when a live Client (or pool) is passed.
 
-Every check has its own timeout, and ``budget`` bounds the whole run: a
-check that would start after the budget is spent is skipped, saying so.
+Every check has its own timeout, and ``budget`` bounds the whole run: the
+heartbeat burst, the bandwidth, load and memory checks get at most what is
+left of it, and a check that would start after it is spent is skipped,
+saying so.
 ``progress(name, index, total)`` is called before each check (the command
 line draws its progress line with it).
 
@@ -161,10 +163,25 @@ def diagnose(
     ]
     if t.tls:
         plan.append(("tls", lambda: _tls(t, timeout)))
+
+    def left(limit: float) -> float:
+        """``limit`` seconds, or what is left of the run's budget if that is less."""
+        return max(0.001, min(limit, end - time.monotonic()))
+
     plan += [
         ("protocol", lambda: check_protocol(t, timeout=timeout)),
-        ("latency", lambda: check_latency(t, count=count, interval=interval, probe_timeout=timeout, timeout=timeout)),
-        ("bandwidth", lambda: check_bandwidth(t, echo_fid=echo_fid, timeout=max(timeout, 10.0))),
+        (
+            "latency",
+            lambda: check_latency(
+                t,
+                count=count,
+                interval=interval,
+                probe_timeout=timeout,
+                timeout=timeout,
+                budget=left(count * (interval + timeout) + timeout),
+            ),
+        ),
+        ("bandwidth", lambda: check_bandwidth(t, echo_fid=echo_fid, timeout=left(max(timeout, 10.0)))),
         (
             "throughput",
             lambda: run_load(
@@ -172,14 +189,19 @@ def diagnose(
                 echo_fid=echo_fid,
                 count=load_count,
                 concurrency=concurrency,
-                duration=load_duration,
+                duration=left(load_duration),
                 timeout=timeout,
             ),
         ),
         (
             "memory",
             lambda: check_memory_growth(
-                t, echo_fid=echo_fid, rounds=memory_rounds, per_round=memory_per_round, timeout=timeout
+                t,
+                echo_fid=echo_fid,
+                rounds=memory_rounds,
+                per_round=memory_per_round,
+                timeout=timeout,
+                duration=left(20.0),
             ),
         ),
     ]
@@ -238,6 +260,8 @@ def _prerequisite(name: str, report: DiagnosticsReport) -> Optional[str]:
         return f"the protocol check did not run ({proto.skipped_reason})"
     if proto is not None and proto.data.get("speaks") != "nexuskit":
         return f"the peer does not speak NexusKit (the protocol check found: {proto.data.get('speaks')})"
+    if proto is not None and proto.data.get("heartbeat_rtt_ms") is None:
+        return "the peer did not answer a heartbeat (see the protocol check): nothing to measure with"
     if proto is not None and proto.data.get("tls") is False and report.endpoint.startswith("tls://"):
         return "the peer answers NexusKit only without TLS (see the protocol check)"
     return None

@@ -141,6 +141,21 @@ def test_silent_peer(leakcheck: None) -> None:
     assert r.check("latency").status == "skipped"
 
 
+def test_nexuskit_peer_that_ignores_heartbeats_is_degraded_and_not_measured(leakcheck: None) -> None:
+    from nexus_green.protocol.frames import Frame, encode_frame
+
+    def pushes_only(sock) -> None:
+        sock.sendall(encode_frame(Frame(qid=0, fid=4, body=b"welcome")))
+        while sock.recv(4096):
+            pass
+
+    with scripted_peer(pushes_only) as peer:
+        r = diagnose(f"127.0.0.1:{peer.port}", timeout=0.3, **FAST)
+    assert r.health == "degraded" and codes(r) == {"protocol.no_heartbeat_answer"}
+    for name in MEASURED:
+        assert "did not answer a heartbeat" in r.check(name).skipped_reason, name
+
+
 def test_plain_server_diagnosed_with_tls(leakcheck: None) -> None:
     with EmbeddedServer() as server:
         r = diagnose(f"127.0.0.1:{server.port}", tls=True, timeout=2, **FAST)
@@ -224,6 +239,29 @@ def test_total_time_is_bounded_against_a_blackholed_endpoint(leakcheck: None) ->
         with gevent.Timeout(30):
             r = diagnose(f"127.0.0.1:{peer.port}", timeout=0.2, budget=5, **FAST)
     assert r.duration_ms < 30_000
+
+
+def test_the_budget_cuts_a_slow_heartbeat_burst_short(leakcheck: None) -> None:
+    from nexus_green.protocol.frames import heartbeat_frame
+
+    def first_heartbeat_only(sock) -> None:  # per connection: answers one heartbeat, then goes quiet
+        sock.recv(24)
+        sock.sendall(heartbeat_frame(response=True))
+        while sock.recv(4096):
+            pass
+
+    with scripted_peer(first_heartbeat_only) as peer:
+        r = diagnose(
+            f"127.0.0.1:{peer.port}",
+            count=50,
+            interval=0,
+            timeout=0.5,
+            budget=1.5,
+            skip=("bandwidth", "throughput", "memory"),
+        )
+    lat = r.check("latency").data
+    assert lat["received"] == 1 and 1 < lat["sent"] < 50  # 50 probes of 0.5 s do not fit in 1.5 s
+    assert "rules.packet_loss" in codes(r) and r.health == "unhealthy"
 
 
 def test_module_passes_under_patch_all() -> None:
