@@ -576,7 +576,8 @@ def check_client(client: Any, *, breakers: Iterable[Any] = ()) -> CheckResult:
     """The state of a live Client (or a ConnectionPool): pool figures, each connection's state, breakers.
 
     Reads only public, observable things: ``pool.stats()`` and ``repr(pool)``,
-    each connection's ``state``, ``in_flight`` and traffic counters, and the
+    each connection's ``state``, ``in_flight``, traffic counters, late
+    answers and heartbeat figures (its last round trip), and the
     ``current_state`` of every circuit breaker among the client's middlewares
     (plus ``breakers``). Findings: a closed client (critical), no connected
     link while the pool keeps failing (critical), refused checkouts or
@@ -606,6 +607,9 @@ def check_client(client: Any, *, breakers: Iterable[Any] = ()) -> CheckResult:
                 "bytes_sent": conn.bytes_sent,
                 "bytes_received": conn.bytes_received,
                 "responses": conn.responses,
+                "late_responses": conn.late_responses,
+                "heartbeats_sent": conn.heartbeat.heartbeats_sent,
+                "heartbeat_rtt_ms": None if conn.heartbeat.last_rtt is None else _ms(conn.heartbeat.last_rtt),
             }
         )
     closed = bool(getattr(client, "closed", False))

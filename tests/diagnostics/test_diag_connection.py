@@ -30,6 +30,7 @@ from nexus_green.testing import (
     make_test_certificates,
     run_module_patched,
     scripted_peer,
+    settle_io,
     silent_peer,
 )
 
@@ -308,9 +309,19 @@ def test_client_state_of_a_live_client(leakcheck: None) -> None:
         assert r.data["pool"]["connected"] == 1 and r.data["repr"] == repr(client.pool)
         assert r.data["connections"][0]["responses"] == 1
         assert r.data["connections"][0]["state"] == "connected"
+        assert r.data["connections"][0]["heartbeats_sent"] == 0 and r.data["connections"][0]["heartbeat_rtt_ms"] is None
         assert check_client(client.pool).data["pool"]["connected"] == 1  # a pool works too
     closed = check_client(client)
     assert closed.status == "failed" and closed.findings[0].code == "client.closed"
+
+
+def test_client_state_shows_the_last_heartbeat_round_trip(leakcheck: None) -> None:
+    with EmbeddedServer() as server, Client(server.url, heartbeat_interval=0.05) as client:
+        client.connect()
+        conn = client.pool.connections[0]
+        assert settle_io(lambda: conn.heartbeat.last_rtt is not None, timeout=5)
+        r = check_client(client)
+    assert r.data["connections"][0]["heartbeats_sent"] >= 1 and r.data["connections"][0]["heartbeat_rtt_ms"] > 0
 
 
 def test_client_with_an_open_breaker_is_unhealthy(leakcheck: None) -> None:
