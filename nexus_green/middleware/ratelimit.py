@@ -392,6 +392,15 @@ class RateLimiter:
     the policy's clock until admitted, for at most ``max_wait`` seconds (and
     never past the deadline in force), then raises.
 
+    ``shared=`` (a ``redis://`` URL, a ``redis.Redis`` client or a
+    :class:`~nexus_green.transport.redis.RedisLink`) makes every process with
+    a limiter of the same ``name`` share each key's limit, decided by an
+    atomic Lua script in Redis (a TokenBucket as GCRA, or a SlidingWindow):
+    see :mod:`nexus_green.middleware.shared_ratelimit`. While Redis is away
+    each process falls back to a local policy with the full limit, or the
+    limit divided by ``shared_processes`` when given. :attr:`shared` holds
+    the link and the counters (None for a local limiter).
+
     Example::
 
         >>> from nexus_green.clock import FakeClock
@@ -410,12 +419,25 @@ class RateLimiter:
         max_keys: int = 10_000,
         name: str = "rate_limit",
         bus: Optional[EventBus] = None,
+        shared: Any = None,
+        shared_processes: Optional[int] = None,
     ) -> None:
         if on_limit not in ("raise", "wait"):
             raise ConfigurationError(f"on_limit must be 'raise' or 'wait', got {on_limit!r}")
         if not max_wait >= 0:
             raise ConfigurationError(f"max_wait must be >= 0, got {max_wait!r}")
         self.policy: RatePolicy = policy if policy is not None else TokenBucket()
+        self.shared: Any = None
+        if shared is not None:
+            # redis-py is an optional extra: imported only when a shared limit is asked for.
+            from ..transport.redis import redis_link
+            from .shared_ratelimit import SharedLimits
+
+            self.shared = SharedLimits(redis_link(shared, clock=self.policy.clock), processes=shared_processes)
+            self._template = self.policy
+            self.policy = self.shared.policy(self.policy, name, None)
+        elif shared_processes is not None:
+            raise ConfigurationError("shared_processes= applies to a shared limiter only: give shared= too")
         self.clock = self.policy.clock
         self.on_limit = on_limit
         self.max_wait = float(max_wait)
@@ -443,7 +465,10 @@ class RateLimiter:
             return self.policy
         policy = self._keyed.get(key)
         if policy is None:
-            policy = self._keyed[key] = self.policy.fresh()
+            if self.shared is not None:
+                policy = self._keyed[key] = self.shared.policy(self._template, self.name, key)
+            else:
+                policy = self._keyed[key] = self.policy.fresh()
         return policy
 
     def acquire(self, key: Hashable = None, cost: float = 1.0) -> float:
@@ -587,11 +612,16 @@ def rate_limited(
     on_limit: str = "raise",
     max_wait: float = 1.0,
     name: str = "",
+    shared: Any = None,
+    shared_processes: Optional[int] = None,
 ) -> Callable[[F], F]:
     """Decorate any callable with a rate limit; ``key(*args, **kwargs)`` picks the bucket.
 
     The wrapper's ``limiter`` attribute is the :class:`RateLimiter` used.
     Bare ``@rate_limited`` uses the default policy (a :class:`TokenBucket`).
+    ``shared=`` / ``shared_processes=`` share the limit across processes
+    through Redis (see :class:`RateLimiter`); the limiter's name (the
+    function's name unless ``name=``) names the shared keys.
 
     Example::
 
@@ -615,7 +645,12 @@ def rate_limited(
             limiter = policy
         else:
             limiter = RateLimiter(
-                policy, on_limit=on_limit, max_wait=max_wait, name=name or getattr(fn, "__name__", "rate_limited")
+                policy,
+                on_limit=on_limit,
+                max_wait=max_wait,
+                name=name or getattr(fn, "__name__", "rate_limited"),
+                shared=shared,
+                shared_processes=shared_processes,
             )
 
         @functools.wraps(fn)
