@@ -132,3 +132,18 @@ __all__ = [
     "set_decode_slots",
     "when",
 ]
+
+# Shared (Redis) rate limits need redis-py, an optional extra: these names load their module on first use.
+_LAZY = {"SharedLimits": ".shared_ratelimit", "SharedRate": ".shared_ratelimit"}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -125,3 +125,18 @@ __all__ = [
     "retry",
     "timeout",
 ]
+
+# The shared (Redis) breaker storage needs redis-py, an optional extra: these names load their module on first use.
+_LAZY = {"SharedBreakerStorage": ".shared_breaker"}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
