@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-from common import RESULTS, percentile, rss_bytes
+from common import RESULTS, cpu_seconds, percentile, rss_bytes
 from peers import start_peer
 
 BODY = b"x" * 64
@@ -72,11 +73,13 @@ def run(url: str, greenlets: int, requests: int) -> dict[str, Any]:
                     firsts.append(t1)
 
         watcher = gevent.spawn(sampler)
+        cpu0 = cpu_seconds(os.getpid())
         t0 = pc()
         gs = [gevent.spawn(worker) for _ in range(greenlets)]
         spawned = pc() - t0
         gevent.joinall(gs)
         wall = pc() - t0
+        cpu = cpu_seconds(os.getpid()) - cpu0
         done[0] = True
         watcher.join()
         peak[0] = max(peak[0], rss_bytes())
@@ -93,6 +96,7 @@ def run(url: str, greenlets: int, requests: int) -> dict[str, Any]:
         "wall_s": wall,
         "spawn_s": spawned,
         "rps": len(lat) / wall if wall else 0.0,
+        "cpu_us_per_request": cpu / len(lat) * 1e6 if lat else 0.0,
         "all_first_answers_s": (max(firsts) - t0) if firsts else 0.0,
         "p50_ms": percentile(lat, 0.50) * 1000,
         "p99_ms": percentile(lat, 0.99) * 1000,
@@ -129,7 +133,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         f"p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, max {res['max_ms']:.1f} ms; "
         f"every greenlet answered once after {res['all_first_answers_s']:.2f} s; "
         f"RSS +{res['rss_growth_mb']:.1f} MB ({res['rss_kb_per_greenlet']:.2f} KB/greenlet); "
-        f"pool {res['pool_size']} connections; errors {res['errors']}"
+        f"pool {res['pool_size']} connections; errors {res['errors']}; "
+        f"client CPU {res['cpu_us_per_request']:.1f} us/request"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1))

@@ -95,6 +95,17 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+class _Turn:
+    """A caller's place in the pool's line: woken (``event``) with room granted, or to look again."""
+
+    __slots__ = ("event", "queued", "granted")
+
+    def __init__(self) -> None:
+        self.event = Event()
+        self.queued = False  # in the line
+        self.granted = False  # taken off the line with room freed for it
+
+
 class ConnectionPool:
     """Pool of multiplexed connections to one endpoint; it alone opens connections to it.
 
@@ -183,7 +194,7 @@ class ConnectionPool:
         # wakes as many waiters as it freed slots, not every waiter (10,000 woken per answer starved
         # the loop) and not one at a time. While anyone waits or holds a grant, a newcomer queues
         # behind them instead of taking the room (it would starve them: p99 of 2 s at 10,000).
-        self._queue: deque[Event] = deque()
+        self._queue: deque[_Turn] = deque()
         self._closed = False
         # The health pass is a timer on the clock's scheduler, not a greenlet (an idle pool holds none).
         self._maintainer: Any = None
@@ -272,7 +283,7 @@ class ConnectionPool:
             return conn.request_until(body, fid, headers, tp, until, by_deadline)
         finally:
             if self._queue:
-                self._queue.popleft().set()  # the room this call freed goes to the first in line
+                self._grant()  # the room this call freed goes to the first in line
 
     @contextmanager
     def connection(self, timeout: Any = DEFAULT) -> Iterator[Connection]:
@@ -296,7 +307,7 @@ class ConnectionPool:
             yield conn
         finally:
             if self._queue:
-                self._queue.popleft().set()
+                self._grant()
 
     # ------------------------------------------------------------------ checkout
     def checkout(self, until: Optional[float], by_deadline: bool = False) -> Connection:
@@ -366,11 +377,13 @@ class ConnectionPool:
             end, end_is_budget = checkout_end, False
         seen_failures = self._fail_seq
         wanting = False
-        me = Event()
-        # Nobody else waits (in line, or woken and about to take the room it was granted): try now.
+        turn = _Turn()
+        queue = self._queue
+        # Nobody else waits (in line, or granted room and about to take it): try at once.
         try_now = not self._waiters
         if not try_now:
-            self._queue.append(me)
+            turn.queued = True
+            queue.append(turn)
         took = False
         self._waiters += 1
         try:
@@ -378,17 +391,19 @@ class ConnectionPool:
                 if self._closed:
                     raise ClientClosed(f"pool for {self.endpoint} is closed")
                 self._drop_closed()
-                if try_now or me.is_set():  # nobody ahead, or woken: granted room, or told to look again
+                if try_now or turn.event.is_set():  # granted room, or woken (off the line) to look again
                     best = self._pick()
                     if best is not None:
                         self._record_wait(started)
                         took = True
                         return best
-                    if me.is_set():
-                        self._queue.appendleft(me)  # woken off the line but no room: back at the front
-                    else:
-                        self._queue.append(me)
-                    try_now = False
+                    if not turn.queued:
+                        turn.queued = True
+                        if turn.granted:
+                            queue.appendleft(turn)  # granted but the room went elsewhere: still first
+                        else:
+                            queue.append(turn)  # a wake-up for all runs them in line order: same order back
+                    turn.granted = try_now = False
                 live = sum(1 for c in self._conns if c.connected)
                 if live == 0:
                     # Nothing to carry the request: it depends on the dialer.
@@ -407,8 +422,8 @@ class ConnectionPool:
                 now = clock.now()
                 if end is not None and now >= end:
                     raise self._checkout_expired(live, now - started, end_is_budget, by_deadline)
-                me.clear()
-                wait_until(me.wait, clock, end)
+                turn.event.clear()
+                wait_until(turn.event.wait, clock, end)
         finally:
             self._waiters -= 1
             if wanting:
@@ -416,13 +431,10 @@ class ConnectionPool:
             if not took:
                 # Leaving without room (an error, the budget): out of the line, and room it was
                 # granted and did not use goes to the next in line.
-                queue = self._queue
-                try:
-                    queue.remove(me)
-                except ValueError:
-                    pass  # it was off the line: granted, or woken to look again
-                if queue and not self._closed and self._pick() is not None:
-                    queue.popleft().set()
+                if turn.queued:
+                    queue.remove(turn)
+                elif turn.granted and queue and not self._closed and self._pick() is not None:
+                    self._grant()
 
     def _checkout_expired(self, live: int, waited: float, end_is_budget: bool, by_deadline: bool) -> NexusError:
         err: NexusError
@@ -476,14 +488,23 @@ class ConnectionPool:
             self.wait_time_max = waited
         self.bus.emit("pool.checkout", pool=self.name, wait=waited)
 
+    def _grant(self) -> None:
+        """Room freed: it goes to the first caller in line (off the line, woken)."""
+        turn = self._queue.popleft()
+        turn.queued = False
+        turn.granted = True
+        turn.event.set()
+
     def _notify(self) -> None:
         # Something every waiter may care about happened (a connection came or went, an attempt
-        # failed, the pool closed): wake them all to look again; only the first takes room.
+        # failed, the pool closed): wake them all to look again. They run in line order, so those
+        # that find no room line up again in the same order.
         queue = self._queue
-        waiters = list(queue)
+        turns = list(queue)
         queue.clear()
-        for waiter in waiters:
-            waiter.set()
+        for turn in turns:
+            turn.queued = False
+            turn.event.set()
 
     # ------------------------------------------------------------------ the dialer
     def _want_dial(self) -> bool:
@@ -708,7 +729,7 @@ class ConnectionPool:
         self._conns = []
         self._last_used.clear()
         self._waiters = self._demand = 0
-        self._queue = deque()
+        self._queue = deque()  # the parent's waiters are not this process's
         self._wake = Event()
 
     # ------------------------------------------------------------------ figures
