@@ -97,13 +97,24 @@ def test_unknown_top_level_names_say_so() -> None:
 
 
 def test_importing_the_package_loads_neither_ssl_nor_socks5() -> None:
+    # pybreaker imports redis-py whenever it is installed (for its CircuitRedisStorage), and redis-py
+    # imports ssl: that is pybreaker's doing, so the check runs as on a machine without redis-py.
     code = (
-        "import sys, nexus_green; "
+        "import sys; sys.modules['redis'] = None; import nexus_green; "
         "print('ssl' in sys.modules, 'nexus_green.transport.socks5' in sys.modules); "
         "nexus_green.TLSConfig; print('nexus_green.transport.tls' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.split() == ["False", "False", "True"]
+
+
+def test_importing_the_package_does_not_load_the_shared_state_modules() -> None:
+    """Redis-backed policies (docs/shared-state.md) load on first use: redis-py is an optional extra."""
+    code = (
+        "import sys, nexus_green; print(sorted(m for m in sys.modules if m.startswith('nexus_green') and 'redis' in m))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_the_deadline_function_does_not_shadow_its_module() -> None:
