@@ -80,7 +80,7 @@ def _tls(target: Target, timeout: float) -> CheckResult:
 
 
 def diagnose(
-    target: Union[Target, str],
+    target: Union[Target, str, None] = None,
     *,
     tls: bool = False,
     proxy: Any = None,
@@ -107,6 +107,9 @@ def diagnose(
 ) -> DiagnosticsReport:
     """Diagnose ``target`` (a :class:`Target` or ``"HOST:PORT"`` with the options below); never raises for what it finds.
 
+    Without a target, the endpoint of the live ``client`` is diagnosed
+    (its host, port and TLS; pass a Target to add its proxy).
+
     * ``tls``, ``proxy``, ``server_hostname``, ``cafile``, ``client_cert``,
       ``client_key``, ``pins`` -- how to reach it (for a ``"HOST:PORT"``).
     * ``count`` / ``interval`` -- the heartbeat burst (latency, jitter, loss).
@@ -127,6 +130,11 @@ def diagnose(
     unknown = set(skip) - set(CHECK_NAMES)
     if unknown:
         raise ValueError(f"unknown check(s) to skip: {', '.join(sorted(unknown))}; known: {', '.join(CHECK_NAMES)}")
+    if target is None:
+        if client is None:
+            raise ValueError("diagnose needs a target (HOST:PORT or a Target), or a live client= to take it from")
+        ep = getattr(client, "endpoint", None) or getattr(getattr(client, "pool", None), "endpoint", None)
+        target = Target(host=ep.host, port=ep.port, tls=ep.tls)
     if isinstance(target, str):
         target = Target.parse(
             target,

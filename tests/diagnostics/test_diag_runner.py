@@ -199,6 +199,26 @@ def test_live_client_state_and_its_connection_id(leakcheck: None) -> None:
     assert r.check("client").data["pool"]["connected"] == 1 and r.check("latency") is None
 
 
+def test_a_live_client_alone_names_the_endpoint(leakcheck: None) -> None:
+    with EmbeddedServer() as server, Client(server.url) as client:
+        client.connect()
+        r = diagnose(client=client, skip=("throughput", "memory", "bandwidth"), **FAST)
+    assert r.endpoint == server.url and r.health == "healthy"
+    assert r.check("client").data["endpoint"] == server.url and r.check("latency").data["received"] == 5
+    with pytest.raises(ValueError, match="needs a target"):
+        diagnose()
+
+
+def test_ipv6_loopback_endpoint(leakcheck: None) -> None:
+    with EmbeddedServer("::1") as server:
+        r = diagnose(f"[::1]:{server.port}", skip=("throughput", "memory", "bandwidth"), **FAST)
+    assert r.endpoint == f"tcp://[::1]:{server.port}" and r.health == "healthy", r.to_text()
+    assert r.check("dns").data["addresses"] == [{"address": "::1", "family": "ipv6"}]
+    assert r.check("protocol").data["speaks"] == "nexuskit"
+    route = r.check("route")
+    assert route.status == "skipped" or route.data["family"] == "ipv6"
+
+
 def test_budget_skips_what_it_cannot_fit(leakcheck: None) -> None:
     progress: list[tuple[str, int, int]] = []
     with EmbeddedServer() as server:
