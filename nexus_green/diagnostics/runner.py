@@ -133,7 +133,9 @@ def diagnose(
     if target is None:
         if client is None:
             raise ValueError("diagnose needs a target (HOST:PORT or a Target), or a live client= to take it from")
-        ep = getattr(client, "endpoint", None) or getattr(getattr(client, "pool", None), "endpoint", None)
+        ep: Any = getattr(client, "endpoint", None) or getattr(getattr(client, "pool", None), "endpoint", None)
+        if ep is None:
+            raise ValueError(f"client= has no endpoint to diagnose: {client!r}")
         target = Target(host=ep.host, port=ep.port, tls=ep.tls)
     if isinstance(target, str):
         target = Target.parse(

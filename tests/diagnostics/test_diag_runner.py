@@ -207,6 +207,8 @@ def test_a_live_client_alone_names_the_endpoint(leakcheck: None) -> None:
     assert r.check("client").data["endpoint"] == server.url and r.check("latency").data["received"] == 5
     with pytest.raises(ValueError, match="needs a target"):
         diagnose()
+    with pytest.raises(ValueError, match="no endpoint to diagnose"):
+        diagnose(client=object())
 
 
 def test_ipv6_loopback_endpoint(leakcheck: None) -> None:
