@@ -33,6 +33,10 @@ a lost response) gets that reply again without running the handler. A
 duplicate that arrives while the first is still running is answered 503
 (retryable); a request whose handler failed or gave no reply is forgotten, so
 its retry runs again. ``replays`` counts the replies sent from the guard.
+A guard made with ``shared=`` (a Redis URL, client or link) keeps its keys
+in Redis, so several server processes sharing it apply a key once between
+them; replies are then stored as plain data (``("nexus.reply", body, code,
+headers)``), never pickled.
 
 ``tracer=SpanManager(...)`` records a ``nexus.server`` span (kind SERVER) per
 request, a child of the client span whose context the frame carried
@@ -123,6 +127,22 @@ class Reply:
         self.body = body
         self.code = code
         self.headers = headers or {}
+
+
+_SHARED_REPLY = "nexus.reply"
+
+
+def _to_shared(result: Union[bytes, Reply]) -> Any:
+    # A shared guard stores plain data only: a Reply travels as a tagged tuple.
+    if isinstance(result, Reply):
+        return (_SHARED_REPLY, bytes(result.body), result.code, dict(result.headers))
+    return bytes(result)
+
+
+def _from_shared(stored: Any) -> Any:
+    if isinstance(stored, tuple) and len(stored) == 4 and stored[0] == _SHARED_REPLY:
+        return Reply(stored[1], code=stored[2], headers=stored[3])
+    return stored
 
 
 HandlerResult = Union[bytes, Reply, None]
@@ -341,7 +361,7 @@ class EmbeddedServer:
         decision = guard.begin(key)
         if decision.action == "replay":
             self.replays += 1
-            self._respond(conn, frame, decision.result)
+            self._respond(conn, frame, _from_shared(decision.result) if guard.shared else decision.result)
             return
         if decision.action == "in_progress":
             self._respond(conn, frame, Reply(b"request with this idempotency key is in progress", code=503))
@@ -351,7 +371,7 @@ class EmbeddedServer:
             result = self._result(conn, frame, handler)
         finally:
             if isinstance(result, bytes) or (isinstance(result, Reply) and result.code < 500):
-                guard.complete(key, result)
+                guard.complete(key, _to_shared(result) if guard.shared else result)
             else:
                 # No reply to replay (none given, the handler was killed, or
                 # it failed with a 5xx): forget the key, so a retry runs again.
