@@ -271,9 +271,10 @@ def test_redis_stopped_mid_run_the_breaker_works_locally_then_publishes(redis_se
 def test_slow_redis_costs_one_bounded_sync_then_nothing(redis_server: RedisServer) -> None:
     redis_server.extra_args = ("--enable-debug-command", "yes")
     redis_server.restart()
-    cb = CircuitBreaker(name="db", shared=RedisLink(redis_server.url, timeout=0.05, backoff=(5, 5)))
+    cb = CircuitBreaker(name="db", shared=RedisLink(redis_server.url, timeout=1.0, backoff=(5, 5)))
     try:
-        cb.call(lambda: None)
+        cb.call(lambda: None)  # connected and synced
+        cb.shared.link.timeout = 0.05
         cb.shared._next_sync = 0.0  # due now
 
         def sleep_redis() -> None:
