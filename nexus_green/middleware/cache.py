@@ -64,7 +64,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Optional, TypeVar, Union, cast
+from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union, cast
 
 import cachetools
 import diskcache
@@ -79,6 +79,9 @@ from ..greenlets import spawn
 from ..logs import RepeatedLog
 from ..protocol.messages import Request, Response, make_response
 from .pipeline import ORDER_CACHE, FidsOrPredicate, Handler, request_matcher
+
+if TYPE_CHECKING:
+    from .cache_redis import RedisCache
 
 __all__ = [
     "CacheEntry",
@@ -164,7 +167,7 @@ class CacheStats:
     waiting for the disk now, ``written`` reached it, ``dropped`` never will:
     refused because the queue was full, lost with a batch the disk failed,
     still queued when a fault made the level step aside or when ``close()``
-    gave up.
+    gave up. ``rejected`` (L3) counts values whose signature failed.
     L1 reads are not timed (a timer would cost as much as the read): its
     ``load_time`` is 0; L2's is the mean time of a read that went to the disk.
 
@@ -187,6 +190,7 @@ class CacheStats:
     queued: int = 0
     dropped: int = 0
     written: int = 0
+    rejected: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -195,7 +199,8 @@ class TwoLevelStats:
 
     ``loads`` and ``load_time`` (mean seconds) are the loader calls (misses
     that went to the origin); ``coalesced`` callers waited for another's load;
-    ``stale_served`` answers came from stale-while-revalidate.
+    ``stale_served`` answers came from stale-while-revalidate. ``l3`` is
+    the Redis level's figures when the cache has one (its hits count too).
 
     Example::
 
@@ -213,6 +218,7 @@ class TwoLevelStats:
     coalesced: int
     stale_served: int
     refresh_errors: int
+    l3: Optional[CacheStats] = None
 
 
 class _Counters:
@@ -234,7 +240,7 @@ class _Counters:
         self.dropped = self.written = 0
         self.read_time = 0.0
 
-    def snapshot(self, level: str, size: int, queued: int = 0) -> CacheStats:
+    def snapshot(self, level: str, size: int, queued: int = 0, rejected: int = 0) -> CacheStats:
         total = self.hits + self.misses
         return CacheStats(
             level=level,
@@ -250,6 +256,7 @@ class _Counters:
             queued=queued,
             dropped=self.dropped,
             written=self.written,
+            rejected=rejected,
         )
 
 
@@ -1399,6 +1406,13 @@ class TwoLevelCache:
     L2 too, so a restart sees them; another process sharing the directory
     sees them when it starts.
 
+    ``l3`` takes a :class:`~nexus_green.middleware.cache_redis.RedisCache`:
+    a level in Redis under L1 and L2, shared by every process (see
+    docs/shared-state.md). Lookups go L1, L2, L3, then the loader; an L3 hit
+    fills L1; stores go to every level (L3 inline, bounded by its link);
+    invalidation by key, tag and Fid reaches L3, and tag generations are
+    shared through Redis, so an invalidation in one process reaches all.
+
     Example::
 
         >>> cache = TwoLevelCache(l2=None)
@@ -1418,6 +1432,7 @@ class TwoLevelCache:
         clock: Clock = SYSTEM_CLOCK,
         name: str = "cache",
         app: Optional[str] = None,
+        l3: Optional[RedisCache] = None,
     ) -> None:
         self.clock = clock
         # Levels define __len__, so test their type, never their truth.
@@ -1437,8 +1452,18 @@ class TwoLevelCache:
         self.coalesced = 0
         self.stale_served = 0
         self.refresh_errors = 0
+        self.l3: Optional[RedisCache] = l3
+        if l3 is not None:
+            if not hasattr(l3, "attach"):
+                raise ConfigurationError(f"l3 takes a RedisCache, got {l3!r}")
+            l3.attach(self._gens, self._gens_changed)
 
     # -- tags
+    def _gens_changed(self) -> None:
+        """Another process raised a generation (L3): keep it in L2 too, for a restart while Redis is down."""
+        if self.l2 is not None:
+            self.l2.set_meta(_GENS_KEY, dict(self._gens))
+
     def _load_gens(self) -> None:
         if self._gens_loaded or self.l2 is None:
             return
@@ -1464,7 +1489,9 @@ class TwoLevelCache:
         stale: Optional[CacheEntry] = None
         stale_level = ""
         self.requests += 1
-        l1, l2 = self.l1, self.l2
+        l1, l2, l3 = self.l1, self.l2, self.l3
+        if l3 is not None and not l3.listening:
+            l3.sync_if_due()  # not listening for invalidations: re-read the generations (bounded, rate-limited)
         if l1 is not None:
             # The hit path: one cachetools read, no timer, the generations only once a tag was invalidated.
             c = l1.counters
@@ -1500,6 +1527,20 @@ class TwoLevelCache:
             l2.counters.misses += 1
             if stale is None and entry is not None:
                 stale, stale_level = entry, "l2"
+        if l3 is not None:
+            entry = l3.get(key)
+            if entry is not None and not l3.adopt_entry_tags(entry):
+                entry = None  # stored before an invalidation: a miss (a newer value will replace it)
+            if entry is not None and entry.fresh(now):
+                l3.counters.hits += 1
+                if l1 is not None:
+                    expires = min(entry.expires, now + l1.ttl)
+                    stale_until = min(entry.stale_until, expires + self.stale_while_revalidate)
+                    l1.set(key, _entry(entry.value, expires, stale_until, entry.tags))
+                return entry, None, "l3"
+            l3.counters.misses += 1
+            if stale is None and entry is not None:
+                stale, stale_level = entry, "l3"
         return None, stale, stale_level
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -1515,7 +1556,7 @@ class TwoLevelCache:
         ttl: Optional[float] = None,
         tags: Iterable[str] = (),
     ) -> None:
-        """Store in both levels; each keeps it for ``min(ttl, its own ttl)`` (its own ttl if None)."""
+        """Store in every level; each keeps it for ``min(ttl, its own ttl)`` (its own ttl if None)."""
         now = self.clock.wall()
         l1, l2 = self.l1, self.l2
         if l2 is not None and not self._gens_loaded:
@@ -1529,6 +1570,10 @@ class TwoLevelCache:
         if l2 is not None and l2.accepts(key):
             life = l2.ttl if ttl is None else min(ttl, l2.ttl)
             l2.set(key, _entry(value, now + life, now + life + swr, tagged))
+        l3 = self.l3
+        if l3 is not None:
+            life = l3.ttl if ttl is None else min(ttl, l3.ttl)
+            l3.set(key, _entry(value, now + life, now + life + swr, tagged))
 
     def get_or_load(
         self,
@@ -1539,7 +1584,7 @@ class TwoLevelCache:
         tags: Iterable[str] = (),
         should_cache: Optional[Callable[[Any], bool]] = None,
     ) -> tuple[Any, str]:
-        """``(value, level)``: level is ``"l1"``/``"l2"`` for a hit, ``"l1:stale"``/``"l2:stale"``
+        """``(value, level)``: level is ``"l1"``/``"l2"``/``"l3"`` for a hit, ``"l1:stale"``/``"l2:stale"``
         for a stale-while-revalidate answer, ``""`` when loaded (by us or by the caller we waited for).
 
         Only values ``should_cache(value)`` accepts are stored (default: all).
@@ -1655,11 +1700,15 @@ class TwoLevelCache:
             self.l1.delete(key)
         if self.l2 is not None:
             self.l2.delete(key)
+        if self.l3 is not None:
+            self.l3.delete(key)
 
     def invalidate_tag(self, tag: str) -> None:
-        """Make every entry stored with ``tag`` a miss (both levels)."""
+        """Make every entry stored with ``tag`` a miss (every level; with L3, in every process)."""
         self._load_gens()
         self._gens[tag] = self._gens.get(tag, 0) + 1
+        if self.l3 is not None:
+            self.l3.bump(tag, self._gens[tag])  # Redis's generation may be higher: it is adopted
         if self.l2 is not None:
             self.l2.set_meta(_GENS_KEY, dict(self._gens))
 
@@ -1668,7 +1717,9 @@ class TwoLevelCache:
         self.invalidate_tag(f"fid:{fid}")
 
     def clear(self) -> None:
-        """Drop everything in both levels (tag generations are kept)."""
+        """Drop everything in every level (tag generations are kept)."""
+        if self.l3 is not None:
+            self.l3.clear()
         if self.l1 is not None:
             self.l1.clear()
         if self.l2 is not None:
@@ -1681,7 +1732,8 @@ class TwoLevelCache:
         """Figures of both levels and of the whole cache."""
         s1 = self.l1.stats() if self.l1 is not None else None
         s2 = self.l2.stats() if self.l2 is not None else None
-        hits = (s1.hits if s1 else 0) + (s2.hits if s2 else 0)
+        s3 = self.l3.stats() if self.l3 is not None else None
+        hits = (s1.hits if s1 else 0) + (s2.hits if s2 else 0) + (s3.hits if s3 else 0)
         return TwoLevelStats(
             l1=s1,
             l2=s2,
@@ -1693,6 +1745,7 @@ class TwoLevelCache:
             coalesced=self.coalesced,
             stale_served=self.stale_served,
             refresh_errors=self.refresh_errors,
+            l3=s3,
         )
 
     def flush(self, timeout: Optional[float] = None) -> bool:
@@ -1700,9 +1753,11 @@ class TwoLevelCache:
         return self.l2.flush(timeout) if self.l2 is not None else True
 
     def close(self) -> None:
-        """Close L2: flush its queued writes, then its worker thread and connection."""
+        """Close L2 (flush its queued writes, then its worker thread and connection) and L3 (its listener)."""
         if self.l2 is not None:
             self.l2.close()
+        if self.l3 is not None:
+            self.l3.close()
 
     def __enter__(self) -> TwoLevelCache:
         return self
@@ -1711,7 +1766,8 @@ class TwoLevelCache:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<TwoLevelCache {self.name} l1={self.l1!r} l2={self.l2!r}>"
+        l3 = f" l3={self.l3!r}" if self.l3 is not None else ""
+        return f"<TwoLevelCache {self.name} l1={self.l1!r} l2={self.l2!r}{l3}>"
 
 
 # --- keys ----------------------------------------------------------------------------------
@@ -1822,6 +1878,8 @@ class CacheMiddleware:
     Without ``cache`` it makes a :class:`TwoLevelCache` whose L2 persists in
     ``$XDG_CACHE_HOME/nexus_green/<app>/<name>``; pass ``l2="temporary"``
     for a private one removed on close, or ``l2=None`` for memory only.
+    ``l3=RedisCache(...)`` adds the shared level in Redis (hits say
+    ``"l3"``; docs/shared-state.md).
 
     Example::
 
@@ -1847,10 +1905,13 @@ class CacheMiddleware:
         name: str = "cache",
         app: Optional[str] = None,
         l2: Union[DiskCache, bool, str, None] = True,
+        l3: Optional[RedisCache] = None,
     ) -> None:
         if when is None:
             raise ConfigurationError("caching is opt-in: pass when= a Fid, Fids or a predicate")
-        self.cache = cache if cache is not None else TwoLevelCache(l2=l2, name=name, app=app)
+        if cache is not None and l3 is not None:
+            raise ConfigurationError("pass l3= to the TwoLevelCache you give as cache=, not to the middleware")
+        self.cache = cache if cache is not None else TwoLevelCache(l2=l2, name=name, app=app, l3=l3)
         self._match = request_matcher(when)
         self._header_names = tuple(sorted(set(headers)))
         self._key: Callable[[Request], str] = key if key is not None else self._request_key
