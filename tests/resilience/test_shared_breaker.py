@@ -236,6 +236,45 @@ def test_pybreaker_reads_and_writes_the_same_state(redis_server: RedisServer) ->
         r.close()
 
 
+# ---------------------------------------------------------------- at the seam: real Clients, a real backend
+def test_two_clients_behind_one_shared_breaker_over_real_sockets(redis_server: RedisServer) -> None:
+    from nexus_green.client import Client
+    from nexus_green.errors import CircuitOpen, NexusError
+    from nexus_green.resilience import CircuitBreakerMiddleware
+    from nexus_green.testing import FID_ECHO, EmbeddedServer, RestartableServer
+
+    options = {"max_consecutive_failures": 1, "reset_timeout": 5.0, "max_reset_timeout": 5.0, "reset_jitter": 0}
+    cb_a = CircuitBreaker(name="backend", shared=RedisLink(redis_server.url, **LINK), **options)
+    cb_b = CircuitBreaker(name="backend", shared=RedisLink(redis_server.url, **LINK), **options)
+    b_bus = EventBus()
+    b_requests: list[Any] = []
+    b_bus.subscribe(b_requests.append, prefix="request.")
+    try:
+        with RestartableServer(EmbeddedServer()) as backend:
+            a = Client(backend.url, middlewares=[CircuitBreakerMiddleware(cb_a)], heartbeat_interval=None, timeout=2)
+            b = Client(
+                backend.url, middlewares=[CircuitBreakerMiddleware(cb_b)], bus=b_bus, heartbeat_interval=None, timeout=2
+            )
+            with a, b:
+                assert a.request(b"hello", FID_ECHO).body == b"hello"
+                assert b.request(b"hello", FID_ECHO).body == b"hello"
+                backend.kill()
+                for _ in range(5):  # a's requests fail on the dead backend until a's breaker opens
+                    if cb_a.current_state == STATE_OPEN:
+                        break
+                    with pytest.raises(NexusError):
+                        a.request(b"x", FID_ECHO)
+                assert cb_a.current_state == STATE_OPEN
+                gevent.sleep(0.15)  # one sync interval of b's breaker
+                sent = len(b_requests)
+                assert sent >= 1  # b's first request was seen on its bus
+                with pytest.raises(CircuitOpen):
+                    b.request(b"x", FID_ECHO)  # b never saw a failure: it rejects because a's breaker opened
+                assert len(b_requests) == sent  # the request never reached b's connection
+    finally:
+        _close(cb_a, cb_b)
+
+
 # ---------------------------------------------------------------- Redis down and back
 def test_redis_stopped_mid_run_the_breaker_works_locally_then_publishes(redis_server: RedisServer) -> None:
     a, b = _pair(redis_server, max_consecutive_failures=2, reset_timeout=3.0)
