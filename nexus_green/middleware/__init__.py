@@ -134,7 +134,7 @@ __all__ = [
 ]
 
 # Shared (Redis) rate limits need redis-py, an optional extra: these names load their module on first use.
-_LAZY = {"SharedLimits": ".shared_ratelimit", "SharedRate": ".shared_ratelimit"}
+_LAZY = {"SharedLimits": ".shared_ratelimit", "SharedRate": ".shared_ratelimit", "RedisCache": ".cache_redis"}
 __all__ += list(_LAZY)
 
 
