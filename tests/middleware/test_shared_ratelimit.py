@@ -171,6 +171,38 @@ def test_the_decorator_and_the_middleware_take_a_shared_limit(redis_server: Redi
         mw.limiter.shared.link.close()
 
 
+# ---------------------------------------------------------------- at the seam: real Clients, a real server
+def test_two_clients_share_one_limit_over_real_sockets(redis_server: RedisServer) -> None:
+    from nexus_green.client import Client
+    from nexus_green.testing import EmbeddedServer
+
+    served: list[bytes] = []
+
+    def record(frame: Any) -> bytes:
+        served.append(frame.body)
+        return b"ok"
+
+    limiters = [_limiter(redis_server, TokenBucket(capacity=3, refill_rate=0.01), name="seam") for _ in range(2)]
+    try:
+        with EmbeddedServer(handlers={7: record}) as server:
+            clients = [
+                Client(server.url, middlewares=[RateLimitMiddleware(limiter, per="global")], heartbeat_interval=None)
+                for limiter in limiters
+            ]
+            outcomes = []
+            for i in range(8):
+                try:
+                    outcomes.append(clients[i % 2].request(b"r%d" % i, 7).body)
+                except RateLimited:
+                    outcomes.append(b"limited")
+            for client in clients:
+                client.close()
+        assert outcomes.count(b"ok") == 3 and len(served) == 3  # one bucket of 3 for both clients, not 3 each
+        assert served == [b"r0", b"r1", b"r2"]
+    finally:
+        _close(*limiters)
+
+
 # ---------------------------------------------------------------- Redis down and back
 def test_redis_stopped_mid_run_falls_back_to_the_local_share_then_resumes(redis_server: RedisServer) -> None:
     a = _limiter(redis_server, TokenBucket(capacity=8, refill_rate=0.01), shared_processes=4)
