@@ -388,8 +388,10 @@ def classify_bytes(data: bytes) -> str:
 
         >>> classify_bytes(heartbeat_frame(response=True)), classify_bytes(b"HTTP/1.1 400 Bad Request\\r\\n")
         ('nexuskit', 'http')
-        >>> classify_bytes(b"\\x15\\x03\\x03\\x00\\x02\\x02\\x46"), classify_bytes(b"hello"), classify_bytes(b"")
-        ('tls', 'garbage', 'nothing')
+        >>> classify_bytes(b"<!DOCTYPE HTML>\\n<html>"), classify_bytes(b"\\x15\\x03\\x03\\x00\\x02\\x02\\x46")
+        ('http', 'tls')
+        >>> classify_bytes(b"hello"), classify_bytes(b"")
+        ('garbage', 'nothing')
     """
     if not data:
         return "nothing"
@@ -397,6 +399,8 @@ def classify_bytes(data: bytes) -> str:
         return "nexuskit"
     if data.startswith(b"HTTP/") or (len(data) < 5 and b"HTTP/".startswith(data)):
         return "http"
+    if data.lstrip()[:14].lower().startswith((b"<!doctype html", b"<html")):
+        return "http"  # an HTTP/0.9-style answer (a request line without a version): the page alone
     if data[0] in (0x15, 0x16) and (len(data) < 2 or data[1] == 0x03):
         return "tls"
     return "garbage"
@@ -415,15 +419,31 @@ def _probe(target: Target, timeout: float, use_tls: bool) -> dict[str, Any]:
     got = b""
     decoder = FrameDecoder()
     end = time.monotonic() + timeout
+    # A line-based server (HTTP, SMTP, Redis) waits for the end of a line that a binary heartbeat
+    # never brings, and looks silent: after a short silence, one empty line makes it answer.
+    nudge_at: Optional[float] = None if use_tls else time.monotonic() + min(1.0, timeout / 2)
     try:
         t0 = time.perf_counter()
         sock.sendall(heartbeat_frame())
         while True:
-            left = end - time.monotonic()
+            now = time.monotonic()
+            left = end - now
             if left <= 0:
                 break
+            if nudge_at is not None and not got:
+                if now >= nudge_at:
+                    nudge_at = None
+                    out["nudged"] = True
+                    sock.sendall(b"\r\n\r\n")
+                else:
+                    left = min(left, nudge_at - now)
             sock.settimeout(left)
-            chunk = sock.recv(4096)
+            try:
+                chunk = sock.recv(4096)
+            except TimeoutError:
+                if nudge_at is not None and not got and time.monotonic() < end:
+                    continue  # time to nudge
+                raise
             if not chunk:
                 out["speaks"] = "closed" if not got else classify_bytes(got)
                 out["error"] = "the peer closed the connection"
@@ -472,7 +492,10 @@ def check_protocol(target: Target, *, timeout: float = 5.0) -> CheckResult:
 
     ``data``: ``speaks`` (one of :data:`PROTOCOLS`), ``tls`` (whether the
     link used TLS), ``first_bytes`` (hex, up to 32), ``heartbeat_rtt_ms``,
-    ``frames`` (NexusKit frames read), ``error``. Anything but a NexusKit
+    ``frames`` (NexusKit frames read), ``error``, ``nudged`` (present and
+    True when a silent plain peer was sent an empty line after
+    ``min(1 s, timeout / 2)``: a line-based server such as HTTP waits for
+    the end of a line that a binary heartbeat never brings). Anything but a NexusKit
     answer is critical. A plain port that closes or stays silent is tried
     once more with a TLS handshake, and one that completes it speaks ``tls``;
     with ``--tls``, a port that fails the handshake is tried in plain, and

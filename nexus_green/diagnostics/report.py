@@ -231,9 +231,21 @@ class DiagnosticsReport:
 
     @property
     def issues(self) -> list[Finding]:
-        """Every finding that counts (warning or critical), the worst first, then in check order."""
+        """Every finding that counts (warning or critical), the worst first, then in check order.
+
+        One cause seen by several checks (a refused port fails both the tcp
+        and the reachability checks, ``tcp.refused`` and
+        ``reachability.refused``) is listed once, under the first check.
+        """
         found = [f for c in self.checks for f in c.findings] + self.rule_findings
-        counted = [f for f in found if f.severity != "info"]
+        counted: list[Finding] = []
+        seen: set[tuple[str, str, str]] = set()
+        for f in found:
+            key = (f.code.split(".", 1)[-1], f.severity, f.recommendation)
+            if f.severity == "info" or key in seen:
+                continue
+            seen.add(key)
+            counted.append(f)
         return sorted(counted, key=lambda f: -SEVERITIES.index(f.severity))
 
     @property

@@ -223,6 +223,28 @@ def test_protocol_names_a_peer_that_speaks_something_else(leakcheck: None, scrip
     assert "does not speak NexusKit" in r.findings[0].message
 
 
+def test_protocol_names_a_real_http_server_that_waits_for_a_line(leakcheck: None) -> None:
+    """The stdlib's HTTP server (not ours) reads a request line the binary heartbeat never ends.
+
+    Without the empty line sent after a short silence it looked silent (found
+    by running the CLI against ``python -m http.server``).
+    """
+    import http.server
+    import threading
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        r = check_protocol(Target(host="127.0.0.1", port=server.server_address[1]), timeout=3)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert r.data["speaks"] == "http" and r.data["nudged"] is True
+    assert [f.code for f in r.findings] == ["protocol.http"]
+
+
 def test_protocol_silent_peer_is_nothing(leakcheck: None) -> None:
     with silent_peer() as peer:
         r = check_protocol(target_of(peer), timeout=0.3)
