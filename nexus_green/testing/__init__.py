@@ -41,6 +41,7 @@ from .hostile import (
     slow_reader,
 )
 from .patched import SELF_TEST, PatchedRun, run_module_patched, running_patched
+from .redis_server import RedisServer, RedisServerUnavailable
 from .server import (
     FID_CLOSE,
     FID_DELAY,
@@ -54,7 +55,6 @@ from .server import (
     EmbeddedServer,
     Reply,
 )
-from .redis_server import RedisServer, RedisServerUnavailable
 from .socks5_proxy import ProxyRequest, Socks5Proxy
 from .tls import CertificateKit, TLSEchoServer, make_test_certificates
 
