@@ -57,6 +57,7 @@ from collections.abc import Callable
 from typing import Any, Optional, Union
 
 import gevent
+import gevent.lock
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigurationError
@@ -206,6 +207,9 @@ class RedisCache:
         self.listening = False
         self._listen = listen
         self._listener: Optional[gevent.Greenlet] = None
+        # Held while the listener connects, subscribes and re-reads: close() waits for it rather than kill a
+        # greenlet inside a connect (a socket being made when its greenlet dies would never be closed).
+        self._connecting = gevent.lock.Semaphore()
         self._gens: dict[str, int] = {}
         self._on_change: Callable[[], None] = lambda: None
         self._synced_at: Optional[float] = None
@@ -385,10 +389,14 @@ class RedisCache:
         while not self._closed:
             pubsub = None
             try:
-                pubsub = self.link.client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(self.channel)
-                # Subscribed first, then read the hash: an invalidation is seen by one or the other.
-                if self.resync():
+                with self._connecting:
+                    if self._closed:
+                        break
+                    pubsub = self.link.client.pubsub(ignore_subscribe_messages=True)
+                    pubsub.subscribe(self.channel)
+                    # Subscribed first, then read the hash: an invalidation is seen by one or the other.
+                    synced = self.resync()
+                if synced:
                     self.listening = True
                     delay = _LISTEN_BACKOFF[0]
                     while not self._closed:
@@ -418,6 +426,8 @@ class RedisCache:
         """Stop listening and close the link if this level made it (a link passed in stays open)."""
         self._closed = True
         if self._listener is not None:
+            if self._connecting.acquire(timeout=5):  # bounded by the connect and the link's timeouts
+                self._connecting.release()
             self._listener.kill(block=True, timeout=2)
             self._listener = None
         if self._owns_link:
