@@ -130,6 +130,7 @@ _PREFIX_PACK = struct.Struct(">IHHBBIIIH").pack  # the frame prefix (protocol/fr
 # One receive scratch buffer per hub serves every plain-TCP connection of that
 # thread: reads run in the hub one at a time and copy each body out before the
 # next, so an idle connection holds no receive buffer of its own.
+_FILE_FRAME_ROOM = 64 * 1024  # frame header + a chunk's header block (user headers, file id, name, offset)
 _TRACEPARENT = "traceparent"  # a request carrying a trace context (docs/protocol.md) may get a request.traced
 _SCRATCH_SIZE = 256 * 1024
 _scratch: weakref.WeakKeyDictionary[Any, bytearray] = weakref.WeakKeyDictionary()
@@ -1237,6 +1238,14 @@ class Connection:
         if self.options.strict:
             raise LocalProtocolError(f"{self.conn_id}: strict mode cannot send a file (it needs the header block)")
         chunk_offsets(0, chunk_size)  # a bad chunk_size is refused before the file is opened
+        limit = self.options.max_frame_size
+        if chunk_size > limit - _FILE_FRAME_ROOM:
+            # A peer with the same frame limit would refuse the first chunk as a protocol error and
+            # drop the link (losing every request on it): refuse here, before anything is sent.
+            raise ValueError(
+                f"chunk_size {chunk_size} leaves no room for a chunk's frame header and file headers within "
+                f"max_frame_size {limit} (at most {limit - _FILE_FRAME_ROOM}): use a smaller chunk_size"
+            )
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             offsets = chunk_offsets(size, chunk_size)

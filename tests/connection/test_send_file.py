@@ -127,7 +127,10 @@ def test_bad_arguments_are_named_and_send_nothing(tmp_path: Path, src: Path) -> 
             client.send_file(tmp_path / "missing", FID_FILE)
         with pytest.raises(ValueError, match="chunk_size must be at least 1 byte"):
             client.send_file(src, FID_FILE, chunk_size=0)
-        assert server.frames_received == 0
+        # A chunk the peer's frame limit (the same default as ours) would refuse, dropping the link.
+        with pytest.raises(ValueError, match="within max_frame_size 16777216"):
+            client.send_file(src, FID_FILE, chunk_size=16 * 1024 * 1024)
+        assert server.frames_received == 0 and client.pool.stats()["connected"] == 1
         with pytest.raises(RemoteError, match="without files_dir") as info:
             client.send_file(src, FID_FILE)  # a server that takes no files
         assert info.value.code == 501
