@@ -23,11 +23,10 @@ import pytest
 import redis
 from gevent import subprocess as gsubprocess
 
-from nexus_green import Client
 from nexus_green.clock import FakeClock
 from nexus_green.errors import ConfigurationError
 from nexus_green.middleware import RedisCache
-from nexus_green.middleware.cache import CacheEntry, CacheMiddleware, TwoLevelCache, _pack
+from nexus_green.middleware.cache import CacheEntry, CacheMiddleware, TwoLevelCache
 from nexus_green.middleware.cache_redis import _MAGIC
 from nexus_green.testing import EmbeddedServer, Reply, run_module_patched
 from nexus_green.transport.redis import RedisLink
