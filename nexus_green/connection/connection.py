@@ -703,8 +703,19 @@ class Connection:
             error=error,
         )
 
-    def _abandon_after_fork(self) -> None:
-        """In a forked child: stop this copy without shutting down the parent's socket."""
+    def abandon_after_fork(self) -> None:
+        """In a forked child: stop this copy of the connection without shutting down the parent's socket.
+
+        The socket is detached (not closed: the parent still uses it), the
+        copy is closed and its requests fail with ConnectionClosed. The pool
+        calls this for each connection it inherited across a fork.
+
+        Example::
+
+            >>> conn = Connection("tcp://127.0.0.1:9")
+            >>> conn.abandon_after_fork(); conn.state
+            'closed'
+        """
         self._stop_greenlets()
         self._teardown_stream(detach=True)
         self._closed_by_user = True

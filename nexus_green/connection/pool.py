@@ -725,7 +725,7 @@ class ConnectionPool:
         self._maintainer = self._dialer = self._dialing = None
         self._spread = False
         for conn in self._conns:
-            conn._abandon_after_fork()
+            conn.abandon_after_fork()
         self._conns = []
         self._last_used.clear()
         self._waiters = self._demand = 0
