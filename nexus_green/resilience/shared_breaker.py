@@ -35,7 +35,10 @@ caller's deadline, then a backoff during which nothing is sent). A sync or a
 transition that falls back is counted (``fallbacks``), the breaker keeps
 deciding from its local window and state, and a transition made meanwhile is
 written when Redis answers again, unless another process changed the shared
-state in between (then that one is adopted).
+state in between (then that one is adopted). A Redis that comes back empty
+(no persistence) does not close an open breaker: its processes write their
+state again. A transition's write happens under the breaker's lock, so other
+greenlets wait for it (at most the link's timeout, and only at transitions).
 
 Keys (``NS`` is the link's namespace, ``nexus_green`` by default; ``NAME`` the
 breaker's name):
@@ -167,7 +170,9 @@ class SharedBreakerStorage(CircuitRedisStorage):
     ``fallbacks`` (syncs or transitions Redis did not answer in time),
     ``adoptions`` (state changes made by another process and taken over),
     ``conflicts`` (transitions that lost a race), ``corrupt`` (unreadable
-    values ignored).
+    values ignored), ``resets`` (syncs that found Redis had lost the shared
+    state, restarted empty say: an open or half-open breaker writes its state
+    again instead of closing).
 
     Example::
 
@@ -234,7 +239,9 @@ class SharedBreakerStorage(CircuitRedisStorage):
         self._next_sync = -math.inf
         self._syncing = False
         self._unpublished: Optional[tuple[str, Optional[float]]] = None
+        self._open_hint: Optional[float] = None  # the end of the open duration this process last wrote or saw
         self.syncs = self.publishes = self.fallbacks = self.adoptions = self.conflicts = self.corrupt = 0
+        self.resets = 0
 
     # --- pybreaker's storage interface, in memory for this process --------------------------------
     @property
@@ -335,10 +342,17 @@ class SharedBreakerStorage(CircuitRedisStorage):
             self._syncing = False
             self._next_sync = self.clock.now() + self.sync_interval
         self.syncs += 1
+        lost = int(reply[1]) < self.epoch  # Redis lost the shared state (restarted empty, flushed)
         changed = self._view(reply[0], reply[1], reply[2], reply[3])
         self._totals = (int(reply[4]), int(reply[5]), int(reply[6]))
         self.figures_changed = True
         self.fresh = True
+        if lost:
+            self.resets += 1
+            if self._state != STATE_CLOSED and self._unpublished is None:
+                # Write this process's state again rather than close because Redis forgot.
+                self._unpublished = (self._state, self._open_hint if self._state == STATE_OPEN else None)
+            changed = self._unpublished is None
         unpublished, self._unpublished = self._unpublished, None
         if unpublished is not None and not changed:
             # A transition made while Redis was away, and nobody changed the shared state since: write it now.
@@ -358,6 +372,8 @@ class SharedBreakerStorage(CircuitRedisStorage):
         answer, returns True (the local transition stands), counts a fallback,
         and writes it at the next successful :meth:`sync`.
         """
+        if open_until is not None:
+            self._open_hint = open_until
         open_for_ms = 0 if open_until is None else max(1, int(round((open_until - self.clock.now()) * 1000)))
         args = [*self._window_args, self.epoch, self.seen_state, state, open_for_ms]
         try:
@@ -385,6 +401,8 @@ class SharedBreakerStorage(CircuitRedisStorage):
         self.seen_state, self.epoch = text, epoch
         until = int(open_until_ms)
         self.open_until = None if until < 0 else self.clock.now() + (until - int(now_ms)) / 1000.0
+        if self.open_until is not None:
+            self._open_hint = self.open_until
         return changed
 
     def stats(self) -> dict[str, Any]:
@@ -413,6 +431,7 @@ class SharedBreakerStorage(CircuitRedisStorage):
             "adoptions": self.adoptions,
             "conflicts": self.conflicts,
             "corrupt": self.corrupt,
+            "resets": self.resets,
         }
 
     def __repr__(self) -> str:

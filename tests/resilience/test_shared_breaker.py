@@ -307,6 +307,26 @@ def test_redis_stopped_mid_run_the_breaker_works_locally_then_publishes(redis_se
         _close(a, b)
 
 
+def test_a_redis_that_comes_back_empty_does_not_close_an_open_breaker(redis_server: RedisServer) -> None:
+    a, b = _pair(redis_server, max_consecutive_failures=0, reset_timeout=3.0)
+    try:
+        a.call(lambda: None)
+        _fail(a, 1)
+        assert a.shared.publishes == 1
+        redis_server.restart()  # no persistence: the shared state is gone
+        end = time.monotonic() + 5
+        while a.shared.resets == 0 and time.monotonic() < end:
+            gevent.sleep(0.05)
+            assert a.current_state == STATE_OPEN
+        assert a.shared.resets == 1 and a.shared.publishes == 2  # a wrote its state again
+        gevent.sleep(0.11)
+        with pytest.raises(CircuitBreakerError) as caught:
+            b.call(lambda: None)  # a fresh process learns it from Redis
+        assert 2.0 < caught.value.retry_after <= 3.0  # with what was left of a's open duration
+    finally:
+        _close(a, b)
+
+
 def test_slow_redis_costs_one_bounded_sync_then_nothing(redis_server: RedisServer) -> None:
     redis_server.extra_args = ("--enable-debug-command", "yes")
     redis_server.restart()
