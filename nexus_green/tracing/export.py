@@ -157,8 +157,31 @@ def _value_json(v: Any) -> str:
     return json.dumps(otlp_value(v), separators=(",", ":"))
 
 
+_KEY_JSON: dict[str, str] = {}  # '{"key":"<k>","value":' per attribute key: keys repeat, values do not
+
+
+def _key_json(k: str) -> str:
+    text = _KEY_JSON.get(k)
+    if text is None:
+        text = '{"key":' + _q(k) + ',"value":'
+        if len(_KEY_JSON) < 4096:  # keys are names the code uses; a bound in case an app makes them up
+            _KEY_JSON[k] = text
+    return text
+
+
 def _attrs_json(attrs: Mapping[str, Any]) -> str:
-    return ",".join('{"key":' + _q(k) + ',"value":' + _value_json(v) + "}" for k, v in attrs.items())
+    parts = []
+    for k, v in attrs.items():
+        t = type(v)
+        if t is str:
+            value = '{"stringValue":' + _q(v) + "}}"
+        elif t is int and _INT64[0] <= v <= _INT64[1]:
+            value = '{"intValue":"' + str(v) + '"}}'
+        else:
+            value = _value_json(v) + "}"
+        key = _KEY_JSON.get(k)
+        parts.append((key if key is not None else _key_json(k)) + value)
+    return ",".join(parts)
 
 
 def _span_json(span: Span) -> str:
