@@ -25,9 +25,9 @@ Events:
 
 * ``shared.fallback`` [link, reason, error]: one call fell back; reason is
   ``down`` (the link was down, nothing sent), ``error``, ``timeout``,
-  ``no_budget`` (the caller's deadline left no time) or ``busy`` (every
-  connection stayed in use for the whole budget); emitted only when someone
-  subscribes to it
+  ``no_budget`` (the caller's deadline left no time) or ``busy`` (it waited
+  for a free connection so long that Redis had less than half the timeout:
+  this process is overloaded); emitted only when someone subscribes to it
 * ``shared.down`` [link, error, retry_in]: the link went down (an outage
   begins) or a probe failed
 * ``shared.resumed`` [link, down_for, fallbacks]: a probe succeeded after an
@@ -189,6 +189,16 @@ def _addresses(host: str, port: int, family: int) -> list[tuple[Any, ...]]:
     return list(gsocket.getaddrinfo(host, port, family, _stdsocket.SOCK_STREAM))
 
 
+def _redacted(url: str) -> str:
+    """The URL without its password (the link's name shows in reprs, events and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+
+
 def gevent_redis(
     source: Union[str, redis.Redis],
     *,
@@ -267,6 +277,8 @@ class RedisLink:
 
     ``client`` is a ``redis://`` URL (a :func:`gevent_redis` client is built
     and owned: :meth:`close` disconnects it) or a ``redis.Redis`` used as is.
+    ``name`` (default: the URL, its password masked) names the link in its
+    repr and events.
 
     * :meth:`call` runs ``fn(client, ...)`` within ``timeout`` seconds
       (default 50 ms), or less when the caller's deadline is nearer; on a
@@ -334,7 +346,7 @@ class RedisLink:
         self.timeout = float(timeout)
         self.backoff = (float(low), float(high))
         self.namespace = namespace
-        self.name = name or (client if isinstance(client, str) else repr(client))
+        self.name = name or (_redacted(client) if isinstance(client, str) else repr(client))
         self.clock = clock
         self.rng = rng if rng is not None else random.Random()
         self.bus = bus if bus is not None else default_bus

@@ -145,6 +145,19 @@ def test_link_options_are_checked() -> None:
         RedisLink("redis://127.0.0.1:1/0", namespace="")
 
 
+def test_the_link_name_never_shows_the_password() -> None:
+    bus = EventBus()
+    seen = _events(bus)
+    with RedisLink("redis://app:s3cret@127.0.0.1:1/0", bus=bus) as link:
+        with pytest.raises(SharedUnavailable) as caught:
+            link.execute("PING")
+        assert link.name == "redis://app:***@127.0.0.1:1/0"
+        shown = [repr(link), str(caught.value), *(repr(e.attrs) for e in seen)]
+        assert not [text for text in shown if "s3cret" in text]
+    with RedisLink("redis://127.0.0.1:1/0", name="sessions") as link:
+        assert link.name == "sessions" and "sessions" in repr(link)
+
+
 # ---------------------------------------------------------------- calls
 def test_commands_pipelines_and_scripts_run_through_the_link(redis_server: RedisServer) -> None:
     with RedisLink(redis_server.url, namespace="t", timeout=SURE) as link:
