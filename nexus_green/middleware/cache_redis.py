@@ -241,8 +241,11 @@ class RedisCache:
 
     def get(self, key: str) -> Optional[CacheEntry]:
         """The entry stored for ``key`` if its signature holds, else None (a miss; a failed call is counted)."""
-        rkey = self.vkey(key)
         c = self.counters
+        if not self.link.available:  # down, in its backoff: a miss at once (no exception, no I/O)
+            c.errors += 1
+            return None
+        rkey = self.vkey(key)
         t0 = self.clock.now()
         try:
             blob = self.link.call(_get, rkey)
@@ -275,6 +278,10 @@ class RedisCache:
         c = self.counters
         ms = int((entry.stale_until - self.clock.wall()) * 1000)
         if ms <= 0:
+            return False
+        if not self.link.available:  # down: dropped before paying for the pickle and the signature
+            c.errors += 1
+            c.dropped += 1
             return False
         rkey = self.vkey(key)
         try:
@@ -419,7 +426,8 @@ class RedisCache:
 
     # -- figures and life
     def stats(self) -> CacheStats:
-        """This level's figures: ``errors`` are calls that fell back, ``rejected`` values that failed the signature."""
+        """This level's figures: ``errors`` are operations that fell back (or were skipped while the link was
+        down), ``rejected`` values whose signature failed, ``dropped`` values not stored."""
         return self.counters.snapshot(self.level, 0, rejected=self.rejected)
 
     def close(self) -> None:
