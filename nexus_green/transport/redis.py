@@ -25,7 +25,9 @@ Events:
 
 * ``shared.fallback`` [link, reason, error]: one call fell back; reason is
   ``down`` (the link was down, nothing sent), ``error``, ``timeout``,
-  ``no_budget`` (the caller's deadline left no time) or ``busy`` (it waited
+  ``refused`` (Redis answered this call with an error, WRONGTYPE or a
+  script's error say: the link stays up), ``no_budget`` (the caller's
+  deadline left no time) or ``busy`` (it waited
   for a free connection so long that Redis had less than half the timeout:
   this process is overloaded); emitted only when someone subscribes to it
 * ``shared.down`` [link, error, retry_in]: the link went down (an outage
@@ -105,13 +107,22 @@ DEFAULT_NAMESPACE = "nexus_green"
 
 # Errors that mean "Redis cannot serve this call now": fall back and mark the link down.
 _LINK_ERRORS = (redis.exceptions.RedisError, OSError)
+# Error replies that mean the server cannot serve anyone now (memory full, a read-only replica, loading,
+# a busy script, a cluster without quorum): like a timeout, they put the link down. Any other error reply
+# (WRONGTYPE, a script's own error) concerns that call only: Redis answered, the link stays up.
+_UNAVAILABLE = tuple(
+    getattr(redis.exceptions, name)
+    for name in ("OutOfMemoryError", "ReadOnlyError", "ClusterDownError", "TryAgainError")
+    if hasattr(redis.exceptions, name)
+)
+_UNAVAILABLE_PREFIXES = ("BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "OOM", "READONLY")
 
 
 class SharedUnavailable(NexusError):
     """Shared state is unavailable for this call: use the local, in-process behaviour.
 
     ``reason`` says why: ``down`` (the link is in its backoff; nothing was
-    sent), ``error``, ``timeout``, ``no_budget`` or ``busy``. The
+    sent), ``error``, ``timeout``, ``refused``, ``no_budget`` or ``busy``. The
     Redis error, if any, is chained as ``__cause__``. Shared policies catch it;
     it reaches an application only when it calls :meth:`RedisLink.call` itself.
 
@@ -285,7 +296,10 @@ class RedisLink:
       Redis error or timeout it raises :class:`SharedUnavailable` and marks the
       link down for a backoff drawn uniformly from ``backoff`` (0.5-1 s) with
       ``rng``. A timeout clipped by the caller's deadline is not the
-      server's fault: that call falls back but the link stays up.
+      server's fault: that call falls back but the link stays up. So does an
+      error reply about that call only (WRONGTYPE, a script's error: reason
+      ``refused``); a reply saying the server cannot serve (OOM, READONLY,
+      LOADING, BUSY, cluster down) puts the link down like a timeout.
     * At most ``max_connections`` calls are in flight; a call that waits for
       a slot so long that Redis gets less than half the timeout falls back
       with reason ``busy`` (this process is overloaded, Redis is not at
@@ -448,6 +462,13 @@ class RedisLink:
                 self._probing = False
             if isinstance(e, redis.exceptions.ConnectionError) and str(e).startswith("No connection available"):
                 raise self._fallback("busy", e) from e
+            if isinstance(e, redis.exceptions.ResponseError) and not (
+                isinstance(e, _UNAVAILABLE) or str(e).startswith(_UNAVAILABLE_PREFIXES)
+            ):
+                self.last_error = e
+                if self._down:  # it answered: the link works
+                    self._resumed()
+                raise self._fallback("refused", e) from e
             raise self._failed("error", e, probe) from e
         except BaseException:
             if probe:

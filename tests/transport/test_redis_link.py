@@ -201,6 +201,37 @@ def test_an_existing_client_is_used_as_is_and_left_open(redis_server: RedisServe
         client.connection_pool.disconnect()
 
 
+def test_an_error_reply_about_one_call_falls_back_and_leaves_the_link_up(redis_server: RedisServer) -> None:
+    with RedisLink(redis_server.url, timeout=SURE) as link:
+        link.execute("HSET", "h", "f", "v")
+        with pytest.raises(SharedUnavailable) as caught:
+            link.execute("INCR", "h")  # WRONGTYPE
+        assert caught.value.reason == "refused" and isinstance(caught.value.__cause__, redis.ResponseError)
+        with pytest.raises(SharedUnavailable, match="refused"):
+            link.run_script(link.script("return redis.call('NO_SUCH_COMMAND')"))
+        assert link.up and link.outages == 0 and link.fallbacks == 2
+        assert link.execute("PING") is True
+        link.backoff = FAST_BACKOFF
+        link.mark_down(ConnectionError("told so"))
+        gevent.sleep(0.06)
+        with pytest.raises(SharedUnavailable, match="refused"):
+            link.execute("INCR", "h")  # the probe: an error reply, but an answer: Redis is back
+        assert link.up and link.resumptions == 1
+
+
+def test_an_error_reply_saying_the_server_cannot_serve_puts_the_link_down(redis_server: RedisServer) -> None:
+    with RedisLink(redis_server.url, timeout=SURE, backoff=FAST_BACKOFF) as link:
+        link.execute("CONFIG", "SET", "maxmemory", "1")  # every write is now refused with OOM
+        try:
+            with pytest.raises(SharedUnavailable, match="error"):
+                link.execute("SET", "k", "x" * 1000)
+            assert not link.up and link.outages == 1
+        finally:
+            gevent.sleep(0.06)
+            link.execute("CONFIG", "SET", "maxmemory", "0")  # the probe, a command Redis still takes
+        assert link.up and link.resumptions == 1
+
+
 def test_a_bug_in_the_callable_propagates_and_leaves_the_link_up(redis_server: RedisServer) -> None:
     with RedisLink(redis_server.url) as link:
         with pytest.raises(ZeroDivisionError):
