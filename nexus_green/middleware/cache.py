@@ -1753,11 +1753,12 @@ class TwoLevelCache:
         return self.l2.flush(timeout) if self.l2 is not None else True
 
     def close(self) -> None:
-        """Close L2 (flush its queued writes, then its worker thread and connection) and L3 (its listener)."""
-        if self.l2 is not None:
-            self.l2.close()
+        """Close L3 (its listener, which may write generations to L2), then L2 (flush its queued writes,
+        then its worker thread and connection)."""
         if self.l3 is not None:
             self.l3.close()
+        if self.l2 is not None:
+            self.l2.close()
 
     def __enter__(self) -> TwoLevelCache:
         return self

@@ -214,6 +214,7 @@ class RedisCache:
         self._on_change: Callable[[], None] = lambda: None
         self._synced_at: Optional[float] = None
         self._closed = False
+        self._attached = False
 
     # -- wiring to the cache above
     def attach(self, gens: dict[str, int], on_change: Callable[[], None]) -> None:
@@ -222,6 +223,9 @@ class RedisCache:
         :class:`~nexus_green.middleware.cache.TwoLevelCache` calls it; ``on_change`` runs when a
         generation was raised by another process.
         """
+        if self._attached:
+            raise ConfigurationError("this RedisCache already serves a cache: give each TwoLevelCache its own")
+        self._attached = True
         self._gens = gens
         self._on_change = on_change
         if self._listen and self._listener is None and not self._closed:

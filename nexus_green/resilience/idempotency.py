@@ -59,6 +59,7 @@ __all__ = [
     "exit_logical_request",
     "dump_shared_result",
     "load_shared_result",
+    "SharedGuardStats",
 ]
 
 log = logging.getLogger("nexus_green.resilience.idempotency")

@@ -98,6 +98,9 @@ def test_l3_refuses_to_start_without_a_key_and_checks_its_options() -> None:
             CacheMiddleware(TwoLevelCache(l2=None), when={FID}, l3=l3)
         with pytest.raises(ConfigurationError, match="l3 takes a RedisCache"):
             TwoLevelCache(l2=None, l3="redis://x")  # type: ignore[arg-type]
+        TwoLevelCache(l2=None, l3=l3)
+        with pytest.raises(ConfigurationError, match="already serves a cache"):
+            TwoLevelCache(l2=None, l3=l3)
         l3.close()  # a link passed in stays open
     finally:
         link.close()
@@ -226,6 +229,28 @@ def test_a_generation_raised_while_redis_was_down_reaches_the_others_when_it_ret
     finally:
         for c in (a, b):
             _close(c)
+
+
+def test_generations_learned_from_other_processes_are_kept_in_l2_for_a_restart(redis_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from nexus_green.middleware.cache import _GENS_KEY, DiskCache
+
+    a = TwoLevelCache(l2=None, l3=_l3(redis_server.url))
+    b = TwoLevelCache(l2=DiskCache(str(tmp_path / "l2")), l3=_l3(redis_server.url))
+    try:
+        _wait(lambda: b.l3.listening, "the listener")  # type: ignore[union-attr]
+        a.invalidate_tag("t")
+        _wait(lambda: b._gens.get("t") == 1, "the published generation")
+        assert b.l2 is not None
+        _wait(lambda: b.l2.get_meta(_GENS_KEY) == (True, {"t": 1}), "the generation in L2")
+    finally:
+        _close(a)
+        _close(b)
+    again = TwoLevelCache(l2=DiskCache(str(tmp_path / "l2")))
+    try:
+        again._load_gens()
+        assert again._gens == {"t": 1}  # what this machine knew, even if Redis is away when it restarts
+    finally:
+        again.close()
 
 
 def test_stale_while_revalidate_serves_a_stale_l3_entry(redis_server) -> None:  # type: ignore[no-untyped-def]
