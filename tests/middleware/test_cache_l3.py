@@ -253,6 +253,46 @@ def test_generations_learned_from_other_processes_are_kept_in_l2_for_a_restart(r
         again.close()
 
 
+def test_a_process_that_was_down_does_not_serve_its_disk_entries_of_a_tag_invalidated_meanwhile(  # type: ignore[no-untyped-def]
+    redis_server, tmp_path
+) -> None:
+    from nexus_green.middleware.cache import DiskCache
+
+    directory = str(tmp_path / "l2")
+    before = TwoLevelCache(l2=DiskCache(directory), l3=_l3(redis_server.url))
+    before.set("k", "old", tags=("t",))
+    _close(before)  # the process stops; its L2 keeps the entry on disk
+    other = TwoLevelCache(l2=None, l3=_l3(redis_server.url, listen=False))
+    other.invalidate_tag("t")  # meanwhile, another process invalidates the tag
+    _close(other)
+    restarted = TwoLevelCache(l1=None, l2=DiskCache(directory), l3=_l3(redis_server.url))
+    try:
+        assert restarted.l2 is not None and restarted.l2.get("k") is not None  # still on disk
+        assert restarted.get("k") is None  # the first lookup re-read the generations: not served
+    finally:
+        _close(restarted)
+
+
+def test_a_listener_that_lost_its_subscription_catches_up_with_what_it_missed(redis_server) -> None:  # type: ignore[no-untyped-def]
+    a = TwoLevelCache(l2=None, l3=_l3(redis_server.url, listen=False))
+    b = TwoLevelCache(l2=None, l3=_l3(redis_server.url))
+    r = _plain(redis_server.url)
+    try:
+        _wait(lambda: b.l3.listening, "the listener")  # type: ignore[union-attr]
+        a.set("k", "v", tags=("t",))
+        assert b.get("k") == "v"
+        resyncs = b.l3.resyncs  # type: ignore[union-attr]
+        r.execute_command("CLIENT", "KILL", "TYPE", "pubsub")  # b's subscription drops
+        a.invalidate_tag("t")  # published while b may not be subscribed: the message can be lost
+        _wait(lambda: b.l3.resyncs > resyncs, "a re-read of the generations")  # type: ignore[union-attr]
+        assert b._gens == {"t": 1} and b.get("k") is None
+        _wait(lambda: b.l3.listening, "the listener to subscribe again")  # type: ignore[union-attr]
+    finally:
+        r.close()
+        _close(a)
+        _close(b)
+
+
 def test_stale_while_revalidate_serves_a_stale_l3_entry(redis_server) -> None:  # type: ignore[no-untyped-def]
     clock = FakeClock()
     writer = TwoLevelCache(l2=None, l3=_l3(redis_server.url, clock=clock), clock=clock, stale_while_revalidate=60)
