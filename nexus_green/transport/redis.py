@@ -62,8 +62,10 @@ not even try)::
 
 from __future__ import annotations
 
+import os
 import random
 import socket as _stdsocket
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Optional, TypeVar, Union
 from urllib.parse import urlsplit
@@ -310,6 +312,11 @@ class RedisLink:
       keep falling back meanwhile). Success: the link is up (``resumptions``
       += 1). Failure: a new backoff.
 
+    Fork: redis-py gives a forked child new connections; the link gives it
+    its own free slots (:meth:`after_fork`, registered with
+    ``os.register_at_fork``), so calls the parent had in flight at the fork
+    hold nothing in the child.
+
     Counters: ``calls`` (sent to Redis), ``fallbacks`` (calls answered with
     SharedUnavailable, for any reason), ``failures`` (calls that reached
     Redis and failed or timed out), ``outages`` and ``resumptions``.
@@ -364,6 +371,7 @@ class RedisLink:
         self.clock = clock
         self.rng = rng if rng is not None else random.Random()
         self.bus = bus if bus is not None else default_bus
+        self._max_connections = max_connections
         self._gate = gevent.lock.BoundedSemaphore(max_connections)
         self._down = False
         self._probing = False
@@ -376,6 +384,7 @@ class RedisLink:
         self.failures = 0
         self.outages = 0
         self.resumptions = 0
+        _LINKS.add(self)
 
     # ------------------------------------------------------------------ state
     @property
@@ -564,6 +573,15 @@ class RedisLink:
             "last_error": repr(self.last_error) if self.last_error is not None else None,
         }
 
+    def after_fork(self) -> None:
+        """Forget this process's calls in flight: called in a forked child (redis-py renews the pool itself).
+
+        The slots and the probe of greenlets that stayed in the parent would
+        otherwise stay taken in the child for good.
+        """
+        self._gate = gevent.lock.BoundedSemaphore(self._max_connections)
+        self._probing = False
+
     def close(self) -> None:
         """Disconnect the client's pool when the link built it (a client passed in stays open)."""
         if self._owned:
@@ -582,6 +600,17 @@ class RedisLink:
             f"<RedisLink {self.name} {state} calls={self.calls} fallbacks={self.fallbacks}"
             f" failures={self.failures} outages={self.outages} resumptions={self.resumptions}>"
         )
+
+
+_LINKS: weakref.WeakSet[RedisLink] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for link in list(_LINKS):
+        link.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _execute(client: Any, command: tuple[Any, ...]) -> Any:

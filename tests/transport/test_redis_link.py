@@ -8,12 +8,14 @@ never answers.
 
 from __future__ import annotations
 
+import os
 import random
 import socket as stdsocket
 import time
 from typing import Any
 
 import gevent
+import gevent.os as gevent_os
 import pytest
 import redis
 from gevent import socket as gsocket
@@ -251,6 +253,29 @@ def test_someone_elses_interrupt_passes_through(redis_server: RedisServer) -> No
         finally:
             outer.cancel()
         assert link.up and link.fallbacks == 0
+
+
+def test_a_forked_child_gets_its_own_slots_and_connections(redis_server: RedisServer) -> None:
+    with RedisLink(redis_server.url, timeout=SURE, max_connections=1) as link:
+        assert link.execute("PING") is True
+        holder = gevent.spawn(link.call, lambda client: gevent.sleep(0.5))  # the only slot, taken at fork time
+        gevent.sleep(0.01)
+        pid = gevent.fork()
+        if pid == 0:  # the child: the slot belongs to the parent's holder; here it must be free at once
+            link.timeout = 0.2  # (the holder's copy in the child would free it only after 0.5 s: too late)
+            try:
+                ok = link.execute("PING") is True and link.client.connection_pool.pid == os.getpid()
+            except BaseException:
+                ok = False
+            os._exit(0 if ok else 1)
+        try:
+            with gevent.Timeout(10):
+                _, status = gevent_os.waitpid(pid, 0)  # gevent.fork's child watcher reaps it: ask gevent
+        except gevent.Timeout:
+            os.kill(pid, 9)
+            pytest.fail("the forked child did not finish within 10 s")
+        holder.get(timeout=5)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
 # ---------------------------------------------------------------- slow Redis
