@@ -492,6 +492,7 @@ class IdempotencyGuard:
         self._shared_begins += 1
         if stored is None:
             self._own(key, token)
+            self._local_begin(key)  # running here too: a duplicate while Redis is away still waits for us
             return GuardDecision(action="run")
         if isinstance(stored, bytes) and stored[:1] == b"d":
             try:

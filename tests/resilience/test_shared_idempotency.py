@@ -189,6 +189,21 @@ def test_redis_down_falls_back_to_the_local_window_and_shared_mode_resumes(redis
         link.close()
 
 
+def test_a_duplicate_of_a_shared_run_while_redis_is_away_waits_for_it_on_the_same_worker(redis_server) -> None:  # type: ignore[no-untyped-def]
+    link = _link(redis_server.url, backoff=(5, 5))
+    guard = IdempotencyGuard(shared=link)
+    try:
+        assert guard.begin("k").action == "run"  # decided in Redis
+        redis_server.kill()
+        assert guard.begin("k").action == "in_progress"  # decided locally: this worker runs it already
+        assert guard.stats().fallbacks == 1
+        guard.complete("k", "done")
+        assert guard.begin("k").result == "done"
+    finally:
+        guard.close()
+        link.close()
+
+
 def test_complete_and_abandon_that_cannot_reach_redis_are_counted(redis_server) -> None:  # type: ignore[no-untyped-def]
     link = _link(redis_server.url, backoff=(5, 5))
     guard = IdempotencyGuard(shared=link)
