@@ -326,6 +326,36 @@ def test_operations_that_cannot_reach_redis_are_counted_and_never_fail(redis_ser
         _close(cache)
 
 
+def test_a_slow_redis_makes_an_l3_lookup_fall_back_while_other_greenlets_run(redis_server) -> None:  # type: ignore[no-untyped-def]
+    link = RedisLink(redis_server.url, timeout=0.1, backoff=(60, 60))
+    cache = TwoLevelCache(l1=None, l2=None, l3=RedisCache(link, secret=SECRET, listen=False))
+    r = _plain(redis_server.url)
+    ticks: list[int] = []
+
+    def ticker() -> None:
+        while True:
+            ticks.append(1)
+            gevent.sleep(0.005)
+
+    try:
+        cache.set("k", "v")
+        assert cache.get("k") == "v"
+        r.execute_command("CLIENT", "PAUSE", "1000")  # Redis answers nobody for a second
+        running = gevent.spawn(ticker)
+        gevent.sleep(0.02)
+        before = len(ticks)
+        assert cache.get("k") is None  # the lookup gave up at the link's timeout: a miss
+        during = len(ticks) - before
+        running.kill()
+        assert during > 0  # the hub kept running other greenlets while the lookup waited
+        assert link.failures == 1 and link.last_error is not None and "longer than" in str(link.last_error)
+        assert cache.l3.stats().errors == 1  # type: ignore[union-attr]
+    finally:
+        r.execute_command("CLIENT", "UNPAUSE")
+        r.close()
+        _close(cache)
+
+
 # --- the seam: two worker processes, real Clients, one EmbeddedServer -----------------------------------
 
 WORKER = """
