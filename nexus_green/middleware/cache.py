@@ -27,6 +27,9 @@
   One loader per key at a time (concurrent callers wait for it: stampede
   protection), optional stale-while-revalidate, invalidation by key, tag,
   Fid, all, and TTL expiry; statistics per level.
+* L3 (opt-in): ``TwoLevelCache(l3=RedisCache(...))`` adds a level in Redis
+  under L1 and L2, shared by every process, with signed values and tag
+  generations shared through Redis (:mod:`.cache_redis`, docs/shared-state.md).
 * :class:`CacheMiddleware` (order 200) caches responses for the Fids or the
   predicate it is given (caching is opt-in), keyed by :func:`request_key`;
   :func:`cached` does the same for any function. A hit costs under 2 us
