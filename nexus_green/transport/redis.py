@@ -180,6 +180,12 @@ class GeventConnection(Connection):
                 err = e
                 if sock is not None:
                     sock.close()
+            except BaseException:
+                # A link timeout or a kill landing mid-connect (gevent.Timeout, GreenletExit): the
+                # half-made socket is ours to close, or it leaks (a ResourceWarning under pytest).
+                if sock is not None:
+                    sock.close()
+                raise
         if err is not None:
             try:
                 raise err

@@ -24,7 +24,7 @@ from nexus_green.clock import FakeClock
 from nexus_green.deadlines import deadline
 from nexus_green.errors import ConfigurationError
 from nexus_green.events import EventBus
-from nexus_green.testing import run_module_patched
+from nexus_green.testing import Blackhole, run_module_patched
 from nexus_green.testing.redis_server import RedisServer
 from nexus_green.timers import Interrupt, arm
 from nexus_green.transport.redis import (
@@ -486,6 +486,18 @@ def test_hub_stays_responsive_when_redis_is_blackholed() -> None:
             assert reasons[0] == "timeout" and "down" in reasons and link.outages == 1
     finally:
         listener.close()
+
+
+def test_a_connect_cut_short_closes_its_half_made_socket() -> None:
+    """A kill (or a link timeout) landing mid-connect: the socket being made is closed, not leaked."""
+    with Blackhole() as hole:  # SYNs dropped: the connect waits
+        conn = GeventConnection(host=hole.host, port=hole.port, socket_connect_timeout=10)
+        g = gevent.spawn(conn._connect)
+        gevent.sleep(0.05)
+        assert not g.dead  # still connecting
+        g.kill(timeout=5)
+    assert g.dead and isinstance(g.value, gevent.GreenletExit)
+    # The leakcheck fixture fails the test if the socket stayed open.
 
 
 def test_module_passes_under_patch_all() -> None:
