@@ -47,6 +47,11 @@ Event names (the catalogue later layers rely on; attributes in brackets):
   ``pool.state`` [pool, size, max_size, in_use, idle, waiters, utilisation, in_flight]
   (emitted by the monitor from ``ConnectionPool.stats()`` on each tick)
 * ``buffers.state`` [in_use, capacity]
+* ``shared.fallback`` [link, reason, error]: a Redis call of a shared policy fell back to the local
+  behaviour (reason down, error, timeout, refused, no_budget or busy; emitted only when someone
+  subscribes); ``shared.down`` [link, error, retry_in]: an outage began or a probe failed;
+  ``shared.resumed`` [link, down_for, fallbacks]: it ended (``nexus_green.transport.redis``,
+  docs/shared-state.md)
 
 Resilience (``nexus_green.resilience``, on the bus given to each policy):
 
