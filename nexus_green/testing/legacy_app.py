@@ -47,6 +47,8 @@ from gevent import subprocess as gsubprocess
 from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 
+from .children import preexec_die_with_parent
+
 __all__ = [
     "APP_BOOTSTRAP",
     "ScenarioResult",
@@ -283,15 +285,6 @@ def http_get(port: int, path: str, timeout: float) -> tuple[int, dict[str, str],
     return int(lines[0].split()[1]), headers, body
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child, between fork and exec
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
-    except Exception:
-        pass
-
-
 class _Child:
     """A child process that prints ``listening on HOST:PORT`` first; killed on close()."""
 
@@ -302,7 +295,7 @@ class _Child:
             stdin=gsubprocess.PIPE,
             stdout=gsubprocess.PIPE,
             env=env,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=preexec_die_with_parent(),
         )
         with gevent.Timeout(ready_timeout, RuntimeError(f"{argv[2:4]} did not start within {ready_timeout}s")):
             line = self.proc.stdout.readline().decode()

@@ -27,6 +27,8 @@ import tempfile
 import time
 from typing import Any, Optional
 
+from .children import preexec_die_with_parent
+
 __all__ = ["RedisServer", "RedisServerUnavailable", "redis_server_binary"]
 
 
@@ -43,6 +45,22 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _process_id(port: int, timeout: float) -> Optional[int]:
+    """The ``process_id`` the server on ``port`` reports (``INFO server``), or None when nothing answers."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+            data = b""
+            while b"process_id:" not in data or not data.split(b"process_id:", 1)[1].count(b"\r\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    return None
+                data += chunk
+            return int(data.split(b"process_id:", 1)[1].split(b"\r\n", 1)[0])
+    except (OSError, ValueError):
+        return None
 
 
 def _ping(port: int, timeout: float) -> bool:
@@ -120,14 +138,18 @@ class RedisServer:
             "warning",
             *self.extra_args,
         ]
-        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # It dies with this process: a test killed by its timeout runs no finalizer.
+        self._proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=preexec_die_with_parent()
+        )
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
                 self._reap()
                 raise RedisServerUnavailable(f"redis-server exited at start on port {self.port}: {err[-400:]}")
-            if self.ping(0.2):
+            # Ours answers, not another server already on the port (then ours exits: caught above).
+            if _process_id(self.port, 0.2) == self._proc.pid:
                 return self
             time.sleep(0.02)
         self.kill()
