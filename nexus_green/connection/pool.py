@@ -195,6 +195,7 @@ class ConnectionPool:
         # the loop) and not one at a time. While anyone waits or holds a grant, a newcomer queues
         # behind them instead of taking the room (it would starve them: p99 of 2 s at 10,000).
         self._queue: deque[_Turn] = deque()
+        self._granted = 0  # callers taken off the line with a slot promised, not yet running
         self._closed = False
         # The health pass is a timer on the clock's scheduler, not a greenlet (an idle pool holds none).
         self._maintainer: Any = None
@@ -283,7 +284,7 @@ class ConnectionPool:
             return conn.request_until(body, fid, headers, tp, until, by_deadline)
         finally:
             if self._queue:
-                self._grant()  # the room this call freed goes to the first in line
+                self._grant_one()  # the room this call freed goes to the first in line
 
     @contextmanager
     def connection(self, timeout: Any = DEFAULT) -> Iterator[Connection]:
@@ -307,7 +308,7 @@ class ConnectionPool:
             yield conn
         finally:
             if self._queue:
-                self._grant()
+                self._grant_one()
 
     # ------------------------------------------------------------------ checkout
     def checkout(self, until: Optional[float], by_deadline: bool = False) -> Connection:
@@ -379,8 +380,11 @@ class ConnectionPool:
         wanting = False
         turn = _Turn()
         queue = self._queue
-        # Nobody else waits (in line, or granted room and about to take it): try at once.
-        try_now = not self._waiters
+        # Nobody else waits (in line, or granted room and about to take it), or there is room for
+        # them all and this caller too (those in line get theirs first): try at once. Queuing only
+        # while demand exceeds room keeps a line from outliving the shortage (a convoy: each answer
+        # hands one slot on and its caller lines up again, so every request took the slow way).
+        try_now = not self._waiters or (self._grant_room() > 0 and not self._queue)
         if not try_now:
             turn.queued = True
             queue.append(turn)
@@ -392,6 +396,10 @@ class ConnectionPool:
                     raise ClientClosed(f"pool for {self.endpoint} is closed")
                 self._drop_closed()
                 if try_now or turn.event.is_set():  # granted room, or woken (off the line) to look again
+                    granted = turn.granted
+                    if granted:
+                        turn.granted = False
+                        self._granted -= 1
                     best = self._pick()
                     if best is not None:
                         self._record_wait(started)
@@ -399,11 +407,11 @@ class ConnectionPool:
                         return best
                     if not turn.queued:
                         turn.queued = True
-                        if turn.granted:
+                        if granted:
                             queue.appendleft(turn)  # granted but the room went elsewhere: still first
                         else:
                             queue.append(turn)  # a wake-up for all runs them in line order: same order back
-                    turn.granted = try_now = False
+                    try_now = False
                 live = sum(1 for c in self._conns if c.connected)
                 if live == 0:
                     # Nothing to carry the request: it depends on the dialer.
@@ -433,8 +441,11 @@ class ConnectionPool:
                 # granted and did not use goes to the next in line.
                 if turn.queued:
                     queue.remove(turn)
-                elif turn.granted and queue and not self._closed and self._pick() is not None:
-                    self._grant()
+                elif turn.granted:
+                    turn.granted = False
+                    self._granted -= 1
+                if queue and not self._closed:
+                    self._grant_room()
 
     def _checkout_expired(self, live: int, waited: float, end_is_budget: bool, by_deadline: bool) -> NexusError:
         err: NexusError
@@ -488,12 +499,37 @@ class ConnectionPool:
             self.wait_time_max = waited
         self.bus.emit("pool.checkout", pool=self.name, wait=waited)
 
-    def _grant(self) -> None:
-        """Room freed: it goes to the first caller in line (off the line, woken)."""
+    def _free_slots(self) -> int:
+        """Requests the connected connections can still take (``max_in_flight`` each)."""
+        m = self.max_in_flight
+        free = 0
+        for conn in self._conns:
+            if conn.connected:
+                n = m - conn.in_flight
+                if n > 0:
+                    free += n
+        return free
+
+    def _grant_one(self) -> None:
+        """The slot one call just freed goes to the first in line (off the line, woken)."""
         turn = self._queue.popleft()
         turn.queued = False
         turn.granted = True
+        self._granted += 1
         turn.event.set()
+
+    def _grant_room(self) -> int:
+        """Room not yet promised goes to the first in line, one slot each; returns the room left over."""
+        queue = self._queue
+        spare = self._free_slots() - self._granted
+        while queue and spare > 0:
+            turn = queue.popleft()
+            turn.queued = False
+            turn.granted = True
+            self._granted += 1
+            spare -= 1
+            turn.event.set()
+        return spare
 
     def _notify(self) -> None:
         # Something every waiter may care about happened (a connection came or went, an attempt
@@ -503,7 +539,7 @@ class ConnectionPool:
         turns = list(queue)
         queue.clear()
         for turn in turns:
-            turn.queued = False
+            turn.queued = False  # woken, not granted: each looks for room itself
             turn.event.set()
 
     # ------------------------------------------------------------------ the dialer
@@ -728,7 +764,7 @@ class ConnectionPool:
             conn.abandon_after_fork()
         self._conns = []
         self._last_used.clear()
-        self._waiters = self._demand = 0
+        self._waiters = self._demand = self._granted = 0
         self._queue = deque()  # the parent's waiters are not this process's
         self._wake = Event()
 

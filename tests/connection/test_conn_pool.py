@@ -14,7 +14,7 @@ from nexus_green.clock import FakeClock
 from nexus_green.connection import ConnectionOptions, ConnectionPool
 from nexus_green.errors import ClientClosed, ConfigurationError, ConnectionRefused, PoolExhausted
 from nexus_green.events import EventBus
-from nexus_green.testing import FID_DELAY, FID_SILENT, EmbeddedServer
+from nexus_green.testing import FID_DELAY, FID_ECHO, FID_SILENT, EmbeddedServer
 
 pytestmark = pytest.mark.usefixtures("leakcheck")
 
@@ -104,6 +104,41 @@ def test_waiters_are_served_in_arrival_order_and_nobody_jumps_the_line(server: E
     # The looping caller's second request queued behind the five that were already waiting.
     assert served == ["loop", "w0", "w1", "w2", "w3", "w4", "loop", "loop"]
     assert pool._queue == deque() and pool._waiters == 0
+
+
+def test_the_line_ends_with_the_shortage(server: EmbeddedServer) -> None:
+    """Once there is room for everyone, nobody queues: no convoy.
+
+    Thirty callers loop on a pool that starts with room for eight: the rest queue
+    while more connections open, up to room for thirty-two. Before, each answer then
+    handed one slot to the first in line and its caller lined up again, so the
+    line never emptied and every request took the slow way (at 500 callers: 39k
+    req/s instead of 120k).
+    """
+    slow: list[int] = []
+    with ConnectionPool(server.url, max_size=4, max_in_flight=8, checkout_timeout=5, options=OPTS) as pool:
+        pool.checkout(None)
+        original = pool._checkout_slow
+
+        def counting(*args: Any) -> Any:
+            slow.append(1)
+            return original(*args)
+
+        pool._checkout_slow = counting  # type: ignore[method-assign]
+        done: list[int] = []
+
+        def looping() -> None:
+            for _ in range(100):
+                pool.request(b"x", fid=FID_ECHO)
+                done.append(1)
+
+        gs = [gevent.spawn(looping) for _ in range(30)]
+        assert _settle(lambda: pool.stats()["connected"] == 4 and len(done) >= 300, timeout=5)
+        before = len(slow)
+        gevent.joinall(gs, timeout=10, raise_error=True)
+    assert len(done) == 3000
+    assert len(slow) - before <= 30  # the rest went the fast way: room for all thirty
+    assert pool._queue == deque() and pool._waiters == 0 and pool._granted == 0
 
 
 def test_a_waiter_that_gives_up_passes_its_turn_on(server: EmbeddedServer) -> None:
