@@ -7,8 +7,6 @@ together. Redis is killed and restarted mid-run.
 
 from __future__ import annotations
 
-import json
-import sys
 import textwrap
 import time
 from typing import Any
@@ -16,7 +14,6 @@ from typing import Any
 import gevent
 import pytest
 import redis
-from gevent import subprocess as gsubprocess
 
 from nexus_green.deadlines import deadline
 from nexus_green.errors import ConfigurationError, RateLimited
@@ -31,8 +28,8 @@ from nexus_green.middleware.ratelimit import (
 from nexus_green.middleware.shared_ratelimit import SharedLimits, SharedRate
 from nexus_green.protocol.messages import Request, Response
 from nexus_green.testing import run_module_patched
-from nexus_green.testing.patched import running_patched
 from nexus_green.testing.redis_server import RedisServer
+from nexus_green.testing.workers import run_workers
 from nexus_green.transport.redis import RedisLink
 
 pytestmark = pytest.mark.usefixtures("leakcheck")
@@ -282,43 +279,9 @@ _WORKER = textwrap.dedent(
 )
 
 
-def _run_workers(args: list[str], *, duration: float, warmup: float, count: int = 4) -> list[dict[str, Any]]:
-    """Start ``count`` workers, wait until each is ready, run them together for warmup + duration, collect JSON."""
-    mode = "patched" if running_patched() else "plain"
-    procs = [
-        gsubprocess.Popen(
-            [sys.executable, "-c", _WORKER, *args, str(i), mode],
-            stdin=gsubprocess.PIPE,
-            stdout=gsubprocess.PIPE,
-            stderr=gsubprocess.PIPE,
-        )
-        for i in range(count)
-    ]
-    try:
-        for proc in procs:
-            with gevent.Timeout(30, AssertionError("a worker did not start within 30 s")):
-                line = proc.stdout.readline()
-            assert line.strip() == b"ready", line + proc.stderr.read()
-        start_at = time.time() + 0.2
-        for proc in procs:
-            proc.stdin.write(f"{start_at + warmup!r} {start_at + warmup + duration!r}\n".encode())
-            proc.stdin.flush()
-        results = []
-        for proc in procs:
-            out, err = proc.communicate(timeout=30)
-            assert proc.returncode == 0, err.decode()[-2000:]
-            results.append(json.loads(out.decode().strip().splitlines()[-1]))
-        return results
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=5)
-
-
 def test_four_processes_sharing_100_per_second_get_100_per_second_together(redis_server: RedisServer) -> None:
     duration = 3.5
-    results = _run_workers([redis_server.url, "bucket"], duration=duration, warmup=0.0)
+    results = run_workers(_WORKER, [redis_server.url, "bucket"], duration=duration, warmup=0.0)
     start_at = results[0]["start_at"]
     # Count from 0.5 s in: by then the bucket's burst of 10 is spent and the fleet runs at the refill rate.
     window = (start_at + 0.5, start_at + duration)
@@ -330,7 +293,7 @@ def test_four_processes_sharing_100_per_second_get_100_per_second_together(redis
 
 
 def test_four_processes_sharing_a_window_admit_its_limit_once(redis_server: RedisServer) -> None:
-    results = _run_workers([redis_server.url, "window"], duration=1.0, warmup=0.0)
+    results = run_workers(_WORKER, [redis_server.url, "window"], duration=1.0, warmup=0.0)
     assert sum(len(r["admitted"]) for r in results) == 100  # not 400
     assert all(r["fallbacks"] == 0 for r in results)
 

@@ -8,8 +8,6 @@ Redis storage reads and writes the same state key.
 
 from __future__ import annotations
 
-import json
-import sys
 import textwrap
 import time
 from typing import Any
@@ -18,7 +16,6 @@ import gevent
 import pybreaker
 import pytest
 import redis
-from gevent import subprocess as gsubprocess
 
 from nexus_green.errors import ConfigurationError
 from nexus_green.events import EventBus
@@ -26,8 +23,8 @@ from nexus_green.resilience import CircuitBreaker, CircuitBreakerError, circuit_
 from nexus_green.resilience.breaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN
 from nexus_green.resilience.shared_breaker import SharedBreakerStorage
 from nexus_green.testing import run_module_patched
-from nexus_green.testing.patched import running_patched
 from nexus_green.testing.redis_server import RedisServer
+from nexus_green.testing.workers import run_workers
 from nexus_green.transport.redis import RedisLink, gevent_redis
 
 pytestmark = pytest.mark.usefixtures("leakcheck")
@@ -401,42 +398,8 @@ _WORKER = textwrap.dedent(
 )
 
 
-def _run_workers(script: str, args: list[str], *, duration: float, count: int = 4) -> list[dict[str, Any]]:
-    """Start ``count`` worker processes, wait until each says ready, let them run together, collect their JSON."""
-    mode = "patched" if running_patched() else "plain"
-    procs = [
-        gsubprocess.Popen(
-            [sys.executable, "-c", script, *args, str(i), mode],
-            stdin=gsubprocess.PIPE,
-            stdout=gsubprocess.PIPE,
-            stderr=gsubprocess.PIPE,
-        )
-        for i in range(count)
-    ]
-    try:
-        for proc in procs:
-            with gevent.Timeout(30, AssertionError("a worker did not start within 30 s")):
-                line = proc.stdout.readline()
-            assert line.strip() == b"ready", line + proc.stderr.read()
-        start_at = time.time() + 0.2
-        for proc in procs:
-            proc.stdin.write(f"{start_at!r} {start_at + duration!r}\n".encode())
-            proc.stdin.flush()
-        results = []
-        for proc in procs:
-            out, err = proc.communicate(timeout=30)
-            assert proc.returncode == 0, err.decode()[-2000:]
-            results.append(json.loads(out.decode().strip().splitlines()[-1]))
-        return results
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=5)
-
-
 def test_four_processes_behind_one_breaker_reject_within_one_bucket(redis_server: RedisServer) -> None:
-    results = _run_workers(_WORKER, [redis_server.url, "fleet"], duration=2.0)
+    results = run_workers(_WORKER, [redis_server.url, "fleet"], duration=2.0)
     opener = results[0]
     assert len(opener["opened"]) == 1, opener
     opened_at = opener["opened"][0]
