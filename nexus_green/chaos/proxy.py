@@ -171,7 +171,7 @@ class _Link:
                 g.kill(block=False)
         _close(self.server, reset)
         _close(self.client, reset)
-        self.proxy._notify()
+        self.proxy.notify_changed()
 
     # ------------------------------------------------------------------ reading
     def pump(self, direction: str) -> bool:
@@ -444,7 +444,7 @@ class ChaosProxy(ListeningPeer):
             self._placeholder = RefusingPort(host=self.host, port=self.port).start()
         except OSError as exc:  # pragma: no cover - the port is still refused (nothing listens), just not held
             log.warning("%r: cannot hold port %d while down: %s", self, self.port, exc)
-        self._notify()
+        self.notify_changed()
 
     def _come_up(self) -> None:
         self._down = False
@@ -452,7 +452,7 @@ class ChaosProxy(ListeningPeer):
         if placeholder is not None:
             placeholder.close()
         super()._start()
-        self._notify()
+        self.notify_changed()
 
     def _close(self) -> None:
         if self._unsubscribe is not None:

@@ -652,11 +652,26 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
 
     def record(self, ticket: Ticket, exc: Optional[BaseException] = None) -> str:
         """Record how an admitted call ended; return the outcome ('discarded' if stale)."""
-        return self._record(ticket.generation, ticket.state, ticket.started, exc)
+        return self.record_outcome(ticket.generation, ticket.state, ticket.started, exc)
 
-    def _record(self, generation: int, state: str, started: Optional[float], exc: Optional[BaseException]) -> str:
-        # Recording under the lock. ``started`` is None when nobody needs the
-        # duration (no slow_call_duration, no breaker.call subscriber).
+    def record_outcome(
+        self, generation: int, state: str, started: Optional[float], exc: Optional[BaseException]
+    ) -> str:
+        """Record the outcome of a call admitted in ``generation`` while ``state``; returns the outcome's name.
+
+        :meth:`record` with a :class:`Ticket` is the usual way; the composed
+        runner (resilience/composed.py) calls this with the pieces it keeps.
+        ``started`` is None when nobody needs the duration (no
+        slow_call_duration, no breaker.call subscriber). Recording is under the lock.
+
+        Example::
+
+            >>> from nexus_green.clock import FakeClock
+            >>> cb = CircuitBreaker(name="doc", clock=FakeClock())
+            >>> t = cb.admit()
+            >>> cb.record_outcome(t.generation, t.state, t.started, ConnectionError("down"))
+            'failure'
+        """
         cfg = self.config
         if (
             exc is None
@@ -703,9 +718,9 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
             return outcome
 
     def record_closed_success(self, generation: int) -> bool:
-        """Record a success admitted closed in ``generation`` (see :meth:`admit_closed`); False: use :meth:`_record`.
+        """Record a success admitted closed in ``generation`` (see :meth:`admit_closed`); False: use :meth:`record_outcome`.
 
-        This is :meth:`_record`'s path for a closed success with no duration
+        This is :meth:`record_outcome`'s path for a closed success with no duration
         needed, in one step. It keeps the lock, unlike admission: it changes
         the window, and another thread could interleave with that.
         """
@@ -808,7 +823,7 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
         except BaseException as exc:
             self._record_raised(generation, state, started, exc)
             raise
-        self._record(generation, state, started, None)
+        self.record_outcome(generation, state, started, None)
         return result
 
     def record_failure(self, generation: int, exc: BaseException) -> None:
@@ -821,7 +836,7 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
 
     def _record_raised(self, generation: int, state: str, started: Optional[float], exc: BaseException) -> None:
         if (
-            self._record(generation, state, started, exc) == FAILURE
+            self.record_outcome(generation, state, started, exc) == FAILURE
             and self.config.throw_new_error_on_trip
             and self._opened_by(generation)
         ):

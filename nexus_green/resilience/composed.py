@@ -97,7 +97,7 @@ def compose(
     now_fn = _monotonic if clock is SYSTEM_CLOCK else clock.now
     protect = breaker.call if breaker is not None else None
     run_retry = retry.run_args if retry is not None else None
-    error, what = (timeout.error, timeout._what) if timeout is not None else (None, "")
+    error, what = (timeout.error, timeout.what) if timeout is not None else (None, "")
     timed = timeout is not None
     # The defaults (a breaker, and a retry without an attempt timeout) run flat: step for step what
     # breaker.call -> retry.run_args -> the attempt do, minus their frames, with one clock reading
@@ -105,7 +105,7 @@ def compose(
     #   admission    = breaker.admit_closed(), else breaker.call (below)
     #   retry scope  = Retry.run_args' outermost-layer branch
     #   attempt 1    = the attempt; attempts 2.. = Retry.after_first_failure
-    #   recording    = breaker.record_closed_success, else breaker._record
+    #   recording    = breaker.record_closed_success, else breaker.record_outcome
     # tests/resilience/test_resilience_composed.py runs scenarios through both and Resilient.run.
     flat = breaker is not None and retry is not None and retry.config.attempt_timeout is None
     if flat:
@@ -116,7 +116,7 @@ def compose(
             breaker.record_closed_success,
             breaker.record_failure,
         )
-        continue_retry, record = retry.after_first_failure, breaker._record
+        continue_retry, record = retry.after_first_failure, breaker.record_outcome
 
     def run(fn: Callable[..., Any], seconds: Optional[float], idem: bool, args: Any, kwargs: Any) -> Any:
         now = now_fn()

@@ -387,7 +387,7 @@ class TimeoutPolicy:
         self.seconds = default if seconds is None else float(seconds)
         self.adaptive = adaptive
         self._clock = clock
-        self._what = f"{level} call"
+        self.what = f"{level} call"  # names the call in the timeout's message
 
     def current(self) -> float:
         """The limit a call started now gets."""
@@ -402,13 +402,13 @@ class TimeoutPolicy:
                 self.seconds if seconds is None else seconds,
                 clock=self._clock,
                 error=self.error,
-                what=self._what,
+                what=self.what,
                 args=args,
             )
         limit = adaptive.current() if seconds is None else seconds
         started = self._clock.now()
         try:
-            result = run_with_timeout(fn, limit, clock=self._clock, error=self.error, what=self._what, args=args)
+            result = run_with_timeout(fn, limit, clock=self._clock, error=self.error, what=self.what, args=args)
         except NexusTimeout:
             # A censored sample: the call took at least this long.
             adaptive.record(self._clock.now() - started)
@@ -468,7 +468,7 @@ def timeout(
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if policy.adaptive is None:  # the common case, without the policy's layers
-                return timed_call(func, policy.seconds, clock, policy.error, policy._what, args, kwargs)
+                return timed_call(func, policy.seconds, clock, policy.error, policy.what, args, kwargs)
             if kwargs:
                 return policy.run(lambda: func(*args, **kwargs))
             return policy.run(func, *args)

@@ -199,9 +199,15 @@ class HostilePeer:
         """The peer's counters by name (what ``repr`` shows)."""
         return {}
 
-    def _notify(self) -> None:
-        # Wake every wait_for: swap in a fresh event and set the old one.
-        changed, self._changed = self._changed, Event()
+    def notify_changed(self) -> None:
+        """Wake every :meth:`wait_for`: a peer written on this class calls it after its counters move.
+
+        Example::
+
+            >>> peer = HostilePeer()
+            >>> peer.notify_changed()  # nobody waits: nothing happens
+        """
+        changed, self._changed = self._changed, Event()  # swap in a fresh event, set the old one
         changed.set()
 
     def wait_for(self, condition: Callable[[Any], bool], timeout: float = 5.0) -> None:
@@ -241,7 +247,7 @@ class HostilePeer:
         was_open, self._state = self._state == "open", "closed"
         if was_open:
             self._close()
-        self._notify()
+        self.notify_changed()
 
     def _close(self) -> None:
         raise NotImplementedError
@@ -377,7 +383,7 @@ class ListeningPeer(HostilePeer):
             self.accepted += 1
             self._conns.add(sock)
             self._tasks.add(spawn(self._run, sock, name=f"testing.{type(self).__name__}.serve"))
-            self._notify()
+            self.notify_changed()
 
     def _run(self, sock: Any) -> None:
         try:
@@ -394,7 +400,7 @@ class ListeningPeer(HostilePeer):
             _close_quietly(sock)
             self.closed += 1
             self._tasks.discard(gevent.getcurrent())
-            self._notify()
+            self.notify_changed()
 
     def serve(self, sock: Any) -> None:
         """Handle one accepted connection (override); the socket is closed when this returns."""
@@ -692,7 +698,7 @@ class SilentPeer(ListeningPeer):
                 return
             self.bytes_received += len(data)
             decoder, _ = self._parse(decoder, data)
-            self._notify()
+            self.notify_changed()
             self._pace(len(data))
 
     def wait_frames(self, n: int = 1, timeout: float = 5.0) -> None:
@@ -882,11 +888,11 @@ class FramePeer(SilentPeer):
                 return
             self.bytes_received += len(data)
             decoder, frames = self._parse(decoder, data)
-            self._notify()
+            self.notify_changed()
             for frame in frames:
                 if not self._send(sock, self.handler(frame) or ()):
                     return
-            self._notify()
+            self.notify_changed()
             self._pace(len(data))
 
 
@@ -948,7 +954,7 @@ class EchoPeer(ListeningPeer):
                 return
             self.bytes_received += len(data)
             sock.sendall(data)
-            self._notify()
+            self.notify_changed()
             gevent.sleep(0)
 
 
@@ -1087,7 +1093,7 @@ class RestartableServer(HostilePeer):
             log.warning("%r: cannot hold port %d while down: %s", self, self.port, exc)
         self.kills += 1
         self.connections_killed += killed
-        self._notify()
+        self.notify_changed()
         return killed
 
     def _release_port(self) -> None:
@@ -1105,7 +1111,7 @@ class RestartableServer(HostilePeer):
         self._release_port()
         self._listen()
         self.restarts += 1
-        self._notify()
+        self.notify_changed()
 
     def _close(self) -> None:
         self._release_port()

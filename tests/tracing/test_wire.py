@@ -67,7 +67,7 @@ class RecordingPeer(ListeningPeer):
                 if frame.tp & 0x01:
                     continue
                 sock.sendall(encode_frame(Frame(qid=frame.qid, fid=frame.fid, code=200, res=1, body=frame.body)))
-            self._notify()
+            self.notify_changed()
 
 
 def dh(raw: bytes) -> int:
