@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from common import RESULTS, cpu_seconds, percentile, rss_bytes
+from common import RESULTS, PeakRSS, cpu_seconds, percentile
 from peers import start_peer
 
 BODY = b"x" * 64
@@ -42,15 +42,6 @@ def run(url: str, greenlets: int, requests: int) -> dict[str, Any]:
         for _ in range(200):
             client.request(BODY, fid=1, timeout=5)
         gc.collect()
-        base = rss_bytes()
-        peak = [base]
-        done = [False]
-
-        def sampler() -> None:
-            while not done[0]:
-                peak[0] = max(peak[0], rss_bytes())
-                gevent.sleep(0.01)
-
         lat: list[float] = []
         firsts: list[float] = []
         errors = [0]
@@ -72,7 +63,7 @@ def run(url: str, greenlets: int, requests: int) -> dict[str, Any]:
                 if i == 0:
                     firsts.append(t1)
 
-        watcher = gevent.spawn(sampler)
+        rss = PeakRSS().start()
         cpu0 = cpu_seconds(os.getpid())
         t0 = pc()
         gs = [gevent.spawn(worker) for _ in range(greenlets)]
@@ -80,9 +71,7 @@ def run(url: str, greenlets: int, requests: int) -> dict[str, Any]:
         gevent.joinall(gs)
         wall = pc() - t0
         cpu = cpu_seconds(os.getpid()) - cpu0
-        done[0] = True
-        watcher.join()
-        peak[0] = max(peak[0], rss_bytes())
+        rss.stop()
         stats = client.stats()
     finally:
         client.close()
@@ -101,9 +90,9 @@ def run(url: str, greenlets: int, requests: int) -> dict[str, Any]:
         "p50_ms": percentile(lat, 0.50) * 1000,
         "p99_ms": percentile(lat, 0.99) * 1000,
         "max_ms": lat[-1] * 1000 if lat else 0.0,
-        "rss_base_mb": base / 2**20,
-        "rss_growth_mb": (peak[0] - base) / 2**20,
-        "rss_kb_per_greenlet": (peak[0] - base) / 1024 / greenlets,
+        "rss_base_mb": rss.base / 2**20,
+        "rss_growth_mb": (rss.peak - rss.base) / 2**20,
+        "rss_kb_per_greenlet": (rss.peak - rss.base) / 1024 / greenlets,
         "pool_size": stats.get("size"),
     }
 

@@ -52,7 +52,6 @@ Writes bench/results/monitoring_overhead.json.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import random
@@ -66,7 +65,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench_foundation as bf  # noqa: E402
-from common import median_interval  # noqa: E402
+from common import interleaved_rounds, median_interval  # noqa: E402
 
 VARIANTS = ("off", "off-control", "on-1.0", "on-default")
 MEASURED = ("off-control", "on-1.0", "on-default")
@@ -162,21 +161,10 @@ def child(port: int, seconds: float, slice_s: float, seed: int) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=12.0, help="measured time per round, all states together")
-    ap.add_argument("--slice", type=float, default=0.2, help="seconds per state before switching")
-    ap.add_argument("--rounds", type=int, default=3, help="fresh client processes, one after another")
-    ap.add_argument("--seed", type=int, default=1, help="seed of the slice order")
-    ap.add_argument("--child", choices=["interleaved"])
-    ap.add_argument("--port", type=int)
-    args = ap.parse_args()
-    if args.child:
-        child(args.port, args.seconds, args.slice, args.seed)
-        return 0
-    runs = bf.run_rounds(
-        __file__, ["interleaved"], args.seconds, args.rounds, ["--slice", str(args.slice), "--seed", str(args.seed)]
-    )
-    rounds = runs["interleaved"]
+    parsed = interleaved_rounds(__file__, child)
+    if parsed is None:
+        return 0  # a child: it printed its figures
+    args, rounds = parsed
     print(
         f"\nMonitoring overhead: Client workload, 50 greenlets, states rotated every {args.slice}s "
         f"for {args.seconds:.0f}s in one process, {args.rounds} round(s)\n"

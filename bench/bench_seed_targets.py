@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from common import RESULTS, check_code_origin, code_env, percentile, rss_bytes, run_child
+from common import RESULTS, PeakRSS, check_code_origin, code_env, percentile, run_child
 from peers import Peer, start_peer, start_tls_peer
 
 BODY = b"x" * 64
@@ -99,14 +99,6 @@ def child_load(url: str, seconds: float) -> dict[str, Any]:
     import gc
 
     gc.collect()
-    base = rss_bytes()
-    peak = [base]
-    done = [False]
-
-    def sampler() -> None:
-        while not done[0]:
-            peak[0] = max(peak[0], rss_bytes())
-            gevent.sleep(0.01)
 
     def load(conc: int, window: float) -> int:
         count = [0]
@@ -124,23 +116,21 @@ def child_load(url: str, seconds: float) -> dict[str, Any]:
         gevent.joinall([gevent.spawn(worker) for _ in range(conc)], raise_error=True)
         return count[0]
 
-    watcher = gevent.spawn(sampler)
+    rss = PeakRSS().start()
     t0 = time.perf_counter()
     n50 = load(50, seconds)
     qps = n50 / (time.perf_counter() - t0)
     t1 = time.perf_counter()
     n500 = load(500, seconds / 2)
     qps500 = n500 / (time.perf_counter() - t1)
-    done[0] = True
-    watcher.join()
-    peak[0] = max(peak[0], rss_bytes())
+    rss.stop()
     client.close()
     return {
         "qps": qps,
         "qps_c500": qps500,
-        "rss_base_mb": base / 2**20,
-        "rss_peak_mb": peak[0] / 2**20,
-        "rss_mb": (peak[0] - base) / 2**20,
+        "rss_base_mb": rss.base / 2**20,
+        "rss_peak_mb": rss.peak / 2**20,
+        "rss_mb": (rss.peak - rss.base) / 2**20,
     }
 
 

@@ -24,6 +24,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -79,6 +80,39 @@ def cpu_seconds(pid: int) -> float:
 def rss_bytes(pid: str = "self") -> int:
     """Resident set size of a process in bytes (Linux /proc)."""
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """This process's resident size: ``base`` when started, ``peak`` sampled every ``interval`` s in a greenlet until stop()."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.base = self.peak = 0
+        self._running = False
+        self._greenlet: Any = None
+
+    def start(self) -> PeakRSS:
+        import gevent
+
+        self.base = self.peak = rss_bytes()
+        self._running = True
+        self._greenlet = gevent.spawn(self._sample)
+        return self
+
+    def _sample(self) -> None:
+        import gevent
+
+        while self._running:
+            self.peak = max(self.peak, rss_bytes())
+            gevent.sleep(self.interval)
+
+    def stop(self) -> int:
+        """Stop sampling (after a last reading); returns the peak in bytes."""
+        self._running = False
+        if self._greenlet is not None:
+            self._greenlet.join()
+        self.peak = max(self.peak, rss_bytes())
+        return self.peak
 
 
 def code_env(code: Optional[str]) -> dict[str, str]:
@@ -158,3 +192,32 @@ def median_interval(costs: list[float], resamples: int = 2000, seed: int = 0) ->
     rng = random.Random(seed)
     medians = sorted(statistics.median(rng.choices(costs, k=len(costs))) for _ in range(resamples))
     return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+
+def interleaved_rounds(
+    script: str, child: Callable[[int, float, float, int], None], argv: Optional[list[str]] = None
+) -> Optional[tuple[Any, list[dict[str, Any]]]]:
+    """The command line of an interleaved overhead benchmark (monitoring, tracing): states rotated in slices.
+
+    In the parent: runs ``--rounds`` fresh child processes of ``script`` (see
+    :func:`run_rounds`) and returns ``(args, rounds)``. In a child (``--child
+    interleaved --port N``): calls ``child(port, seconds, slice, seed)`` and
+    returns None.
+    """
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=12.0, help="measured time per round, all states together")
+    ap.add_argument("--slice", type=float, default=0.2, help="seconds per state before switching")
+    ap.add_argument("--rounds", type=int, default=3, help="fresh client processes, one after another")
+    ap.add_argument("--seed", type=int, default=1, help="seed of the slice order")
+    ap.add_argument("--child", choices=["interleaved"])
+    ap.add_argument("--port", type=int)
+    args = ap.parse_args(argv)
+    if args.child:
+        child(args.port, args.seconds, args.slice, args.seed)
+        return None
+    runs = run_rounds(
+        script, ["interleaved"], args.seconds, args.rounds, ["--slice", str(args.slice), "--seed", str(args.seed)]
+    )
+    return args, runs["interleaved"]
