@@ -32,15 +32,18 @@ import os
 import shutil
 import ssl
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Optional
 
 import gevent
 import gevent.ssl
+from gevent import subprocess as gsubprocess
 from gevent.server import StreamServer
 
 from ..transport.tls import TLSConfig
 
-__all__ = ["CertificateKit", "make_test_certificates", "TLSEchoServer"]
+__all__ = ["CertificateKit", "make_test_certificates", "openssl_s_server", "TLSEchoServer"]
 
 DEFAULT_HOSTNAMES = ("localhost", "127.0.0.1", "::1")
 
@@ -385,3 +388,44 @@ class TLSEchoServer:
             self._socks.discard(sock)
             sock.close()
             raw.close()
+
+
+@contextmanager
+def openssl_s_server(cert_file: str, key_file: str, ca_file: str, *, version: str = "TLSv1.3") -> Iterator[int]:
+    """``openssl s_server`` on 127.0.0.1 (a TLS server this project did not write) requiring a client certificate.
+
+    It presents ``cert_file``/``key_file``, demands a client certificate
+    issued by ``ca_file`` (``-Verify 1 -verify_return_error``) and speaks only
+    ``version`` (``"TLSv1.2"`` or ``"TLSv1.3"``); yields the port it listens
+    on (chosen by the OS) and kills it on exit. Needs the ``openssl`` program.
+
+    Example::
+
+        >>> if shutil.which("openssl"):
+        ...     with make_test_certificates() as kit, openssl_s_server(kit.server_cert_file, kit.server_key_file,
+        ...                                                             kit.ca_file) as port:
+        ...         print(port > 0)
+        ... else:
+        ...     print(True)
+        True
+    """
+    args = ["openssl", "s_server", "-accept", "127.0.0.1:0", "-tls1_2" if version == "TLSv1.2" else "-tls1_3"]
+    args += ["-cert", cert_file, "-key", key_file, "-CAfile", ca_file, "-Verify", "1", "-verify_return_error", "-rev"]
+    proc = gsubprocess.Popen(
+        args, stdin=gsubprocess.PIPE, stdout=gsubprocess.PIPE, stderr=gsubprocess.DEVNULL, text=True
+    )
+    try:
+        port = None
+        with gevent.Timeout(10, AssertionError("openssl s_server did not say where it listens within 10 s")):
+            for line in proc.stdout:
+                if line.startswith("ACCEPT "):
+                    port = int(line.strip().rsplit(":", 1)[1])
+                    break
+        assert port, "openssl s_server exited before listening"
+        yield port
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()

@@ -21,12 +21,9 @@ import shutil
 import ssl
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Optional
 
-import gevent
 import pytest
-from gevent import subprocess as gsubprocess
 
 from nexus_green.diagnostics import tls as tls_check
 from nexus_green.diagnostics.results import CheckResult
@@ -42,7 +39,7 @@ from nexus_green.testing import (
     scripted_peer,
 )
 from nexus_green.testing.patched import run_module_patched
-from nexus_green.testing.tls import CertificateKit, TLSEchoServer, make_test_certificates
+from nexus_green.testing.tls import CertificateKit, TLSEchoServer, make_test_certificates, openssl_s_server
 from nexus_green.transport.tls import spki_pin
 
 pytestmark = pytest.mark.usefixtures("leakcheck")
@@ -496,39 +493,14 @@ def test_verifying_handshake_that_fails_leaves_the_chain_unknown(kit: Certificat
 
 
 # --------------------------------------------------------------------------- a server this project did not write
-@contextmanager
-def openssl_server(kit: CertificateKit, cert: tuple[str, str, bytes], version: str) -> Iterator[int]:
-    """``openssl s_server`` with ``cert``, requiring a client certificate from ``kit``'s CA; yields its port."""
-    args = ["openssl", "s_server", "-accept", "127.0.0.1:0", "-tls1_2" if version == "TLSv1.2" else "-tls1_3"]
-    args += ["-cert", cert[0], "-key", cert[1], "-CAfile", kit.ca_file, "-Verify", "1", "-verify_return_error", "-rev"]
-    proc = gsubprocess.Popen(
-        args, stdin=gsubprocess.PIPE, stdout=gsubprocess.PIPE, stderr=gsubprocess.DEVNULL, text=True
-    )
-    try:
-        port = None
-        with gevent.Timeout(10, AssertionError("openssl s_server did not say where it listens within 10 s")):
-            for line in proc.stdout:  # type: ignore[union-attr]
-                if line.startswith("ACCEPT "):
-                    port = int(line.strip().rsplit(":", 1)[1])
-                    break
-        assert port, "openssl s_server exited before listening"
-        yield port
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe is not None:
-                pipe.close()
-
-
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl program")
 @pytest.mark.parametrize("version", ["TLSv1.2", "TLSv1.3"])
 def test_openssl_s_server_with_every_problem_at_once(kit: CertificateKit, version: str) -> None:
     past = now() - datetime.timedelta(days=10)
     cert = kit.issue_custom_cert("openssl-bad", dns_names=("other.test",), not_after=past, self_signed=True)
-    with openssl_server(kit, cert, version) as port:
+    with openssl_s_server(cert[0], cert[1], kit.ca_file, version=version) as port:
         without = validate(check_tls("127.0.0.1", port, server_hostname="localhost", cafile=kit.ca_file, timeout=5))
-    with openssl_server(kit, cert, version) as port:
+    with openssl_s_server(cert[0], cert[1], kit.ca_file, version=version) as port:
         mutual = check_tls(  # validated below
             "127.0.0.1",
             port,

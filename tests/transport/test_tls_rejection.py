@@ -23,13 +23,12 @@ import datetime
 import shutil
 import ssl
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from typing import Any, Optional
 
 import gevent
 import pytest
 from gevent import socket
-from gevent import subprocess as gsubprocess
 
 import nexus_green
 from nexus_green.clock import FakeClock
@@ -45,7 +44,7 @@ from nexus_green.errors import (
 from nexus_green.resilience.retrying import is_retryable, retry
 from nexus_green.testing import EmbeddedServer
 from nexus_green.testing.patched import run_module_patched
-from nexus_green.testing.tls import CertificateKit, TLSEchoServer, make_test_certificates
+from nexus_green.testing.tls import CertificateKit, TLSEchoServer, make_test_certificates, openssl_s_server
 from nexus_green.transport import tls as tls_module
 from nexus_green.transport.stream import Stream, map_os_error
 from nexus_green.transport.tls import TLSConfig, make_context, rejection_error, wrap
@@ -360,52 +359,12 @@ def test_the_rejection_is_exported() -> None:
 
 
 # --------------------------------------------------------------------- a server this project did not write
-@contextmanager
-def openssl_server(kit: CertificateKit, version: str) -> Iterator[int]:
-    """``openssl s_server`` requiring a client certificate from ``kit``'s CA; yields its port."""
-    args = [
-        "openssl",
-        "s_server",
-        "-accept",
-        "127.0.0.1:0",
-        "-tls1_2" if version == "TLSv1.2" else "-tls1_3",
-        "-cert",
-        kit.server_cert_file,
-        "-key",
-        kit.server_key_file,
-        "-CAfile",
-        kit.ca_file,
-        "-Verify",
-        "1",
-        "-verify_return_error",
-        "-rev",
-    ]
-    proc = gsubprocess.Popen(
-        args, stdin=gsubprocess.PIPE, stdout=gsubprocess.PIPE, stderr=gsubprocess.DEVNULL, text=True
-    )
-    try:
-        port = None
-        with gevent.Timeout(10, AssertionError("openssl s_server did not say where it listens within 10 s")):
-            for line in proc.stdout:  # type: ignore[union-attr]
-                if line.startswith("ACCEPT "):
-                    port = int(line.strip().rsplit(":", 1)[1])
-                    break
-        assert port, "openssl s_server exited before listening"
-        yield port
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe is not None:
-                pipe.close()
-
-
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl program")
 @VERSIONS
 def test_openssl_s_server_rejections(kit: CertificateKit, stranger: CertificateKit, version: str) -> None:
-    with openssl_server(kit, version) as port:
+    with openssl_s_server(kit.server_cert_file, kit.server_key_file, kit.ca_file, version=version) as port:
         missing = request_error(port, no_cert(kit))
-    with openssl_server(kit, version) as port:
+    with openssl_s_server(kit.server_cert_file, kit.server_key_file, kit.ca_file, version=version) as port:
         foreign = request_error(port, foreign_cert(kit, stranger))
     assert_rejected(missing, "handshake_failure" if version == "TLSv1.2" else "certificate_required")
     assert_rejected(foreign, "unknown_ca")
