@@ -47,7 +47,7 @@ from ..errors import (
     TLSError,
 )
 from ..protocol.frames import TAG, FrameDecoder, heartbeat_frame
-from .results import CheckResult, Finding, Severity
+from .results import CheckResult, Finding, Severity, status_of
 from .target import Target, open_link
 
 __all__ = [
@@ -68,16 +68,6 @@ _TAG_BYTES = TAG.to_bytes(2, "big")
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
-
-
-def _status(findings: Iterable[Finding]) -> Any:
-    worst = "ok"
-    for f in findings:
-        if f.severity == "critical":
-            return "failed"
-        if f.severity == "warning":
-            worst = "warning"
-    return worst
 
 
 def connect_failure(check: str, exc: BaseException, label: str) -> Finding:
@@ -206,7 +196,7 @@ def check_dns(
             )
     return CheckResult(
         name="dns",
-        status=_status(findings),
+        status=status_of(findings),
         duration_ms=_ms(time.perf_counter() - t0),
         data=data,
         findings=tuple(findings),
@@ -337,7 +327,7 @@ def check_tcp(
     data = {"dialled": f"{host}:{port}", "attempts": attempts, "connect_ms": best}
     return CheckResult(
         name="tcp",
-        status=_status(findings),
+        status=status_of(findings),
         duration_ms=_ms(time.perf_counter() - t0),
         data=data,
         findings=tuple(findings),
@@ -373,7 +363,7 @@ def check_reachability(target: Target, *, timeout: float = 5.0) -> CheckResult:
     data["connect_ms"] = _ms(time.perf_counter() - t0)
     return CheckResult(
         name="reachability",
-        status=_status(findings),
+        status=status_of(findings),
         duration_ms=data["connect_ms"],
         data=data,
         findings=tuple(findings),
@@ -563,7 +553,7 @@ def check_protocol(target: Target, *, timeout: float = 5.0) -> CheckResult:
         )
     return CheckResult(
         name="protocol",
-        status=_status(findings),
+        status=status_of(findings),
         duration_ms=_ms(time.perf_counter() - t0),
         data=data,
         findings=tuple(findings),
@@ -691,7 +681,7 @@ def check_client(client: Any, *, breakers: Iterable[Any] = ()) -> CheckResult:
             )
     return CheckResult(
         name="client",
-        status=_status(findings),
+        status=status_of(findings),
         duration_ms=_ms(time.perf_counter() - t0),
         data=data,
         findings=tuple(findings),

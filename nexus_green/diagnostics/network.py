@@ -43,8 +43,8 @@ from gevent import socket as gsocket
 
 from ..errors import NexusError, ProtocolError
 from ..protocol.frames import FrameDecoder, heartbeat_frame
-from .connection import _ms, _status, connect_failure
-from .results import CheckResult, Finding
+from .connection import _ms, connect_failure
+from .results import CheckResult, Finding, status_of
 from .target import Target, open_link
 
 __all__ = [
@@ -172,7 +172,7 @@ def check_interfaces() -> CheckResult:
         )
     return CheckResult(
         name="interfaces",
-        status=_status(findings),
+        status=status_of(findings),
         duration_ms=_ms(time.perf_counter() - t0),
         data={"interfaces": ifaces, "up": up},
         findings=tuple(findings),
@@ -298,7 +298,7 @@ def check_latency(
         )
     return CheckResult(
         name="latency",
-        status=_status(findings),
+        status=status_of(findings),
         duration_ms=_ms(time.perf_counter() - t0),
         data=data,
         findings=tuple(findings),
@@ -410,7 +410,7 @@ def check_bandwidth(
     }
     return CheckResult(
         name="bandwidth",
-        status=_status(findings),
+        status=status_of(findings),
         duration_ms=_ms(time.perf_counter() - t0),
         data=data,
         findings=tuple(findings),
@@ -537,7 +537,7 @@ def check_route(target: Target, *, timeout: float = 5.0) -> CheckResult:
         )
     return CheckResult(
         name="route",
-        status=_status(findings),
+        status=status_of(findings),
         duration_ms=_ms(time.perf_counter() - t0),
         data=data,
         findings=tuple(findings),

@@ -48,9 +48,9 @@ from ..errors import NexusError
 from ..events import EventBus
 from ..profiling import IOProfiler, SamplingProfiler
 from ..protocol.frames import FrameDecoder, heartbeat_frame
-from .connection import _ms, _status, connect_failure
+from .connection import _ms, connect_failure
 from .network import measuring_options, percentile
-from .results import CheckResult, Finding
+from .results import CheckResult, Finding, status_of
 from .target import Target, open_link
 
 __all__ = ["check_memory_growth", "rss_bytes", "run_load"]
@@ -257,7 +257,7 @@ def run_load(
     }
     throughput = CheckResult(
         name="throughput",
-        status=_status(findings),
+        status=status_of(findings),
         duration_ms=_ms(time.perf_counter() - t0),
         data=data,
         findings=tuple(findings),
@@ -426,7 +426,7 @@ def check_memory_growth(
     }
     return CheckResult(
         name="memory",
-        status=_status(findings),
+        status=status_of(findings),
         duration_ms=_ms(time.perf_counter() - t0),
         data=data,
         findings=tuple(findings),

@@ -19,10 +19,11 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["SEVERITIES", "STATUSES", "CheckResult", "Finding", "Severity", "Status"]
+__all__ = ["SEVERITIES", "STATUSES", "CheckResult", "Finding", "Severity", "Status", "status_of"]
 
 Severity = Literal["info", "warning", "critical"]
 Status = Literal["ok", "warning", "failed", "skipped"]
@@ -63,6 +64,23 @@ class Finding:
             "message": self.message,
             "recommendation": self.recommendation,
         }
+
+
+def status_of(findings: Iterable[Finding]) -> Status:
+    """A check's status from its findings: ``failed`` with a critical one, ``warning`` with a warning, else ``ok``.
+
+    Example::
+
+        >>> status_of([]), status_of([Finding(check="x", code="x.slow", severity="warning", message="slow")])
+        ('ok', 'warning')
+    """
+    worst: Status = "ok"
+    for f in findings:
+        if f.severity == "critical":
+            return "failed"
+        if f.severity == "warning":
+            worst = "warning"
+    return worst
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

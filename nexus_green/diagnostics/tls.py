@@ -96,7 +96,7 @@ from ..protocol.frames import FrameDecoder, heartbeat_frame
 from ..transport.socks5 import ProxyConfig, open_tunnel, parse_proxy_url
 from ..transport.stream import map_os_error
 from ..transport.tls import parse_pin, rejection_error, spki_pin
-from .results import CheckResult, Finding, Severity, Status
+from .results import CheckResult, Finding, Severity, status_of
 
 __all__ = ["check_tls", "match_hostname", "EXPIRY_WARNING_DAYS", "PROBE_WAIT", "FINDING_CODES"]
 
@@ -823,13 +823,6 @@ def _failure(att: _Attempt, where: str, timeout: float, proxy: Optional[ProxyCon
     )
 
 
-def _status(findings: Sequence[Finding]) -> Status:
-    severities = {f.severity for f in findings}
-    if "critical" in severities:
-        return "failed"
-    return "warning" if "warning" in severities else "ok"
-
-
 def _empty_data(name: str, proxy: Optional[ProxyConfig]) -> dict[str, Any]:
     keys = (
         "protocol cipher subject issuer sans not_before not_after days_to_expiry sha256_fingerprint spki_pin "
@@ -917,7 +910,7 @@ def check_tls(
     def done() -> CheckResult:
         return CheckResult(
             name=_CHECK,
-            status=_status(rep.findings),
+            status=status_of(rep.findings),
             duration_ms=(time.perf_counter() - started) * 1000.0,
             data=rep.data,
             findings=tuple(rep.findings),
