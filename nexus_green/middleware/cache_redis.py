@@ -410,10 +410,16 @@ class RedisCache:
                 if synced:
                     self.listening = True
                     delay = _LISTEN_BACKOFF[0]
+                    handled = 0
                     while not self._closed:
                         message = pubsub.get_message(timeout=_LISTEN_POLL)
                         if message is not None and message.get("type") == "message":
                             self._on_message(message.get("data"))
+                            handled += 1
+                            if not handled & 63:
+                                # Buffered messages return without a wait: a flood of invalidations
+                                # must not hold the hub (DESIGN principle 14).
+                                gevent.sleep(0)
             except Exception as exc:  # Redis gone or unreachable: resubscribe after a pause
                 self.counters.errors += 1
                 _rlog.warning(("l3-listen", self.prefix), "L3 invalidation listener lost Redis: %s", exc)

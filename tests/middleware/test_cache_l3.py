@@ -212,6 +212,33 @@ def test_tag_invalidation_reaches_a_listening_cache_and_a_polling_one(redis_serv
             _close(c)
 
 
+def test_a_flood_of_invalidations_is_taken_in_order_while_other_greenlets_run(redis_server) -> None:  # type: ignore[no-untyped-def]
+    """Buffered pub/sub messages come back without a wait: the listener yields every 64 (principle 14)."""
+    listening = TwoLevelCache(l2=None, l3=_l3(redis_server.url))
+    try:
+        _wait(lambda: listening.l3.listening, "listener")  # type: ignore[union-attr]
+        seen: list[int] = []  # the generation the listener had reached, each time the ticker ran
+
+        def ticker() -> None:
+            while True:
+                seen.append(listening._gens.get("flood", 0))
+                gevent.sleep(0)
+
+        raw = redis.Redis.from_url(redis_server.url)
+        pipe = raw.pipeline(transaction=False)
+        for gen in range(1, 2001):
+            pipe.publish(listening.l3.channel, f"flood={gen}")  # type: ignore[union-attr]
+        pipe.execute()  # a blocking client: the listener reads nothing until it is done
+        raw.close()
+        t = gevent.spawn(ticker)
+        _wait(lambda: listening._gens.get("flood") == 2000, "the last generation")
+        t.kill()
+        steps = [b - a for a, b in zip(seen, seen[1:], strict=False)]
+        assert max(steps) <= 64, max(steps)  # never more than 64 messages without letting others run
+    finally:
+        _close(listening)
+
+
 def test_a_generation_raised_while_redis_was_down_reaches_the_others_when_it_returns(redis_server) -> None:  # type: ignore[no-untyped-def]
     a = TwoLevelCache(l2=None, l3=_l3(redis_server.url, backoff=(0.05, 0.05)))
     b = TwoLevelCache(l2=None, l3=_l3(redis_server.url, backoff=(0.05, 0.05)))
