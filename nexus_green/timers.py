@@ -3,7 +3,9 @@
 Every timeout in the library -- a request waiting for its answer, a connect
 attempt, a pool checkout, a ``@timeout`` around any call -- is a
 :class:`Timer` on the scheduler of its :class:`~nexus_green.clock.Clock`
-(``clock.call_at(when, fn, arg)``). There is no other timer: the connection's
+(``clock.call_at(when, fn, arg)``); request deadlines share one per
+connection, armed for the earliest of them (the session's deadline heap).
+There is no other timer: the connection's
 old millisecond buckets and ``resilience/timerwheel.py`` are gone, and a
 :class:`~nexus_green.clock.FakeClock` drives all of them in tests.
 

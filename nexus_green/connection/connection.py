@@ -54,6 +54,7 @@ import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
+from heapq import heappush as _heappush
 from time import monotonic as _monotonic
 from typing import Any, Optional
 
@@ -124,6 +125,7 @@ _WRITE_SLICE = 256 * 1024  # larger writes report their progress as they go (liv
 _EAGER_FLUSH = 16  # fewest queued frames a caller hands to the kernel itself (see _flush_eagerly)
 _FRAMES_PER_READ = 1024  # a read that brings more frames makes the next one smaller (hub fairness)
 _MIN_READ = 16 * 1024
+_INF = float("inf")
 
 _LIVE: weakref.WeakSet[Connection] = weakref.WeakSet()
 _PREFIX_PACK = struct.Struct(">IHHBBIIIH").pack  # the frame prefix (protocol/frames.py), packed inline per request
@@ -302,10 +304,12 @@ class Connection:
         self._hb_progress: Optional[tuple[int, int]] = None
         # The Qid table, pending requests and late-reply memory (sans-IO).
         self.session = Session()
-        # Request deadlines are timers on the clock's scheduler (one hub timer
-        # for every connection on the real clock); bound once, not per request.
+        # Request deadlines: one timer per connection, on the clock's scheduler, for
+        # the earliest deadline in the session's heap (_sweep), not a timer per
+        # request: a heap push per request, and nothing to cancel per answer.
         self._call_at: Callable[..., Any] = clock.call_at
-        self._expire_cb = self._expire
+        self._sweep_timer: Any = None
+        self._sweep_at = _INF  # when _sweep_timer fires (inf: not armed)
         self._hub: Any = None  # the hub of the thread that connected; others get a UsageError
         self._connecting: Optional[ConnectInfo] = None  # the attempt in progress (or the last one)
         self._closed_by_user = False
@@ -803,6 +807,7 @@ class Connection:
             return
 
     def _fail_all(self, error: BaseException) -> None:
+        self._disarm_sweep()
         failed = self.session.fail_all()
         if not failed:
             return
@@ -933,13 +938,8 @@ class Connection:
         if self._room_q or (self._wbytes and self._wbytes + size > self._max_wbytes):  # _wait_for_room's test, inline
             self._wait_for_room(size, fid, until, by_deadline)  # before it is pending: nothing to undo
         pending = session.pending  # the request joins the session's table by one dict store
-        waiter = Waiter()
         now = _monotonic() if self._real_clock else self.clock.now()
-        if until is None:
-            pending[qid] = (waiter, fid, now, None, data, by_deadline)
-        elif until > now:
-            pending[qid] = (waiter, fid, now, self._call_at(until, self._expire_cb, qid), data, by_deadline)
-        else:
+        if until is not None and until <= now:
             raise timeout_error(
                 by_deadline,
                 f"request fid={fid} to {self.endpoint}: no time left to send it (not sent)",
@@ -950,19 +950,33 @@ class Connection:
             mark = [now]
             self._unstamped.append(mark)
         wbuf = self._wbuf
+        sent_now = not wbuf and not pending and self._event_io and not self._flush_pending and not self._wwatch.active
         wbuf.append(data)
         self._wbytes += size
         self._bytes_in_flight += size
-        if len(wbuf) >= self._flush_at and not self._writing:
+        if sent_now:
+            # Alone on the link: nobody will join a batch, so send now (a non-blocking
+            # send, which cannot yield, so no timeout can cut the frame), before the
+            # bookkeeping below: the peer works on it while we do that. Nothing can
+            # answer before this greenlet waits, so the entry is on the table in time.
+            self._flush()
+        waiter = Waiter()
+        if until is None:
+            pending[qid] = (waiter, fid, now, None, data, by_deadline)
+        else:
+            pending[qid] = (waiter, fid, now, until, data, by_deadline)
+            deadlines = session.deadlines
+            _heappush(deadlines, (until, qid))
+            if until < self._sweep_at:
+                self._arm_sweep(until)
+            if len(deadlines) > session.deadline_room:
+                session.compact_deadlines()
+        if sent_now:
+            pass
+        elif len(wbuf) >= self._flush_at and not self._writing:
             self._flush_eagerly()
         elif self._event_io:
-            if self._flush_pending:
-                pass
-            elif len(pending) == 1 and len(wbuf) == 1 and not self._wwatch.active:
-                # Alone on the link: nobody will join a batch, send now (a non-blocking
-                # send, which cannot yield, so no timeout can cut the frame).
-                self._flush()
-            else:
+            if not self._flush_pending:
                 # One flush per batch: it runs once every caller ready in this
                 # turn of the loop has queued its frame, so they share a sendmsg.
                 self._flush_pending = True
@@ -1405,8 +1419,50 @@ class Connection:
             if queue and self._wbytes < self._max_wbytes:
                 queue[0].set()  # the room we did not take (or gave up) is the next caller's turn
 
+    def _arm_sweep(self, when: float) -> None:
+        """(Re)arm the connection's one deadline timer for ``when`` (earlier than it was armed for)."""
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+        self._sweep_timer = self._call_at(when, self._sweep, None)
+        self._sweep_at = when
+
+    def _disarm_sweep(self) -> None:
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
+        self._sweep_at = _INF
+
+    def _sweep(self, _: Any = None) -> None:
+        """Timer function (in the hub): fail the requests whose deadline passed, and re-arm for the next one.
+
+        It fails the requests due by the time it was armed for, not by now: a
+        later deadline gets a timer of its own turn, armed after any timer its
+        caller armed for the same moment (an outer ``@timeout`` of the call),
+        and the failures run as a hub callback after the timers due now. So
+        such an outer timer still fires first, as it did when every request
+        had a timer of its own.
+        """
+        armed_for = self._sweep_at
+        self._sweep_timer = None
+        self._sweep_at = _INF
+        session = self.session
+        due = session.expired(armed_for)
+        upcoming = session.next_deadline()
+        if upcoming is not None:
+            self._arm_sweep(upcoming)
+        if due:
+            # After the other timers due now: one its caller armed for the very same
+            # moment still fires first (a request that left the table meanwhile is skipped).
+            self._run_callback(self._expire_due, due)
+
+    def _expire_due(self, due: list[int]) -> None:
+        for qid in due:
+            # Each throw runs its caller until it waits again (it may send another
+            # request, which re-arms the timer if its deadline is earlier).
+            self._expire(qid)
+
     def _expire(self, qid: int) -> None:
-        """Timer function (in the hub): the request ``qid`` ran out of its budget."""
+        """The request ``qid`` ran out of its budget (from the deadline timer, in the hub)."""
         p = self.session.abandon(qid)
         if p is None:
             return
@@ -1559,6 +1615,19 @@ class Connection:
                 st.bytes_received += n
                 frames = decoder.buffer_updated(n, scratch)
                 t = now()
+                if frames:
+                    st.frames_received += len(frames)
+                    if st.emit_io:
+                        self.bus.emit("io.received", conn_id=self.conn_id, nbytes=n, frames=len(frames))
+                    ready = self._dispatch(frames, t)
+                    if ready:
+                        # We are the hub: switch each caller in now. The bookkeeping
+                        # below waits: a lone caller sends its next request first.
+                        _deliver(ready)
+                        if stream is not self._stream:
+                            return  # a caller closed the connection
+                elif st.emit_io:
+                    self.bus.emit("io.received", conn_id=self.conn_id, nbytes=n, frames=0)
                 hb.on_received(t)
                 if small:
                     # Reads sized to about a thousand frames: one read of tiny pushes
@@ -1568,17 +1637,6 @@ class Connection:
                             self._read_size //= 2
                     elif len(frames) < _FRAMES_PER_READ // 4 and self._read_size < self.options.recv_buffer_size:
                         self._read_size *= 2
-                if frames:
-                    st.frames_received += len(frames)
-                    if st.emit_io:
-                        self.bus.emit("io.received", conn_id=self.conn_id, nbytes=n, frames=len(frames))
-                    ready = self._dispatch(frames, t)
-                    if ready:
-                        _deliver(ready)  # we are the hub: switch each caller in now
-                        if stream is not self._stream:
-                            return  # a caller closed the connection
-                elif st.emit_io:
-                    self.bus.emit("io.received", conn_id=self.conn_id, nbytes=n, frames=0)
                 if n < len(buf) or _monotonic() >= stop_at:
                     return
         except RemoteProtocolError as exc:

@@ -6,8 +6,15 @@ This module owns the bookkeeping of one multiplexed link, apart from any I/O:
   wrapping around and skipping the ones still pending;
 * the pending requests: :attr:`Session.pending` maps a Qid to its
   :data:`Pending` entry. The waiter in an entry is opaque here (the
-  connection wakes it); the timer in it (anything with ``cancel()``, or None)
-  is only ever cancelled, when its request leaves the table;
+  connection wakes it);
+* the deadlines: :attr:`Session.deadlines` is a heap of ``(deadline, qid)``
+  that the connection pushes onto for each request with a time limit.
+  Nothing is cancelled when a request leaves the table: :meth:`Session.expired`
+  and :meth:`Session.next_deadline` pass over entries whose request is gone,
+  and :meth:`Session.compact_deadlines` rebuilds the heap from the table once
+  it holds more than twice the pending requests (plus 1,024), so it stays
+  bounded by the work in flight. The connection keeps one timer, for the
+  earliest deadline, instead of one per request;
 * the memory of abandoned Qids (timed out, failed, or sent fire-and-forget),
   bounded to ``abandoned_memory`` Qids, so that a reply that comes after its
   caller gave up is recognised (and counted) as late instead of taken for a push;
@@ -39,15 +46,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol, Union, runtime_checkable
+from heapq import heapify, heappop
+from typing import Any, Optional, Union
 
 from ..errors import ConfigurationError
 from ..protocol.frames import TP_HEARTBEAT, Frame, RawFrame, make_frame
 
 __all__ = [
     "ABANDONED_MEMORY",
+    "DEADLINE_SLACK",
     "MAX_QID",
-    "Cancellable",
     "HeartbeatAck",
     "HeartbeatRequest",
     "LateReply",
@@ -61,30 +69,17 @@ MAX_QID = 0xFFFFFFFF
 ABANDONED_MEMORY = 4096  # how many abandoned Qids a session remembers to recognise late replies
 
 
-@runtime_checkable
-class Cancellable(Protocol):
-    """What the session needs of a request's timer: ``cancel()``, harmless when called twice or after it fired.
-
-    Example::
-
-        >>> class Timer:
-        ...     def cancel(self) -> None:
-        ...         print("cancelled")
-        >>> isinstance(Timer(), Cancellable), isinstance(object(), Cancellable)
-        (True, False)
-    """
-
-    def cancel(self) -> None: ...
-
-
 # A pending request, as the connection stores it: (waiter, fid, sent_at,
-# timer or None, frame bytes, by_deadline). A tuple is cheaper than an object
+# deadline or None, frame bytes, by_deadline). A tuple is cheaper than an object
 # on the per-request path. The session reads sent_at (for latencies) and the
-# timer (to cancel it); it hands the waiter back and never calls it. The frame
-# bytes let the connection take an expired request's frame back out of its
-# write queue when it was never written (then it is certainly not sent).
-# (waiter, fid, sent_at, timer, queued frame, by_deadline)
-Pending = tuple[Any, int, float, Optional[Cancellable], Any, bool]
+# deadline (to tell a live heap entry from a stale one); it hands the waiter
+# back and never calls it. The frame bytes let the connection take an expired
+# request's frame back out of its write queue when it was never written (then
+# it is certainly not sent).
+# (waiter, fid, sent_at, deadline, queued frame, by_deadline)
+Pending = tuple[Any, int, float, Optional[float], Any, bool]
+
+DEADLINE_SLACK = 1024  # the deadline heap is rebuilt once it holds 2 x pending + this many entries
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,7 +156,16 @@ class Session:
         (4294967295, 1)
     """
 
-    __slots__ = ("pending", "last_qid", "late_responses", "pushes", "_abandoned", "_memory")
+    __slots__ = (
+        "pending",
+        "deadlines",
+        "deadline_room",
+        "last_qid",
+        "late_responses",
+        "pushes",
+        "_abandoned",
+        "_memory",
+    )
 
     def __init__(self, *, abandoned_memory: int = ABANDONED_MEMORY) -> None:
         if abandoned_memory < 1:
@@ -169,6 +173,11 @@ class Session:
         # The connection adds entries directly (one dict store on the
         # per-request path); the session's methods take them out.
         self.pending: dict[int, Pending] = {}
+        # (deadline, qid), a heap the connection pushes onto (heapq.heappush) for every
+        # request with a deadline; entries of requests that left the table stay until
+        # they reach the top or the heap is compacted (above deadline_room entries).
+        self.deadlines: list[tuple[float, int]] = []
+        self.deadline_room = DEADLINE_SLACK
         self.last_qid = 0  # the last Qid handed out; settable (tests start near the wrap)
         self.late_responses = 0  # replies recognised as late, since the session began
         self.pushes = 0  # frames dispatched as Push
@@ -260,20 +269,17 @@ class Session:
     def abandon(self, qid: int, waiter: Any = None) -> Optional[Pending]:
         """Take request ``qid`` off the table because its caller gave up; return its entry, or None.
 
-        The Qid is remembered (its answer will be late) and the entry's timer
-        cancelled. With ``waiter``, only an entry holding that very waiter is
-        taken: a caller never abandons another caller's request.
+        The Qid is remembered (its answer will be late); its deadline entry, if
+        any, is now stale and passed over. With ``waiter``, only an entry
+        holding that very waiter is taken: a caller never abandons another
+        caller's request.
 
         Example::
 
-            >>> class Timer:
-            ...     def cancel(self) -> None:
-            ...         print("timer cancelled")
-            >>> s = Session(); s.pending[3] = ("w", 1, 0.0, Timer(), b"frame", False)
+            >>> s = Session(); s.pending[3] = ("w", 1, 0.0, 9.0, b"frame", False)
             >>> s.abandon(3, "someone else") is None
             True
             >>> s.abandon(3, "w")[4]
-            timer cancelled
             b'frame'
             >>> s.abandon(3) is None, s.expects_late(3)
             (True, True)
@@ -284,8 +290,6 @@ class Session:
             return None
         del pending[qid]
         self.forget(qid)
-        if p[3] is not None:
-            p[3].cancel()
         return p
 
     def fail_all(self) -> list[Pending]:
@@ -293,8 +297,8 @@ class Session:
 
         The table is replaced, not emptied: a caller still holding the old
         one finds its entry there. Every Qid is remembered (a reply on a
-        later link would be late) and every timer cancelled; the connection
-        then fails each waiter.
+        later link would be late) and the deadlines are dropped; the
+        connection then fails each waiter.
 
         Example::
 
@@ -303,12 +307,82 @@ class Session:
             (['a', 'b'], 0, True)
         """
         pending, self.pending = self.pending, {}
+        self.deadlines = []
+        self.deadline_room = DEADLINE_SLACK
         forget = self.forget
-        for qid, p in pending.items():
-            if p[3] is not None:
-                p[3].cancel()
+        for qid in pending:
             forget(qid)
         return list(pending.values())
+
+    def expired(self, now: float) -> list[int]:
+        """Take the deadlines at or before ``now`` off the heap; return the Qids of those requests still pending.
+
+        The requests stay on the table: the connection abandons each (and
+        fails its caller). Entries of requests that already left the table
+        are dropped on the way.
+
+        Example::
+
+            >>> import heapq
+            >>> s = Session()
+            >>> for qid, deadline in ((1, 5.0), (2, 3.0), (3, 9.0)):
+            ...     s.pending[qid] = ("w", 1, 0.0, deadline, b"", False)
+            ...     heapq.heappush(s.deadlines, (deadline, qid))
+            >>> del s.pending[2]   # answered
+            >>> s.expired(6.0), s.next_deadline(), s.in_flight
+            ([1], 9.0, 3)
+        """
+        heap, pending = self.deadlines, self.pending
+        due: list[int] = []
+        while heap:
+            deadline, qid = heap[0]
+            p = pending.get(qid)
+            if p is not None and p[3] == deadline:
+                if deadline > now:
+                    break
+                due.append(qid)
+            heappop(heap)
+        return due
+
+    def next_deadline(self) -> Optional[float]:
+        """The earliest deadline of a request still pending, or None (stale entries on top are dropped).
+
+        Example::
+
+            >>> import heapq
+            >>> s = Session(); s.pending[7] = ("w", 1, 0.0, 4.0, b"", False)
+            >>> heapq.heappush(s.deadlines, (2.0, 6)); heapq.heappush(s.deadlines, (4.0, 7))
+            >>> s.next_deadline(), s.deadlines   # Qid 6 is not pending: its entry is gone
+            (4.0, [(4.0, 7)])
+        """
+        heap, pending = self.deadlines, self.pending
+        while heap:
+            deadline, qid = heap[0]
+            p = pending.get(qid)
+            if p is not None and p[3] == deadline:
+                return deadline
+            heappop(heap)
+        return None
+
+    def compact_deadlines(self) -> None:
+        """Rebuild the deadline heap from the pending requests (the connection calls it above ``deadline_room``).
+
+        Answered requests leave their heap entry behind; this bounds the heap
+        by the requests in flight: after it, room for as many again plus
+        ``DEADLINE_SLACK`` before the next rebuild.
+
+        Example::
+
+            >>> import heapq
+            >>> s = Session(); s.pending[2] = ("w", 1, 0.0, 8.0, b"", False)
+            >>> for qid in range(1, 2000): heapq.heappush(s.deadlines, (float(qid), qid))
+            >>> s.compact_deadlines(); s.deadlines, s.deadline_room
+            ([(8.0, 2)], 1026)
+        """
+        heap = [(p[3], qid) for qid, p in self.pending.items() if p[3] is not None]
+        heapify(heap)
+        self.deadlines = heap
+        self.deadline_room = 2 * len(self.pending) + DEADLINE_SLACK
 
     def dispatch(
         self, frames: Iterable[RawFrame], now: float, record: Optional[Callable[[float], None]] = None
@@ -316,8 +390,8 @@ class Session:
         """Sort decoded frames: return ``(answers, non_ok, events)``.
 
         ``answers`` pairs the waiter of each answered request with its frame,
-        in arrival order; those requests leave the table and their timers are
-        cancelled. ``non_ok`` counts the answers whose code is not 200.
+        in arrival order; those requests leave the table (their deadline
+        entries go stale). ``non_ok`` counts the answers whose code is not 200.
         ``events`` holds the other frames, in arrival order: a
         :class:`LateReply` for an answer to an abandoned Qid (counted in
         ``late_responses``; the Qid is then forgotten), a :class:`Push` for a
@@ -347,8 +421,6 @@ class Session:
             if f[4] == 1 and not f[3] & TP_HEARTBEAT:
                 p = pending.pop(f[0], None)
                 if p is not None:
-                    if p[3] is not None:
-                        p[3].cancel()
                     answers.append((p[0], f))
                     if record is not None:
                         record(now - p[2])

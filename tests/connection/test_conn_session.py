@@ -2,12 +2,13 @@
 
 No socket, no greenlet, no clock: frames are encoded to bytes and decoded
 back (or built as the decoder's tuples where the decoder would refuse them),
-waiters are plain strings and timers are objects that count their cancels.
+waiters are plain strings and deadlines are plain numbers.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import heapq
+from typing import Any, Optional
 
 import pytest
 from hypothesis import given
@@ -15,8 +16,8 @@ from hypothesis import strategies as st
 
 from nexus_green.connection.session import (
     ABANDONED_MEMORY,
+    DEADLINE_SLACK,
     MAX_QID,
-    Cancellable,
     HeartbeatAck,
     HeartbeatRequest,
     LateReply,
@@ -35,19 +36,11 @@ from nexus_green.protocol.frames import (
 )
 
 
-class Timer:
-    """A request timer as the session sees it: something to cancel."""
-
-    def __init__(self) -> None:
-        self.cancels = 0
-
-    def cancel(self) -> None:
-        self.cancels += 1
-
-
-def wait(s: Session, qid: int, waiter: Any = None, *, sent_at: float = 0.0, timer: Any = None) -> None:
-    """Put a request on the table the way the connection does: one dict store."""
-    s.pending[qid] = (waiter if waiter is not None else f"w{qid}", 1, sent_at, timer, b"frame %d" % qid, False)
+def wait(s: Session, qid: int, waiter: Any = None, *, sent_at: float = 0.0, deadline: Optional[float] = None) -> None:
+    """Put a request on the table the way the connection does: one dict store, and a heap push with a deadline."""
+    s.pending[qid] = (waiter if waiter is not None else f"w{qid}", 1, sent_at, deadline, b"frame %d" % qid, False)
+    if deadline is not None:
+        heapq.heappush(s.deadlines, (deadline, qid))
 
 
 def answer(qid: int, *, code: int = 200, body: bytes = b"", fid: int = 1) -> bytes:
@@ -124,22 +117,22 @@ def test_take_qid_returns_the_first_free_qid_after_the_last_one(last: int, offse
 # ---------------------------------------------------------------- answers and pushes
 def test_answers_reach_their_waiters_in_arrival_order_and_leave_the_table() -> None:
     s = Session()
-    timers = {q: Timer() for q in (1, 2, 3)}
     for q in (1, 2, 3):
-        wait(s, q, sent_at=10.0 + q, timer=timers[q])
+        wait(s, q, sent_at=10.0 + q, deadline=30.0 + q)
     latencies: list[float] = []
     data = answer(3, body=b"c") + answer(1, body=b"a", code=500) + answer(2, body=b"b", code=404)
     answers, non_ok, events = s.dispatch(decode(data), now=20.0, record=latencies.append)
     assert [(w, f[0], f[6]) for w, f in answers] == [("w3", 3, b"c"), ("w1", 1, b"a"), ("w2", 2, b"b")]
     assert non_ok == 2 and events == []
     assert latencies == [7.0, 9.0, 8.0]  # now - sent_at, in arrival order
-    assert [t.cancels for t in timers.values()] == [1, 1, 1]
     assert s.in_flight == 0 and s.pushes == 0 and s.late_responses == 0
+    # Their deadline entries went stale: nothing expires, nothing is next.
+    assert s.expired(100.0) == [] and s.next_deadline() is None and s.deadlines == []
 
 
-def test_without_a_recorder_no_latency_is_taken_and_a_request_without_timer_is_fine() -> None:
+def test_without_a_recorder_no_latency_is_taken_and_a_request_without_deadline_is_fine() -> None:
     s = Session()
-    wait(s, 1, timer=None)
+    wait(s, 1, deadline=None)
     answers, non_ok, events = s.dispatch(decode(answer(1)), now=1.0)
     assert [w for w, _ in answers] == ["w1"] and non_ok == 0 and events == []
 
@@ -180,10 +173,9 @@ def test_requests_from_the_peer_are_pushes() -> None:
 # ---------------------------------------------------------------- late replies
 def test_a_reply_to_an_abandoned_qid_is_late_counted_once_then_forgotten() -> None:
     s = Session()
-    timer = Timer()
-    wait(s, 8, timer=timer)
+    wait(s, 8, deadline=5.0)
     entry = s.abandon(8)
-    assert entry is not None and entry[4] == b"frame 8" and timer.cancels == 1
+    assert entry is not None and entry[4] == b"frame 8" and s.expired(10.0) == []
     assert not s.is_pending(8) and s.expects_late(8)
     answers, non_ok, events = s.dispatch(decode(answer(8, code=503)), now=0.0)
     assert answers == [] and non_ok == 0  # a late reply is no answer, whatever its code
@@ -238,26 +230,24 @@ def test_the_memory_must_hold_at_least_one_qid() -> None:
 # ---------------------------------------------------------------- abandon and fail_all
 def test_abandon_takes_only_the_callers_own_request() -> None:
     s = Session()
-    timer = Timer()
-    wait(s, 4, "caller-a", timer=timer)
+    wait(s, 4, "caller-a", deadline=3.0)
     assert s.abandon(4, "caller-b") is None  # another caller's request under the same Qid
-    assert s.is_pending(4) and timer.cancels == 0 and not s.expects_late(4)
+    assert s.is_pending(4) and s.next_deadline() == 3.0 and not s.expects_late(4)
     entry = s.abandon(4, "caller-a")
-    assert entry is not None and entry[0] == "caller-a" and timer.cancels == 1
+    assert entry is not None and entry[0] == "caller-a" and s.next_deadline() is None
     assert s.abandon(4, "caller-a") is None and s.abandon(99) is None
 
 
-def test_fail_all_empties_the_table_cancels_every_timer_and_expects_late_replies() -> None:
+def test_fail_all_empties_the_table_drops_the_deadlines_and_expects_late_replies() -> None:
     s = Session()
-    timers = [Timer(), None, Timer()]
-    for q, t in zip((1, 2, 3), timers, strict=True):
-        wait(s, q, timer=t)
+    for q, d in zip((1, 2, 3), (4.0, None, 6.0), strict=True):
+        wait(s, q, deadline=d)
     old = s.pending
     failed = s.fail_all()
     assert [p[0] for p in failed] == ["w1", "w2", "w3"]
     assert s.in_flight == 0 and s.pending is not old  # replaced: a caller holding the old table still finds its entry
     assert 2 in old
-    assert [t.cancels for t in timers if t is not None] == [1, 1]
+    assert s.deadlines == [] and s.expired(100.0) == []
     assert all(s.expects_late(q) for q in (1, 2, 3))
     _, _, events = s.dispatch(decode(answer(2)), now=0.0)  # the reply came after the link was given up
     assert events == [LateReply(qid=2, fid=1, code=200)]
@@ -351,8 +341,36 @@ def test_bytes_split_anywhere_dispatch_the_same() -> None:
         assert sorted(out) == sorted(["w1", "w2", "Push", "HeartbeatRequest"]), cut
 
 
-def test_a_timer_is_anything_with_cancel() -> None:
-    assert isinstance(Timer(), Cancellable) and not isinstance(object(), Cancellable)
+# ---------------------------------------------------------------- deadlines
+def test_expired_returns_due_requests_in_deadline_order_and_leaves_them_on_the_table() -> None:
+    s = Session()
+    for q, d in ((1, 5.0), (2, 2.0), (3, 9.0), (4, 2.0), (5, None)):
+        wait(s, q, deadline=d)
+    assert s.expired(1.9) == [] and s.next_deadline() == 2.0
+    assert s.expired(5.0) == [2, 4, 1]  # at or before now; ties by Qid
+    assert s.in_flight == 5  # the connection abandons them, not the session
+    assert s.next_deadline() == 9.0 and s.expired(5.0) == []  # each is due once
+
+
+def test_a_reused_qid_with_another_deadline_is_not_expired_by_the_old_entry() -> None:
+    s = Session()
+    wait(s, 7, deadline=1.0)
+    s.pending.pop(7)  # answered
+    wait(s, 7, deadline=8.0)  # the Qid came round again
+    assert s.expired(2.0) == [] and s.next_deadline() == 8.0 and s.expired(8.0) == [7]
+
+
+def test_the_heap_stays_bounded_by_the_requests_in_flight() -> None:
+    """Answered requests leave their entry behind; compaction keeps 2 x pending + slack at most."""
+    s = Session()
+    for q in range(1, 50_001):
+        wait(s, q, deadline=float(q))
+        if q > 10:
+            del s.pending[q - 10]  # answered: ten stay in flight
+        if len(s.deadlines) > s.deadline_room:  # what the connection does after each push
+            s.compact_deadlines()
+        assert len(s.deadlines) <= 2 * 10 + DEADLINE_SLACK + 1
+    assert s.expired(49_995.0) == [49_991, 49_992, 49_993, 49_994, 49_995]
 
 
 def test_repr_tells_the_table() -> None:
