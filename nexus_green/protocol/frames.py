@@ -465,6 +465,27 @@ class FrameDecoder:
             return out
         n = self._scratch_used + nbytes
         self._scratch_used = 0
+        if n >= 24:
+            length, tag, ver, tp, res, qid, fid, code, dh = _PREFIX.unpack_from(scratch, 0)
+            if (
+                length + 4 == n
+                and tag == TAG
+                and not dh
+                and res <= 1
+                and HEADER_SIZE <= length <= self.max_frame_size
+                and not (tp & TP_GZIP and tp & TP_CODEC_MASK)
+            ):
+                # Exactly one whole, well-formed frame without a header block: the common
+                # read at low concurrency, without the general loop (what _parse would do).
+                if self._buf:
+                    self._buf = bytearray()  # the partial frame get_buffer copied out is now whole
+                self._offset += n
+                self.frames_decoded += 1
+                self.last_big = False
+                view = memoryview(scratch)
+                body = bytes(view[24:n])
+                view.release()
+                return [(qid, fid, code, tp, res, ver, body, NO_HEADERS)]
         self._parse(memoryview(scratch)[:n], n, out)
         return out
 
