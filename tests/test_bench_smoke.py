@@ -152,3 +152,17 @@ def test_matrix_write_docs_replaces_only_the_marked_part(bench: Any, tmp_path: P
     doc.write_text("no markers\n")
     with pytest.raises(SystemExit, match="markers"):
         bench_matrix.write_docs("x", doc)
+
+
+def test_turnaround_runs_both_contenders_and_its_parts_add_up(bench: Any, tmp_path: Path) -> None:
+    import bench_turnaround
+
+    out = tmp_path / "turnaround.json"
+    assert bench_turnaround.main(["--rounds", "1", "--requests", "300", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert set(data["summary"]) == {"nexus", "gevent"}
+    for row in data["summary"].values():
+        assert 0 < row["turnaround"] <= row["turnaround_p90"] and row["send"] > 0 and row["wait"] > 0
+        assert row["round_trip"] == pytest.approx(row["turnaround"] + row["send"] + row["wait"])
+    (nexus,) = data["runs"]["nexus"]
+    assert nexus["origin"] == str(BENCH.parent)  # the Client under test is this tree's
