@@ -329,8 +329,8 @@ class Session:
             ...     s.pending[qid] = ("w", 1, 0.0, deadline, b"", False)
             ...     heapq.heappush(s.deadlines, (deadline, qid))
             >>> del s.pending[2]   # answered
-            >>> s.expired(6.0), s.next_deadline(), s.in_flight
-            ([1], 9.0, 3)
+            >>> s.expired(6.0), s.next_deadline(), s.in_flight   # Qid 1 stays on the table
+            ([1], 9.0, 2)
         """
         heap, pending = self.deadlines, self.pending
         due: list[int] = []
