@@ -28,11 +28,7 @@ the hub between requests (``gevent.sleep(1e-6)``, untimed: what a request
 arriving over a socket gives it; L2's writer greenlet writes in such turns);
 hit rates per level and the latency of L1 hits, L2 hits and misses.
 
-``--writer process`` gives the code under test (not ``--code``) an L2 that
-commits its batches in a writer process (``DiskCache(writer="process")``).
-
-Run: ``.venv/bin/python bench/bench_cache.py [--code /tmp/before-cache] [--writer process] [--rounds 3] [--inner 5]
-[--seconds 0.3]``.
+Run: ``.venv/bin/python bench/bench_cache.py [--code /tmp/before-cache] [--rounds 3] [--inner 5] [--seconds 0.3]``.
 Writes bench/results/cache.json (part 1 under ``request_path``).
 """
 
@@ -109,7 +105,7 @@ def child(port: int, concurrency: int, seconds: float, inner: int) -> dict[str, 
             ("miss-l1", None, fresh),
             ("miss-l2", "temporary", fresh),
         ):
-            cache = TwoLevelCache(l2=_l2(l2))
+            cache = TwoLevelCache(l2=l2)
             with Client(url, heartbeat_interval=None, middlewares=[CacheMiddleware(cache, when={1})]) as client:
                 turns[scenario].append(run(client, body_of))
             if scenario == "miss-l2":
@@ -134,16 +130,6 @@ def child(port: int, concurrency: int, seconds: float, inner: int) -> dict[str, 
     return out
 
 
-def _l2(l2: Any) -> Any:
-    """The L2 of a scenario: with ``BENCH_L2_WRITER`` set (``--writer``, the "now" code only), that writer."""
-    writer = os.environ.get("BENCH_L2_WRITER")
-    if l2 != "temporary" or not writer:
-        return l2
-    from nexus_green.middleware.cache import DiskCache
-
-    return DiskCache(temporary=True, writer=writer)
-
-
 # ---------------------------------------------------------------- part 1: the parent
 
 
@@ -163,8 +149,6 @@ def run_request_path(args: argparse.Namespace) -> dict[str, Any]:
             for label, code in order:
                 for c in args.concurrency:
                     env = dict(os.environ, PYTHONPATH=code)
-                    if args.writer and label == "now":
-                        env["BENCH_L2_WRITER"] = args.writer
                     p = subprocess.run(
                         [sys.executable, __file__, "--child", str(port), str(c), str(args.seconds), str(args.inner)],
                         env=env,
@@ -299,9 +283,6 @@ def main() -> None:
     ap.add_argument("--inner", type=int, default=5, help="turns of every scenario in each child")
     ap.add_argument("--seconds", type=float, default=0.3, help="per turn")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 50])
-    ap.add_argument(
-        "--writer", choices=("thread", "process"), help="L2 writer of the code under test (DiskCache(writer=...))"
-    )
     ap.add_argument("--zipf", action=argparse.BooleanOptionalAction, default=True, help="also run part 2")
     ap.add_argument("--requests", type=int, default=50_000)
     ap.add_argument("--keys", type=int, default=10_000)
