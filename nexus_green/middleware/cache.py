@@ -81,11 +81,6 @@ from ..errors import ConfigurationError
 from ..greenlets import spawn
 from ..logs import RepeatedLog
 from ..protocol.messages import Request, Response, make_response
-from .cache_disk_writer import GENS_KEY as _GENS_KEY
-from .cache_disk_writer import ORDER_COLUMN as _ORDER_COLUMN
-from .cache_disk_writer import RowWriter
-from .cache_disk_writer import upsert_fits as _upsert_fits
-from .cache_writer_process import WriterFault, WriterGone, WriterProcess, can_spawn, reap_orphans
 from .pipeline import ORDER_CACHE, FidsOrPredicate, Handler, request_matcher
 
 if TYPE_CHECKING:
@@ -111,7 +106,14 @@ _rlog = RepeatedLog(log)  # a failing L2 writes one line a minute per kind of fa
 F = TypeVar("F", bound=Callable[..., Any])
 
 _L2_FAULTS = (sqlite3.Error, diskcache.Timeout, OSError, gevent.Timeout)
+_GENS_KEY = "nexus_green:tag-generations"
 _CORRUPT = object()
+_ORDER_COLUMN = {
+    "least-frequently-used": "access_count",
+    "least-recently-used": "access_time",
+    "least-recently-stored": "store_time",
+    "none": "rowid",
+}
 DEFAULT_SIZE_LIMIT = 256 * 1024 * 1024  # bytes on disk per L2 directory (diskcache's own default is 1 GiB)
 
 
@@ -168,8 +170,7 @@ class CacheStats:
     waiting for the disk now, ``written`` reached it, ``dropped`` never will:
     refused because the queue was full, lost with a batch the disk failed,
     still queued when a fault made the level step aside or when ``close()``
-    gave up. ``writer_restarts`` (L2) counts writer processes that died and were
-    replaced. ``rejected`` (L3) counts values whose signature failed.
+    gave up. ``rejected`` (L3) counts values whose signature failed.
     L1 reads are not timed (a timer would cost as much as the read): its
     ``load_time`` is 0; L2's is the mean time of a read that went to the disk.
 
@@ -193,7 +194,6 @@ class CacheStats:
     dropped: int = 0
     written: int = 0
     rejected: int = 0
-    writer_restarts: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -236,12 +236,11 @@ class _Counters:
         "read_time",
         "dropped",
         "written",
-        "writer_restarts",
     )
 
     def __init__(self) -> None:
         self.hits = self.misses = self.evictions = self.expirations = self.errors = self.bypassed = self.reads = 0
-        self.dropped = self.written = self.writer_restarts = 0
+        self.dropped = self.written = 0
         self.read_time = 0.0
 
     def snapshot(self, level: str, size: int, queued: int = 0, rejected: int = 0) -> CacheStats:
@@ -261,7 +260,6 @@ class _Counters:
             dropped=self.dropped,
             written=self.written,
             rejected=rejected,
-            writer_restarts=self.writer_restarts,
         )
 
 
@@ -494,8 +492,7 @@ _INDEX_SLACK = 2.0  # seconds of store_time looked back when refreshing the key 
 _HUB_PICKLE_BYTES = 16 * 1024  # values known to be smaller are pickled by the writer greenlet, larger in the worker
 _PICKLES_PER_TURN = 32  # small values pickled per turn of the hub (a few tens of microseconds)
 _IDLE_WAIT = 0.005  # longest wait for an idle hub before a turn anyway: under full load L2 still gets <1% of it
-_START_GRACE = 10.0  # seconds a new writer process gets on top of op_timeout for its first answer (startup)
-_PLAIN = frozenset((bytes, str, int, float, bool, type(None)))
+_MODE_PICKLE = diskcache.core.MODE_PICKLE
 
 
 def _approx_size(value: Any) -> int:
@@ -524,30 +521,6 @@ def _pack(entry: CacheEntry) -> tuple[Any, ...]:
     return (_STORED, "value", v, entry.expires, entry.stale_until, entry.tags)
 
 
-def _marshal_safe(packed: tuple[Any, ...]) -> bool:
-    """A packed response ``marshal`` carries unchanged: every field of an exact builtin type (no subclass)."""
-    _, _, response, expires, stale_until, tags = packed
-    plain = _PLAIN
-    for field in response:
-        if type(field) not in plain:
-            if type(field) is not dict:
-                return False
-            for k, v in field.items():
-                if type(k) is not str or type(v) is not str:
-                    return False
-    if type(expires) is not float or type(stale_until) is not float:
-        return False
-    for tag, gen in tags:
-        if type(tag) is not str or type(gen) is not int:
-            return False
-    return True
-
-
-def _plain_settings(settings: dict[str, Any]) -> bool:
-    """diskcache settings the writer process can be given (plain values; not e.g. a custom Disk class)."""
-    return all(type(v) in _PLAIN for v in settings.values())
-
-
 def _unpack(stored: Any) -> Optional[CacheEntry]:
     """The entry a stored value holds; None when the value is not one of ours."""
     if isinstance(stored, CacheEntry):
@@ -560,6 +533,53 @@ def _unpack(stored: Any) -> Optional[CacheEntry]:
         headers = MappingProxyType(headers) if read_only else headers
         v = make_response(body, code, fid, qid, headers, latency, conn_id, tp)
     return _entry(v, expires, stale_until, tags)
+
+
+# diskcache 5's Cache table and the row its set() writes, as one upsert (SQLite >= 3.24).
+_CACHE_COLUMNS = (
+    "rowid",
+    "key",
+    "raw",
+    "store_time",
+    "expire_time",
+    "access_time",
+    "access_count",
+    "tag",
+    "size",
+    "mode",
+    "filename",
+    "value",
+)
+
+
+_UPSERT_ROWS = 32  # rows per statement: few distinct statements to prepare, few GIL hand-overs
+
+
+@functools.lru_cache(maxsize=_UPSERT_ROWS)
+def _upsert(rows: int) -> str:
+    """One statement for ``rows`` rows: one SQLite step, so the worker lets go of the GIL once, not per row."""
+    return (
+        "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size, mode, filename,"
+        " value) VALUES "
+        + ",".join(["(?, ?, ?, ?, ?, 0, NULL, ?, ?, ?, ?)"] * rows)
+        + " ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time, expire_time = excluded.expire_time,"
+        " access_time = excluded.access_time, access_count = 0, tag = NULL, size = excluded.size,"
+        " mode = excluded.mode, filename = excluded.filename, value = excluded.value"
+    )
+
+
+_UPSERT_FITS: weakref.WeakKeyDictionary[diskcache.Cache, bool] = weakref.WeakKeyDictionary()
+
+
+def _upsert_fits(cache: diskcache.Cache) -> bool:
+    """True when the batch upsert writes exactly what ``cache.set`` would (checked once per database)."""
+    fits = _UPSERT_FITS.get(cache)
+    if fits is None:
+        columns = tuple(row[1] for row in cache._sql("PRAGMA table_info(Cache)").fetchall())
+        unique = {row[1] for row in cache._sql("PRAGMA index_list(Cache)").fetchall() if row[2]}
+        fits = columns == _CACHE_COLUMNS and "Cache_key_raw" in unique and sqlite3.sqlite_version_info >= (3, 24)
+        _UPSERT_FITS[cache] = fits
+    return fits
 
 
 class DiskCache:
@@ -597,23 +617,6 @@ class DiskCache:
     flushes before it closes (bounded: each batch by ``op_timeout``); SQLite
     commits a batch whole or not at all. ``write_behind=False`` writes in the
     caller's call, as before.
-
-    ``writer="process"`` (opt-in) commits the batches in a writer process
-    instead of the worker thread (:mod:`.cache_writer_process`): a fresh
-    interpreter fed through a pipe by the writer greenlet, never blocking the
-    hub, one batch in flight; responses travel as tuples of builtins
-    (``marshal``), other values as the pickles they are stored as. Reads stay
-    in this process and still see the batch in flight; a delete waits for it
-    (bounded). A writer that dies is counted (``errors``,
-    ``writer_restarts``), logged once and replaced at the next batch (its
-    batch is counted as dropped); one that stalls past ``op_timeout`` is
-    killed and is a fault; one that cannot start at all leaves the worker
-    thread writing. It dies with this process, a forked child never writes to
-    it, and :meth:`close` flushes, then reaps it (bounded by ``op_timeout``).
-    It moves the write's CPU out of this process's GIL, which pays only where
-    a core is idle: on a machine whose cores are busy the write costs as much
-    CPU as before (docs/benchmarks.md, cache section). Settings that are not
-    plain values (e.g. a custom ``disk`` class) keep the worker thread.
 
     A read for a key this level does not hold costs no disk read: the level
     keeps the set of its keys in memory (loaded from the disk in the worker at
@@ -656,12 +659,9 @@ class DiskCache:
         max_queued: int = 1024,
         max_queued_bytes: int = 64 * 1024 * 1024,
         write_delay: float = 0.01,
-        writer: str = "thread",
         clock: Clock = SYSTEM_CLOCK,
         **settings: Any,
     ) -> None:
-        if writer not in ("process", "thread"):
-            raise ConfigurationError(f"L2 writer must be 'process' or 'thread', got {writer!r}")
         if eviction_policy not in _ORDER_COLUMN:
             raise ConfigurationError(
                 f"unknown L2 eviction policy {eviction_policy!r}; use one of {', '.join(_ORDER_COLUMN)}"
@@ -703,7 +703,6 @@ class DiskCache:
         self.max_queued = max_queued
         self.max_queued_bytes = max_queued_bytes
         self.write_delay = write_delay
-        self.writer = writer
         self.clock = clock
         self.settings = settings
         self.counters = _Counters()
@@ -730,13 +729,8 @@ class DiskCache:
         self._index_version: Optional[int] = None  # SQLite data_version when last looked
         self._index_next = float("-inf")  # clock.now() of the next look for other processes' writes
         self._epoch = 0  # bumped in a forked child: the parent's writer greenlet must not touch the child's state
-        self._rows = RowWriter(max_items=max_items, eviction_policy=eviction_policy)  # the worker thread's
-        # The writer process (None until the first batch, and after it died); off: write from the worker thread.
-        self._proc: Optional[WriterProcess] = None
-        self._proc_off = writer == "thread" or not can_spawn() or not _plain_settings(settings)
-        self._proc_idle = Event()  # clear while a batch is in the writer process: deletes wait for it
-        self._proc_idle.set()
-        self._batch_id = 0
+        self._w_unculled = 0  # the worker's: rows written since it last culled and evicted, and when that was
+        self._w_culled_at = float("-inf")
         _LIVE_DISK_CACHES.add(self)
 
     # The worker side: runs in the dedicated thread, owns the only connection.
@@ -800,48 +794,113 @@ class DiskCache:
             cache.delete(key, retry=False)
             return _CORRUPT
 
+    def _w_evict(self, cache: diskcache.Cache) -> list[str]:
+        excess = len(cache) - self.max_items
+        if excess <= 0:
+            return []
+        column = _ORDER_COLUMN[self.eviction_policy]
+        # diskcache culls by bytes only; count-based eviction reads its table. One DELETE for all of
+        # them (its triggers keep count and size), not a delete() -- a page of Python -- per key.
+        with cache.transact(retry=False):
+            rows = cache._sql(
+                f"SELECT rowid, key, filename FROM Cache WHERE raw = 1 AND key != ? ORDER BY {column} LIMIT ?",
+                (_GENS_KEY, excess),
+            ).fetchall()
+            for at in range(0, len(rows), 500):
+                chunk = rows[at : at + 500]
+                cache._sql(f"DELETE FROM Cache WHERE rowid IN ({','.join('?' * len(chunk))})", [r[0] for r in chunk])
+        for _, _, filename in rows:
+            if filename is not None:
+                cache.disk.remove(filename)
+        return [k for _, k, _ in rows]
+
     def _w_set(self, cache: diskcache.Cache, key: str, value: Any, expire: Optional[float]) -> int:
         cache.set(key, value, expire=expire, retry=False)
-        return len(self._rows.evict(cache))
+        return len(self._w_evict(cache))
 
     def _w_write(
-        self, cache: diskcache.Cache, items: list[tuple[str, float, int, Any]]
+        self, cache: diskcache.Cache, items: list[tuple[str, Any, float, Optional[memoryview]]]
     ) -> tuple[int, list[str], list[tuple[str, Exception]]]:
-        """Write a batch in this thread, in one transaction: all of it is committed, or (on a fault) none of it.
+        """Write a batch in one transaction: all of it is committed, or (on a fault) none of it.
 
-        When the table is the one diskcache 5 makes, the batch is one multi-row upsert
-        (:class:`~.cache_disk_writer.RowWriter`, the same rows the writer process writes); else each
-        entry goes through diskcache's ``set``. ``items`` are ``(key, expire, kind, data)``: kind 0 a
-        tuple of builtins to pickle, kind 1 a pickle made on the hub (only when the upsert fits).
+        diskcache's ``set`` runs five statements and a page of Python per entry (about 35 us, most of
+        it holding the GIL the hub needs); when the table is the one diskcache 5 makes, the batch is
+        one multi-row upsert (rows pickled by the writer greenlet, or made by diskcache's own
+        ``Disk.store``); culling and eviction follow at most once a second (:meth:`_w_maintain`).
+        The row is the one ``set`` writes, and diskcache's triggers keep its count and size.
         """
-        if _upsert_fits(cache):
-            return self._rows.write(cache, items)
         failures: list[tuple[str, Exception]] = []
-        stored = 0
-        with cache.transact(retry=False):
-            for key, expire, _, data in items:
-                try:
-                    cache.set(key, data, expire=expire, retry=False)
-                except _L2_FAULTS:
-                    raise
-                except Exception as exc:  # e.g. a value that cannot be pickled: that entry only
-                    failures.append((key, exc))
-                else:
-                    stored += 1
-            evicted = self._rows.evict(cache)
-        return stored, evicted, failures
-
-    @staticmethod
-    def _w_pickle(cache: diskcache.Cache, values: list[Any]) -> list[Union[bytes, Exception]]:
-        """Pickle values too large (or of unknown size) for the hub, for the writer process."""
-        protocol = cache.disk.pickle_protocol
-        out: list[Union[bytes, Exception]] = []
-        for value in values:
+        if not _upsert_fits(cache):
+            stored = 0
+            with cache.transact(retry=False):
+                for key, value, expire, _ in items:
+                    try:
+                        cache.set(key, _pack(value), expire=expire, retry=False)
+                    except _L2_FAULTS:
+                        raise
+                    except Exception as exc:  # e.g. a value that cannot be pickled: that entry only
+                        failures.append((key, exc))
+                    else:
+                        stored += 1
+                evicted = self._w_evict(cache)
+            return stored, evicted, failures
+        disk = cache.disk
+        now = time.time()
+        rows = []
+        written: list[str] = []
+        for key, value, expire, blob in items:
+            if blob is not None:  # pickled on the hub, small enough for the row (what Disk.store would do)
+                rows.append((key, True, now, now + expire, now, 0, _MODE_PICKLE, None, blob))
+                continue
             try:
-                out.append(pickle.dumps(value, protocol=protocol))
-            except Exception as exc:  # that entry only
-                out.append(exc)
-        return out
+                db_key, raw = disk.put(key)
+                size, mode, filename, db_value = disk.store(_pack(value), False, key=key)
+            except Exception as exc:  # e.g. a value that cannot be pickled: that entry only
+                failures.append((key, exc))
+                continue
+            if filename is not None:
+                written.append(filename)
+            rows.append((db_key, raw, now, now + expire, now, size, mode, filename, db_value))
+        old_files: list[str] = []
+        try:
+            with cache.transact(retry=False):
+                sql = cache._sql
+                if rows:
+                    marks = ",".join("?" * len(rows))
+                    old_files = [
+                        f
+                        for (f,) in sql(
+                            f"SELECT filename FROM Cache WHERE filename IS NOT NULL AND key IN ({marks})",
+                            [r[0] for r in rows],
+                        ).fetchall()
+                    ]
+                    for at in range(0, len(rows), _UPSERT_ROWS):
+                        chunk = rows[at : at + _UPSERT_ROWS]
+                        sql(_upsert(len(chunk)), [field for row in chunk for field in row])
+                evicted = self._w_maintain(cache, len(rows))
+        except BaseException:
+            for f in written:  # the rows that named them were rolled back
+                disk.remove(f)
+            raise
+        for f in old_files:
+            if f not in written:
+                disk.remove(f)
+        return len(rows), evicted, failures
+
+    def _w_maintain(self, cache: diskcache.Cache, rows: int) -> list[str]:
+        """Cull by expiry and size (diskcache) and evict by count, once a second or every max_items/10 rows.
+
+        Each is a few statements and a page of Python holding the GIL; per batch they cost the hub
+        more than the batch itself. Between two passes L2 may hold up to a tenth more than its bounds.
+        """
+        self._w_unculled += rows
+        now = time.monotonic()
+        if self._w_unculled < max(1, self.max_items // 10) and now - self._w_culled_at < 1.0:
+            return []
+        self._w_unculled = 0
+        self._w_culled_at = now
+        cache.cull(retry=False)
+        return self._w_evict(cache)
 
     @staticmethod
     def _w_index(
@@ -1039,14 +1098,13 @@ class DiskCache:
                     self._queued_bytes -= size
                     writing[key] = (entry, size)
                 self._writing = {key: entry for key, (entry, _) in writing.items()}  # still seen by get()
-                to_process = self._use_process()
-                prepared = self._prepare(writing, hurry, to_process)
+                items = self._prepare(writing, hurry)
                 if self._epoch != epoch:
                     return
                 # A delete or clear() while the batch was prepared took its key out of _writing: skip it.
                 current = self._writing
-                items = [item for entry, item in prepared if current.get(item[0]) is entry]
-                ok, result = self._write_items(items, to_process)
+                items = [item for item in items if current.get(item[0]) is item[1]]
+                ok, result = self._run(self._w_write, items)
                 if self._epoch != epoch:
                     return
                 self._writing = {}
@@ -1070,168 +1128,36 @@ class DiskCache:
                 self._writing = {}
 
     def _prepare(
-        self, writing: dict[str, tuple[CacheEntry, int]], hurry: int, to_process: bool
-    ) -> list[tuple[CacheEntry, tuple[str, float, int, Any]]]:
-        """The batch's items ``(key, expire, kind, data)``, each with its entry, encoded here, on the hub.
+        self, writing: dict[str, tuple[CacheEntry, int]], hurry: int
+    ) -> list[tuple[str, CacheEntry, float, Optional[memoryview]]]:
+        """The batch's rows: small values pickled here, on the hub, a few at a time in its idle time.
 
-        For the writer process, a response travels as a tuple of builtins (kind 0: ``marshal`` carries it,
-        the process pickles it); other values are pickled here (kind 1) when small, or by the worker thread
-        when large or of unknown size (one call per batch). For the worker thread, small values are pickled
-        here and the rest there. Pickling (about 1 us a value) happens 32 values per turn of the hub
-        when it has nothing else to do (``gevent.idle()``): requests first. A hub that is never idle
-        still gives the writer a turn every 5 ms; past that the queue fills and the cache forgets
-        (``dropped``). Flushing does not wait.
+        Pickling in the worker would hold the GIL while the hub needs it (Python work in a thread is
+        not parallel), so small values are pickled by this greenlet (as tuples of builtins, about
+        1 us each), 32 per turn, when the hub has nothing else to do (``gevent.idle()``): requests
+        first. A hub that is never idle still gives the writer a turn every 5 ms (under 1% of it);
+        past that the queue fills and the cache forgets (``dropped``). Flushing does not wait.
         """
         pickling = self._hub_pickle
         wall = self.clock.wall()
-        out: list[tuple[CacheEntry, tuple[str, float, int, Any]]] = []
-        later: list[int] = []  # to be pickled in the worker thread (writer process only)
+        items = []
         turn = 0
         for key, (entry, size) in writing.items():
-            expire = max(1.0, entry.stale_until - wall)
-            packed = _pack(entry)
-            if to_process and packed[1] == "response" and _marshal_safe(packed):
-                out.append((entry, (key, expire, 0, packed)))
-                continue
+            blob = None
             if pickling is not None and 0 < size < _HUB_PICKLE_BYTES:
                 if not hurry and turn % _PICKLES_PER_TURN == 0:
                     with gevent.Timeout(_IDLE_WAIT, False):  # a hub never idle still gets a few written
                         gevent.idle()
                 turn += 1
                 try:
-                    data = pickle.dumps(packed, protocol=pickling[0])
+                    data = pickle.dumps(_pack(entry), protocol=pickling[0])
                 except Exception as exc:  # e.g. a value that cannot be pickled: that entry only
                     self._op_failed(exc)
                     continue
-                out.append((entry, (key, expire, 1, data)))
-                continue
-            if to_process:
-                later.append(len(out))
-            out.append((entry, (key, expire, 0, packed)))
-        if later:
-            ok, blobs = self._run(self._w_pickle, [out[i][1][3] for i in later])
-            failed = set()
-            for i, blob in zip(later, blobs if ok else [None] * len(later), strict=True):
-                entry, (key, expire, _, _) = out[i]
-                if isinstance(blob, bytes):
-                    out[i] = (entry, (key, expire, 1, blob))
-                    continue
-                failed.add(i)
-                if blob is None:
-                    self.counters.dropped += 1  # the worker was bypassed or failed (counted there)
-                else:
-                    self._op_failed(blob)
-            if failed:
-                out = [x for i, x in enumerate(out) if i not in failed]
-        return out
-
-    def _use_process(self) -> bool:
-        """Whether this batch goes to the writer process (the table and Disk are the ones it writes)."""
-        if self._proc_off:
-            return False
-        if self._cache is None and self._hub_pickle is None:
-            self._run(self._w_open)  # learn (once) whether the table is the one the writer writes
-        return self._hub_pickle is not None
-
-    @staticmethod
-    def _w_open(cache: diskcache.Cache) -> None:
-        return None
-
-    def _write_items(self, items: list[tuple[str, float, int, Any]], to_process: bool) -> tuple[bool, Any]:
-        """Write a batch through the writer process (or the worker thread): ``(ok, (stored, evicted, failures))``."""
-        if not to_process:
-            return self._run(self._w_write, items)
-        c = self.counters
-        if self._closed or self.clock.now() < self._broken_until:
-            c.bypassed += 1
-            return False, None
-        proc = self._proc
-        if proc is None:
-            try:
-                proc = self._proc = WriterProcess(self._writer_config())
-            except OSError as exc:
-                self._writer_unusable(f"could not start: {type(exc).__name__}: {exc}")
-                return self._run(self._w_write, items)
-        self._batch_id += 1
-        limit = self.op_timeout if proc.answered else self.op_timeout + _START_GRACE
-        timer = gevent.Timeout(limit)
-        timer.start()
-        self._proc_idle.clear()
-        answer: Optional[tuple[Any, ...]] = None
-        try:
-            answer = proc.write(self._batch_id, items)
-        except gevent.Timeout as exc:
-            if exc is not timer:
-                raise
-            self._writer_lost(proc, f"did not answer within {limit:g}s", stalled=True)
-            self._fault(f"L2 writer process did not answer within {limit:g}s (disk stalled or database locked)", exc)
-            return False, None
-        except WriterGone as exc:
-            self._writer_lost(proc, str(exc), stalled=False)
-            return False, None
-        finally:
-            timer.close()
-            self._proc_idle.set()
-            if answer is None and self._proc is proc:  # killed or interrupted mid-batch: the stream is out of step
-                self._proc = None
-                proc.kill()
-        if answer[1] != "ok":
-            _, _, kind, message = answer
-            self._fault(f"L2 cache at {self.directory} failed: {kind}: {message}", WriterFault(kind, message))
-            return False, None
-        _, _, stored, evicted, failures = answer
-        return True, (stored, evicted, [(key, WriterFault("ValueError", message)) for key, message in failures])
-
-    def _writer_config(self) -> dict[str, Any]:
-        return {
-            "directory": self.directory,
-            "busy_timeout": self.busy_timeout,
-            "eviction_policy": self.eviction_policy,
-            "size_limit": self.size_limit,
-            "max_items": self.max_items,
-            "settings": dict(self.settings),
-        }
-
-    def _writer_lost(self, proc: WriterProcess, why: str, *, stalled: bool) -> None:
-        """The writer process died or stalled: kill it, count it; the next batch starts a new one.
-
-        One that died before its first answer cannot run here (a broken interpreter, a missing
-        diskcache): the level writes from its worker thread from then on.
-        """
-        if self._proc is proc:
-            self._proc = None
-        proc.kill()
-        c = self.counters
-        if stalled:  # counted as the fault it is
-            c.writer_restarts += 1
-            return
-        c.errors += 1
-        self.last_error = WriterGone(why)
-        if not proc.answered:
-            self._writer_unusable(f"died before its first answer ({why})")
-            return
-        c.writer_restarts += 1
-        _rlog.warning(
-            ("l2-writer", self.directory),
-            "L2 writer process for %s lost (%s): its batch in flight is counted as dropped; the next batch starts another",
-            self.directory,
-            why,
-        )
-
-    def _writer_unusable(self, why: str) -> None:
-        self._proc_off = True
-        _rlog.warning(
-            ("l2-writer-off", self.directory),
-            "L2 writer process for %s %s; writing from the worker thread instead",
-            self.directory,
-            why,
-        )
-
-    def _stop_writer(self, timeout: float) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            proc.stop(timeout)
-        reap_orphans(timeout)  # writers killed earlier (died, stalled): no zombie outlives close()
+                if len(data) < pickling[1]:  # what Disk.store keeps in the row (larger: a file, by the worker)
+                    blob = sqlite3.Binary(data)
+            items.append((key, entry, max(1.0, entry.stale_until - wall), blob))
+        return items
 
     def _sync_index(self, epoch: int) -> None:
         full = self._index is None
@@ -1296,8 +1222,6 @@ class DiskCache:
         if queued is not None:
             self._queued_bytes -= queued[1]
         writing = self._writing.pop(key, None)  # the worker runs the delete after that batch
-        if writing is not None:
-            self._wait_for_writer_process()
         if self._index is not None:
             self._index.discard(key)
         on_disk = bool(self._run(self._w_delete, key)[1])
@@ -1308,20 +1232,10 @@ class DiskCache:
         self._queued.clear()
         self._queued_bytes = 0
         self._writing = {}
-        self._wait_for_writer_process()
         ok = self._run(self._w_clear)[0]
         if ok:
             self._index = set() if self._index is not None else None
         return ok
-
-    def _wait_for_writer_process(self) -> None:
-        """Let the batch in the writer process commit before a delete or clear (bounded by ``op_timeout``).
-
-        The worker thread runs operations in order; the writer process is another connection, so
-        a delete could otherwise run first and the batch would bring the key back.
-        """
-        if not self._proc_idle.is_set() and gevent.getcurrent() is not self._writer:
-            self._proc_idle.wait(self.op_timeout)
 
     def __len__(self) -> int:
         ok, n = self._run(self._w_len)
@@ -1366,7 +1280,6 @@ class DiskCache:
             self._queued.clear()
             self._queued_bytes = 0
         self._closed = True
-        self._stop_writer(self.op_timeout)  # it has written all it was given: it exits when its input closes
         pool, self._pool = self._pool, None
         if pool is not None:
             stuck = False
@@ -1405,11 +1318,6 @@ class DiskCache:
         self._index_version = None
         self._wake = Event()
         self._flushers = 0
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            proc.abandon()  # the parent's process and pipe: close our copies, never write to it
-        self._proc_idle = Event()
-        self._proc_idle.set()
         if writer is not None:
             writer.kill(block=False)  # parked on the parent's worker forever otherwise
 
@@ -1437,15 +1345,13 @@ os.register_at_fork(after_in_child=_disk_caches_after_fork)
 def _flush_at_exit() -> None:
     """At interpreter exit, write what is still queued (a script that never closes its cache still persists)."""
     for disk in list(_LIVE_DISK_CACHES):
-        if disk._closing:
-            continue
         writer = disk._writer
+        if writer is None or disk._closing:
+            continue
         try:
-            if writer is not None:
-                if writer.parent is not gevent.get_hub():  # another thread's hub: not ours to drive
-                    continue
-                disk.flush(disk.op_timeout * (2 + len(disk._queued) // _BATCH))
-            disk._stop_writer(disk.op_timeout)  # reaped, not left to the kernel's parent-death signal
+            if writer.parent is not gevent.get_hub():  # another thread's hub: not ours to drive
+                continue
+            disk.flush(disk.op_timeout * (2 + len(disk._queued) // _BATCH))
         except Exception as exc:  # pragma: no cover - exit must go on whatever happens
             log.warning("flushing L2 cache at %s at exit failed: %s", disk.directory, exc)
 
