@@ -1595,25 +1595,50 @@ class Connection:
         stop_at = _monotonic() + _READER_SLICE
         try:
             while True:
-                buf = decoder.get_buffer(scratch)
-                small = buf.obj is scratch  # else a big frame's own buffer: read all the kernel has of it
-                if small:
-                    if decoder.last_big and decoder.buffered < 24:
-                        # Big frames come in a row: read only the next prefix, so the
-                        # body goes to its own buffer without a detour through the scratch.
-                        buf = buf[: 24 - decoder.buffered]
-                    elif len(buf) > self._read_size:
-                        buf = buf[: self._read_size]
-                n = stream.recv_into_nowait(buf)
-                if n <= 0:
-                    if n < 0:
-                        return
-                    raise ConnectionLost(
-                        f"{self.endpoint} closed the connection ({self.conn_id}, "
-                        f"{decoder.buffered} bytes of an incomplete frame pending)"
-                    )
-                st.bytes_received += n
-                frames = decoder.buffer_updated(n, scratch)
+                wanted = decoder.payload_wanted
+                if wanted and stream.available() >= wanted:
+                    # A big frame's whole payload is in the kernel: one recv into a new
+                    # bytes object, which becomes the body without a copy here (a raw
+                    # socket's recv(n) gets that too; a buffer of our own costs a copy).
+                    data = stream.recv_bytes_nowait(wanted)
+                    small = False
+                    more = True  # the kernel may hold more: go round again (within the slice)
+                    if data is not None and len(data) == wanted:
+                        n = wanted
+                        st.bytes_received += n
+                        frames = decoder.take_payload(data)
+                    else:
+                        # Never seen on TCP once FIONREAD counted the bytes; taken the usual way.
+                        if not data:
+                            raise ConnectionLost(
+                                f"{self.endpoint} closed the connection ({self.conn_id}, "
+                                f"{decoder.buffered} bytes of an incomplete frame pending)"
+                            )
+                        n = len(data)
+                        decoder.get_buffer(scratch)[:n] = data
+                        st.bytes_received += n
+                        frames = decoder.buffer_updated(n, scratch)
+                else:
+                    buf = decoder.get_buffer(scratch)
+                    small = buf.obj is scratch  # else a big frame's own buffer: read all the kernel has of it
+                    if small:
+                        if decoder.last_big and decoder.buffered < 24:
+                            # Big frames come in a row: read only the next prefix, so the
+                            # body goes to its own buffer without a detour through the scratch.
+                            buf = buf[: 24 - decoder.buffered]
+                        elif len(buf) > self._read_size:
+                            buf = buf[: self._read_size]
+                    n = stream.recv_into_nowait(buf)
+                    if n <= 0:
+                        if n < 0:
+                            return
+                        raise ConnectionLost(
+                            f"{self.endpoint} closed the connection ({self.conn_id}, "
+                            f"{decoder.buffered} bytes of an incomplete frame pending)"
+                        )
+                    st.bytes_received += n
+                    more = n == len(buf)  # a full read: the kernel may hold more
+                    frames = decoder.buffer_updated(n, scratch)
                 t = now()
                 if frames:
                     st.frames_received += len(frames)
@@ -1637,7 +1662,7 @@ class Connection:
                             self._read_size //= 2
                     elif len(frames) < _FRAMES_PER_READ // 4 and self._read_size < self.options.recv_buffer_size:
                         self._read_size *= 2
-                if n < len(buf) or _monotonic() >= stop_at:
+                if not more or _monotonic() >= stop_at:
                     return
         except RemoteProtocolError as exc:
             self._protocol_error(stream, decoder, exc)

@@ -366,6 +366,12 @@ class FrameDecoder:
         # just the next prefix, so the next big body lands in its own buffer at once
         # instead of being copied there from the scratch (see Connection._on_readable).
         self.last_big = False
+        # The payload size of the big frame in progress while none of its payload has
+        # arrived (0 otherwise): a reader that finds that much in the kernel can take it
+        # whole with one recv into a new bytes object, which becomes the body without a
+        # copy (take_payload); else it receives into get_buffer's buffer as before.
+        self.payload_wanted = 0
+        self.payloads_taken = 0  # big frames whose payload came whole through take_payload
 
     @property
     def buffered(self) -> int:
@@ -383,6 +389,7 @@ class FrameDecoder:
         self.error = exc
         self._buf = bytearray()
         self._big = None
+        self.payload_wanted = 0
         return exc
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
@@ -493,6 +500,7 @@ class FrameDecoder:
         """Count ``nbytes`` more of the big frame; True (and the frame appended to ``out``) when it is whole."""
         big = self._big
         assert big is not None
+        self.payload_wanted = 0
         self._big_fill += nbytes
         if self._big_fill < self._big_len:
             return False
@@ -512,6 +520,47 @@ class FrameDecoder:
         self.frames_decoded += 1
         self.last_big = True
         return True
+
+    def take_payload(self, data: bytes) -> list[RawFrame]:
+        """The whole payload of the big frame in progress, received as one ``bytes``: return that frame.
+
+        ``data`` must be exactly :attr:`payload_wanted` bytes. Without a header
+        block it becomes the frame's body as it is: no copy in this process
+        (a header block is decoded from its front and the body sliced after it).
+        Example::
+
+            >>> dec, scratch = FrameDecoder(), bytearray(256 * 1024)
+            >>> wire = encode_request(1, 2, b"x" * 100_000)
+            >>> buf = dec.get_buffer(scratch)[:24]; buf[:] = wire[:24]; dec.buffer_updated(24, scratch)
+            []
+            >>> dec.payload_wanted
+            100000
+            >>> payload = wire[24:]
+            >>> (frame,) = dec.take_payload(payload); frame[6] is payload, dec.payload_wanted
+            (True, 0)
+        """
+        if self.error is not None:
+            raise self.error
+        big = self._big
+        if big is None or not self.payload_wanted or len(data) != self.payload_wanted:
+            raise ValueError(
+                f"take_payload wants the whole payload of a big frame in progress ({self.payload_wanted} bytes), "
+                f"got {len(data)}"
+            )
+        self._big = None
+        self.payload_wanted = 0
+        _give_big(big)
+        length, tp, res, qid, fid, code, dh, ver = self._big_hdr
+        headers: Mapping[str, str] = NO_HEADERS
+        body = data
+        if dh:
+            headers = self._headers(memoryview(data)[:dh], self._offset)
+            body = data[dh:]
+        self._offset += 4 + length
+        self.frames_decoded += 1
+        self.payloads_taken += 1
+        self.last_big = True
+        return [(qid, fid, code, tp, res, ver, body, headers)]
 
     def _parse(self, src: bytes | bytearray | memoryview, n: int, out: list[RawFrame]) -> None:
         """Decode every whole frame of ``src[:n]`` into ``out``; keep the partial rest (or start a big frame)."""
@@ -562,6 +611,7 @@ class FrameDecoder:
                         have = n - start
                         big[:have] = view[start:n]
                         self._big_fill = have
+                        self.payload_wanted = 0 if have else self._big_len
                         self._big_hdr = (length, tp, res, qid, fid, code, dh, ver)
                         self._offset += pos
                         self.frames_decoded += len(out) - first

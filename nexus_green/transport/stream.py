@@ -79,6 +79,8 @@ try:
 except (ValueError, OSError, AttributeError):  # pragma: no cover - every POSIX system we run on has it
     IOV_MAX = 16
 _TIOCOUTQ: Optional[int] = getattr(termios, "TIOCOUTQ", None)  # SIOCOUTQ on Linux: bytes not yet acknowledged
+_FIONREAD: Optional[int] = getattr(termios, "FIONREAD", None)  # bytes waiting to be read
+_INT = struct.Struct("i")
 
 #: One ``getaddrinfo`` result: ``(family, type, proto, canonname, sockaddr)``.
 AddrInfo = tuple[Any, ...]
@@ -310,6 +312,57 @@ class Stream:
             raise map_os_error(exc, f"recv from {self.label}") from exc
         self.bytes_received += n
         return n
+
+    def recv_bytes_nowait(self, n: int) -> Optional[bytes]:
+        """Read up to ``n`` bytes into a new ``bytes`` (the kernel copies straight into it), never blocking.
+
+        None when nothing is there, ``b""`` at EOF. Plain TCP only
+        (:attr:`nonblocking`). With :meth:`available` it lets a reader take a
+        large body whole without a copy in this process. Example::
+
+            >>> import gevent.socket
+            >>> a, b = gevent.socket.socketpair()
+            >>> s = Stream(a, "pair")
+            >>> s.recv_bytes_nowait(8) is None
+            True
+            >>> b.sendall(b"hello"); s.available(), s.recv_bytes_nowait(8)
+            (5, b'hello')
+            >>> b.close(); s.recv_bytes_nowait(8)
+            b''
+            >>> s.close()
+        """
+        raw = self._raw
+        if raw is None:
+            raise self._not_nonblocking("recv")
+        try:
+            data: bytes = raw.recv(n)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as exc:
+            raise map_os_error(exc, f"recv from {self.label}") from exc
+        self.bytes_received += len(data)
+        return data
+
+    def available(self) -> int:
+        """Bytes the kernel holds for reading now (``FIONREAD``); 0 when closed or unknown on this platform.
+
+        Example::
+
+            >>> import gevent.socket
+            >>> a, b = gevent.socket.socketpair()
+            >>> s = Stream(a, "pair"); b.sendall(b"abc")
+            >>> s.available()
+            3
+            >>> s.close(); b.close(); s.available()
+            0
+        """
+        sock = self._sock
+        if sock is None or _FIONREAD is None:
+            return 0
+        try:
+            return _INT.unpack(fcntl.ioctl(sock.fileno(), _FIONREAD, b"\0\0\0\0"))[0]
+        except (OSError, ValueError):
+            return 0
 
     def sendmsg_nowait(self, buffers: Sequence[Any]) -> int:
         """Write the buffers in order, as one scatter/gather ``sendmsg``, never blocking; the byte count the kernel took.

@@ -698,6 +698,58 @@ def test_allocations_per_1mib_request_stay_below_two_and_a_half_bodies() -> None
         stop_peer(proc)
 
 
+PAIR_ECHO_PEER = r"""
+import socket, struct, sys, time
+ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(1)
+print(ls.getsockname()[1], flush=True)
+conn, _ = ls.accept()
+def read(n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = conn.recv(n - len(buf))
+        if not chunk:
+            sys.exit(0)
+        buf += chunk
+    return buf
+while True:
+    answers = []
+    for _ in range(2):  # two requests, then both answers in one write
+        head = read(24)
+        (length,) = struct.unpack_from(">I", head)
+        rest = read(length - 20)
+        head[9] = 1
+        answers.append(bytes(head) + bytes(rest))
+    time.sleep(0.2)
+    conn.sendall(b"".join(answers))
+"""
+
+
+def test_a_big_answer_already_whole_in_the_kernel_becomes_the_body_without_a_copy() -> None:
+    """Two 200 KiB answers land while the hub is busy: the second is taken whole by one recv (no copy here).
+
+    The first comes with the bytes of the first read (its prefix and part of its
+    body), so it is received into a buffer and copied into its body; after a big
+    frame the reader takes the next prefix alone, finds the whole payload in the
+    kernel (FIONREAD) and receives it as the body itself.
+    """
+    proc, port = spawn_peer(PAIR_ECHO_PEER)
+    try:
+        with Connection(f"tcp://127.0.0.1:{port}", options=opts()) as conn:
+            bodies = [os.urandom(200 * 1024), os.urandom(200 * 1024)]
+            glets = [gevent.spawn(conn.request, body, FID_ECHO, timeout=10) for body in bodies]
+            assert wait_for(lambda: conn.in_flight == 2 and conn.buffered()[1] == 0)  # both handed to the kernel
+            time.sleep(0.6)  # the hub is held; the peer answers both at once after 0.2 s
+            assert gevent.joinall(glets, timeout=10)
+            assert [g.value.body for g in glets] == bodies
+            decoder = conn._decoder
+            assert decoder is not None and decoder.payloads_taken >= 1
+            # And the usual way still works for what follows.
+            pair = [gevent.spawn(conn.request, b"x" * n, FID_ECHO, timeout=10) for n in (100, 100_000)]
+            assert gevent.joinall(pair, timeout=10) and [len(g.value.body) for g in pair] == [100, 100_000]
+    finally:
+        stop_peer(proc)
+
+
 ECHO_PEER_THREADS = r"""
 import socket, struct, sys, threading
 ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(64)

@@ -7,6 +7,7 @@ tests drive that mode with small frames, so hypothesis can try every chunking.
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 from collections.abc import Sequence
@@ -537,3 +538,82 @@ def test_encode_request_parts_round_trips(qid: int, fid: int, tp: int, headers: 
         wire = parts
     (t,) = FrameDecoder().feed_raw(wire)
     assert as_raw(t) == (qid, fid, 0, tp, 0, VERSION, body, headers)
+
+
+# --- a big payload taken whole (take_payload) -----------------------------------------------------------
+
+
+def _start_big(dec: FrameDecoder, scratch: bytearray, wire: bytes) -> None:
+    """Feed only the 24-byte prefix of ``wire`` through get_buffer, as the reader does after a big frame."""
+    buf = dec.get_buffer(scratch)
+    buf[:24] = wire[:24]
+    assert dec.buffer_updated(24, scratch) == []
+
+
+def test_take_payload_makes_the_received_bytes_the_body_without_a_copy() -> None:
+    dec, scratch = FrameDecoder(), bytearray(256 * 1024)
+    body = os.urandom(100_000)
+    wire = encode_frame(Frame(qid=7, fid=3, res=1, code=201, body=body))
+    _start_big(dec, scratch, wire + encode_frame(Frame(qid=8, fid=3, res=1, body=b"next")))
+    assert dec.payload_wanted == 100_000 and dec.buffered == 24
+    payload = wire[24:]
+    ((qid, fid, code, _, res, _, got, headers),) = dec.take_payload(payload)
+    assert got is payload and (qid, fid, code, res, dict(headers)) == (7, 3, 201, 1, {})
+    assert dec.payload_wanted == 0 and dec.payloads_taken == 1 and dec.last_big and dec.buffered == 0
+    assert dec.offset == len(wire)  # the stream accounting goes on: the next frame decodes as usual
+    tail = encode_frame(Frame(qid=8, fid=3, res=1, body=b"next"))
+    assert [f[6] for f in dec.feed_raw(tail)] == [b"next"]
+
+
+def test_take_payload_with_a_header_block_decodes_it_and_slices_the_body() -> None:
+    dec, scratch = FrameDecoder(), bytearray(256 * 1024)
+    body = b"y" * 70_000
+    wire = encode_frame(Frame(qid=1, fid=2, res=1, body=body, headers={"k": "v"}))
+    _start_big(dec, scratch, wire)
+    ((*_, got, headers),) = dec.take_payload(wire[24:])
+    assert got == body and dict(headers) == {"k": "v"}
+
+
+def test_take_payload_refuses_what_is_not_a_whole_waiting_payload_and_loses_nothing() -> None:
+    dec, scratch = FrameDecoder(), bytearray(256 * 1024)
+    with pytest.raises(ValueError, match="take_payload wants the whole payload"):
+        dec.take_payload(b"x")  # no big frame in progress
+    body = os.urandom(80_000)
+    wire = encode_frame(Frame(qid=1, fid=2, res=1, body=body))
+    _start_big(dec, scratch, wire)
+    with pytest.raises(ValueError, match="80000 bytes"):
+        dec.take_payload(wire[24:-1])  # one byte short
+    # Nothing was consumed: the payload still arrives the usual way, into get_buffer's buffer.
+    got: list[tuple] = []
+    for pos in range(24, len(wire), 30_000):
+        buf = dec.get_buffer(scratch)
+        part = wire[pos : pos + 30_000]
+        buf[: len(part)] = part
+        got += dec.buffer_updated(len(part), scratch)
+    assert [as_raw(f) for f in got] == [(1, 2, 0, 0, 1, VERSION, body, {})] and dec.payloads_taken == 0
+    # Once part of a payload is in, it can no longer be taken whole.
+    _start_big(dec, scratch, wire)
+    buf = dec.get_buffer(scratch)
+    buf[:10] = wire[24:34]
+    assert dec.buffer_updated(10, scratch) == [] and dec.payload_wanted == 0
+    with pytest.raises(ValueError):
+        dec.take_payload(wire[24:])
+
+
+def test_payload_wanted_is_zero_when_part_of_the_payload_came_with_the_prefix() -> None:
+    dec, scratch = FrameDecoder(), bytearray(256 * 1024)
+    wire = encode_frame(Frame(qid=1, fid=2, res=1, body=b"z" * 90_000))
+    buf = dec.get_buffer(scratch)
+    buf[:1000] = wire[:1000]
+    assert dec.buffer_updated(1000, scratch) == [] and dec.payload_wanted == 0 and dec.buffered == 1000
+
+
+def test_take_payload_with_a_malformed_header_block_fails_the_decoder() -> None:
+    dec, scratch = FrameDecoder(), bytearray(256 * 1024)
+    payload = b"\xff\xff\xff" + b"b" * 70_000
+    _start_big(dec, scratch, prefix(20 + len(payload), dh=3))
+    with pytest.raises(RemoteProtocolError, match="in frame at byte offset 0"):
+        dec.take_payload(payload)
+    assert dec.error is not None and dec.payload_wanted == 0
+    with pytest.raises(RemoteProtocolError):
+        dec.take_payload(payload)  # a failed decoder stays failed
