@@ -166,3 +166,18 @@ def test_turnaround_runs_both_contenders_and_its_parts_add_up(bench: Any, tmp_pa
         assert row["round_trip"] == pytest.approx(row["turnaround"] + row["send"] + row["wait"])
     (nexus,) = data["runs"]["nexus"]
     assert (Path(nexus["origin"]) / "nexus_green" / "__init__.py").exists()  # where the Client under test came from
+
+
+def test_ab_compares_raw_and_this_tree_round_by_round(bench: Any, tmp_path: Path) -> None:
+    import bench_ab
+
+    out = tmp_path / "ab.json"
+    argv = ["--conc", "2", "--size", "64", "--rounds", "2", "--seconds", "0.2", "--warmup", "0.05"]
+    assert bench_ab.main([*argv, "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert set(data["summary"]) == {"raw", "after"} and data["summary"]["raw"]["ratio_raw"] == 1.0
+    for name in ("raw", "after"):
+        assert len(data["runs"][name]) == 2 and all(r["requests"] > 0 and r["cpu_us"] > 0 for r in data["runs"][name])
+    after = data["summary"]["after"]
+    ratios = [a["rps"] / r["rps"] for a, r in zip(data["runs"]["after"], data["runs"]["raw"], strict=True)]
+    assert after["ratio_raw"] == pytest.approx(sorted(ratios)[0] + (sorted(ratios)[1] - sorted(ratios)[0]) / 2)
