@@ -951,20 +951,20 @@ class Connection:
             self._unstamped.append(mark)
         wbuf = self._wbuf
         sent_now = not wbuf and not pending and self._event_io and not self._flush_pending and not self._wwatch.active
+        waiter = Waiter()
+        # On the table before the frame is queued: whatever happens to the link from
+        # here on (the flush below fails it, an io.sent listener closes it) fails us.
+        pending[qid] = (waiter, fid, now, until, data, by_deadline)
         wbuf.append(data)
         self._wbytes += size
         self._bytes_in_flight += size
         if sent_now:
             # Alone on the link: nobody will join a batch, so send now (a non-blocking
             # send, which cannot yield, so no timeout can cut the frame), before the
-            # bookkeeping below: the peer works on it while we do that. Nothing can
-            # answer before this greenlet waits, so the entry is on the table in time.
+            # deadline's bookkeeping below: the peer works on it while we do that.
+            # Nothing can answer before this greenlet waits.
             self._flush()
-        waiter = Waiter()
-        if until is None:
-            pending[qid] = (waiter, fid, now, None, data, by_deadline)
-        else:
-            pending[qid] = (waiter, fid, now, until, data, by_deadline)
+        if until is not None:
             deadlines = session.deadlines
             _heappush(deadlines, (until, qid))
             if until < self._sweep_at:

@@ -37,6 +37,7 @@ from nexus_green.protocol.messages import Response
 from nexus_green.testing import (
     FID_ECHO,
     FID_PUSH,
+    FID_SILENT,
     EmbeddedServer,
     accept_and_stall,
     run_module_patched,
@@ -203,6 +204,23 @@ def test_a_caller_alone_on_the_link_hands_its_frame_to_the_kernel_itself() -> No
         job = gevent.spawn(call)
         assert job.get(timeout=5) == b"solo"
         assert writers == callers  # one write, from the caller (not the hub, not a writer greenlet)
+
+
+def test_a_lone_request_whose_own_send_closes_the_link_fails_at_once_even_without_a_timeout() -> None:
+    """An io.sent listener closes the connection inside the caller's own send: the caller gets ConnectionClosed.
+
+    The lone caller sends before its deadline bookkeeping; its entry must be on
+    the table before that send, or the close would miss it and a request with
+    no timeout would wait forever.
+    """
+    bus = EventBus()
+    with EmbeddedServer() as server:
+        conn = Connection(server.url, bus=bus, options=opts())
+        conn.connect()
+        bus.subscribe(lambda e: conn.close(), prefix="io.sent")
+        job = gevent.spawn(conn.request, b"x", FID_SILENT, timeout=None)
+        assert gevent.joinall([job], timeout=5) == [job]
+        assert isinstance(job.exception, ConnectionClosed) and conn.in_flight == 0
 
 
 # ---------------------------------------------------------------------------------- partial sends
