@@ -667,8 +667,12 @@ def test_buffered_counts_a_partial_big_frame_from_the_peer() -> None:
 
 
 # ---------------------------------------------------------------------------------- memory per request
+# Arguments: how many requests to read before answering them all in one write (default 1),
+# and seconds to wait before that write (default 0).
 ECHO_PEER = r"""
-import socket, struct, sys
+import socket, struct, sys, time
+batch = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+delay = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
 ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(1)
 print(ls.getsockname()[1], flush=True)
 conn, _ = ls.accept()
@@ -682,11 +686,16 @@ def read(n):
         buf += chunk
     return buf
 while True:
-    head = read(24)
-    (length,) = struct.unpack_from(">I", head)
-    rest = read(length - 20)
-    head[9] = 1  # Res: a response
-    conn.sendall(bytes(head) + bytes(rest))
+    answers = []
+    for _ in range(batch):
+        head = read(24)
+        (length,) = struct.unpack_from(">I", head)
+        rest = read(length - 20)
+        head[9] = 1  # Res: a response
+        answers.append(bytes(head) + bytes(rest))
+    if delay:
+        time.sleep(delay)
+    conn.sendall(answers[0] if batch == 1 else b"".join(answers))
 """
 
 
@@ -716,32 +725,6 @@ def test_allocations_per_1mib_request_stay_below_two_and_a_half_bodies() -> None
         stop_peer(proc)
 
 
-PAIR_ECHO_PEER = r"""
-import socket, struct, sys, time
-ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(1)
-print(ls.getsockname()[1], flush=True)
-conn, _ = ls.accept()
-def read(n):
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = conn.recv(n - len(buf))
-        if not chunk:
-            sys.exit(0)
-        buf += chunk
-    return buf
-while True:
-    answers = []
-    for _ in range(2):  # two requests, then both answers in one write
-        head = read(24)
-        (length,) = struct.unpack_from(">I", head)
-        rest = read(length - 20)
-        head[9] = 1
-        answers.append(bytes(head) + bytes(rest))
-    time.sleep(0.2)
-    conn.sendall(b"".join(answers))
-"""
-
-
 def test_a_big_answer_already_whole_in_the_kernel_becomes_the_body_without_a_copy() -> None:
     """Two 200 KiB answers land while the hub is busy: the second is taken whole by one recv (no copy here).
 
@@ -750,7 +733,7 @@ def test_a_big_answer_already_whole_in_the_kernel_becomes_the_body_without_a_cop
     frame the reader takes the next prefix alone, finds the whole payload in the
     kernel (FIONREAD) and receives it as the body itself.
     """
-    proc, port = spawn_peer(PAIR_ECHO_PEER)
+    proc, port = spawn_peer(ECHO_PEER, "2", "0.2")  # both answers in one write, 0.2 s after both requests
     try:
         with Connection(f"tcp://127.0.0.1:{port}", options=opts()) as conn:
             bodies = [os.urandom(200 * 1024), os.urandom(200 * 1024)]
