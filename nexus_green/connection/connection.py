@@ -1609,6 +1609,8 @@ class Connection:
                         frames = decoder.take_payload(data)
                     else:
                         # Never seen on TCP once FIONREAD counted the bytes; taken the usual way.
+                        if data is None:
+                            return  # nothing there after all: the next readable event comes back
                         if not data:
                             raise ConnectionLost(
                                 f"{self.endpoint} closed the connection ({self.conn_id}, "

@@ -751,6 +751,42 @@ def test_a_big_answer_already_whole_in_the_kernel_becomes_the_body_without_a_cop
         stop_peer(proc)
 
 
+@pytest.mark.parametrize("kernel_gives", ["half", "nothing", "eof"])
+def test_a_whole_payload_read_that_comes_back_short_loses_nothing(
+    kernel_gives: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FIONREAD counted the payload but the read brings less: half goes the buffered way, none waits, EOF is a loss."""
+    from nexus_green.transport.stream import Stream
+
+    real = Stream.recv_bytes_nowait
+    calls: list[int] = []
+
+    def short(self: Stream, n: int) -> Any:
+        calls.append(n)
+        if len(calls) > 1:
+            return real(self, n)
+        if kernel_gives == "half":
+            return real(self, n // 2)
+        return None if kernel_gives == "nothing" else b""
+
+    monkeypatch.setattr(Stream, "recv_bytes_nowait", short)
+    proc, port = spawn_peer(ECHO_PEER, "2", "0.2")
+    try:
+        with Connection(f"tcp://127.0.0.1:{port}", options=opts()) as conn:
+            bodies = [os.urandom(200 * 1024), os.urandom(200 * 1024)]
+            glets = [gevent.spawn(conn.request, body, FID_ECHO, timeout=10) for body in bodies]
+            assert wait_for(lambda: conn.in_flight == 2 and conn.buffered()[1] == 0)
+            time.sleep(0.6)  # both answers arrive before the reader runs (as in the test above)
+            assert gevent.joinall(glets, timeout=10) == glets and calls
+            if kernel_gives == "eof":
+                assert all(isinstance(g.exception, ConnectionLost) for g in glets[1:])
+                assert "closed the connection" in str(glets[1].exception)
+            else:
+                assert [g.value.body for g in glets] == bodies
+    finally:
+        stop_peer(proc)
+
+
 ECHO_PEER_THREADS = r"""
 import socket, struct, sys, threading
 ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(64)
