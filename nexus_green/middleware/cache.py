@@ -1523,9 +1523,7 @@ class TwoLevelCache:
             if entry is not None and entry.fresh(now):
                 l2.counters.hits += 1
                 if l1 is not None:
-                    expires = min(entry.expires, now + l1.ttl)
-                    stale_until = min(entry.stale_until, expires + self.stale_while_revalidate)
-                    l1.set(key, _entry(entry.value, expires, stale_until, entry.tags))
+                    self._fill_l1(l1, key, entry, now)
                 return entry, None, "l2"
             l2.counters.misses += 1
             if stale is None and entry is not None:
@@ -1537,14 +1535,18 @@ class TwoLevelCache:
             if entry is not None and entry.fresh(now):
                 l3.counters.hits += 1
                 if l1 is not None:
-                    expires = min(entry.expires, now + l1.ttl)
-                    stale_until = min(entry.stale_until, expires + self.stale_while_revalidate)
-                    l1.set(key, _entry(entry.value, expires, stale_until, entry.tags))
+                    self._fill_l1(l1, key, entry, now)
                 return entry, None, "l3"
             l3.counters.misses += 1
             if stale is None and entry is not None:
                 stale, stale_level = entry, "l3"
         return None, stale, stale_level
+
+    def _fill_l1(self, l1: MemoryCache, key: str, entry: CacheEntry, now: float) -> None:
+        """A lower level's hit goes into L1 for at most L1's ttl (and its stale window after that)."""
+        expires = min(entry.expires, now + l1.ttl)
+        stale_until = min(entry.stale_until, expires + self.stale_while_revalidate)
+        l1.set(key, _entry(entry.value, expires, stale_until, entry.tags))
 
     def get(self, key: str, default: Any = None) -> Any:
         """The fresh cached value for ``key`` (from either level), else ``default``."""
