@@ -14,19 +14,40 @@ again after ``gevent.monkey.patch_all()`` (the last test).
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import gevent
 import pytest
 
 from nexus_green import Client
 from nexus_green.clock import FakeClock
 from nexus_green.connection import Connection, ConnectionOptions
-from nexus_green.errors import ConnectionClosed, DeadlineExceeded, NexusTimeout, RequestTimeout
+from nexus_green.errors import ConnectionClosed, ConnectionLost, DeadlineExceeded, NexusTimeout, RequestTimeout
 from nexus_green.resilience.timeouts import run_with_timeout
-from nexus_green.testing import FID_ECHO, FID_SILENT, EmbeddedServer, run_module_patched
+from nexus_green.testing import (
+    FID_ECHO,
+    FID_SILENT,
+    EmbeddedServer,
+    RestartableServer,
+    SilentPeer,
+    run_module_patched,
+    silent_peer,
+)
 from nexus_green.timers import hub_scheduler
 
 pytestmark = pytest.mark.usefixtures("leakcheck")
 _NO_HB = ConnectionOptions(heartbeat_interval=None)
+
+
+def wait_until(check: Any, within: float) -> bool:
+    """Poll ``check`` in gevent turns for at most ``within`` seconds."""
+    end = time.monotonic() + within
+    while not check():
+        if time.monotonic() > end:
+            return False
+        gevent.sleep(0.005)
+    return True
 
 
 def _fail_time(conn: Connection, clock: FakeClock, timeout: float, log: list[tuple[float, float]]) -> None:
@@ -165,6 +186,53 @@ def test_the_deadline_heap_stays_bounded_by_the_requests_in_flight_on_the_real_c
         with pytest.raises(NexusTimeout):
             client.request(b"x", FID_SILENT, timeout=0.05)
         assert hub_scheduler().armed <= armed  # the deadline timer went with the last request it covered
+
+
+def test_mixed_deadlines_against_a_raw_silent_peer_fail_on_time_in_order_with_one_timer() -> None:
+    """Real clock, a peer on raw sockets that reads every frame and never answers."""
+    with silent_peer() as peer, Client(peer.url, heartbeat_interval=None) as client:
+        with client.pool.connection(timeout=5):
+            pass  # connected before the timers are counted
+        sched = hub_scheduler()
+        base = sched.armed
+        failed: list[tuple[float, float]] = []
+
+        def call(budget: float) -> None:
+            t0 = time.monotonic()
+            try:
+                client.request(b"x", FID_ECHO, timeout=budget)
+            except RequestTimeout:
+                failed.append((budget, time.monotonic() - t0))
+
+        budgets = [0.4, 0.1, 0.3, 0.05, 0.2]
+        glets = [gevent.spawn(call, b) for b in budgets]
+        assert wait_until(lambda: peer.frames_received >= len(budgets), 5)
+        assert sched.armed - base == 1  # one deadline timer for five requests waiting on one link
+        assert len(gevent.joinall(glets, timeout=10)) == len(glets)
+        assert [b for b, _ in failed] == sorted(budgets)
+        for budget, waited in failed:
+            assert budget <= waited < budget + 0.25, (budget, waited)  # never early; late only by the hub
+        assert sched.armed == base
+
+
+def test_a_killed_server_fails_the_waiters_at_once_and_deadlines_work_again_after_its_restart() -> None:
+    with RestartableServer(SilentPeer) as server, Client(server.url, heartbeat_interval=None) as client:
+        glets = [gevent.spawn(client.request, b"x", FID_ECHO, timeout=30) for _ in range(5)]
+        server.wait_for(lambda s: s.connections >= 1)
+        assert wait_until(lambda: sum(c.in_flight for c in client.pool.connections) == 5, 5)
+        (conn,) = client.pool.connections
+        t0 = time.monotonic()
+        server.kill()
+        assert len(gevent.joinall(glets, timeout=5)) == len(glets)
+        assert all(isinstance(g.exception, ConnectionLost) for g in glets), [g.exception for g in glets]
+        assert time.monotonic() - t0 < 2  # failed by the loss, not by their 30 s deadlines
+        assert conn.in_flight == 0 and conn.session.deadlines == []  # the dead link kept no deadline behind
+        server.restart()
+        assert wait_until(lambda: client.pool.stats()["connected"] == 1, 10)  # the pool's refill, after its backoff
+        t1 = time.monotonic()
+        with pytest.raises(RequestTimeout):
+            client.request(b"y", FID_ECHO, timeout=0.3)  # sent on the new link, then times out there
+        assert 0.3 <= time.monotonic() - t1 < 2
 
 
 def test_module_passes_under_patch_all() -> None:
